@@ -1,0 +1,186 @@
+//! `slayer chat MODEL [MODEL_B]`: one-shot with `--prompt`, else an interactive REPL with history,
+//! `/reset`, `/system`, and Ctrl-C stopping a generation without exiting.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use clap::Args;
+use rustyline::error::ReadlineError;
+
+use super::model::{parse_dtype, resolve_or_fetch};
+use super::{INTERRUPTED, reset_interrupt};
+use crate::core::chat::{ChatSession, Reply};
+use crate::core::checkpoint::{load_model, open_source};
+use crate::core::device::{self, DeviceChoice};
+use crate::core::generate::{SamplingParams, StopReason};
+use crate::core::model::Llama;
+use crate::core::text::sanitize_for_terminal;
+use crate::core::tokenizer::Tokenizer;
+
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// Model directory, GGUF file, name under the data dir's models/, or `smollm2`.
+    pub model: String,
+    /// A second model answering the same messages (A/B).
+    pub model_b: Option<String>,
+    /// Ask once, print the answer and exit.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 is greedy and deterministic.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+}
+
+struct Loaded {
+    label: String,
+    model: Llama,
+    tokenizer: Tokenizer,
+}
+
+fn load(data_dir: &Path, arg: &str, device: &candle_core::Device, dtype: DType) -> Result<Loaded> {
+    let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
+    let source = open_source(&path)?;
+    let mut tokenizer = source
+        .tokenizer()
+        .cloned()
+        .with_context(|| format!("{}: no tokenizer.json", path.display()))?;
+    if let Some(eos) = source.generation_config().and_then(|g| g.get("eos_token_id")) {
+        let ids: Vec<u32> = match eos {
+            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            v => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        };
+        tokenizer.add_eos_ids(&ids);
+    }
+    let model = load_model(source.as_ref(), dtype, device)?;
+    Ok(Loaded {
+        label: arg.to_string(),
+        model,
+        tokenizer,
+    })
+}
+
+pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    let device = device::open(device)?;
+    let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(&device));
+    let mut loaded = vec![load(data_dir, &args.model, &device, dtype)?];
+    if let Some(b) = &args.model_b {
+        loaded.push(load(data_dir, b, &device, dtype)?);
+    }
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+        max_tokens: args.max_tokens,
+    };
+    let mut sessions = loaded
+        .iter()
+        .map(|l| {
+            let mut s = ChatSession::new(&l.model, &l.tokenizer, params.clone())?;
+            s.set_system(args.system.clone());
+            Ok((l.label.as_str(), s))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(prompt) = &args.prompt {
+        turn(&mut sessions, prompt)?;
+        return Ok(0);
+    }
+    repl(&mut sessions, data_dir)
+}
+
+fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str) -> Result<()> {
+    let labelled = sessions.len() > 1;
+    for (label, session) in sessions.iter_mut() {
+        if labelled {
+            println!("── {} ──", sanitize_for_terminal(label));
+        }
+        let mut stdout = std::io::stdout();
+        let reply = session.send(text, &INTERRUPTED, |delta| {
+            let _ = write!(stdout, "{}", sanitize_for_terminal(delta));
+            let _ = stdout.flush();
+        });
+        println!();
+        let Reply { stats, .. } = reply?;
+        let stopped = match stats.stop {
+            StopReason::Cancelled => " [stopped]",
+            StopReason::MaxTokens => " [max tokens]",
+            StopReason::ContextFull => " [context full]",
+            StopReason::Eos => "",
+        };
+        eprintln!(
+            "[{} tokens, {:.1} tokens/s, prompt {} tokens in {:.0} ms{stopped}]",
+            stats.generated_tokens,
+            stats.decode_tokens_per_sec(),
+            stats.prompt_tokens,
+            stats.prefill_secs * 1e3
+        );
+        if stats.stop == StopReason::Cancelled {
+            break;
+        }
+    }
+    Ok(())
+}
+
+const HELP: &str = "/reset  forget the conversation\n/system TEXT  set the system prompt (empty clears it) and reset\n/help  this text\n/quit  leave (or Ctrl-D)\nCtrl-C stops a generation.";
+
+fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32> {
+    let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
+    let history = data_dir.join("chat_history");
+    let _ = editor.load_history(&history);
+    eprintln!("chatting with {} — /help for commands, Ctrl-D to leave", sessions.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" vs "));
+    loop {
+        reset_interrupt();
+        let line = match editor.readline("› ") {
+            Ok(line) => line,
+            Err(ReadlineError::Interrupted) => {
+                eprintln!("(Ctrl-D or /quit to leave)");
+                continue;
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e).context("reading input"),
+        };
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(text);
+        match text.split_once(' ').map_or((text, ""), |(c, r)| (c, r.trim())) {
+            ("/quit" | "/exit", _) => break,
+            ("/help", _) => eprintln!("{HELP}"),
+            ("/reset", _) => {
+                sessions.iter_mut().for_each(|(_, s)| s.reset());
+                eprintln!("(conversation reset)");
+            }
+            ("/system", rest) => {
+                let system = (!rest.is_empty()).then(|| rest.to_string());
+                sessions.iter_mut().for_each(|(_, s)| s.set_system(system.clone()));
+                eprintln!("(system prompt {}; conversation reset)", if rest.is_empty() { "cleared" } else { "set" });
+            }
+            (cmd, _) if cmd.starts_with('/') => eprintln!("unknown command {cmd}; /help lists them"),
+            _ => {
+                if let Err(e) = turn(sessions, text) {
+                    eprintln!("error: {e:#}");
+                }
+            }
+        }
+    }
+    let _ = editor.save_history(&history);
+    Ok(0)
+}

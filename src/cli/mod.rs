@@ -1,0 +1,100 @@
+//! The headless command line: argument parsing, logging set-up and dispatch. Human-readable text
+//! by default, `--json` where a machine reads the output.
+
+mod chat;
+mod model;
+mod progress;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use clap::{Parser, Subcommand};
+
+use crate::core::device::DeviceChoice;
+
+/// Set by Ctrl-C (SIGINT) or SIGTERM; long operations poll it and stop cleanly.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INTERRUPT_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Parser)]
+#[command(name = "slayer", version, about = "Knowledge injection by layer expansion on Llama-family models")]
+pub struct Cli {
+    /// Where models, experiments and runs live.
+    #[arg(long, global = true, env = "SLAYER_HOME")]
+    pub data_dir: Option<PathBuf>,
+    /// Compute device: cpu, cuda or auto.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch, import and inspect models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Chat with a model (or two side by side).
+    Chat(chat::ChatArgs),
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let data_dir = cli.data_dir.clone().unwrap_or_else(crate::fetch::default_data_dir);
+    init_logging(&data_dir);
+    install_interrupt_handler();
+    let result = match cli.command {
+        Command::Model(cmd) => model::run(cmd, &data_dir, cli.device),
+        Command::Chat(args) => chat::run(&args, &data_dir, cli.device),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if matches!(e.downcast_ref::<crate::core::Error>(), Some(crate::core::Error::Interrupted)) {
+                eprintln!("interrupted");
+                return 130;
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Logs go to `<data>/logs/slayer.log`, never to the terminal. `SLAYER_LOG` sets the filter.
+fn init_logging(data_dir: &std::path::Path) {
+    let dir = data_dir.join("logs");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("slayer.log"))
+    else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLAYER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .try_init();
+}
+
+/// First Ctrl-C asks the running operation to stop; a second one exits at once.
+fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        if INTERRUPT_COUNT.fetch_add(1, Ordering::SeqCst) >= 1 {
+            std::process::exit(130);
+        }
+    });
+}
+
+/// Clears the interrupt flag (after an interrupted generation the REPL goes on).
+pub(crate) fn reset_interrupt() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    INTERRUPT_COUNT.store(0, Ordering::SeqCst);
+}

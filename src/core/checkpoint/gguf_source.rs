@@ -1,0 +1,216 @@
+//! A GGUF file as a weight source: config from metadata, tokenizer from the vocabulary, weights
+//! dequantised to f32 with Q/K un-permuted into HF's layout, so one RoPE convention serves all.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use memmap2::Mmap;
+
+use super::gguf::{GgufFile, GgufValue, dequantize, hf_name, parse_file, unpermute_qk};
+use super::{WeightSource, check_shape};
+use crate::core::config::{LlamaConfig, RopeScaling, TokenIds};
+use crate::core::error::{Error, Result};
+use crate::core::model::Llama;
+use crate::core::model::rope::inv_freqs;
+use crate::core::tokenizer::Tokenizer;
+
+pub struct GgufSource {
+    path: PathBuf,
+    mmap: Mmap,
+    file: GgufFile,
+    config: LlamaConfig,
+    tokenizer: Tokenizer,
+    /// HF name → index into `file.tensors`.
+    by_hf_name: HashMap<String, usize>,
+}
+
+#[expect(unsafe_code, reason = "memory-mapping a file is inherently unsafe in Rust")]
+fn map(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: read-only map of a checkpoint; concurrent truncation is the accepted risk.
+    unsafe { Mmap::map(file) }
+}
+
+impl GgufSource {
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let mmap = map(&f).map_err(|e| Error::io(path, e))?;
+        let file = parse_file(path, &mmap)?;
+        let config = config_from_gguf(&file, &mmap, path)?;
+        let mut by_hf_name = HashMap::new();
+        for (i, t) in file.tensors.iter().enumerate() {
+            if let Some(name) = hf_name(&t.name) {
+                check_shape(&config, path, &name, &t.shape)?;
+                by_hf_name.insert(name, i);
+            }
+        }
+        for name in Llama::tensor_names(&config) {
+            if !by_hf_name.contains_key(&name) {
+                return Err(Error::tensor(path, &name, "missing from the GGUF file"));
+            }
+        }
+        let tokenizer = Tokenizer::from_gguf(&file, &config, path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            file,
+            config,
+            tokenizer,
+            by_hf_name,
+        })
+    }
+
+    /// The parsed file.
+    #[must_use]
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn config_json(&self) -> Option<&serde_json::Value> {
+        None
+    }
+
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        Some(&self.tokenizer)
+    }
+
+    fn generation_config(&self) -> Option<&serde_json::Value> {
+        None
+    }
+
+    fn stored_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let &i = self
+            .by_hf_name
+            .get(name)
+            .ok_or_else(|| Error::tensor(&self.path, name, "not in the GGUF file"))?;
+        let info = &self.file.tensors[i];
+        let t = dequantize(&self.mmap, info).map_err(|e| Error::tensor(&self.path, &info.name, e.to_string()))?;
+        let t = t.to_dtype(DType::F32)?;
+        if name.ends_with("self_attn.q_proj.weight") {
+            Ok(unpermute_qk(&t, self.config.num_attention_heads)?)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            Ok(unpermute_qk(&t, self.config.num_key_value_heads)?)
+        } else {
+            Ok(t)
+        }
+    }
+
+    fn location(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaConfig> {
+    let arch = file
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| Error::format(path, "no `general.architecture` metadata"))?;
+    if arch != "llama" {
+        return Err(Error::unsupported(path, format!("architecture `{arch}` (supported: llama)")));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| -> Result<usize> {
+        file.get(&key(k))
+            .and_then(GgufValue::as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| Error::format(path, format!("missing integer metadata `{}`", key(k))))
+    };
+    let opt_int = |k: &str| file.get(&key(k)).and_then(GgufValue::as_u64).map(|v| v as usize);
+    let float = |k: &str| file.get(&key(k)).and_then(GgufValue::as_f64);
+    let hidden = int("embedding_length")?;
+    let heads = int("attention.head_count")?;
+    let vocab = match opt_int("vocab_size") {
+        Some(v) => v,
+        None => file
+            .get("tokenizer.ggml.tokens")
+            .and_then(GgufValue::as_array)
+            .map(<[GgufValue]>::len)
+            .ok_or_else(|| Error::format(path, "no vocabulary size"))?,
+    };
+    let tie = file.tensor_info("output.weight").is_none();
+    let token_id = |k: &str| {
+        file.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(GgufValue::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    let mut config = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: int("feed_forward_length")?,
+        num_hidden_layers: int("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: opt_int("attention.head_count_kv").unwrap_or(heads),
+        head_dim: opt_int("rope.dimension_count").unwrap_or(if heads == 0 { 0 } else { hidden / heads }),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+        rope_scaling: None,
+        max_position_embeddings: opt_int("context_length").unwrap_or(2048),
+        tie_word_embeddings: tie,
+        bos_token_id: token_id("bos_token_id"),
+        eos_token_id: token_id("eos_token_id").map(TokenIds::One),
+    };
+    config.validate(path)?;
+    match file.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = float("rope.scaling.factor")
+                .ok_or_else(|| Error::format(path, "linear rope scaling without a factor"))?;
+            config.rope_scaling = Some(RopeScaling::Linear { factor });
+        }
+        Some(other) => {
+            return Err(Error::unsupported(path, format!("rope scaling type `{other}`")));
+        }
+    }
+    if let Some(info) = file.tensor_info("rope_freqs.weight") {
+        let factors = dequantize(bytes, info)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| Error::tensor(path, "rope_freqs.weight", e.to_string()))?;
+        config.rope_scaling = Some(infer_llama3_scaling(&config, &factors).ok_or_else(|| {
+            Error::unsupported(path, "rope_freqs.weight does not match Llama 3 rope scaling")
+        })?);
+    }
+    Ok(config)
+}
+
+/// llama.cpp stores Llama 3.1/3.2 RoPE scaling as per-frequency divisors (`rope_freqs.weight`).
+/// Recover the HF parameters: the factor is the largest divisor; the other three are the values
+/// every Llama 3.x release uses, checked against the table.
+fn infer_llama3_scaling(config: &LlamaConfig, factors: &[f32]) -> Option<RopeScaling> {
+    let factor = f64::from(factors.iter().copied().fold(f32::MIN, f32::max));
+    let original = config.max_position_embeddings.min(8192);
+    let candidate = RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: original,
+    };
+    let plain = LlamaConfig {
+        rope_scaling: None,
+        ..config.clone()
+    };
+    let scaled = LlamaConfig {
+        rope_scaling: Some(candidate.clone()),
+        ..config.clone()
+    };
+    let (base, with) = (inv_freqs(&plain), inv_freqs(&scaled));
+    if base.len() != factors.len() {
+        return None;
+    }
+    let matches = base
+        .iter()
+        .zip(&with)
+        .zip(factors)
+        .all(|((b, w), &f)| ((b / w) - f64::from(f)).abs() <= 1e-3 * f64::from(f).abs().max(1.0));
+    matches.then_some(candidate)
+}

@@ -1,0 +1,83 @@
+//! Checkpoint I/O: HF directories (single or sharded safetensors, memory-mapped) and GGUF files
+//! in, HF directories out. Every source is validated against its config before weights load.
+
+pub mod gguf;
+pub mod gguf_source;
+pub mod hf;
+pub mod safetensors;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::core::config::LlamaConfig;
+use crate::core::error::{Error, Result};
+use crate::core::model::Llama;
+use crate::core::tokenizer::Tokenizer;
+
+pub use gguf_source::GgufSource;
+pub use hf::{HfDir, SaveOptions, write_hf_dir};
+
+/// Anything that yields a model's HF-named tensors.
+pub trait WeightSource {
+    /// The model's configuration.
+    fn config(&self) -> &LlamaConfig;
+    /// The source's original `config.json` (fields we do not model are preserved on save).
+    fn config_json(&self) -> Option<&serde_json::Value>;
+    /// The tokenizer, when the source carries one.
+    fn tokenizer(&self) -> Option<&Tokenizer>;
+    /// `generation_config.json`, when present.
+    fn generation_config(&self) -> Option<&serde_json::Value>;
+    /// The dtype weights are stored in (after dequantisation for GGUF).
+    fn stored_dtype(&self) -> DType;
+    /// One tensor by HF name, on the CPU, in its stored dtype.
+    fn load(&self, name: &str) -> Result<Tensor>;
+    /// Where the weights come from, for messages.
+    fn location(&self) -> &Path;
+}
+
+/// Opens a model from a path: an HF directory or a `.gguf` file.
+pub fn open_source(path: &Path) -> Result<Box<dyn WeightSource>> {
+    if path.is_dir() {
+        Ok(Box::new(HfDir::open(path)?))
+    } else if path.is_file() {
+        Ok(Box::new(GgufSource::open(path)?))
+    } else {
+        Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory or GGUF file"),
+        ))
+    }
+}
+
+/// Builds a [`Llama`] from a source, converting to `dtype` on `device`. Every weight starts
+/// frozen; callers mark blocks trainable.
+pub fn load_model(source: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Llama> {
+    let config = source.config().clone();
+    Llama::from_tensors(config, dtype, device, |name| {
+        Ok(source.load(name)?.to_dtype(dtype)?.to_device(device)?)
+    })
+}
+
+/// Checks a tensor's shape against what the config implies.
+pub(crate) fn check_shape(config: &LlamaConfig, path: &Path, name: &str, shape: &[usize]) -> Result<()> {
+    match Llama::expected_shape(config, name) {
+        Some(expected) if expected == shape => Ok(()),
+        Some(expected) => Err(Error::tensor(
+            path,
+            name,
+            format!("shape {shape:?} contradicts the config, which implies {expected:?}"),
+        )),
+        None => Err(Error::tensor(path, name, "is not part of a model with this config")),
+    }
+}
+
+/// Returns `Error::Interrupted` once `cancel` is set.
+pub(crate) fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
+    if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! The engine: model, checkpoint I/O, tokenizer and chat template, generation.
+//!
+//! Depends on no TUI, async runtime or database (a test enforces it), so every front end —
+//! the CLI, the console, a worker process — drives the same code.
+
+pub mod chat;
+pub mod chat_template;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod text;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

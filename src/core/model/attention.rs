@@ -1,0 +1,87 @@
+//! Grouped-query self-attention with a causal mask and an optional KV cache.
+
+use candle_core::{D, DType, Result, Tensor};
+
+use super::linear::{Param, linear};
+use super::rope::Rotary;
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Param,
+    pub k_proj: Param,
+    pub v_proj: Param,
+    pub o_proj: Param,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Keys and values of the positions seen so far, for one block.
+pub type KvEntry = Option<(Tensor, Tensor)>;
+
+impl Attention {
+    /// `x`: (batch, seq, hidden); `offset`: position of `x`'s first token; `mask`: additive
+    /// (seq, offset + seq) mask or `None` when a single token attends to everything.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &Rotary,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut KvEntry>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = linear(x, &self.q_proj)?.reshape((b, t, h, d))?.transpose(1, 2)?;
+        let k = linear(x, &self.k_proj)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
+        let v = linear(x, &self.v_proj)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
+        let q = rotary.apply(&q, offset)?;
+        let mut k = rotary.apply(&k, offset)?;
+        let mut v = v.contiguous()?;
+        if let Some(entry) = cache {
+            if let Some((pk, pv)) = entry.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *entry = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(&k, h / kvh)?;
+        let v = repeat_kv(&v, h / kvh)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let dtype = scores.dtype();
+        let scores = scores.to_dtype(DType::F32)?;
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.to_dtype(dtype)?.matmul(&v)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
+        linear(&out, &self.o_proj)
+    }
+}
+
+/// Repeats each key/value head `groups` times along the head axis.
+fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, s, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kvh, groups, s, d))?
+        .reshape((b, kvh * groups, s, d))
+}
+
+/// The additive causal mask for `seq` new tokens after `offset` cached ones.
+pub fn causal_mask(seq: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let total = offset + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (seq, total), device)?.to_dtype(dtype)
+}

@@ -1,0 +1,140 @@
+//! Parameters (frozen tensor or trainable `Var`) and the bias-free linear layer.
+//!
+//! candle's matmul backward computes the gradient of both operands unconditionally, so a frozen
+//! weight above a trainable block would cost a wasted dW matmul and buffer per step.
+//! [`FrozenMatmul`] is a custom op with the same forward whose backward yields only dX.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
+
+/// A weight: a plain tensor (frozen, never tracked by autograd) or a trainable variable.
+#[derive(Clone, Debug)]
+pub enum Param {
+    Frozen(Tensor),
+    Trainable(Var),
+}
+
+impl Param {
+    /// The current value.
+    #[must_use]
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Self::Frozen(t) => t,
+            Self::Trainable(v) => v.as_tensor(),
+        }
+    }
+
+    /// Whether autograd tracks this weight.
+    #[must_use]
+    pub fn is_trainable(&self) -> bool {
+        matches!(self, Self::Trainable(_))
+    }
+
+    /// The same value, frozen (shares storage).
+    #[must_use]
+    pub fn frozen(&self) -> Self {
+        Self::Frozen(self.tensor().detach())
+    }
+
+    /// The same value as a fresh trainable variable (copies the data, so the original is never
+    /// mutated by an optimizer).
+    pub fn trainable(&self) -> Result<Self> {
+        Ok(Self::Trainable(Var::from_tensor(self.tensor())?))
+    }
+
+    /// The variable, when trainable.
+    #[must_use]
+    pub fn var(&self) -> Option<&Var> {
+        match self {
+            Self::Frozen(_) => None,
+            Self::Trainable(v) => Some(v),
+        }
+    }
+}
+
+/// `x @ w^T` for a weight `w` of shape (out, in); `x` of shape (..., in).
+pub fn linear(x: &Tensor, w: &Param) -> Result<Tensor> {
+    match w {
+        Param::Trainable(v) => x.broadcast_matmul(&v.as_tensor().t()?),
+        Param::Frozen(w) => frozen_linear(x, w),
+    }
+}
+
+fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !x.track_op() {
+        // Nothing upstream is trainable: no graph is recorded, the plain matmul is exact.
+        return x.broadcast_matmul(&w.t()?);
+    }
+    let dims = x.dims();
+    let (in_features, lead) = match dims.split_last() {
+        Some((k, lead)) => (*k, lead.to_vec()),
+        None => candle_core::bail!("linear: scalar input"),
+    };
+    let rows: usize = lead.iter().product();
+    let x2 = x.reshape((rows, in_features))?;
+    let y = x2.apply_op2(w, FrozenMatmul)?;
+    let mut out_dims = lead;
+    out_dims.push(w.dim(0)?);
+    y.reshape(out_dims)
+}
+
+/// Forward of `x @ w^T` on raw storage (2-D `x`, 2-D `w`).
+struct FrozenMatmul;
+
+fn matmul_storage<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> Result<(S, Shape)> {
+    let (m, k) = l1.shape().dims2()?;
+    let (n, k2) = l2.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("frozen linear: input has {k} features, weight expects {k2}");
+    }
+    let wt = l2.transpose(0, 1)?;
+    let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
+    Ok((out, Shape::from((m, n))))
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        matmul_storage(s1, l1, s2, l2)
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        matmul_storage(s1, l1, s2, l2)
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dX = dY @ W; the weight is frozen, so its gradient is neither computed nor stored.
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor, Var};
+
+    #[test]
+    fn frozen_linear_matches_plain_matmul_and_its_input_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let x0 = Tensor::randn(0f32, 1.0, (2, 4, 3), &dev).unwrap();
+        let xa = Var::from_tensor(&x0).unwrap();
+        let xb = Var::from_tensor(&x0).unwrap();
+        let ya = linear(xa.as_tensor(), &Param::Frozen(w.clone())).unwrap();
+        let yb = xb.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+        let diff = (&ya - &yb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+        let ga = ya.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = yb.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(&xa).unwrap(), gb.get(&xb).unwrap());
+        let diff = (ga - gb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        // The plain matmul stored a gradient for the frozen weight; ours did not.
+        let ga_all = ya.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(ga_all.get(&w).is_none());
+        assert!(yb.sqr().unwrap().sum_all().unwrap().backward().unwrap().get(&w).is_some());
+    }
+}

@@ -1,0 +1,295 @@
+//! Our own Llama-family network: config-driven, blocks in an editable list, every op
+//! differentiable when a trainable weight is involved, fused kernels where nothing is.
+//!
+//! One module serves training, evaluation, importance and generation. Frozen weights are plain
+//! tensors; trainable ones are `Var`s (see [`linear::Param`]).
+
+pub mod attention;
+pub mod block;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::core::config::LlamaConfig;
+pub use attention::{Attention, KvEntry, causal_mask};
+pub use block::{BLOCK_TENSORS, Block};
+pub use linear::{Param, linear};
+pub use mlp::Mlp;
+pub use norm::RmsNorm;
+pub use rope::Rotary;
+
+/// A Llama-family causal language model.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Param,
+    pub blocks: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when the head is tied to the embedding.
+    pub lm_head: Option<Param>,
+    rotary: Rotary,
+    dtype: DType,
+    device: Device,
+}
+
+/// Per-block key/value caches for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    entries: Vec<KvEntry>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `blocks` blocks.
+    #[must_use]
+    pub fn new(blocks: usize) -> Self {
+        Self {
+            entries: vec![None; blocks],
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Llama {
+    /// Assembles a model from its parts. `get` returns each HF-named tensor already on `device`
+    /// in `dtype` and with a checked shape.
+    pub fn from_tensors(
+        config: LlamaConfig,
+        dtype: DType,
+        device: &Device,
+        mut get: impl FnMut(&str) -> crate::core::error::Result<Tensor>,
+    ) -> crate::core::error::Result<Self> {
+        let frozen = |t: Tensor| Param::Frozen(t);
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let mut g = |n: &str| get(&format!("model.layers.{i}.{n}")).map(frozen);
+            blocks.push(Block {
+                input_layernorm: RmsNorm {
+                    weight: g(BLOCK_TENSORS[0])?,
+                    eps: config.rms_norm_eps,
+                },
+                self_attn: Attention {
+                    q_proj: g(BLOCK_TENSORS[1])?,
+                    k_proj: g(BLOCK_TENSORS[2])?,
+                    v_proj: g(BLOCK_TENSORS[3])?,
+                    o_proj: g(BLOCK_TENSORS[4])?,
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                post_attention_layernorm: RmsNorm {
+                    weight: g(BLOCK_TENSORS[5])?,
+                    eps: config.rms_norm_eps,
+                },
+                mlp: Mlp {
+                    gate_proj: g(BLOCK_TENSORS[6])?,
+                    up_proj: g(BLOCK_TENSORS[7])?,
+                    down_proj: g(BLOCK_TENSORS[8])?,
+                },
+            });
+        }
+        let embed_tokens = frozen(get("model.embed_tokens.weight")?);
+        let norm = RmsNorm {
+            weight: frozen(get("model.norm.weight")?),
+            eps: config.rms_norm_eps,
+        };
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(frozen(get("lm_head.weight")?))
+        };
+        let rotary = Rotary::new(&config, dtype, device)?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            blocks,
+            norm,
+            lm_head,
+            rotary,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The shape HF gives each named tensor under `config`, or `None` for a name that is not
+    /// part of the model.
+    #[must_use]
+    pub fn expected_shape(config: &LlamaConfig, name: &str) -> Option<Vec<usize>> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let i = config.intermediate_size;
+        match name {
+            "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![config.vocab_size, h]),
+            "model.norm.weight" => return Some(vec![h]),
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.")?;
+        let (idx, part) = rest.split_once('.')?;
+        let idx: usize = idx.parse().ok()?;
+        if idx >= config.num_hidden_layers {
+            return None;
+        }
+        Some(match part {
+            "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
+            "self_attn.q_proj.weight" => vec![q, h],
+            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
+            "self_attn.o_proj.weight" => vec![h, q],
+            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
+            "mlp.down_proj.weight" => vec![h, i],
+            _ => return None,
+        })
+    }
+
+    /// Every tensor name the model needs under `config`, in HF order.
+    #[must_use]
+    pub fn tensor_names(config: &LlamaConfig) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        for i in 0..config.num_hidden_layers {
+            names.extend(BLOCK_TENSORS.iter().map(|n| format!("model.layers.{i}.{n}")));
+        }
+        names.push("model.norm.weight".into());
+        if !config.tie_word_embeddings {
+            names.push("lm_head.weight".into());
+        }
+        names
+    }
+
+    #[must_use]
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Positions the model can attend over.
+    #[must_use]
+    pub fn max_positions(&self) -> usize {
+        self.rotary.max_positions()
+    }
+
+    /// Keeps `config.num_hidden_layers` equal to the block list after surgery.
+    pub fn sync_config(&mut self) {
+        self.config.num_hidden_layers = self.blocks.len();
+    }
+
+    /// Residual stream after the last block, before the final norm: (batch, seq, hidden).
+    /// With `cache`, `ids` continue the cached positions.
+    pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if offset + t > self.max_positions() {
+            candle_core::bail!(
+                "sequence of {} positions exceeds the model's {} positions",
+                offset + t,
+                self.max_positions()
+            );
+        }
+        let mut x = self
+            .embed_tokens
+            .tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, offset, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let entry = cache.as_deref_mut().map(|c| &mut c.entries[i]);
+            x = block.forward(&x, &self.rotary, offset, mask.as_ref(), entry)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(x)
+    }
+
+    /// Logits from residual-stream states (applies the final norm and the head).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let normed = self.norm.forward(hidden)?;
+        linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
+    }
+
+    /// Full-sequence forward: logits for every position, (batch, seq, vocab).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.logits(&self.forward_hidden(ids, None)?)
+    }
+
+    /// Incremental forward for generation: appends `ids` to `cache` and returns the logits of
+    /// the last position, (batch, vocab).
+    pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        if cache.entries.len() != self.blocks.len() {
+            *cache = KvCache::new(self.blocks.len());
+        }
+        let hidden = self.forward_hidden(ids, Some(cache))?;
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?)?.squeeze(1)
+    }
+
+    /// Mean next-token cross-entropy of `ids` (batch, seq) predicting their own shift.
+    pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
+        let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let logits = logits.reshape((b * (t - 1), self.config.vocab_size))?.to_dtype(DType::F32)?;
+        candle_nn::loss::cross_entropy(&logits, &targets)
+    }
+
+    /// All parameters with their HF names, in HF order (the head only when untied).
+    #[must_use]
+    pub fn named_params(&self) -> Vec<(String, &Param)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (i, block) in self.blocks.iter().enumerate() {
+            out.extend(block.params().into_iter().map(|(n, p)| (format!("model.layers.{i}.{n}"), p)));
+        }
+        out.push(("model.norm.weight".into(), &self.norm.weight));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".into(), head));
+        }
+        out
+    }
+
+    /// The trainable variables with their HF names.
+    #[must_use]
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_params()
+            .into_iter()
+            .filter_map(|(n, p)| p.var().map(|v| (n, v.clone())))
+            .collect()
+    }
+
+    /// Makes block `index` trainable or frozen.
+    pub fn set_block_trainable(&mut self, index: usize, trainable: bool) -> Result<()> {
+        let n = self.blocks.len();
+        let block = self
+            .blocks
+            .get_mut(index)
+            .ok_or_else(|| candle_core::Error::Msg(format!("block {index} out of range (0..{n})")))?;
+        block.set_trainable(trainable)
+    }
+
+    /// Total parameter count.
+    #[must_use]
+    pub fn param_count(&self) -> usize {
+        self.named_params().iter().map(|(_, p)| p.tensor().elem_count()).sum()
+    }
+}

@@ -1,0 +1,8 @@
+//! slayer: knowledge-injection experiments on Llama-family models by layer expansion.
+//!
+//! Layers (each depends only on those above it): [`core`] (the engine, no UI or runtime
+//! dependencies), [`fetch`] (getting the demo model), [`cli`] (headless commands).
+
+pub mod cli;
+pub mod core;
+pub mod fetch;
