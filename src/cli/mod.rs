@@ -17,7 +17,11 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static INTERRUPT_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Parser)]
-#[command(name = "slayer", version, about = "Knowledge injection by layer expansion on Llama-family models")]
+#[command(
+    name = "slayer",
+    version,
+    about = "Knowledge injection by layer expansion on Llama-family models"
+)]
 pub struct Cli {
     /// Where models, experiments and runs live.
     #[arg(long, global = true, env = "SLAYER_HOME")]
@@ -41,7 +45,10 @@ pub enum Command {
 /// Parses arguments and runs the command; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let data_dir = cli.data_dir.clone().unwrap_or_else(crate::fetch::default_data_dir);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::fetch::default_data_dir);
     init_logging(&data_dir);
     install_interrupt_handler();
     let result = match cli.command {
@@ -51,7 +58,10 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            if matches!(e.downcast_ref::<crate::core::Error>(), Some(crate::core::Error::Interrupted)) {
+            if matches!(
+                e.downcast_ref::<crate::core::Error>(),
+                Some(crate::core::Error::Interrupted)
+            ) {
                 eprintln!("interrupted");
                 return 130;
             }

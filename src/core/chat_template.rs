@@ -35,9 +35,15 @@ pub fn render(
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
     env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
     let tmpl = env
         .template_from_str(template)
@@ -53,7 +59,20 @@ pub fn render(
 
 /// Today's date (UTC) for the few `strftime` codes chat templates use.
 fn strftime_now(fmt: &str) -> String {
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -88,7 +107,14 @@ mod tests {
 
     #[test]
     fn chatml_renders_default_system_prompt_and_generation_prompt() {
-        let out = render(SMOLLM2_TEMPLATE, &[ChatMessage::new("user", "Hi")], true, None, None).unwrap();
+        let out = render(
+            SMOLLM2_TEMPLATE,
+            &[ChatMessage::new("user", "Hi")],
+            true,
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -97,15 +123,24 @@ mod tests {
 
     #[test]
     fn chatml_uses_a_given_system_prompt() {
-        let msgs = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "Hi")];
+        let msgs = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ];
         let out = render(SMOLLM2_TEMPLATE, &msgs, false, None, None).unwrap();
-        assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
     fn python_methods_and_raise_exception_work() {
         let t = "{% if messages[0]['role'] == 'bad' %}{{ raise_exception('no') }}{% endif %}{{ messages[0]['content'].strip() }}";
-        assert_eq!(render(t, &[ChatMessage::new("user", "  x  ")], false, None, None).unwrap(), "x");
+        assert_eq!(
+            render(t, &[ChatMessage::new("user", "  x  ")], false, None, None).unwrap(),
+            "x"
+        );
         let err = render(t, &[ChatMessage::new("bad", "x")], false, None, None).unwrap_err();
         assert!(err.to_string().contains("no"));
     }

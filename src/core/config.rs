@@ -116,7 +116,9 @@ impl LlamaConfig {
         {
             return Err(Error::unsupported(
                 path,
-                format!("architecture `{model_type}` (supported: llama — Llama 2, Llama 3.x, SmolLM2)"),
+                format!(
+                    "architecture `{model_type}` (supported: llama — Llama 2, Llama 3.x, SmolLM2)"
+                ),
             ));
         }
         let raw: RawConfig = serde_json::from_value(value.clone())
@@ -135,7 +137,10 @@ impl LlamaConfig {
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
-            return Err(Error::unsupported(path, format!("hidden_act `{act}` (only silu)")));
+            return Err(Error::unsupported(
+                path,
+                format!("hidden_act `{act}` (only silu)"),
+            ));
         }
         if raw.attention_bias || raw.mlp_bias {
             return Err(Error::unsupported(path, "attention or MLP biases"));
@@ -154,7 +159,7 @@ impl LlamaConfig {
             num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
             head_dim: raw
                 .head_dim
-                .unwrap_or(if heads == 0 { 0 } else { raw.hidden_size / heads }),
+                .unwrap_or(raw.hidden_size.checked_div(heads).unwrap_or(0)),
             rms_norm_eps: raw.rms_norm_eps,
             rope_theta: raw.rope_theta,
             rope_scaling,
@@ -194,20 +199,32 @@ impl LlamaConfig {
                 self.num_hidden_layers
             ));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(format!(
                 "`num_attention_heads` ({}) is not a multiple of `num_key_value_heads` ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return bad(format!("`head_dim` ({}) must be even for RoPE", self.head_dim));
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "`head_dim` ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return bad(format!("`rms_norm_eps` ({}) must be positive", self.rms_norm_eps));
+            return bad(format!(
+                "`rms_norm_eps` ({}) must be positive",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return bad(format!("`rope_theta` ({}) must be positive", self.rope_theta));
+            return bad(format!(
+                "`rope_theta` ({}) must be positive",
+                self.rope_theta
+            ));
         }
         if self.max_position_embeddings == 0 {
             return bad("`max_position_embeddings` must be positive".into());
@@ -241,13 +258,20 @@ impl LlamaConfig {
     /// All end-of-sequence ids.
     #[must_use]
     pub fn eos_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     /// A complete HF `config.json` for this configuration, merged over `base` (the source
     /// model's original config, so fields we do not model survive surgery and conversion).
     #[must_use]
-    pub fn to_json(&self, base: Option<&serde_json::Value>, torch_dtype: &str) -> serde_json::Value {
+    pub fn to_json(
+        &self,
+        base: Option<&serde_json::Value>,
+        torch_dtype: &str,
+    ) -> serde_json::Value {
         let mut map = match base {
             Some(serde_json::Value::Object(m)) => m.clone(),
             _ => serde_json::Map::new(),
@@ -311,7 +335,9 @@ fn parse_rope_scaling(v: &serde_json::Value, path: &Path) -> Result<RopeScaling>
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         }),
-        "linear" => Ok(RopeScaling::Linear { factor: num("factor")? }),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
         "default" => Err(Error::format(path, "rope_scaling `default` should be null")),
         other => Err(Error::unsupported(
             path,
@@ -341,7 +367,9 @@ mod tests {
     fn llama32_config_parses_rope_scaling_and_eos_list() {
         let c = LlamaConfig::from_json_str(LLAMA32, Path::new("config.json")).unwrap();
         assert_eq!(c.eos_ids(), vec![128_001, 128_008, 128_009]);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if (factor - 32.0).abs() < 1e-9));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if (factor - 32.0).abs() < 1e-9)
+        );
         // Llama-3.2-1B: 1,235,814,400 parameters.
         assert_eq!(c.total_params(), 1_235_814_400);
     }
@@ -351,7 +379,10 @@ mod tests {
         let text = SMOLLM2.replace("\"llama\"", "\"mistral\"");
         let err = LlamaConfig::from_json_str(&text, Path::new("m/config.json")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("m/config.json") && msg.contains("mistral"), "{msg}");
+        assert!(
+            msg.contains("m/config.json") && msg.contains("mistral"),
+            "{msg}"
+        );
     }
 
     #[test]

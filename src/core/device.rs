@@ -37,7 +37,8 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
                     "this slayer was built without CUDA: rebuild with `--features cuda` (see scripts/cuda-env.sh)".into(),
                 ));
             }
-            Device::new_cuda(0).map_err(|e| Error::Invalid(format!("cannot open CUDA device 0: {e}")))
+            Device::new_cuda(0)
+                .map_err(|e| Error::Invalid(format!("cannot open CUDA device 0: {e}")))
         }
         DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available()
@@ -54,5 +55,9 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
 /// there is slow), bf16 on CUDA.
 #[must_use]
 pub fn default_dtype(device: &Device) -> candle_core::DType {
-    if device.is_cuda() { candle_core::DType::BF16 } else { candle_core::DType::F32 }
+    if device.is_cuda() {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    }
 }

@@ -45,10 +45,16 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         if !(params.temperature.is_finite() && params.temperature >= 0.0) {
-            return Err(Error::Invalid(format!("temperature {} must be >= 0", params.temperature)));
+            return Err(Error::Invalid(format!(
+                "temperature {} must be >= 0",
+                params.temperature
+            )));
         }
         if !(params.top_p > 0.0 && params.top_p <= 1.0) {
-            return Err(Error::Invalid(format!("top-p {} must be in (0, 1]", params.top_p)));
+            return Err(Error::Invalid(format!(
+                "top-p {} must be in (0, 1]",
+                params.top_p
+            )));
         }
         let rng = StdRng::seed_from_u64(params.seed);
         Ok(Self { params, rng })
@@ -67,7 +73,10 @@ impl Sampler {
             order.truncate(self.params.top_k);
         }
         let max = logits[order[0]];
-        let weights: Vec<f64> = order.iter().map(|&i| f64::from(((logits[i] - max) / t).exp())).collect();
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| f64::from(((logits[i] - max) / t).exp()))
+            .collect();
         let total: f64 = weights.iter().sum();
         // Smallest prefix whose probability mass reaches top_p.
         let mut keep = weights.len();
@@ -138,6 +147,15 @@ impl GenerationStats {
     }
 }
 
+/// When generation ends, besides a full context window.
+#[derive(Debug, Clone, Copy)]
+pub struct StopConditions<'a> {
+    pub max_tokens: usize,
+    pub eos_ids: &'a [u32],
+    /// Polled before each token; set from a signal handler or another thread.
+    pub cancel: &'a AtomicBool,
+}
+
 /// Generates after `prompt`, calling `on_token` with each new id (the stop token excluded).
 /// `cache` may hold earlier turns: `prompt` then continues them.
 pub fn generate(
@@ -145,11 +163,14 @@ pub fn generate(
     cache: &mut KvCache,
     prompt: &[u32],
     sampler: &mut Sampler,
-    max_tokens: usize,
-    eos_ids: &[u32],
-    cancel: &AtomicBool,
+    stop: StopConditions<'_>,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<(Vec<u32>, GenerationStats)> {
+    let StopConditions {
+        max_tokens,
+        eos_ids,
+        cancel,
+    } = stop;
     if prompt.is_empty() {
         return Err(Error::Invalid("empty prompt".into()));
     }
@@ -217,30 +238,55 @@ mod tests {
 
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let mut s = Sampler::new(SamplingParams { temperature: 0.0, ..Default::default() }).unwrap();
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s.sample(&logits(&[0.1, 3.0, 3.0, -1.0])).unwrap(), 1);
     }
 
     #[test]
     fn top_k_one_is_greedy_and_seeds_repeat() {
-        let p = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&logits(&[0.0, 1.0, 0.5])).unwrap(), 1);
         }
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let draw = |p: &SamplingParams| {
             let mut s = Sampler::new(p.clone()).unwrap();
-            (0..50).map(|_| s.sample(&logits(&[0.0, 0.2, 0.4, 0.1])).unwrap()).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&logits(&[0.0, 0.2, 0.4, 0.1])).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(&p), draw(&p));
-        assert!(draw(&p).iter().any(|&t| t != 2), "sampling should not be greedy at T=1");
+        assert!(
+            draw(&p).iter().any(|&t| t != 2),
+            "sampling should not be greedy at T=1"
+        );
     }
 
     #[test]
     fn top_p_excludes_the_tail() {
         // Probabilities ~ [0.867, 0.117, 0.016]: top_p 0.8 keeps only the first.
-        let p = SamplingParams { temperature: 1.0, top_p: 0.8, seed: 3, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: 3,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         for _ in 0..100 {
             assert_eq!(s.sample(&logits(&[4.0, 2.0, 0.0])).unwrap(), 0);
@@ -249,7 +295,19 @@ mod tests {
 
     #[test]
     fn invalid_params_are_refused() {
-        assert!(Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).is_err());
-        assert!(Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).is_err());
+        assert!(
+            Sampler::new(SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -22,6 +22,34 @@ use crate::core::error::{Error, Result};
 /// The Llama 3 ("llama-bpe") pre-tokenisation pattern, as in its `tokenizer.json`.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` name, as the family's `tokenizer.json` has it.
+fn pre_tokenizer(pre: &str, path: &Path) -> Result<PreTokenizerWrapper> {
+    match pre {
+        "smollm" => Ok(Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into()),
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::format(path, e.to_string()))?;
+            Ok(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into())
+        }
+        other => Err(Error::unsupported(
+            path,
+            format!("pre-tokenizer `{other}` (supported: smollm, llama-bpe)"),
+        )),
+    }
+}
+
 /// A tokenizer with its special tokens and chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -31,7 +59,7 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     chat_template: Option<String>,
     /// `tokenizer_config.json` as read (or built), kept so saving preserves unknown fields.
-    tokenizer_config: serde_json::Value,
+    config_json: serde_json::Value,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -67,7 +95,8 @@ impl Tokenizer {
             .map_err(|e| Error::format(&path, format!("invalid tokenizer: {e}")))?;
         let config_path = dir.join("tokenizer_config.json");
         let tokenizer_config = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let text =
+                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
             serde_json::from_str(&text)
                 .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?
         } else {
@@ -84,11 +113,19 @@ impl Tokenizer {
         };
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.is_file() {
-            chat_template = Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
+            chat_template =
+                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
         }
         let bos_token = token_string(tokenizer_config.get("bos_token"));
         let eos_token = token_string(tokenizer_config.get("eos_token"));
-        Ok(Some(Self::assemble(inner, bos_token, eos_token, chat_template, tokenizer_config, config)))
+        Ok(Some(Self::assemble(
+            inner,
+            bos_token,
+            eos_token,
+            chat_template,
+            tokenizer_config,
+            config,
+        )))
     }
 
     fn assemble(
@@ -111,7 +148,7 @@ impl Tokenizer {
             eos_token,
             eos_ids,
             chat_template,
-            tokenizer_config,
+            config_json: tokenizer_config,
         }
     }
 
@@ -131,7 +168,11 @@ impl Tokenizer {
                 .and_then(GgufValue::as_array)
                 .ok_or_else(|| Error::format(path, format!("no `tokenizer.ggml.{k}` array")))?
                 .iter()
-                .map(|v| v.as_str().ok_or_else(|| Error::format(path, format!("`tokenizer.ggml.{k}` holds a non-string"))))
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        Error::format(path, format!("`tokenizer.ggml.{k}` holds a non-string"))
+                    })
+                })
                 .collect()
         };
         let tokens = strings("tokens")?;
@@ -143,29 +184,17 @@ impl Tokenizer {
                     .ok_or_else(|| Error::format(path, format!("merge `{m}` has no space")))
             })
             .collect::<Result<_>>()?;
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| ((*t).to_string(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((*t).to_string(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| Error::format(path, format!("invalid BPE vocabulary: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_tokenizer: PreTokenizerWrapper = match pre {
-            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            "llama-bpe" | "llama3" => {
-                let split = Split::new(SplitPattern::Regex(LLAMA3_PATTERN.into()), SplitDelimiterBehavior::Isolated, false)
-                    .map_err(|e| Error::format(path, e.to_string()))?;
-                Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
-            }
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("pre-tokenizer `{other}` (supported: smollm, llama-bpe)"),
-                ));
-            }
-        };
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre, path)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let types: Vec<u64> = get("token_type")
             .and_then(GgufValue::as_array)
@@ -199,7 +228,7 @@ impl Tokenizer {
             let processor = TemplateProcessing::builder()
                 .try_single(format!("{bos} $A"))
                 .and_then(|b| b.try_pair(format!("{bos} $A {bos} $B")))
-                .map_err(|e| Error::format(path, e.to_string()))?
+                .map_err(|e| Error::format(path, e.clone()))?
                 .special_tokens(vec![(bos.clone(), id)])
                 .build()
                 .map_err(|e| Error::format(path, e.to_string()))?;
@@ -217,7 +246,14 @@ impl Tokenizer {
             "clean_up_tokenization_spaces": false,
             "model_max_length": config.max_position_embeddings,
         });
-        Ok(Self::assemble(inner, bos_token, eos_token, chat_template, tokenizer_config, config))
+        Ok(Self::assemble(
+            inner,
+            bos_token,
+            eos_token,
+            chat_template,
+            tokenizer_config,
+            config,
+        ))
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` (with the chat template) into `dir`.
@@ -226,12 +262,13 @@ impl Tokenizer {
         self.inner
             .save(&path, false)
             .map_err(|e| Error::format(&path, format!("cannot save tokenizer: {e}")))?;
-        let mut cfg = self.tokenizer_config.clone();
+        let mut cfg = self.config_json.clone();
         if let serde_json::Value::Object(map) = &mut cfg {
             if let Some(t) = &self.chat_template {
                 map.insert("chat_template".into(), t.clone().into());
             }
-            map.entry("tokenizer_class").or_insert_with(|| "PreTrainedTokenizerFast".into());
+            map.entry("tokenizer_class")
+                .or_insert_with(|| "PreTrainedTokenizerFast".into());
         }
         crate::core::checkpoint::hf::write_json(&dir.join("tokenizer_config.json"), &cfg)
     }
@@ -314,7 +351,10 @@ impl TextStream {
         self.ids.push(id);
         let before = tokenizer.decode(&self.ids[self.prefix..self.read], true)?;
         let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
             let delta = now[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
@@ -330,6 +370,9 @@ impl TextStream {
         let now = tokenizer.decode(&self.ids[self.prefix..], true)?;
         self.prefix = self.ids.len();
         self.read = self.ids.len();
-        Ok((now.len() > before.len() && now.is_char_boundary(before.len())).then(|| now[before.len()..].to_string()))
+        Ok(
+            (now.len() > before.len() && now.is_char_boundary(before.len()))
+                .then(|| now[before.len()..].to_string()),
+        )
     }
 }

@@ -220,9 +220,13 @@ impl GgufFile {
     /// every tensor lies inside the file. Errors are messages without the path.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let mut c = Cursor { bytes, pos: 0 };
-        let magic = c.take(4, "magic").map_err(|_| "file is too short to be GGUF".to_string())?;
+        let magic = c
+            .take(4, "magic")
+            .map_err(|_| "file is too short to be GGUF".to_string())?;
         if magic != b"GGUF" {
-            return Err(format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"));
+            return Err(format!(
+                "not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"
+            ));
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
@@ -248,7 +252,9 @@ impl GgufFile {
             let mut shape = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
                 let d = c.u64(&name)?;
-                shape.push(usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {d}"))?);
+                shape.push(
+                    usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {d}"))?,
+                );
             }
             shape.reverse();
             let ty = c.u32(&name)?;
@@ -328,7 +334,12 @@ pub fn dequantize(bytes: &[u8], info: &GgufTensorInfo) -> candle_core::Result<Te
     let mut aligned = vec![0u64; raw.len().div_ceil(8)];
     let view: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
     view[..raw.len()].copy_from_slice(raw);
-    let q = qtensor_from_ggml(info.dtype, &view[..raw.len()], info.shape.clone(), &Device::Cpu)?;
+    let q = qtensor_from_ggml(
+        info.dtype,
+        &view[..raw.len()],
+        info.shape.clone(),
+        &Device::Cpu,
+    )?;
     q.dequantize(&Device::Cpu)
 }
 
@@ -380,7 +391,10 @@ pub(crate) mod tests {
     use super::*;
 
     /// Builds a GGUF v3 file in memory: metadata as (key, type, raw value bytes), f32 tensors.
-    pub(crate) fn build(meta: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+    pub(crate) fn build(
+        meta: &[(&str, u32, Vec<u8>)],
+        tensors: &[(&str, Vec<u64>, Vec<f32>)],
+    ) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend((tensors.len() as u64).to_le_bytes());
@@ -403,7 +417,7 @@ pub(crate) mod tests {
             b.extend(offset.to_le_bytes());
             offset += (data.len() * 4).div_ceil(32) as u64 * 32;
         }
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         for (_, _, data) in tensors {
@@ -411,7 +425,7 @@ pub(crate) mod tests {
             for v in data {
                 b.extend(v.to_le_bytes());
             }
-            while (b.len() - start) % 32 != 0 {
+            while !(b.len() - start).is_multiple_of(32) {
                 b.push(0);
             }
         }
@@ -427,16 +441,25 @@ pub(crate) mod tests {
     #[test]
     fn parses_metadata_and_dequantizes_f32() {
         let b = build(
-            &[("general.architecture", 8, str_value("llama")), ("x", 4, 7u32.to_le_bytes().to_vec())],
+            &[
+                ("general.architecture", 8, str_value("llama")),
+                ("x", 4, 7u32.to_le_bytes().to_vec()),
+            ],
             &[("t", vec![3, 2], vec![1., 2., 3., 4., 5., 6.])],
         );
         let g = GgufFile::parse(&b).unwrap();
-        assert_eq!(g.get("general.architecture").and_then(GgufValue::as_str), Some("llama"));
+        assert_eq!(
+            g.get("general.architecture").and_then(GgufValue::as_str),
+            Some("llama")
+        );
         assert_eq!(g.get("x").and_then(GgufValue::as_u64), Some(7));
         let info = g.tensor_info("t").unwrap();
         assert_eq!(info.shape, vec![2, 3]);
         let t = dequantize(&b, info).unwrap();
-        assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![1., 2., 3.], vec![4., 5., 6.]]);
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 2., 3.], vec![4., 5., 6.]]
+        );
     }
 
     #[test]
@@ -468,7 +491,10 @@ pub(crate) mod tests {
     fn unpermute_inverts_the_llama_cpp_permutation() {
         // llama.cpp: reshape(heads, 2, hd/2, cols).swapaxes(1, 2).
         let heads = 2;
-        let w = Tensor::arange(0f32, 48.0, &Device::Cpu).unwrap().reshape((12, 4)).unwrap();
+        let w = Tensor::arange(0f32, 48.0, &Device::Cpu)
+            .unwrap()
+            .reshape((12, 4))
+            .unwrap();
         let permuted = w
             .reshape((heads, 2, 3, 4))
             .unwrap()
@@ -484,8 +510,14 @@ pub(crate) mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        assert_eq!(hf_name("blk.12.attn_q.weight").as_deref(), Some("model.layers.12.self_attn.q_proj.weight"));
-        assert_eq!(hf_name("token_embd.weight").as_deref(), Some("model.embed_tokens.weight"));
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

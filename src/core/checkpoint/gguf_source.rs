@@ -26,7 +26,10 @@ pub struct GgufSource {
     by_hf_name: HashMap<String, usize>,
 }
 
-#[expect(unsafe_code, reason = "memory-mapping a file is inherently unsafe in Rust")]
+#[expect(
+    unsafe_code,
+    reason = "memory-mapping a file is inherently unsafe in Rust"
+)]
 fn map(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: read-only map of a checkpoint; concurrent truncation is the accepted risk.
     unsafe { Mmap::map(file) }
@@ -95,7 +98,8 @@ impl WeightSource for GgufSource {
             .get(name)
             .ok_or_else(|| Error::tensor(&self.path, name, "not in the GGUF file"))?;
         let info = &self.file.tensors[i];
-        let t = dequantize(&self.mmap, info).map_err(|e| Error::tensor(&self.path, &info.name, e.to_string()))?;
+        let t = dequantize(&self.mmap, info)
+            .map_err(|e| Error::tensor(&self.path, &info.name, e.to_string()))?;
         let t = t.to_dtype(DType::F32)?;
         if name.ends_with("self_attn.q_proj.weight") {
             Ok(unpermute_qk(&t, self.config.num_attention_heads)?)
@@ -117,7 +121,10 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
         .and_then(GgufValue::as_str)
         .ok_or_else(|| Error::format(path, "no `general.architecture` metadata"))?;
     if arch != "llama" {
-        return Err(Error::unsupported(path, format!("architecture `{arch}` (supported: llama)")));
+        return Err(Error::unsupported(
+            path,
+            format!("architecture `{arch}` (supported: llama)"),
+        ));
     }
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<usize> {
@@ -126,7 +133,11 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
             .and_then(|v| usize::try_from(v).ok())
             .ok_or_else(|| Error::format(path, format!("missing integer metadata `{}`", key(k))))
     };
-    let opt_int = |k: &str| file.get(&key(k)).and_then(GgufValue::as_u64).map(|v| v as usize);
+    let opt_int = |k: &str| {
+        file.get(&key(k))
+            .and_then(GgufValue::as_u64)
+            .map(|v| v as usize)
+    };
     let float = |k: &str| file.get(&key(k)).and_then(GgufValue::as_f64);
     let hidden = int("embedding_length")?;
     let heads = int("attention.head_count")?;
@@ -151,7 +162,7 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
         num_hidden_layers: int("block_count")?,
         num_attention_heads: heads,
         num_key_value_heads: opt_int("attention.head_count_kv").unwrap_or(heads),
-        head_dim: opt_int("rope.dimension_count").unwrap_or(if heads == 0 { 0 } else { hidden / heads }),
+        head_dim: opt_int("rope.dimension_count").unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
         rope_scaling: None,
@@ -161,7 +172,10 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
         eos_token_id: token_id("eos_token_id").map(TokenIds::One),
     };
     config.validate(path)?;
-    match file.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+    match file
+        .get(&key("rope.scaling.type"))
+        .and_then(GgufValue::as_str)
+    {
         None | Some("none") => {}
         Some("linear") => {
             let factor = float("rope.scaling.factor")
@@ -169,7 +183,10 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
             config.rope_scaling = Some(RopeScaling::Linear { factor });
         }
         Some(other) => {
-            return Err(Error::unsupported(path, format!("rope scaling type `{other}`")));
+            return Err(Error::unsupported(
+                path,
+                format!("rope scaling type `{other}`"),
+            ));
         }
     }
     if let Some(info) = file.tensor_info("rope_freqs.weight") {
@@ -177,7 +194,10 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
             .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
             .map_err(|e| Error::tensor(path, "rope_freqs.weight", e.to_string()))?;
         config.rope_scaling = Some(infer_llama3_scaling(&config, &factors).ok_or_else(|| {
-            Error::unsupported(path, "rope_freqs.weight does not match Llama 3 rope scaling")
+            Error::unsupported(
+                path,
+                "rope_freqs.weight does not match Llama 3 rope scaling",
+            )
         })?);
     }
     Ok(config)
@@ -207,10 +227,9 @@ fn infer_llama3_scaling(config: &LlamaConfig, factors: &[f32]) -> Option<RopeSca
     if base.len() != factors.len() {
         return None;
     }
-    let matches = base
-        .iter()
-        .zip(&with)
-        .zip(factors)
-        .all(|((b, w), &f)| ((b / w) - f64::from(f)).abs() <= 1e-3 * f64::from(f).abs().max(1.0));
+    let matches =
+        base.iter().zip(&with).zip(factors).all(|((b, w), &f)| {
+            ((b / w) - f64::from(f)).abs() <= 1e-3 * f64::from(f).abs().max(1.0)
+        });
     matches.then_some(candidate)
 }

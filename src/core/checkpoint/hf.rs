@@ -34,7 +34,11 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    if path.exists() { read_json(path).map(Some) } else { Ok(None) }
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 impl HfDir {
@@ -58,18 +62,31 @@ impl HfDir {
                 ));
             }
             let shard = MappedSafetensors::open(&single)?;
-            let locations = shard.header().tensors.keys().map(|k| (k.clone(), 0)).collect();
+            let locations = shard
+                .header()
+                .tensors
+                .keys()
+                .map(|k| (k.clone(), 0))
+                .collect();
             (vec![shard], locations)
         };
         let mut dtype = None;
         for name in Llama::tensor_names(&config) {
             let &shard = locations.get(&name).ok_or_else(|| {
-                Error::tensor(dir, &name, "missing from the checkpoint (the config requires it)")
+                Error::tensor(
+                    dir,
+                    &name,
+                    "missing from the checkpoint (the config requires it)",
+                )
             })?;
             let entry = &shards[shard].header().tensors[&name];
             check_shape(&config, shards[shard].path(), &name, &entry.shape)?;
             if !matches!(entry.dtype, DType::F32 | DType::F16 | DType::BF16) {
-                return Err(Error::tensor(shards[shard].path(), &name, format!("dtype {:?} is not a float type", entry.dtype)));
+                return Err(Error::tensor(
+                    shards[shard].path(),
+                    &name,
+                    format!("dtype {:?} is not a float type", entry.dtype),
+                ));
             }
             dtype.get_or_insert(entry.dtype);
         }
@@ -81,7 +98,10 @@ impl HfDir {
                 return Err(Error::tensor(
                     dir,
                     name,
-                    format!("block {idx} exists but config.json says num_hidden_layers = {}", config.num_hidden_layers),
+                    format!(
+                        "block {idx} exists but config.json says num_hidden_layers = {}",
+                        config.num_hidden_layers
+                    ),
                 ));
             }
         }
@@ -117,11 +137,17 @@ fn open_sharded(dir: &Path, index_path: &Path) -> Result<ShardSet> {
     let mut shards = Vec::new();
     let mut locations = HashMap::new();
     for (name, file) in map {
-        let file = file
-            .as_str()
-            .ok_or_else(|| Error::format(index_path, format!("`weight_map.{name}` is not a file name")))?;
+        let file = file.as_str().ok_or_else(|| {
+            Error::format(
+                index_path,
+                format!("`weight_map.{name}` is not a file name"),
+            )
+        })?;
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(Error::format(index_path, format!("`weight_map.{name}` names `{file}` outside the directory")));
+            return Err(Error::format(
+                index_path,
+                format!("`weight_map.{name}` names `{file}` outside the directory"),
+            ));
         }
         let idx = if let Some(&i) = files.get(file) {
             i
@@ -134,7 +160,10 @@ fn open_sharded(dir: &Path, index_path: &Path) -> Result<ShardSet> {
             return Err(Error::tensor(
                 shards[idx].path(),
                 name,
-                format!("listed in {} but absent from the shard", index_path.display()),
+                format!(
+                    "listed in {} but absent from the shard",
+                    index_path.display()
+                ),
             ));
         }
         locations.insert(name.clone(), idx);
@@ -228,7 +257,10 @@ pub fn write_hf_dir(
     cancel: Option<&AtomicBool>,
 ) -> Result<()> {
     if out.exists() && !opts.force {
-        return Err(Error::format(out, "already exists (pass --force to replace it)"));
+        return Err(Error::format(
+            out,
+            "already exists (pass --force to replace it)",
+        ));
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -238,7 +270,11 @@ pub fn write_hf_dir(
     let file_name = out
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a directory name", out.display())))?;
-    let tmp = parent.join(format!(".{}.partial-{}", file_name.to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -268,7 +304,10 @@ fn write_contents(
     let elem = opts.dtype.size_in_bytes() as u64;
     let sizes: Vec<u64> = names
         .iter()
-        .map(|n| Llama::expected_shape(config, n).map_or(0, |s| s.iter().product::<usize>() as u64 * elem))
+        .map(|n| {
+            Llama::expected_shape(config, n)
+                .map_or(0, |s| s.iter().product::<usize>() as u64 * elem)
+        })
         .collect();
     // Group consecutive tensors into shards.
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
@@ -299,7 +338,11 @@ fn write_contents(
             let t = produce(name)?.to_dtype(opts.dtype)?;
             let expected = Llama::expected_shape(config, name).unwrap_or_default();
             if t.dims() != expected.as_slice() {
-                return Err(Error::tensor(dir, name, format!("shape {:?}, expected {expected:?}", t.dims())));
+                return Err(Error::tensor(
+                    dir,
+                    name,
+                    format!("shape {:?}, expected {expected:?}", t.dims()),
+                ));
             }
             weight_map.insert(name.clone(), file.clone().into());
             tensors.push((name.clone(), t));
@@ -331,7 +374,8 @@ fn write_contents(
 
 /// Writes pretty JSON and fsyncs it.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
     write_synced(path, text.as_bytes())
 }
 

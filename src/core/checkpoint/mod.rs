@@ -46,7 +46,10 @@ pub fn open_source(path: &Path) -> Result<Box<dyn WeightSource>> {
     } else {
         Err(Error::io(
             path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory or GGUF file"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such model directory or GGUF file",
+            ),
         ))
     }
 }
@@ -61,7 +64,12 @@ pub fn load_model(source: &dyn WeightSource, dtype: DType, device: &Device) -> R
 }
 
 /// Checks a tensor's shape against what the config implies.
-pub(crate) fn check_shape(config: &LlamaConfig, path: &Path, name: &str, shape: &[usize]) -> Result<()> {
+pub(crate) fn check_shape(
+    config: &LlamaConfig,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<()> {
     match Llama::expected_shape(config, name) {
         Some(expected) if expected == shape => Ok(()),
         Some(expected) => Err(Error::tensor(
@@ -69,7 +77,11 @@ pub(crate) fn check_shape(config: &LlamaConfig, path: &Path, name: &str, shape: 
             name,
             format!("shape {shape:?} contradicts the config, which implies {expected:?}"),
         )),
-        None => Err(Error::tensor(path, name, "is not part of a model with this config")),
+        None => Err(Error::tensor(
+            path,
+            name,
+            "is not part of a model with this config",
+        )),
     }
 }
 

@@ -65,13 +65,17 @@ fn dtype_to_str(d: DType) -> &'static str {
 /// (`bytes` may be just a prefix holding the header). Every offset is checked against `file_len`.
 pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header, String> {
     let Some(len_bytes) = bytes.get(..8) else {
-        return Err(format!("file is {file_len} bytes, too short for a safetensors header"));
+        return Err(format!(
+            "file is {file_len} bytes, too short for a safetensors header"
+        ));
     };
     let mut len_arr = [0u8; 8];
     len_arr.copy_from_slice(len_bytes);
     let header_len = u64::from_le_bytes(len_arr);
     if header_len > MAX_HEADER_BYTES {
-        return Err(format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"));
+        return Err(format!(
+            "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+        ));
     }
     if header_len + 8 > file_len {
         return Err(format!(
@@ -117,13 +121,19 @@ pub fn parse_header(bytes: &[u8], file_len: u64) -> Result<Header, String> {
     for pair in ranges.windows(2) {
         let ((_, prev_end, prev), (start, _, next)) = (pair[0], pair[1]);
         if start < prev_end {
-            return Err(format!("tensors `{prev}` and `{next}` overlap in the data section"));
+            return Err(format!(
+                "tensors `{prev}` and `{next}` overlap in the data section"
+            ));
         }
     }
     Ok(header)
 }
 
-fn parse_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<TensorEntry, String> {
+fn parse_entry(
+    name: &str,
+    entry: &serde_json::Value,
+    data_len: u64,
+) -> Result<TensorEntry, String> {
     let field = |k: &str| {
         entry
             .get(k)
@@ -149,10 +159,14 @@ fn parse_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<T
     let shape = as_usizes("shape")?;
     let offsets = as_usizes("data_offsets")?;
     let [start, end] = offsets[..] else {
-        return Err(format!("tensor `{name}`: `data_offsets` must hold two numbers"));
+        return Err(format!(
+            "tensor `{name}`: `data_offsets` must hold two numbers"
+        ));
     };
     if start > end {
-        return Err(format!("tensor `{name}`: data_offsets [{start}, {end}] are reversed"));
+        return Err(format!(
+            "tensor `{name}`: data_offsets [{start}, {end}] are reversed"
+        ));
     }
     if end as u64 > data_len {
         return Err(format!(
@@ -227,11 +241,19 @@ impl MappedSafetensors {
             .mmap
             .get(base + entry.start..base + entry.end)
             .ok_or_else(|| Error::tensor(&self.path, name, "data out of bounds"))?;
-        Ok(Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?)
+        Ok(Tensor::from_raw_buffer(
+            bytes,
+            entry.dtype,
+            &entry.shape,
+            device,
+        )?)
     }
 }
 
-#[expect(unsafe_code, reason = "memory-mapping a file is inherently unsafe in Rust")]
+#[expect(
+    unsafe_code,
+    reason = "memory-mapping a file is inherently unsafe in Rust"
+)]
 fn map_file(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: the map is read-only; a concurrent truncation by another process is the accepted
     // risk of every mmap-based checkpoint loader.
@@ -242,10 +264,7 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
 /// directory the caller renames into place), then fsyncs it.
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut entries = serde_json::Map::new();
-    entries.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    entries.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
     for (name, t) in tensors {
         let bytes = t.elem_count() * t.dtype().size_in_bytes();
@@ -268,13 +287,16 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&header).map_err(io)?;
     for (name, t) in tensors {
         let data = tensor_bytes(t).map_err(|e| Error::tensor(path, name, e.to_string()))?;
         w.write_all(&data).map_err(io)?;
     }
-    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(())
 }
@@ -283,12 +305,32 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 fn tensor_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
     let t = t.to_device(&Device::Cpu)?.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         DType::U8 => t.to_vec1::<u8>()?,
-        DType::U32 => t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I64 => t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::U32 => t
+            .to_vec1::<u32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => t
+            .to_vec1::<i64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         _ => t
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?
@@ -340,7 +382,10 @@ mod tests {
 
     #[test]
     fn truncated_data_is_reported() {
-        let b = file_with_header(r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8);
+        let b = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            8,
+        );
         assert!(err(&b).contains("truncated"));
     }
 
@@ -355,7 +400,10 @@ mod tests {
 
     #[test]
     fn shape_disagreeing_with_offsets_is_reported() {
-        let b = file_with_header(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8);
+        let b = file_with_header(
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            8,
+        );
         assert!(err(&b).contains("needs 12 bytes"));
     }
 
@@ -372,7 +420,10 @@ mod tests {
     fn write_then_read_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.safetensors");
-        let a = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
         let b = a.to_dtype(DType::BF16).unwrap();
         write_file(&path, &[("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
         let m = MappedSafetensors::open(&path).unwrap();

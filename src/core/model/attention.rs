@@ -32,9 +32,15 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = linear(x, &self.q_proj)?.reshape((b, t, h, d))?.transpose(1, 2)?;
-        let k = linear(x, &self.k_proj)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
-        let v = linear(x, &self.v_proj)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
+        let q = linear(x, &self.q_proj)?
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?;
+        let k = linear(x, &self.k_proj)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?;
+        let v = linear(x, &self.v_proj)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?;
         let q = rotary.apply(&q, offset)?;
         let mut k = rotary.apply(&k, offset)?;
         let mut v = v.contiguous()?;
@@ -78,10 +84,23 @@ fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
 }
 
 /// The additive causal mask for `seq` new tokens after `offset` cached ones.
-pub fn causal_mask(seq: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn causal_mask(
+    seq: usize,
+    offset: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let total = offset + seq;
     let mask: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Tensor::from_vec(mask, (seq, total), device)?.to_dtype(dtype)
 }

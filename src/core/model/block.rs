@@ -84,7 +84,11 @@ impl Block {
     /// Makes every parameter trainable (copying) or frozen (sharing storage).
     pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
         for p in self.params_mut() {
-            *p = if trainable { p.trainable()? } else { p.frozen() };
+            *p = if trainable {
+                p.trainable()?
+            } else {
+                p.frozen()
+            };
         }
         Ok(())
     }

@@ -135,7 +135,9 @@ impl Llama {
         let kv = config.num_key_value_heads * config.head_dim;
         let i = config.intermediate_size;
         match name {
-            "model.embed_tokens.weight" | "lm_head.weight" => return Some(vec![config.vocab_size, h]),
+            "model.embed_tokens.weight" | "lm_head.weight" => {
+                return Some(vec![config.vocab_size, h]);
+            }
             "model.norm.weight" => return Some(vec![h]),
             _ => {}
         }
@@ -161,7 +163,11 @@ impl Llama {
     pub fn tensor_names(config: &LlamaConfig) -> Vec<String> {
         let mut names = vec!["model.embed_tokens.weight".to_string()];
         for i in 0..config.num_hidden_layers {
-            names.extend(BLOCK_TENSORS.iter().map(|n| format!("model.layers.{i}.{n}")));
+            names.extend(
+                BLOCK_TENSORS
+                    .iter()
+                    .map(|n| format!("model.layers.{i}.{n}")),
+            );
         }
         names.push("model.norm.weight".into());
         if !config.tie_word_embeddings {
@@ -250,7 +256,9 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-        let logits = logits.reshape((b * (t - 1), self.config.vocab_size))?.to_dtype(DType::F32)?;
+        let logits = logits
+            .reshape((b * (t - 1), self.config.vocab_size))?
+            .to_dtype(DType::F32)?;
         candle_nn::loss::cross_entropy(&logits, &targets)
     }
 
@@ -259,7 +267,12 @@ impl Llama {
     pub fn named_params(&self) -> Vec<(String, &Param)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
         for (i, block) in self.blocks.iter().enumerate() {
-            out.extend(block.params().into_iter().map(|(n, p)| (format!("model.layers.{i}.{n}"), p)));
+            out.extend(
+                block
+                    .params()
+                    .into_iter()
+                    .map(|(n, p)| (format!("model.layers.{i}.{n}"), p)),
+            );
         }
         out.push(("model.norm.weight".into(), &self.norm.weight));
         if let Some(head) = &self.lm_head {
@@ -280,16 +293,82 @@ impl Llama {
     /// Makes block `index` trainable or frozen.
     pub fn set_block_trainable(&mut self, index: usize, trainable: bool) -> Result<()> {
         let n = self.blocks.len();
-        let block = self
-            .blocks
-            .get_mut(index)
-            .ok_or_else(|| candle_core::Error::Msg(format!("block {index} out of range (0..{n})")))?;
+        let block = self.blocks.get_mut(index).ok_or_else(|| {
+            candle_core::Error::Msg(format!("block {index} out of range (0..{n})"))
+        })?;
         block.set_trainable(trainable)
     }
 
     /// Total parameter count.
     #[must_use]
     pub fn param_count(&self) -> usize {
-        self.named_params().iter().map(|(_, p)| p.tensor().elem_count()).sum()
+        self.named_params()
+            .iter()
+            .map(|(_, p)| p.tensor().elem_count())
+            .sum()
+    }
+}
+
+/// Deterministic pseudo-random weights, for tests, benchmarks and GPU checks that need a model
+/// of a given shape but no trained weights.
+pub mod random {
+    use candle_core::{DType, Device, Tensor};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::Llama;
+    use crate::core::config::LlamaConfig;
+
+    /// A model whose matrices are N(0, 0.02²) (HF's initializer range) and whose norm weights are
+    /// 1 + small noise, generated from `seed`.
+    pub fn llama(
+        config: &LlamaConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> crate::core::Result<Llama> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Llama::from_tensors(config.clone(), dtype, device, |name| {
+            let shape = Llama::expected_shape(config, name).unwrap_or_default();
+            let n: usize = shape.iter().product();
+            let is_norm = name.ends_with("norm.weight");
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let g = gaussian(&mut rng);
+                    if is_norm { 1.0 + 0.1 * g } else { 0.02 * g }
+                })
+                .collect();
+            Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?)
+        })
+    }
+
+    /// A standard normal sample (Box–Muller).
+    fn gaussian(rng: &mut StdRng) -> f32 {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+
+    /// A small config for tests: 4 blocks, hidden 64, 4 heads over 2 KV heads, vocabulary 256.
+    #[must_use]
+    pub fn tiny_config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 256,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(crate::core::config::TokenIds::One(2)),
+        }
     }
 }

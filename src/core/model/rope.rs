@@ -42,7 +42,8 @@ pub fn inv_freqs(config: &LlamaConfig) -> Vec<f64> {
                     } else if wavelen > low_wavelen {
                         f / factor
                     } else {
-                        let smooth = (orig / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (orig / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })

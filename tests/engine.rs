@@ -1,0 +1,425 @@
+//! The engine on tiny random models: gradients reach exactly the trainable tensors, frozen ones
+//! never move, caching and checkpoints reproduce logits, and bad checkpoints give clear errors.
+#![allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "tests: a panic is the failure report; exact float equality is the point"
+)]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use common::max_abs_diff;
+use slayer::core::checkpoint::{HfDir, SaveOptions, WeightSource, hf::save_model, load_model};
+use slayer::core::model::random::{llama, tiny_config};
+use slayer::core::model::{KvCache, Llama, Param};
+
+fn ids(batch: usize, len: usize, seed: u32) -> Tensor {
+    let v: Vec<u32> = (0..batch * len)
+        .map(|i| (i as u32 * 37 + seed * 11) % 256)
+        .collect();
+    Tensor::from_vec(v, (batch, len), &Device::Cpu).unwrap()
+}
+
+/// Inserts an identity copy of block `src` right after it (o_proj and down_proj zeroed).
+fn insert_identity_copy(model: &mut Llama, src: usize) {
+    let mut block = model.blocks[src].clone();
+    block.self_attn.o_proj = Param::Frozen(block.self_attn.o_proj.tensor().zeros_like().unwrap());
+    block.mlp.down_proj = Param::Frozen(block.mlp.down_proj.tensor().zeros_like().unwrap());
+    model.blocks.insert(src + 1, block);
+    model.sync_config();
+}
+
+#[test]
+fn identity_copy_leaves_logits_bit_identical() {
+    let mut model = llama(&tiny_config(), 1, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(2, 12, 0);
+    let before = model.forward(&x).unwrap();
+    insert_identity_copy(&mut model, 1);
+    assert_eq!(model.blocks.len(), 5);
+    assert_eq!(max_abs_diff(&before, &model.forward(&x).unwrap()), 0.0);
+}
+
+#[test]
+fn two_steps_reach_every_trainable_tensor_and_move_no_frozen_one() {
+    let mut model = llama(&tiny_config(), 2, DType::F32, &Device::Cpu).unwrap();
+    insert_identity_copy(&mut model, 1);
+    // Train the new identity block (index 2) and an original block above it (index 4).
+    model.set_block_trainable(2, true).unwrap();
+    model.set_block_trainable(4, true).unwrap();
+    let frozen_before: Vec<(String, Tensor)> = model
+        .named_params()
+        .into_iter()
+        .filter(|(_, p)| !p.is_trainable())
+        .map(|(n, p)| (n, p.tensor().copy().unwrap()))
+        .collect();
+    let vars = model.trainable_vars();
+    assert_eq!(vars.len(), 18, "two blocks of nine tensors");
+    let mut opt = AdamW::new(
+        vars.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )
+    .unwrap();
+    let mut reached = vec![false; vars.len()];
+    for step in 0..2 {
+        let loss = model.loss(&ids(2, 16, step)).unwrap();
+        let grads = loss.backward().unwrap();
+        for (i, (name, var)) in vars.iter().enumerate() {
+            let g = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name}: no gradient at step {step}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite(), "{name}");
+            reached[i] |= norm > 0.0;
+        }
+        // Frozen weights get no gradient entry at all: the dX-only linear skipped dW.
+        for (name, p) in model.named_params() {
+            if !p.is_trainable() {
+                assert!(grads.get(p.tensor()).is_none(), "{name} got a gradient");
+            }
+        }
+        opt.step(&grads).unwrap();
+    }
+    for ((name, _), r) in vars.iter().zip(&reached) {
+        assert!(r, "{name} never received a non-zero gradient");
+    }
+    for (name, before) in frozen_before {
+        let now = model
+            .named_params()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .tensor()
+            .clone();
+        assert_eq!(max_abs_diff(&before, &now), 0.0, "{name} moved");
+    }
+}
+
+#[test]
+fn kv_cached_decoding_matches_the_full_forward() {
+    let model = llama(&tiny_config(), 3, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(1, 10, 5);
+    let full = model.forward(&x).unwrap().squeeze(0).unwrap();
+    let mut cache = KvCache::new(model.blocks.len());
+    let first = model
+        .forward_step(&x.narrow(1, 0, 6).unwrap(), &mut cache)
+        .unwrap();
+    assert!(max_abs_diff(&first.squeeze(0).unwrap(), &full.get(5).unwrap()) < 1e-5);
+    for p in 6..10 {
+        let step = model
+            .forward_step(&x.narrow(1, p, 1).unwrap(), &mut cache)
+            .unwrap();
+        let d = max_abs_diff(&step.squeeze(0).unwrap(), &full.get(p).unwrap());
+        assert!(d < 1e-5, "position {p}: {d}");
+    }
+}
+
+fn save(model: &Llama, dir: &std::path::Path, opts: &SaveOptions) {
+    save_model(model, None, None, None, dir, opts).unwrap();
+}
+
+#[test]
+fn save_then_load_gives_identical_logits_single_and_sharded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama(&tiny_config(), 4, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(1, 8, 1);
+    let reference = model.forward(&x).unwrap();
+    for (name, shard) in [("single", u64::MAX), ("sharded", 60_000)] {
+        let dir = tmp.path().join(name);
+        save(
+            &model,
+            &dir,
+            &SaveOptions {
+                max_shard_bytes: shard,
+                ..SaveOptions::default()
+            },
+        );
+        let source = HfDir::open(&dir).unwrap();
+        let loaded = load_model(&source, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(
+            max_abs_diff(&reference, &loaded.forward(&x).unwrap()),
+            0.0,
+            "{name}"
+        );
+        let index = dir.join("model.safetensors.index.json");
+        if name == "sharded" {
+            let idx: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+            let files: std::collections::BTreeSet<&str> = idx["weight_map"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert!(files.len() > 1, "expected several shards, got {files:?}");
+            let total: u64 = model
+                .named_params()
+                .iter()
+                .map(|(_, p)| p.tensor().elem_count() as u64 * 4)
+                .sum();
+            assert_eq!(idx["metadata"]["total_size"].as_u64(), Some(total));
+        } else {
+            assert!(!index.exists());
+        }
+    }
+}
+
+#[test]
+fn bf16_and_f16_checkpoints_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama(&tiny_config(), 5, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(1, 8, 2);
+    let reference = model.forward(&x).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let dir = tmp.path().join(format!("{dtype:?}"));
+        save(
+            &model,
+            &dir,
+            &SaveOptions {
+                dtype,
+                ..SaveOptions::default()
+            },
+        );
+        let source = HfDir::open(&dir).unwrap();
+        assert_eq!(source.stored_dtype(), dtype);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            cfg["torch_dtype"],
+            if dtype == DType::BF16 {
+                "bfloat16"
+            } else {
+                "float16"
+            }
+        );
+        let loaded = load_model(&source, DType::F32, &Device::Cpu).unwrap();
+        // Rounding the weights to 16 bits moves logits a little, never much.
+        assert!(
+            max_abs_diff(&reference, &loaded.forward(&x).unwrap()) < 0.05,
+            "{dtype:?}"
+        );
+        // Computing in the stored dtype works too.
+        let native = load_model(&source, dtype, &Device::Cpu).unwrap();
+        assert!(
+            native
+                .forward(&x)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .is_finite()
+        );
+    }
+}
+
+#[test]
+fn existing_output_is_refused_and_never_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama(&tiny_config(), 6, DType::F32, &Device::Cpu).unwrap();
+    let dir = tmp.path().join("m");
+    save(&model, &dir, &SaveOptions::default());
+    let err = save_model(&model, None, None, None, &dir, &SaveOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    save(
+        &model,
+        &dir,
+        &SaveOptions {
+            force: true,
+            ..SaveOptions::default()
+        },
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary directories left behind: {leftovers:?}"
+    );
+}
+
+mod bad_input {
+    use super::*;
+    use std::path::Path;
+
+    fn saved(tmp: &Path) -> std::path::PathBuf {
+        let model = llama(&tiny_config(), 7, DType::F32, &Device::Cpu).unwrap();
+        let dir = tmp.join("m");
+        save(&model, &dir, &SaveOptions::default());
+        dir
+    }
+
+    fn open_err(dir: &Path) -> String {
+        match HfDir::open(dir) {
+            Ok(_) => panic!("{} opened", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn truncated_safetensors_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = saved(tmp.path());
+        let st = dir.join("model.safetensors");
+        let len = std::fs::metadata(&st).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&st)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let msg = open_err(&dir);
+        assert!(
+            msg.contains("model.safetensors") && msg.contains("truncated"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn shapes_contradicting_the_config_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = saved(tmp.path());
+        let cfg_path = dir.join("config.json");
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let msg = open_err(&dir);
+        assert!(
+            msg.contains("mlp.") && msg.contains("contradicts the config"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn extra_blocks_beyond_the_config_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = saved(tmp.path());
+        let cfg_path = dir.join("config.json");
+        let cfg = std::fs::read_to_string(&cfg_path)
+            .unwrap()
+            .replace("\"num_hidden_layers\": 4", "\"num_hidden_layers\": 3");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let msg = open_err(&dir);
+        assert!(
+            msg.contains("model.layers.3") && msg.contains("num_hidden_layers = 3"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_config_key_and_unknown_architecture_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = saved(tmp.path());
+        let cfg_path = dir.join("config.json");
+        let original = std::fs::read_to_string(&cfg_path).unwrap();
+        let mut without: serde_json::Value = serde_json::from_str(&original).unwrap();
+        without.as_object_mut().unwrap().remove("vocab_size");
+        std::fs::write(&cfg_path, without.to_string()).unwrap();
+        let msg = open_err(&dir);
+        assert!(
+            msg.contains("config.json") && msg.contains("vocab_size"),
+            "{msg}"
+        );
+        std::fs::write(
+            &cfg_path,
+            original.replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\""),
+        )
+        .unwrap();
+        let msg = open_err(&dir);
+        assert!(
+            msg.contains("config.json") && msg.contains("gpt_neox"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_tensor_and_missing_weights_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = saved(tmp.path());
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        assert!(open_err(&dir).contains("no weights"));
+        assert!(open_err(tmp.path()).contains("no config.json"));
+    }
+
+    #[test]
+    fn gguf_with_wrong_magic_or_truncation_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.gguf");
+        std::fs::write(&p, b"GGML\x03\x00\x00\x00rest").unwrap();
+        let msg = slayer::core::checkpoint::GgufSource::open(&p)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("x.gguf") && msg.contains("not a GGUF file"),
+            "{msg}"
+        );
+        std::fs::write(&p, b"GGUF\x03\x00\x00\x00\x01").unwrap();
+        let msg = slayer::core::checkpoint::GgufSource::open(&p)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("x.gguf") && msg.contains("truncated"), "{msg}");
+    }
+}
+
+/// The core may not depend on the UI, the async runtime, the store or the front ends.
+#[test]
+fn core_depends_on_no_ui_runtime_or_store() {
+    let forbidden = [
+        "ratatui",
+        "crossterm",
+        "tokio",
+        "sled",
+        "notify",
+        "anyhow",
+        "crate::cli",
+        "crate::tui",
+        "crate::store",
+        "crate::runner",
+        "crate::fetch",
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut stack = vec![root];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for f in forbidden {
+                        assert!(
+                            !(line.contains(&format!("{f}::"))
+                                || line.contains(&format!("use {f}"))),
+                            "{} depends on {f}: {line}",
+                            path.display()
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} core files found");
+}
