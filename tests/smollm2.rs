@@ -303,3 +303,36 @@ fn model_info_reports_the_architecture_as_json() {
     assert_eq!(info["chat_template"], true);
     assert_eq!(info["tied_embeddings"], true);
 }
+
+/// The REPL as a person uses it, through a pseudo-terminal: a turn streams an answer, Ctrl-C
+/// stops a long generation without leaving, `/reset` and `/system` answer, `/quit` leaves.
+#[test]
+fn chat_repl_streams_stops_on_ctrl_c_and_keeps_going() {
+    let _ = smollm2();
+    let data_dir = common::cache_dir();
+    let cmd = format!(
+        "env SLAYER_HOME={} {} chat smollm2 --temperature 0 --max-tokens 400 --device cpu",
+        data_dir.display(),
+        env!("CARGO_BIN_EXE_slayer")
+    );
+    let mut p = rexpect::spawn(&cmd, Some(60_000)).unwrap();
+    p.exp_string("Ctrl-D to leave").unwrap();
+    p.exp_string("> ").unwrap();
+    p.send_line("What is the capital of France?").unwrap();
+    p.exp_string("Paris").unwrap();
+    p.exp_string("tokens/s").unwrap();
+    p.exp_string("> ").unwrap();
+    p.send_line("Write a very long story about a dragon who learns to cook.")
+        .unwrap();
+    // Let a few words stream, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    p.send_control('c').unwrap();
+    p.exp_string("[stopped]").unwrap();
+    p.exp_string("> ").unwrap();
+    p.send_line("/reset").unwrap();
+    p.exp_string("conversation reset").unwrap();
+    p.send_line("/system Answer in one word.").unwrap();
+    p.exp_string("system prompt set").unwrap();
+    p.send_line("/quit").unwrap();
+    p.exp_eof().unwrap();
+}

@@ -146,10 +146,44 @@ fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str) -> Result<()> {
 
 const HELP: &str = "/reset  forget the conversation\n/system TEXT  set the system prompt (empty clears it) and reset\n/help  this text\n/quit  leave (or Ctrl-D)\nCtrl-C stops a generation.";
 
-fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32> {
+/// Reads one line with a fresh editor. rustyline owns SIGINT for as long as an editor exists
+/// (its handler is restored only when the editor drops), so the editor must not outlive the
+/// prompt: Ctrl-C during a generation then reaches our handler and stops it.
+fn read_line(history: &[String]) -> Result<Option<String>> {
     let mut editor = rustyline::DefaultEditor::new().context("cannot start the line editor")?;
-    let history = data_dir.join("chat_history");
-    let _ = editor.load_history(&history);
+    for entry in history {
+        let _ = editor.add_history_entry(entry.as_str());
+    }
+    loop {
+        match editor.readline("> ") {
+            Ok(line) => return Ok(Some(line)),
+            Err(ReadlineError::Interrupted) => eprintln!("(Ctrl-D or /quit to leave)"),
+            Err(ReadlineError::Eof) => return Ok(None),
+            Err(e) => return Err(e).context("reading input"),
+        }
+    }
+}
+
+fn load_history(path: &Path) -> Vec<String> {
+    let Ok(mut editor) = rustyline::DefaultEditor::new() else {
+        return Vec::new();
+    };
+    let _ = editor.load_history(path);
+    editor.history().iter().cloned().collect()
+}
+
+fn save_history(path: &Path, history: &[String]) {
+    if let Ok(mut editor) = rustyline::DefaultEditor::new() {
+        for entry in history.iter().rev().take(1000).rev() {
+            let _ = editor.add_history_entry(entry.as_str());
+        }
+        let _ = editor.save_history(path);
+    }
+}
+
+fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32> {
+    let history_path = data_dir.join("chat_history");
+    let mut history = load_history(&history_path);
     eprintln!(
         "chatting with {} — /help for commands, Ctrl-D to leave",
         sessions
@@ -160,20 +194,16 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
     );
     loop {
         reset_interrupt();
-        let line = match editor.readline("› ") {
-            Ok(line) => line,
-            Err(ReadlineError::Interrupted) => {
-                eprintln!("(Ctrl-D or /quit to leave)");
-                continue;
-            }
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(e).context("reading input"),
+        let Some(line) = read_line(&history)? else {
+            break;
         };
         let text = line.trim();
         if text.is_empty() {
             continue;
         }
-        let _ = editor.add_history_entry(text);
+        if history.last().is_none_or(|h| h != text) {
+            history.push(text.to_string());
+        }
         match text
             .split_once(' ')
             .map_or((text, ""), |(c, r)| (c, r.trim()))
@@ -197,7 +227,7 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
                 );
             }
             (cmd, _) if cmd.starts_with('/') => {
-                eprintln!("unknown command {cmd}; /help lists them")
+                eprintln!("unknown command {cmd}; /help lists them");
             }
             _ => {
                 if let Err(e) = turn(sessions, text) {
@@ -206,6 +236,6 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
             }
         }
     }
-    let _ = editor.save_history(&history);
+    save_history(&history_path, &history);
     Ok(0)
 }
