@@ -4,6 +4,8 @@
 //! weight above a trainable block would cost a wasted dW matmul and buffer per step.
 //! [`FrozenMatmul`] is a custom op with the same forward whose backward yields only dX.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
@@ -60,8 +62,12 @@ pub fn linear(x: &Tensor, w: &Param) -> Result<Tensor> {
     }
 }
 
+/// When set, frozen linears use candle's plain matmul (which also computes dW). Only for
+/// measuring what the dX-only op saves (`bench/train_step.rs`); never set in normal use.
+pub static PLAIN_FROZEN_MATMUL: AtomicBool = AtomicBool::new(false);
+
 fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.track_op() {
+    if !x.track_op() || PLAIN_FROZEN_MATMUL.load(Ordering::Relaxed) {
         // Nothing upstream is trainable: no graph is recorded, the plain matmul is exact.
         return x.broadcast_matmul(&w.t()?);
     }

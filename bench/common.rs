@@ -1,0 +1,35 @@
+//! Helpers shared by the benchmark binaries.
+#![allow(dead_code, reason = "each benchmark uses a subset")]
+
+use std::path::PathBuf;
+
+/// The SmolLM2 directory and GGUF, fetched into the data dir if needed.
+pub fn smollm2() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let data = slayer::fetch::default_data_dir();
+    let known = slayer::fetch::known_model("smollm2").ok_or_else(|| anyhow::anyhow!("no smollm2"))?;
+    let dir = slayer::fetch::fetch(&data, known, None, false, None, |m| eprintln!("{m}"), |_, _| {})?;
+    Ok((dir, data.join("downloads/SmolLM2-135M-Instruct.Q4_1.gguf")))
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// One line describing the machine.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cpu}, {cores} threads")
+}
