@@ -423,3 +423,64 @@ fn core_depends_on_no_ui_runtime_or_store() {
     }
     assert!(checked > 10, "only {checked} core files found");
 }
+
+/// The fuzzers' seed files are valid inputs of their readers.
+#[test]
+fn fuzz_seeds_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let gguf = std::fs::read(root.join("gguf_reader/tiny.gguf")).unwrap();
+    let parsed = slayer::core::checkpoint::gguf::GgufFile::parse(&gguf).unwrap();
+    assert_eq!(parsed.tensors.len(), 2);
+    for info in &parsed.tensors {
+        slayer::core::checkpoint::gguf::dequantize(&gguf, info).unwrap();
+    }
+    let st = std::fs::read(root.join("safetensors_header/tiny.safetensors")).unwrap();
+    let header = slayer::core::checkpoint::safetensors::parse_header(&st, st.len() as u64).unwrap();
+    assert_eq!(header.tensors.len(), 2);
+}
+
+mod cli {
+    use std::process::Command;
+
+    fn slayer(args: &[&str]) -> (i32, String) {
+        let home = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_slayer")).args(args).env("SLAYER_HOME", home.path()).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    #[test]
+    fn missing_model_is_a_clear_error() {
+        let (code, err) = slayer(&["model", "info", "/no/such/model"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("/no/such/model") && err.contains("no such model"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_gguf_import_names_the_file_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("bad.gguf");
+        std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+        let out = tmp.path().join("out");
+        let (code, err) = slayer(&["model", "import", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 1);
+        assert!(err.contains("bad.gguf"), "{err}");
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn cuda_without_a_cuda_build_is_explained() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let (code, err) = slayer(&["chat", "smollm2", "--prompt", "hi", "--device", "cuda"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("without CUDA") && err.contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fetch_target_lists_the_known_ones() {
+        let (code, err) = slayer(&["model", "fetch", "gpt5"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("gpt5") && err.contains("smollm2"), "{err}");
+    }
+}
