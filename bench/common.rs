@@ -6,8 +6,17 @@ use std::path::PathBuf;
 /// The SmolLM2 directory and GGUF, fetched into the data dir if needed.
 pub fn smollm2() -> anyhow::Result<(PathBuf, PathBuf)> {
     let data = slayer::fetch::default_data_dir();
-    let known = slayer::fetch::known_model("smollm2").ok_or_else(|| anyhow::anyhow!("no smollm2"))?;
-    let dir = slayer::fetch::fetch(&data, known, None, false, None, |m| eprintln!("{m}"), |_, _| {})?;
+    let known =
+        slayer::fetch::known_model("smollm2").ok_or_else(|| anyhow::anyhow!("no smollm2"))?;
+    let dir = slayer::fetch::fetch(
+        &data,
+        known,
+        None,
+        false,
+        None,
+        |m| eprintln!("{m}"),
+        |_, _| {},
+    )?;
     Ok((dir, data.join("downloads/SmolLM2-135M-Instruct.Q4_1.gguf")))
 }
 
@@ -28,7 +37,11 @@ pub fn peak_rss_mib() -> f64 {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     format!("{cpu}, {cores} threads")

@@ -31,12 +31,17 @@ fn main() -> Result<()> {
         other => {
             let steps = other.and_then(|s| s.parse().ok()).unwrap_or(8usize);
             common::smollm2()?;
-            println!("machine: {}; SmolLM2-135M + 2 identity blocks (after 3 and 7), batch 1 x {SEQ}, {steps} steps after 1 warm-up", common::machine());
+            println!(
+                "machine: {}; SmolLM2-135M + 2 identity blocks (after 3 and 7), batch 1 x {SEQ}, {steps} steps after 1 warm-up",
+                common::machine()
+            );
             println!("| frozen linear | tokens/s | step ms | peak RSS MiB |");
             println!("|---|---|---|---|");
             let exe = std::env::current_exe()?;
             for variant in ["plain", "dx-only"] {
-                let out = Command::new(&exe).args(["--variant", variant, &steps.to_string()]).output()?;
+                let out = Command::new(&exe)
+                    .args(["--variant", variant, &steps.to_string()])
+                    .output()?;
                 if !out.status.success() {
                     anyhow::bail!("{variant}: {}", String::from_utf8_lossy(&out.stderr));
                 }
@@ -62,7 +67,14 @@ fn run_variant(plain: bool, steps: usize) -> Result<()> {
     model.set_block_trainable(4, true)?;
     model.set_block_trainable(9, true)?;
     let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 1e-4, weight_decay: 0.0, ..ParamsAdamW::default() })?;
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
     let ids: Vec<u32> = (0..=SEQ as u32).map(|i| (i * 7919) % 49_152).collect();
     let x = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
     let mut timed = 0.0;
@@ -78,7 +90,11 @@ fn run_variant(plain: bool, steps: usize) -> Result<()> {
     let step_ms = timed / steps as f64 * 1e3;
     println!(
         "| {} | {:.0} | {step_ms:.0} | {:.0} |",
-        if plain { "candle matmul (computes dW)" } else { "dX-only custom op" },
+        if plain {
+            "candle matmul (computes dW)"
+        } else {
+            "dX-only custom op"
+        },
         SEQ as f64 / (step_ms / 1e3),
         common::peak_rss_mib()
     );

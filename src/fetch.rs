@@ -124,7 +124,7 @@ pub fn fetch(
         gguf.display(),
         out.display()
     ));
-    import(
+    let warnings = import(
         &gguf,
         &out,
         &SaveOptions {
@@ -134,17 +134,21 @@ pub fn fetch(
         cancel,
         progress,
     )?;
+    for warning in warnings {
+        status(&format!("warning: {warning}"));
+    }
     Ok(out)
 }
 
-/// Converts a GGUF file or HF directory into an HF directory at `out`.
+/// Converts a GGUF file or HF directory into an HF directory at `out`; returns warnings (e.g. a
+/// tokenizer that could not be converted).
 pub fn import(
     source: &Path,
     out: &Path,
     opts: &SaveOptions,
     cancel: Option<&AtomicBool>,
     progress: impl FnMut(usize, usize),
-) -> Result<()> {
+) -> Result<Vec<String>> {
     let src: Box<dyn WeightSource> = if source.is_dir() {
         Box::new(crate::core::checkpoint::HfDir::open(source)?)
     } else {
@@ -165,7 +169,7 @@ pub fn import(
         progress,
         cancel,
     )?;
-    Ok(())
+    Ok(src.warnings())
 }
 
 fn find_wheel(dir: &Path, package: &str) -> Result<Option<PathBuf>> {

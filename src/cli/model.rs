@@ -81,7 +81,7 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
                 force,
             };
             let pb = progress::bar(0, "importing", "tensors");
-            fetch::import(
+            let warnings = fetch::import(
                 &path,
                 &out,
                 &opts,
@@ -89,12 +89,18 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
                 progress::callback(&pb),
             )?;
             pb.finish_and_clear();
+            for w in warnings {
+                eprintln!("warning: {}", sanitize_for_terminal(&w));
+            }
             eprintln!("imported {} → {}", path.display(), out.display());
             Ok(0)
         }
         ModelCommand::Info { model, json } => {
             let path = fetch::resolve_model_path(data_dir, &model);
             let source = open_source(&path)?;
+            for w in source.warnings() {
+                eprintln!("warning: {}", sanitize_for_terminal(&w));
+            }
             let info = describe(source.as_ref(), &path);
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);

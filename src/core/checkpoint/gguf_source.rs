@@ -21,7 +21,9 @@ pub struct GgufSource {
     mmap: Mmap,
     file: GgufFile,
     config: LlamaConfig,
-    tokenizer: Tokenizer,
+    tokenizer: Option<Tokenizer>,
+    /// Why the file's tokenizer could not be built, when it could not.
+    tokenizer_problem: Option<String>,
     /// HF name → index into `file.tensors`.
     by_hf_name: HashMap<String, usize>,
 }
@@ -53,15 +55,27 @@ impl GgufSource {
                 return Err(Error::tensor(path, &name, "missing from the GGUF file"));
             }
         }
-        let tokenizer = Tokenizer::from_gguf(&file, &config, path)?;
+        // Weights are still usable without a tokenizer (e.g. SentencePiece vocabularies, which
+        // GGUF stores without merges): keep them and say why the tokenizer is missing.
+        let (tokenizer, tokenizer_problem) = match Tokenizer::from_gguf(&file, &config, path) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(Self {
             path: path.to_path_buf(),
             mmap,
             file,
             config,
             tokenizer,
+            tokenizer_problem,
             by_hf_name,
         })
+    }
+
+    /// Why no tokenizer could be built from this file, if none could.
+    #[must_use]
+    pub fn tokenizer_problem(&self) -> Option<&str> {
+        self.tokenizer_problem.as_deref()
     }
 
     /// The parsed file.
@@ -81,7 +95,14 @@ impl WeightSource for GgufSource {
     }
 
     fn tokenizer(&self) -> Option<&Tokenizer> {
-        Some(&self.tokenizer)
+        self.tokenizer.as_ref()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.tokenizer_problem
+            .iter()
+            .map(|p| format!("no tokenizer imported: {p}"))
+            .collect()
     }
 
     fn generation_config(&self) -> Option<&serde_json::Value> {
@@ -232,4 +253,40 @@ fn infer_llama3_scaling(config: &LlamaConfig, factors: &[f32]) -> Option<RopeSca
             ((b / w) - f64::from(f)).abs() <= 1e-3 * f64::from(f).abs().max(1.0)
         });
     matches.then_some(candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::random::tiny_config;
+
+    #[test]
+    fn llama3_rope_scaling_is_recovered_from_rope_freqs() {
+        let config = LlamaConfig {
+            max_position_embeddings: 131_072,
+            rope_theta: 500_000.0,
+            head_dim: 64,
+            ..tiny_config()
+        };
+        let truth = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let scaled = LlamaConfig {
+            rope_scaling: Some(truth.clone()),
+            ..config.clone()
+        };
+        // What llama.cpp stores: the divisor of each base frequency.
+        let factors: Vec<f32> = inv_freqs(&config)
+            .iter()
+            .zip(inv_freqs(&scaled))
+            .map(|(b, s)| (b / s) as f32)
+            .collect();
+        assert_eq!(infer_llama3_scaling(&config, &factors), Some(truth));
+        let mut wrong = factors.clone();
+        wrong[5] *= 1.5;
+        assert_eq!(infer_llama3_scaling(&config, &wrong), None);
+    }
 }

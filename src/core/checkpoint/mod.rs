@@ -35,6 +35,10 @@ pub trait WeightSource {
     fn load(&self, name: &str) -> Result<Tensor>;
     /// Where the weights come from, for messages.
     fn location(&self) -> &Path;
+    /// Problems that do not stop loading (shown to the user).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Opens a model from a path: an HF directory or a `.gguf` file.
