@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod chat_template;
+pub mod plan;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

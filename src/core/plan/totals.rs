@@ -1,0 +1,124 @@
+//! Sizes of a resolved plan: parameters, the trainable share, and a memory estimate for training.
+
+use serde::Serialize;
+
+use super::LayerMap;
+use crate::core::config::LlamaConfig;
+
+/// What the memory estimate assumes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MemoryParams {
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Bytes per weight and activation element (4 for f32, 2 for bf16).
+    pub element_bytes: usize,
+}
+
+impl Default for MemoryParams {
+    fn default() -> Self {
+        Self { batch: 1, seq_len: 2048, element_bytes: 2 }
+    }
+}
+
+/// Memory needed to train the plan on one device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    /// f32 gradients of the trainable blocks.
+    pub gradients: u64,
+    /// AdamW moments in f32, plus f32 master weights when weights are 16-bit.
+    pub optimizer: u64,
+    /// Activations kept for backward, from the lowest trainable block up, plus the logits.
+    pub activations: u64,
+    pub total: u64,
+}
+
+/// Parameter counts and memory of a resolved plan.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Totals {
+    pub base_params: u64,
+    pub params: u64,
+    pub trainable_params: u64,
+    /// Trainable parameters as a share of the base model's.
+    pub trainable_share: f64,
+    pub new_blocks: usize,
+    pub pruned_blocks: usize,
+    pub final_layers: usize,
+    pub memory: MemoryEstimate,
+    pub assumptions: MemoryParams,
+}
+
+impl Totals {
+    #[must_use]
+    pub fn compute(map: &LayerMap, config: &LlamaConfig, mem: MemoryParams) -> Self {
+        let block = config.block_params() as u64;
+        let base_params = config.total_params() as u64;
+        let delta = map.layers.len() as i64 - map.base_layers as i64;
+        let params = (base_params as i64 + delta * block as i64) as u64;
+        let trainable_blocks = map.layers.iter().filter(|l| l.trainable).count() as u64;
+        let trainable_params = trainable_blocks * block;
+        let e = mem.element_bytes as u64;
+        let weights = params * e;
+        let gradients = trainable_params * 4;
+        let optimizer = trainable_params * 4 * 2 + if e < 4 { trainable_params * 4 } else { 0 };
+        // Activations per block and token, as our autograd keeps them: the block input, two norm
+        // outputs, q/k/v and their rotated and head-repeated forms, the attention output, the
+        // residual, gate/up/SiLU/product; the attention scores and probabilities are f32 (b·h·t²).
+        let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
+        let q = (config.num_attention_heads * config.head_dim) as u64;
+        let kv = (config.num_key_value_heads * config.head_dim) as u64;
+        let (b, t) = (mem.batch as u64, mem.seq_len as u64);
+        let per_token = (5 * h + 3 * q + 2 * kv + 2 * q + 4 * i) * e;
+        let attention = 2 * config.num_attention_heads as u64 * t * t * 4;
+        let per_block = b * t * per_token + b * attention;
+        let lowest = map.layers.iter().position(|l| l.trainable).unwrap_or(map.layers.len());
+        let tracked_blocks = (map.layers.len() - lowest) as u64;
+        let logits = b * t * config.vocab_size as u64 * 4 * 2;
+        let activations = tracked_blocks * per_block + logits;
+        Self {
+            base_params,
+            params,
+            trainable_params,
+            trainable_share: trainable_params as f64 / base_params as f64,
+            new_blocks: map.layers.iter().filter(|l| l.is_new()).count(),
+            pruned_blocks: map.pruned.len(),
+            final_layers: map.layers.len(),
+            memory: MemoryEstimate {
+                weights,
+                gradients,
+                optimizer,
+                activations,
+                total: weights + gradients + optimizer + activations,
+            },
+            assumptions: mem,
+        }
+    }
+}
+
+/// Bytes in binary units, e.g. `1.5 GiB`.
+#[must_use]
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// A count in short form, e.g. `7.95B`, `134.5M`.
+#[must_use]
+pub fn human_count(n: u64) -> String {
+    let v = n as f64;
+    if v >= 1e9 {
+        format!("{:.2}B", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}K", v / 1e3)
+    } else {
+        n.to_string()
+    }
+}
