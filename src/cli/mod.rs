@@ -2,7 +2,10 @@
 //! by default, `--json` where a machine reads the output.
 
 mod chat;
+mod expand;
+mod importance;
 mod model;
+mod plan;
 mod progress;
 
 use std::path::PathBuf;
@@ -40,6 +43,13 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Chat with a model (or two side by side).
     Chat(chat::ChatArgs),
+    /// Check, compare and convert layer plans.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
+    /// Build the expanded model a plan describes (model surgery).
+    Expand(expand::ExpandArgs),
+    /// Measure per-block importance on a calibration corpus.
+    Importance(importance::ImportanceArgs),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -54,6 +64,9 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Model(cmd) => model::run(cmd, &data_dir, cli.device),
         Command::Chat(args) => chat::run(&args, &data_dir, cli.device),
+        Command::Plan(cmd) => plan::run(cmd, &data_dir),
+        Command::Expand(args) => expand::run(&args, &data_dir),
+        Command::Importance(args) => importance::run(&args, &data_dir, cli.device),
     };
     match result {
         Ok(code) => code,

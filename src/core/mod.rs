@@ -5,13 +5,16 @@
 
 pub mod chat;
 pub mod chat_template;
-pub mod plan;
 pub mod checkpoint;
 pub mod config;
+pub mod corpus;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod importance;
 pub mod model;
+pub mod plan;
+pub mod surgery;
 pub mod text;
 pub mod tokenizer;
 

@@ -90,7 +90,7 @@ pub(crate) fn check_shape(
 }
 
 /// Returns `Error::Interrupted` once `cancel` is set.
-pub(crate) fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
+pub fn check_cancel(cancel: Option<&AtomicBool>) -> Result<()> {
     if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
         Err(Error::Interrupted)
     } else {

@@ -229,6 +229,29 @@ impl Llama {
         Ok(x)
     }
 
+    /// The residual stream entering every block plus the output of the last one (before the final
+    /// norm): `blocks + 1` tensors of shape (batch, seq, hidden).
+    pub fn residual_states(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+        let (b, t) = ids.dims2()?;
+        let mut x = self
+            .embed_tokens
+            .tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, 0, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let mut states = Vec::with_capacity(self.blocks.len() + 1);
+        for block in &self.blocks {
+            states.push(x.clone());
+            x = block.forward(&x, &self.rotary, 0, mask.as_ref(), None)?;
+        }
+        states.push(x);
+        Ok(states)
+    }
+
     /// Logits from residual-stream states (applies the final norm and the head).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let normed = self.norm.forward(hidden)?;
@@ -297,6 +320,14 @@ impl Llama {
             candle_core::Error::Msg(format!("block {index} out of range (0..{n})"))
         })?;
         block.set_trainable(trainable)
+    }
+
+    /// Freezes every block (inference then takes the fused kernels everywhere).
+    pub fn freeze_all(&mut self) -> Result<()> {
+        for block in &mut self.blocks {
+            block.set_trainable(false)?;
+        }
+        Ok(())
     }
 
     /// Total parameter count.

@@ -25,7 +25,11 @@ impl DiffRow {
 pub fn diff(a: &LayerMap, b: &LayerMap) -> Vec<DiffRow> {
     let n = a.layers.len().max(b.layers.len());
     (0..n)
-        .map(|i| DiffRow { index: i, a: a.layers.get(i).cloned(), b: b.layers.get(i).cloned() })
+        .map(|i| DiffRow {
+            index: i,
+            a: a.layers.get(i).cloned(),
+            b: b.layers.get(i).cloned(),
+        })
         .collect()
 }
 
@@ -39,5 +43,9 @@ pub fn describe(layer: &FinalLayer) -> String {
             super::Init::Average { sources } => format!("new avg({},{})", sources[0], sources[1]),
         },
     };
-    if layer.trainable { format!("{what} [train]") } else { what }
+    if layer.trainable {
+        format!("{what} [train]")
+    } else {
+        what
+    }
 }

@@ -27,13 +27,20 @@ fn short(tensor: &str) -> &str {
 pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
     let mut warnings = Vec::new();
     let mut out = String::new();
-    let _ = writeln!(out, "# mergekit passthrough config written by slayer; trainable blocks: {:?}", map.trainable_indices());
+    let _ = writeln!(
+        out,
+        "# mergekit passthrough config written by slayer; trainable blocks: {:?}",
+        map.trainable_indices()
+    );
     out.push_str("slices:\n");
     let model = yaml_string(base_model);
     let mut run: Option<(usize, usize)> = None;
     let flush = |out: &mut String, run: &mut Option<(usize, usize)>| {
         if let Some((a, b)) = run.take() {
-            let _ = writeln!(out, "  - sources:\n      - model: {model}\n        layer_range: [{a}, {b}]");
+            let _ = writeln!(
+                out,
+                "  - sources:\n      - model: {model}\n        layer_range: [{a}, {b}]"
+            );
         }
     };
     for layer in &map.layers {
@@ -45,7 +52,9 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
                     run = Some((*index, index + 1));
                 }
             },
-            Origin::New { init, zero, scale, .. } => {
+            Origin::New {
+                init, zero, scale, ..
+            } => {
                 flush(&mut out, &mut run);
                 let source = match init {
                     Init::Copy { source } => *source,
@@ -57,7 +66,11 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
                         sources[0]
                     }
                 };
-                let _ = writeln!(out, "  - sources:\n      - model: {model}\n        layer_range: [{source}, {}]", source + 1);
+                let _ = writeln!(
+                    out,
+                    "  - sources:\n      - model: {model}\n        layer_range: [{source}, {}]",
+                    source + 1
+                );
                 let mut factors: BTreeMap<&str, f64> = BTreeMap::new();
                 for z in zero {
                     factors.insert(short(z), 0.0);
@@ -69,7 +82,10 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
                 if !factors.is_empty() {
                     out.push_str("        parameters:\n          scale:\n");
                     for (filter, value) in &factors {
-                        let _ = writeln!(out, "            - filter: {filter}\n              value: {value:?}");
+                        let _ = writeln!(
+                            out,
+                            "            - filter: {filter}\n              value: {value:?}"
+                        );
                     }
                     out.push_str("            - value: 1.0\n");
                 }
@@ -78,7 +94,10 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
     }
     flush(&mut out, &mut run);
     let _ = writeln!(out, "merge_method: passthrough\ndtype: {dtype}");
-    Converted { text: out, warnings }
+    Converted {
+        text: out,
+        warnings,
+    }
 }
 
 fn yaml_string(s: &str) -> String {
@@ -109,10 +128,15 @@ struct SliceSource {
 /// their first use become new blocks (copies); layers never used are pruned. mergekit files do not
 /// record the base depth, so trailing pruned layers are visible only when `base_layers` is given.
 pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted, String> {
-    let config: MergekitConfig = serde_norway::from_str(yaml).map_err(|e| format!("not a mergekit config: {e}"))?;
+    let config: MergekitConfig =
+        serde_norway::from_str(yaml).map_err(|e| format!("not a mergekit config: {e}"))?;
     match config.merge_method.as_deref() {
         Some("passthrough") | None => {}
-        Some(other) => return Err(format!("merge_method `{other}`: only passthrough slices describe a layer plan")),
+        Some(other) => {
+            return Err(format!(
+                "merge_method `{other}`: only passthrough slices describe a layer plan"
+            ));
+        }
     }
     let mut warnings = Vec::new();
     let mut model: Option<String> = None;
@@ -122,16 +146,26 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
     let mut max_layer: i64 = -1;
     for (n, slice) in config.slices.iter().enumerate() {
         let [src] = slice.sources.as_slice() else {
-            return Err(format!("slice {n} has {} sources: a passthrough plan takes one model per slice", slice.sources.len()));
+            return Err(format!(
+                "slice {n} has {} sources: a passthrough plan takes one model per slice",
+                slice.sources.len()
+            ));
         };
         match &model {
             None => model = Some(src.model.clone()),
-            Some(m) if *m != src.model => return Err(format!("slice {n} uses model `{}`, earlier slices `{m}`: plans expand one base model", src.model)),
+            Some(m) if *m != src.model => {
+                return Err(format!(
+                    "slice {n} uses model `{}`, earlier slices `{m}`: plans expand one base model",
+                    src.model
+                ));
+            }
             Some(_) => {}
         }
         let [a, b] = src.layer_range;
         if a < 0 || b <= a {
-            return Err(format!("slice {n}: layer_range [{a}, {b}] is empty or negative"));
+            return Err(format!(
+                "slice {n}: layer_range [{a}, {b}] is empty or negative"
+            ));
         }
         let zero = scale_filters(src.parameters.as_ref(), n)?;
         for k in a..b {
@@ -149,7 +183,9 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
     }
     let base_layers = match base_layers {
         Some(n) if (n as i64) <= max_layer => {
-            return Err(format!("the slices use layer {max_layer}, but the base model has {n} layers"));
+            return Err(format!(
+                "the slices use layer {max_layer}, but the base model has {n} layers"
+            ));
         }
         Some(n) => n as i64,
         None => {
@@ -168,17 +204,27 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
     toml.push_str("[plan]\ninsert = [\n");
     for (after, source, zero) in &inserts {
         let zero_list: Vec<String> = zero.iter().map(|z| yaml_string(z)).collect();
-        let _ = writeln!(toml, "  {{ after = {after}, init = \"copy\", source = {source}, zero = [{}] }},", zero_list.join(", "));
+        let _ = writeln!(
+            toml,
+            "  {{ after = {after}, init = \"copy\", source = {source}, zero = [{}] }},",
+            zero_list.join(", ")
+        );
     }
     toml.push_str("]\n");
     let _ = writeln!(toml, "prune = {pruned:?}");
     toml.push_str("train = \"new\"\n");
-    Ok(Converted { text: toml, warnings })
+    Ok(Converted {
+        text: toml,
+        warnings,
+    })
 }
 
 /// Tensor filters whose scale is zero, from a slice's `parameters` (`scale` as a number or a list
 /// of `{ filter, value }`).
-fn scale_filters(params: Option<&serde_norway::Value>, slice: usize) -> Result<Vec<String>, String> {
+fn scale_filters(
+    params: Option<&serde_norway::Value>,
+    slice: usize,
+) -> Result<Vec<String>, String> {
     let Some(scale) = params.and_then(|p| p.get("scale")) else {
         return Ok(Vec::new());
     };
@@ -186,11 +232,16 @@ fn scale_filters(params: Option<&serde_norway::Value>, slice: usize) -> Result<V
     match scale {
         serde_norway::Value::Sequence(items) => {
             for item in items {
-                let value = item.get("value").and_then(serde_norway::Value::as_f64).ok_or_else(|| format!("slice {slice}: scale entry without a numeric value"))?;
+                let value = item
+                    .get("value")
+                    .and_then(serde_norway::Value::as_f64)
+                    .ok_or_else(|| format!("slice {slice}: scale entry without a numeric value"))?;
                 match item.get("filter").and_then(serde_norway::Value::as_str) {
                     Some(filter) if value == 0.0 => zero.push(filter.to_string()),
                     Some(filter) if (value - 1.0).abs() > f64::EPSILON => {
-                        return Err(format!("slice {slice}: scale {value} on `{filter}`: only 0 (identity init) and 1 are understood"));
+                        return Err(format!(
+                            "slice {slice}: scale {value} on `{filter}`: only 0 (identity init) and 1 are understood"
+                        ));
                     }
                     _ => {}
                 }
@@ -215,8 +266,11 @@ pub fn to_llamafactory(map: &LayerMap, expanded_model: &str) -> Result<Converted
     let last_n: Vec<usize> = (l - n..l).collect();
     let first_n: Vec<usize> = (0..n).collect();
     let stride = l / n;
-    let llama_pro: Vec<usize> = (stride - 1..l + stride - 1).step_by(stride.max(1)).filter(|&i| i < l).collect();
-    let (setting, pro) = if trainable == llama_pro && l % n == 0 {
+    let llama_pro: Vec<usize> = (stride - 1..l + stride - 1)
+        .step_by(stride.max(1))
+        .filter(|&i| i < l)
+        .collect();
+    let (setting, pro) = if trainable == llama_pro && l.is_multiple_of(n) {
         (n as i64, true)
     } else if trainable == last_n {
         (n as i64, false)
@@ -227,12 +281,18 @@ pub fn to_llamafactory(map: &LayerMap, expanded_model: &str) -> Result<Converted
             "LLaMA-Factory freeze tuning cannot train blocks {trainable:?} of {l}: it selects only the last n, the first n, or every (L/n)-th block (use_llama_pro)"
         ));
     };
-    let mut text = String::from("# LLaMA-Factory settings written by slayer for the expanded model\n");
+    let mut text =
+        String::from("# LLaMA-Factory settings written by slayer for the expanded model\n");
     let _ = writeln!(text, "model_name_or_path: {}", yaml_string(expanded_model));
-    text.push_str("stage: pt\ndo_train: true\nfinetuning_type: freeze\nfreeze_trainable_modules: all\n");
+    text.push_str(
+        "stage: pt\ndo_train: true\nfinetuning_type: freeze\nfreeze_trainable_modules: all\n",
+    );
     let _ = writeln!(text, "freeze_trainable_layers: {setting}");
     if pro {
         text.push_str("use_llama_pro: true\n");
     }
-    Ok(Converted { text, warnings: Vec::new() })
+    Ok(Converted {
+        text,
+        warnings: Vec::new(),
+    })
 }

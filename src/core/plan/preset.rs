@@ -37,7 +37,12 @@ fn odd_first_half(layers: usize) -> usize {
 }
 
 /// The preset's layout for a model of `layers` blocks.
-pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: Option<usize>) -> Result<PresetPlan, String> {
+pub fn preset(
+    name: &str,
+    layers: usize,
+    new_blocks: Option<usize>,
+    prune_last: Option<usize>,
+) -> Result<PresetPlan, String> {
     let l = layers as i64;
     let quarter = (layers / 4).max(1);
     let prune_default = |default: usize| -> Result<Vec<usize>, String> {
@@ -50,14 +55,19 @@ pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: 
     let plan = match name {
         "slayer" => {
             let n = new_blocks.unwrap_or_else(|| odd_first_half(layers));
-            if n > 0 && 2 * n as i64 - 1 >= l - 1 {
+            if n > 0 && 2 * n as i64 > l - 1 {
                 return Err(format!(
                     "slayer: {n} new blocks need odd originals up to {}, but the model has {layers} blocks",
                     2 * n - 1
                 ));
             }
             PresetPlan {
-                insert: (0..n as i64).map(|k| PresetInsert { after: 2 * k + 1, init: InitKind::Average }).collect(),
+                insert: (0..n as i64)
+                    .map(|k| PresetInsert {
+                        after: 2 * k + 1,
+                        init: InitKind::Average,
+                    })
+                    .collect(),
                 // 2 of 32 in the paper.
                 prune: prune_default(((layers as f64 / 16.0).round() as usize).max(1))?,
             }
@@ -68,9 +78,15 @@ pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: 
                 return Err(format!("llama-pro: {groups} groups for {layers} blocks"));
             }
             // The last block of each group; exact for divisible depths, rounded otherwise.
-            let after = (1..=groups).map(|g| ((g * layers) as f64 / groups as f64).round() as i64 - 1);
+            let after =
+                (1..=groups).map(|g| ((g * layers) as f64 / groups as f64).round() as i64 - 1);
             PresetPlan {
-                insert: after.map(|a| PresetInsert { after: a, init: InitKind::Copy }).collect(),
+                insert: after
+                    .map(|a| PresetInsert {
+                        after: a,
+                        init: InitKind::Copy,
+                    })
+                    .collect(),
                 prune: prune_default(0)?,
             }
         }
@@ -78,7 +94,12 @@ pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: 
             let n = new_blocks.unwrap_or(quarter);
             let after = if name == "prefix" { -1 } else { l - 1 };
             PresetPlan {
-                insert: (0..n).map(|_| PresetInsert { after, init: InitKind::Copy }).collect(),
+                insert: (0..n)
+                    .map(|_| PresetInsert {
+                        after,
+                        init: InitKind::Copy,
+                    })
+                    .collect(),
                 prune: prune_default(0)?,
             }
         }
@@ -86,10 +107,17 @@ pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: 
             let n = new_blocks.unwrap_or_else(|| odd_first_half(layers));
             let half = l / 2;
             if n > 0 && half + 2 * (n as i64 - 1) + 1 >= l {
-                return Err(format!("deep: {n} new blocks do not fit in the second half of {layers} blocks"));
+                return Err(format!(
+                    "deep: {n} new blocks do not fit in the second half of {layers} blocks"
+                ));
             }
             PresetPlan {
-                insert: (0..n as i64).map(|k| PresetInsert { after: half + 2 * k, init: InitKind::Average }).collect(),
+                insert: (0..n as i64)
+                    .map(|k| PresetInsert {
+                        after: half + 2 * k,
+                        init: InitKind::Average,
+                    })
+                    .collect(),
                 prune: prune_default(0)?,
             }
         }
@@ -97,7 +125,12 @@ pub fn preset(name: &str, layers: usize, new_blocks: Option<usize>, prune_last: 
             insert: Vec::new(),
             prune: prune_default(0)?,
         },
-        other => return Err(format!("unknown preset `{other}` (known: {})", PRESETS.join(", "))),
+        other => {
+            return Err(format!(
+                "unknown preset `{other}` (known: {})",
+                PRESETS.join(", ")
+            ));
+        }
     };
     Ok(plan)
 }

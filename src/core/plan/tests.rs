@@ -45,8 +45,16 @@ fn slayer_preset_on_32_blocks_reproduces_the_official_map() {
         }
     }
     for l in m.layers.iter().filter(|l| l.is_new()) {
-        let Origin::New { zero, .. } = &l.origin else { unreachable!() };
-        assert_eq!(zero, &vec!["self_attn.o_proj.weight".to_string(), "mlp.down_proj.weight".to_string()]);
+        let Origin::New { zero, .. } = &l.origin else {
+            unreachable!()
+        };
+        assert_eq!(
+            zero,
+            &vec![
+                "self_attn.o_proj.weight".to_string(),
+                "mlp.down_proj.weight".to_string()
+            ]
+        );
     }
 }
 
@@ -64,7 +72,10 @@ fn llama_pro_preset_on_32_blocks_reproduces_block_expansion() {
             expected.push(format!("new copy {i} [train]"));
         }
     }
-    assert_eq!(m.layers.iter().map(diff::describe).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        m.layers.iter().map(diff::describe).collect::<Vec<_>>(),
+        expected
+    );
 }
 
 #[test]
@@ -79,8 +90,15 @@ fn other_presets_on_32_blocks() {
     assert_eq!(deep.new_indices(), vec![17, 20, 23, 26, 29, 32, 35, 38]);
     assert!(deep.pruned.is_empty());
     let none = resolve_str("[plan]\npreset = \"none\"\n", 32);
-    assert!(none.diagnostics.iter().any(|d| d.message.contains("nothing is trainable")));
-    let none_trained = map("[plan]\npreset = \"none\"\ntrain = { original = [29] }\n", 32);
+    assert!(
+        none.diagnostics
+            .iter()
+            .any(|d| d.message.contains("nothing is trainable"))
+    );
+    let none_trained = map(
+        "[plan]\npreset = \"none\"\ntrain = { original = [29] }\n",
+        32,
+    );
     assert_eq!(none_trained.trainable_indices(), vec![29]);
 }
 
@@ -102,12 +120,21 @@ impl LayerMap {
 
 #[test]
 fn fields_override_the_preset() {
-    let m = map("[plan]\npreset = \"slayer\"\nnew_blocks = 2\nprune_last = 0\ntrain = { new = true, original = [29] }\n", 32);
+    let m = map(
+        "[plan]\npreset = \"slayer\"\nnew_blocks = 2\nprune_last = 0\ntrain = { new = true, original = [29] }\n",
+        32,
+    );
     assert_eq!(m.new_indices(), vec![2, 5]);
     assert!(m.pruned.is_empty());
     assert_eq!(m.trainable_indices(), vec![2, 5, 31]);
     let m = map("[plan]\npreset = \"slayer\"\ninit = \"copy\"\n", 32);
-    assert!(matches!(m.layers[2].origin, Origin::New { init: Init::Copy { source: 1 }, .. }));
+    assert!(matches!(
+        m.layers[2].origin,
+        Origin::New {
+            init: Init::Copy { source: 1 },
+            ..
+        }
+    ));
     let m = map("[plan]\npreset = \"slayer\"\nprune = [0]\n", 32);
     assert_eq!(m.pruned, vec![0]);
 }
@@ -119,8 +146,20 @@ fn explicit_insertions_with_scale_count_and_prefix() {
         4,
     );
     let got: Vec<String> = m.layers.iter().map(diff::describe).collect();
-    assert_eq!(got, vec!["new copy 0 [train]", "orig 0", "orig 2", "new avg(2,3) [train]", "new avg(2,3) [train]", "orig 3"]);
-    let Origin::New { scale, .. } = &m.layers[3].origin else { unreachable!() };
+    assert_eq!(
+        got,
+        vec![
+            "new copy 0 [train]",
+            "orig 0",
+            "orig 2",
+            "new avg(2,3) [train]",
+            "new avg(2,3) [train]",
+            "orig 3"
+        ]
+    );
+    let Origin::New { scale, .. } = &m.layers[3].origin else {
+        unreachable!()
+    };
     assert_eq!(scale.get("mlp.up_proj.weight"), Some(&0.5));
 }
 
@@ -136,29 +175,68 @@ fn without_pruning_restores_every_original() {
 #[test]
 fn validation_messages_point_into_the_file() {
     let cases: &[(&str, &str)] = &[
-        ("[plan]\ninsert = [{ after = 40 }]\n", "plan.toml:2:21: error: insert after 40 is out of range: use -1 (before block 0) to 31"),
-        ("[plan]\npreset = \"slayer\"\nprune = [3, 3]\n", "plan.toml:3:13: error: block 3 is pruned twice"),
-        ("[plan]\npreset = \"slayer\"\nprune = [32]\n", "plan.toml:3:10: error: prune index 32 is out of range: the base model has blocks 0..=31"),
-        ("[plan]\npreset = \"slayer\"\nprune = [1]\n", "plan.toml:3:10: error: block 1 is pruned but a new block is initialised from it"),
-        ("[plan]\npreset = \"slayer\"\ntrain = [50]\n", "plan.toml:3:9: error: train index 50 is out of range: the resolved model has blocks 0..=37"),
-        ("[plan]\npreset = \"slayer\"\ntrain = { original = [31] }\n", "plan.toml:3:9: error: original block 31 is pruned, so it cannot train"),
-        ("[plan]\npreset = \"none\"\n", "plan.toml:2:10: error: nothing is trainable: insert blocks or say what trains with `train`"),
-        ("[plan]\npreset = \"slayr\"\n", "plan.toml:2:10: error: unknown preset `slayr` (known: slayer, llama-pro, prefix, suffix, deep, none)"),
-        ("[plan]\ninsert = [{ after = 31, init = \"average\" }]\n", "plan.toml:2:11: error: average init after the last block 31 needs block 32, which does not exist; use init = \"copy\" or give `sources`"),
-        ("[plan]\ninsert = [{ after = 1, zero = [\"q_prj\"] }]\n", "plan.toml:2:31: error: unknown block tensor `q_prj` (one of: input_layernorm, self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, post_attention_layernorm, mlp.gate_proj, mlp.up_proj, mlp.down_proj)"),
-        ("[plan]\npreset = \"none\"\nprune = [0, 1, 2, 3]\ntrain = \"all\"\n", "plan.toml:3:9: error: the plan leaves no blocks at all"),
+        (
+            "[plan]\ninsert = [{ after = 40 }]\n",
+            "plan.toml:2:21: error: insert after 40 is out of range: use -1 (before block 0) to 31",
+        ),
+        (
+            "[plan]\npreset = \"slayer\"\nprune = [3, 3]\n",
+            "plan.toml:3:13: error: block 3 is pruned twice",
+        ),
+        (
+            "[plan]\npreset = \"slayer\"\nprune = [32]\n",
+            "plan.toml:3:10: error: prune index 32 is out of range: the base model has blocks 0..=31",
+        ),
+        (
+            "[plan]\npreset = \"slayer\"\nprune = [1]\n",
+            "plan.toml:3:10: error: block 1 is pruned but a new block is initialised from it",
+        ),
+        (
+            "[plan]\npreset = \"slayer\"\ntrain = [50]\n",
+            "plan.toml:3:9: error: train index 50 is out of range: the resolved model has blocks 0..=37",
+        ),
+        (
+            "[plan]\npreset = \"slayer\"\ntrain = { original = [31] }\n",
+            "plan.toml:3:9: error: original block 31 is pruned, so it cannot train",
+        ),
+        (
+            "[plan]\npreset = \"none\"\n",
+            "plan.toml:2:10: error: nothing is trainable: insert blocks or say what trains with `train`",
+        ),
+        (
+            "[plan]\npreset = \"slayr\"\n",
+            "plan.toml:2:10: error: unknown preset `slayr` (known: slayer, llama-pro, prefix, suffix, deep, none)",
+        ),
+        (
+            "[plan]\ninsert = [{ after = 31, init = \"average\" }]\n",
+            "plan.toml:2:11: error: average init after the last block 31 needs block 32, which does not exist; use init = \"copy\" or give `sources`",
+        ),
+        (
+            "[plan]\ninsert = [{ after = 1, zero = [\"q_prj\"] }]\n",
+            "plan.toml:2:31: error: unknown block tensor `q_prj` (one of: input_layernorm, self_attn.q_proj, self_attn.k_proj, self_attn.v_proj, self_attn.o_proj, post_attention_layernorm, mlp.gate_proj, mlp.up_proj, mlp.down_proj)",
+        ),
+        (
+            "[plan]\npreset = \"none\"\nprune = [0, 1, 2, 3]\ntrain = \"all\"\n",
+            "plan.toml:3:9: error: the plan leaves no blocks at all",
+        ),
     ];
     for (text, expected) in cases {
         let layers = if text.contains("[0, 1, 2, 3]") { 4 } else { 32 };
         let errs = errors(text, layers);
-        assert!(errs.iter().any(|e| e == expected), "for {text:?}\nexpected {expected}\ngot {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e == expected),
+            "for {text:?}\nexpected {expected}\ngot {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn syntax_and_unknown_fields_are_diagnostics_with_positions() {
     let err = parse("[plan]\npreset = \"slayer\"\nnew_blocs = 3\n").unwrap_err();
-    assert_eq!(err.position("[plan]\npreset = \"slayer\"\nnew_blocs = 3\n"), Some((3, 1)));
+    assert_eq!(
+        err.position("[plan]\npreset = \"slayer\"\nnew_blocs = 3\n"),
+        Some((3, 1))
+    );
     assert!(err.message.contains("new_blocs"), "{}", err.message);
     let text = "[plan\npreset = 1\n";
     let err = parse(text).unwrap_err();
@@ -185,25 +263,47 @@ fn mergekit_export_of_averaged_init_says_what_is_lost() {
     let exported = interchange::to_mergekit(&m, "base", "bfloat16");
     assert_eq!(exported.warnings.len(), 8);
     assert!(exported.warnings[0].contains("cannot average"));
-    let back = map(&interchange::from_mergekit(&exported.text, Some(32)).unwrap().text, 32);
+    let back = map(
+        &interchange::from_mergekit(&exported.text, Some(32))
+            .unwrap()
+            .text,
+        32,
+    );
     assert_eq!(back.new_indices(), m.new_indices());
     assert_eq!(back.pruned, vec![30, 31]);
-    assert!(matches!(back.layers[2].origin, Origin::New { init: Init::Copy { source: 1 }, .. }));
+    assert!(matches!(
+        back.layers[2].origin,
+        Origin::New {
+            init: Init::Copy { source: 1 },
+            ..
+        }
+    ));
 }
 
 #[test]
 fn mergekit_import_refuses_real_merges() {
     let yaml = "slices:\n  - sources:\n      - model: a\n        layer_range: [0, 4]\n      - model: b\n        layer_range: [0, 4]\nmerge_method: slerp\n";
-    assert!(interchange::from_mergekit(yaml, None).unwrap_err().contains("slerp"));
+    assert!(
+        interchange::from_mergekit(yaml, None)
+            .unwrap_err()
+            .contains("slerp")
+    );
 }
 
 #[test]
 fn llamafactory_export_expresses_only_what_it_can() {
     let pro = map("[plan]\npreset = \"llama-pro\"\n", 32);
     let out = interchange::to_llamafactory(&pro, "out/expanded").unwrap();
-    assert!(out.text.contains("freeze_trainable_layers: 8") && out.text.contains("use_llama_pro: true"));
+    assert!(
+        out.text.contains("freeze_trainable_layers: 8") && out.text.contains("use_llama_pro: true")
+    );
     let suffix = map("[plan]\npreset = \"suffix\"\n", 32);
-    assert!(interchange::to_llamafactory(&suffix, "x").unwrap().text.contains("freeze_trainable_layers: 8\n"));
+    assert!(
+        interchange::to_llamafactory(&suffix, "x")
+            .unwrap()
+            .text
+            .contains("freeze_trainable_layers: 8\n")
+    );
     let slayer = map("[plan]\npreset = \"slayer\"\n", 32);
     let err = interchange::to_llamafactory(&slayer, "x").unwrap_err();
     assert!(err.contains("[2, 5, 8, 11, 14, 17, 20, 23]"), "{err}");
@@ -239,7 +339,11 @@ fn totals_for_the_paper_layout() {
     let t = Totals::compute(&m, &config, MemoryParams::default());
     assert_eq!(t.base_params, 6_738_415_616);
     assert!((t.params as f64 / 1e9 - 7.95).abs() < 0.01, "{}", t.params);
-    assert!((t.trainable_share - 0.24).abs() < 0.01, "{}", t.trainable_share);
+    assert!(
+        (t.trainable_share - 0.24).abs() < 0.01,
+        "{}",
+        t.trainable_share
+    );
     assert_eq!(t.memory.weights, t.params * 2);
     assert_eq!(t.memory.optimizer, t.trainable_params * 12);
 }

@@ -16,7 +16,11 @@ pub struct MemoryParams {
 
 impl Default for MemoryParams {
     fn default() -> Self {
-        Self { batch: 1, seq_len: 2048, element_bytes: 2 }
+        Self {
+            batch: 1,
+            seq_len: 2048,
+            element_bytes: 2,
+        }
     }
 }
 
@@ -71,7 +75,11 @@ impl Totals {
         let per_token = (5 * h + 3 * q + 2 * kv + 2 * q + 4 * i) * e;
         let attention = 2 * config.num_attention_heads as u64 * t * t * 4;
         let per_block = b * t * per_token + b * attention;
-        let lowest = map.layers.iter().position(|l| l.trainable).unwrap_or(map.layers.len());
+        let lowest = map
+            .layers
+            .iter()
+            .position(|l| l.trainable)
+            .unwrap_or(map.layers.len());
         let tracked_blocks = (map.layers.len() - lowest) as u64;
         let logits = b * t * config.vocab_size as u64 * 4 * 2;
         let activations = tracked_blocks * per_block + logits;
@@ -105,7 +113,11 @@ pub fn human_bytes(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// A count in short form, e.g. `7.95B`, `134.5M`.

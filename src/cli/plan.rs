@@ -1,0 +1,420 @@
+//! `slayer plan check|diff|export|import` and the plan loading `expand` shares.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+
+use super::model::resolve_or_fetch;
+use crate::core::checkpoint::{WeightSource, open_source};
+use crate::core::config::LlamaConfig;
+use crate::core::plan::totals::{human_bytes, human_count};
+use crate::core::plan::{
+    self, Diagnostic, LayerMap, MemoryParams, Origin, Resolution, Totals, diff, interchange,
+};
+use crate::core::text::sanitize_for_terminal;
+
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Validate a plan or experiment: layer map, parameters, memory; exit 1 on errors.
+    Check {
+        file: PathBuf,
+        /// Base model (overrides the file's [model] base).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Memory estimate: micro-batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Memory estimate: sequence length.
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+        /// Memory estimate: bytes per weight and activation (bf16 = 2, f32 = 4).
+        #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
+        dtype: String,
+    },
+    /// Compare two plans block by block.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a plan in another tool's format.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        #[arg(long)]
+        model: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// LLaMA-Factory: the expanded model directory its config should load.
+        #[arg(long, default_value = "expanded-model")]
+        expanded_model: String,
+    },
+    /// Convert a mergekit passthrough YAML into a slayer plan.
+    Import {
+        file: PathBuf,
+        /// Base model, to know its depth (so trailing pruned layers are seen) and to validate.
+        #[arg(long)]
+        model: Option<String>,
+        /// Output file (default: stdout).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Mergekit,
+    Llamafactory,
+}
+
+/// A plan file read, resolved against its base model.
+pub struct LoadedPlan {
+    pub path: PathBuf,
+    pub text: String,
+    pub resolution: Resolution,
+    pub base_arg: String,
+    pub base: Box<dyn WeightSource>,
+}
+
+impl LoadedPlan {
+    /// Prints diagnostics to stderr as `file:line:col: …`; returns whether there were errors.
+    pub fn report_diagnostics(&self) -> bool {
+        let name = self.path.display().to_string();
+        for d in &self.resolution.diagnostics {
+            eprintln!("{}", sanitize_for_terminal(&d.render(&name, &self.text)));
+        }
+        self.resolution.has_errors()
+    }
+
+    /// The map, or an error saying the plan has errors (already printed).
+    pub fn map(&self) -> Result<&LayerMap> {
+        self.resolution
+            .map
+            .as_ref()
+            .with_context(|| format!("{}: the plan has errors", self.path.display()))
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &LlamaConfig {
+        self.base.config()
+    }
+}
+
+/// Reads and resolves a plan file. Syntax errors are printed as diagnostics and returned as errors.
+pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<LoadedPlan> {
+    let text = crate::core::corpus::read_text(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let file = match plan::parse(&text) {
+        Ok(f) => f,
+        Err(d) => {
+            eprintln!(
+                "{}",
+                sanitize_for_terminal(&d.render(&path.display().to_string(), &text))
+            );
+            bail!("{}: cannot parse the plan", path.display());
+        }
+    };
+    let base_arg = match (model, &file.model) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(spec)) => spec.base.clone(),
+        (None, None) => bail!(
+            "{}: no base model: pass --model or set `[model] base` in the file",
+            path.display()
+        ),
+    };
+    let base_path = resolve_or_fetch(data_dir, &base_arg)?;
+    let base = open_source(&base_path)?;
+    let resolution = plan::resolve(&file.plan, base.config().num_hidden_layers);
+    Ok(LoadedPlan {
+        path: path.to_path_buf(),
+        text,
+        resolution,
+        base_arg,
+        base,
+    })
+}
+
+fn element_bytes(dtype: &str) -> usize {
+    if dtype == "f32" { 4 } else { 2 }
+}
+
+pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
+    match cmd {
+        PlanCommand::Check {
+            file,
+            model,
+            json,
+            batch,
+            seq_len,
+            dtype,
+        } => {
+            let loaded = load_plan(&file, model.as_deref(), data_dir)?;
+            let mem = MemoryParams {
+                batch,
+                seq_len,
+                element_bytes: element_bytes(&dtype),
+            };
+            let totals = loaded
+                .resolution
+                .map
+                .as_ref()
+                .map(|m| Totals::compute(m, loaded.config(), mem));
+            if json {
+                let diagnostics: Vec<serde_json::Value> = loaded
+                    .resolution
+                    .diagnostics
+                    .iter()
+                    .map(|d| diagnostic_json(d, &loaded.text))
+                    .collect();
+                let out = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "base_model": loaded.base_arg,
+                    "valid": !loaded.resolution.has_errors(),
+                    "map": loaded.resolution.map,
+                    "totals": totals,
+                    "diagnostics": diagnostics,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let _ = loaded.report_diagnostics();
+                if let (Some(map), Some(totals)) = (&loaded.resolution.map, &totals) {
+                    print!("{}", render_map(map, &loaded.base_arg));
+                    print!("{}", render_totals(totals, &dtype));
+                }
+            }
+            Ok(i32::from(loaded.resolution.has_errors()))
+        }
+        PlanCommand::Diff { a, b, model, json } => {
+            let pa = load_plan(&a, model.as_deref(), data_dir)?;
+            let pb = load_plan(&b, model.as_deref(), data_dir)?;
+            let errors = pa.report_diagnostics() | pb.report_diagnostics();
+            if errors {
+                return Ok(1);
+            }
+            let rows = diff::diff(pa.map()?, pb.map()?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!(
+                    "{}",
+                    render_diff(&rows, &a.display().to_string(), &b.display().to_string())
+                );
+            }
+            Ok(0)
+        }
+        PlanCommand::Export {
+            file,
+            format,
+            model,
+            out,
+            expanded_model,
+        } => {
+            let loaded = load_plan(&file, model.as_deref(), data_dir)?;
+            if loaded.report_diagnostics() {
+                return Ok(1);
+            }
+            let converted = match format {
+                ExportFormat::Mergekit => {
+                    interchange::to_mergekit(loaded.map()?, &loaded.base_arg, "bfloat16")
+                }
+                ExportFormat::Llamafactory => {
+                    interchange::to_llamafactory(loaded.map()?, &expanded_model)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                }
+            };
+            for w in &converted.warnings {
+                eprintln!("warning: {w}");
+            }
+            write_output(out.as_deref(), &converted.text)?;
+            Ok(0)
+        }
+        PlanCommand::Import { file, model, out } => {
+            let yaml = crate::core::corpus::read_text(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let layers = match &model {
+                Some(m) => Some(
+                    open_source(&resolve_or_fetch(data_dir, m)?)?
+                        .config()
+                        .num_hidden_layers,
+                ),
+                None => None,
+            };
+            let converted = interchange::from_mergekit(&yaml, layers)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            for w in &converted.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(n) = layers {
+                let parsed = plan::parse(&converted.text)
+                    .map_err(|d| anyhow::anyhow!("converted plan: {}", d.message))?;
+                let r = plan::resolve(&parsed.plan, n);
+                for d in &r.diagnostics {
+                    eprintln!("{}", d.render("converted plan", &converted.text));
+                }
+                if r.has_errors() {
+                    return Ok(1);
+                }
+            }
+            write_output(out.as_deref(), &converted.text)?;
+            Ok(0)
+        }
+    }
+}
+
+fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
+    if let Some(p) = out { std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())) } else {
+        print!("{text}");
+        Ok(())
+    }
+}
+
+fn diagnostic_json(d: &Diagnostic, source: &str) -> serde_json::Value {
+    let (line, column) = d
+        .position(source)
+        .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    serde_json::json!({ "severity": d.severity, "message": d.message, "line": line, "column": column })
+}
+
+fn short_tensor(name: &str) -> &str {
+    let t = name.strip_suffix(".weight").unwrap_or(name);
+    t.rsplit('.').next().unwrap_or(t)
+}
+
+/// The layer map as a table: final index, where the block comes from, and whether it trains.
+#[must_use]
+pub fn render_map(map: &LayerMap, base: &str) -> String {
+    let mut s = String::new();
+    let new = map.layers.iter().filter(|l| l.is_new()).count();
+    let _ = writeln!(
+        s,
+        "{} → {} blocks (+{new} new, −{} pruned){}",
+        sanitize_for_terminal(base),
+        map.layers.len(),
+        map.pruned.len(),
+        map.preset
+            .as_ref()
+            .map(|p| format!(", preset {p}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<14} {:<34} trains",
+        "final", "block", "initialisation"
+    );
+    for l in &map.layers {
+        let (what, init) = match &l.origin {
+            Origin::Original { index } => (format!("orig {index}"), String::new()),
+            Origin::New {
+                after,
+                init,
+                zero,
+                scale,
+            } => {
+                let mut desc = match init {
+                    plan::Init::Copy { source } => format!("copy {source}"),
+                    plan::Init::Average { sources } => format!("avg {}+{}", sources[0], sources[1]),
+                };
+                if !zero.is_empty() {
+                    let _ = write!(
+                        desc,
+                        ", zero {}",
+                        zero.iter()
+                            .map(|z| short_tensor(z))
+                            .collect::<Vec<_>>()
+                            .join("+")
+                    );
+                }
+                for (t, f) in scale {
+                    let _ = write!(desc, ", {}×{f}", short_tensor(t));
+                }
+                (
+                    if *after < 0 {
+                        "new (first)".to_string()
+                    } else {
+                        format!("new (after {after})")
+                    },
+                    desc,
+                )
+            }
+        };
+        let line = format!(
+            "{:>5}  {what:<14} {init:<34} {}",
+            l.index,
+            if l.trainable { "yes" } else { "" }
+        );
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    if !map.pruned.is_empty() {
+        let list: Vec<String> = map.pruned.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "pruned originals: {}", list.join(", "));
+    }
+    s
+}
+
+/// Parameter counts and the memory estimate.
+#[must_use]
+pub fn render_totals(t: &Totals, dtype: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "parameters   {} (base {}, {:+.1}%)",
+        human_count(t.params),
+        human_count(t.base_params),
+        (t.params as f64 / t.base_params as f64 - 1.0) * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "trainable    {} ({:.1}% of base)",
+        human_count(t.trainable_params),
+        t.trainable_share * 100.0
+    );
+    let m = &t.memory;
+    let _ = writeln!(
+        s,
+        "memory       {} total for training ({dtype} weights, batch {} × {}): weights {}, gradients {}, AdamW {}, activations {}",
+        human_bytes(m.total),
+        t.assumptions.batch,
+        t.assumptions.seq_len,
+        human_bytes(m.weights),
+        human_bytes(m.gradients),
+        human_bytes(m.optimizer),
+        human_bytes(m.activations)
+    );
+    s
+}
+
+/// Two plans side by side; `*` marks rows that differ.
+#[must_use]
+pub fn render_diff(rows: &[diff::DiffRow], a: &str, b: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:>5}  {:<24} {:<24}",
+        "final",
+        sanitize_for_terminal(a),
+        sanitize_for_terminal(b)
+    );
+    for r in rows {
+        let side = |l: &Option<plan::FinalLayer>| {
+            l.as_ref().map_or_else(|| "—".to_string(), diff::describe)
+        };
+        let _ = writeln!(
+            s,
+            "{} {:>5}  {:<24} {:<24}",
+            if r.changed() { '*' } else { ' ' },
+            r.index,
+            side(&r.a),
+            side(&r.b)
+        );
+    }
+    let changed = rows.iter().filter(|r| r.changed()).count();
+    let _ = writeln!(s, "{changed} of {} rows differ", rows.len());
+    s
+}
