@@ -501,6 +501,13 @@ impl Resolver<'_> {
                 continue;
             }
             let count = ins.count.as_ref().map_or(1, |c| *c.get_ref());
+            if pending.len() + count > preset::MAX_NEW_BLOCKS {
+                self.error(
+                    format!("more than {} new blocks in one plan", preset::MAX_NEW_BLOCKS),
+                    ins.count.as_ref().and_then(span_of).or(span),
+                );
+                break;
+            }
             if count == 0 {
                 self.diags.push(Diagnostic::warning(
                     "count = 0 inserts nothing",

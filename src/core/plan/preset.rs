@@ -36,6 +36,9 @@ fn odd_first_half(layers: usize) -> usize {
     (layers / 2) / 2
 }
 
+/// More new blocks than this in one plan is a typo, not an experiment.
+pub const MAX_NEW_BLOCKS: usize = 4096;
+
 /// The preset's layout for a model of `layers` blocks.
 pub fn preset(
     name: &str,
@@ -43,6 +46,11 @@ pub fn preset(
     new_blocks: Option<usize>,
     prune_last: Option<usize>,
 ) -> Result<PresetPlan, String> {
+    if let Some(n) = new_blocks
+        && n > MAX_NEW_BLOCKS
+    {
+        return Err(format!("new_blocks = {n} exceeds the limit of {MAX_NEW_BLOCKS}"));
+    }
     let l = layers as i64;
     let quarter = (layers / 4).max(1);
     let prune_default = |default: usize| -> Result<Vec<usize>, String> {
