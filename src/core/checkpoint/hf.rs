@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Tensor};
 
-use super::safetensors::{MappedSafetensors, write_file};
+use super::safetensors::{MappedSafetensors, TensorSpec, write_file_streaming};
 use super::{WeightSource, check_cancel, check_shape};
 use crate::core::config::LlamaConfig;
 use crate::core::error::{Error, Result};
@@ -331,25 +331,24 @@ fn write_contents(
         } else {
             format!("model-{:05}-of-{n_shards:05}.safetensors", s + 1)
         };
-        let mut tensors = Vec::with_capacity(members.len());
-        for &i in members {
+        let specs: Vec<TensorSpec> = members
+            .iter()
+            .map(|&i| TensorSpec {
+                name: names[i].clone(),
+                dtype: opts.dtype,
+                shape: Llama::expected_shape(config, &names[i]).unwrap_or_default(),
+            })
+            .collect();
+        for spec in &specs {
+            weight_map.insert(spec.name.clone(), file.clone().into());
+        }
+        write_file_streaming(&dir.join(&file), &specs, |name| {
             check_cancel(cancel)?;
-            let name = &names[i];
             let t = produce(name)?.to_dtype(opts.dtype)?;
-            let expected = Llama::expected_shape(config, name).unwrap_or_default();
-            if t.dims() != expected.as_slice() {
-                return Err(Error::tensor(
-                    dir,
-                    name,
-                    format!("shape {:?}, expected {expected:?}", t.dims()),
-                ));
-            }
-            weight_map.insert(name.clone(), file.clone().into());
-            tensors.push((name.clone(), t));
             done += 1;
             progress(done, names.len());
-        }
-        write_file(&dir.join(&file), &tensors)?;
+            Ok(t)
+        })?;
     }
     if n_shards > 1 {
         let index = serde_json::json!({

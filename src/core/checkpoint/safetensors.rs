@@ -260,26 +260,46 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
-/// Writes `tensors` as one safetensors file at `path` (which should be inside a temporary
-/// directory the caller renames into place), then fsyncs it.
+/// Writes `tensors` as one safetensors file at `path`, then fsyncs it.
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, t)| TensorSpec { name: n.clone(), dtype: t.dtype(), shape: t.dims().to_vec() })
+        .collect();
+    let mut by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_file_streaming(path, &specs, |name| {
+        by_name.remove(name).cloned().ok_or_else(|| Error::tensor(path, name, "missing"))
+    })
+}
+
+/// Name, dtype and shape of a tensor to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+/// Writes a safetensors file whose header is known up front from `specs`, asking `produce` for
+/// each tensor in order and writing it before asking for the next: only one tensor is resident.
+/// The file (inside a temporary directory the caller renames) is fsynced.
+pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
     let mut entries = serde_json::Map::new();
     entries.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
-    for (name, t) in tensors {
-        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+    for spec in specs {
+        let bytes = spec.shape.iter().product::<usize>() * spec.dtype.size_in_bytes();
         entries.insert(
-            name.clone(),
+            spec.name.clone(),
             serde_json::json!({
-                "dtype": dtype_to_str(t.dtype()),
-                "shape": t.dims(),
+                "dtype": dtype_to_str(spec.dtype),
+                "shape": spec.shape,
                 "data_offsets": [offset, offset + bytes],
             }),
         );
         offset += bytes;
     }
-    let mut header = serde_json::to_vec(&serde_json::Value::Object(entries))
-        .map_err(|e| Error::format(path, e.to_string()))?;
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(entries)).map_err(|e| Error::format(path, e.to_string()))?;
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
     while header.len() % 8 != 0 {
         header.push(b' ');
@@ -287,16 +307,21 @@ pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
-    w.write_all(&(header.len() as u64).to_le_bytes())
-        .map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&header).map_err(io)?;
-    for (name, t) in tensors {
-        let data = tensor_bytes(t).map_err(|e| Error::tensor(path, name, e.to_string()))?;
+    for spec in specs {
+        let t = produce(&spec.name)?;
+        if t.dims() != spec.shape.as_slice() || t.dtype() != spec.dtype {
+            return Err(Error::tensor(
+                path,
+                &spec.name,
+                format!("produced {:?} {:?}, the header says {:?} {:?}", t.dtype(), t.dims(), spec.dtype, spec.shape),
+            ));
+        }
+        let data = tensor_bytes(&t).map_err(|e| Error::tensor(path, &spec.name, e.to_string()))?;
         w.write_all(&data).map_err(io)?;
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
+    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(())
 }
