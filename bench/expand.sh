@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${1:-$(mktemp -d)}"
+mkdir -p "$work"
 cargo build --release --quiet
 bin=target/release/slayer
 "$bin" model fetch smollm2 >/dev/null

@@ -121,6 +121,7 @@ impl WeightSource for GgufSource {
         let info = &self.file.tensors[i];
         let t = dequantize(&self.mmap, info)
             .map_err(|e| Error::tensor(&self.path, &info.name, e.to_string()))?;
+        super::safetensors::release_pages(&self.mmap, info.start, info.end - info.start);
         let t = t.to_dtype(DType::F32)?;
         if name.ends_with("self_attn.q_proj.weight") {
             Ok(unpermute_qk(&t, self.config.num_attention_heads)?)

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use memmap2::Mmap;
 
 use crate::core::error::{Error, Result};
@@ -241,13 +241,20 @@ impl MappedSafetensors {
             .mmap
             .get(base + entry.start..base + entry.end)
             .ok_or_else(|| Error::tensor(&self.path, name, "data out of bounds"))?;
-        Ok(Tensor::from_raw_buffer(
-            bytes,
-            entry.dtype,
-            &entry.shape,
-            device,
-        )?)
+        let tensor = Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?;
+        release_pages(&self.mmap, base + entry.start, entry.end - entry.start);
+        Ok(tensor)
     }
+}
+
+/// Drops the mapped pages of a range once its data has been copied out, so streaming through a
+/// checkpoint keeps resident memory near one tensor rather than the whole file. Failure only
+/// costs memory, so it is ignored.
+#[expect(unsafe_code, reason = "MADV_DONTNEED is `unchecked` in memmap2")]
+pub(crate) fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
+    // SAFETY: the map is read-only and the data was copied out; after MADV_DONTNEED the pages
+    // are read again from the file on the next access, so no data is lost and nothing dangles.
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
 }
 
 #[expect(
@@ -318,51 +325,47 @@ pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl
                 format!("produced {:?} {:?}, the header says {:?} {:?}", t.dtype(), t.dims(), spec.dtype, spec.shape),
             ));
         }
-        let data = tensor_bytes(&t).map_err(|e| Error::tensor(path, &spec.name, e.to_string()))?;
-        w.write_all(&data).map_err(io)?;
+        write_tensor_data(&mut w, &t).map_err(|e| Error::tensor(path, &spec.name, e.to_string()))?;
     }
     let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(())
 }
 
-/// The little-endian bytes of a tensor's data, contiguous, on the CPU.
-fn tensor_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
-    let t = t.to_device(&Device::Cpu)?.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F16 => t
-            .to_vec1::<half::f16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::BF16 => t
-            .to_vec1::<half::bf16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::F64 => t
-            .to_vec1::<f64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::U8 => t.to_vec1::<u8>()?,
-        DType::U32 => t
-            .to_vec1::<u32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        DType::I64 => t
-            .to_vec1::<i64>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        _ => t
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    })
+/// Writes a tensor's data little-endian, converting in fixed-size chunks so no second full-size
+/// byte buffer is held next to the tensor.
+fn write_tensor_data(w: &mut impl Write, t: &Tensor) -> candle_core::Result<()> {
+    fn put<T: Copy, const N: usize>(w: &mut impl Write, values: &[T], to_le: impl Fn(T) -> [u8; N]) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(CHUNK * N);
+        for chunk in values.chunks(CHUNK) {
+            buf.clear();
+            for v in chunk {
+                buf.extend_from_slice(&to_le(*v));
+            }
+            w.write_all(&buf)?;
+        }
+        Ok(())
+    }
+    const CHUNK: usize = 1 << 16;
+    let t = t.to_device(&Device::Cpu)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("tensor not on the CPU after to_device");
+    };
+    // Borrow the tensor's own buffer: no copy of the data is made.
+    let range = layout.start_offset()..layout.start_offset() + t.elem_count();
+    let io = |e: std::io::Error| candle_core::Error::Msg(e.to_string());
+    match cpu {
+        CpuStorage::F16(v) => put(w, &v[range], half::f16::to_le_bytes),
+        CpuStorage::BF16(v) => put(w, &v[range], half::bf16::to_le_bytes),
+        CpuStorage::F32(v) => put(w, &v[range], f32::to_le_bytes),
+        CpuStorage::F64(v) => put(w, &v[range], f64::to_le_bytes),
+        CpuStorage::U8(v) => w.write_all(&v[range]),
+        CpuStorage::U32(v) => put(w, &v[range], u32::to_le_bytes),
+        CpuStorage::I64(v) => put(w, &v[range], i64::to_le_bytes),
+        _ => candle_core::bail!("cannot write a {:?} tensor to safetensors", t.dtype()),
+    }
+    .map_err(io)
 }
 
 #[cfg(test)]
