@@ -10,10 +10,16 @@ use slayer::core::plan::{self, Severity};
 const SMOLLM2_LAYERS: usize = 30;
 
 fn load(name: &str) -> (String, plan::Resolution) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("experiments")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     let file = plan::parse(&text).unwrap_or_else(|d| panic!("{}", d.render(name, &text)));
-    assert_eq!(file.model.as_ref().map(|m| m.base.as_str()), Some("smollm2"), "{name}");
+    assert_eq!(
+        file.model.as_ref().map(|m| m.base.as_str()),
+        Some("smollm2"),
+        "{name}"
+    );
     (text, plan::resolve(&file.plan, SMOLLM2_LAYERS))
 }
 
@@ -26,7 +32,12 @@ fn every_shipped_experiment_resolves() {
         if path.extension().is_some_and(|e| e == "toml") {
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             let (text, r) = load(&name);
-            let errors: Vec<String> = r.diagnostics.iter().filter(|d| d.severity == Severity::Error).map(|d| d.render(&name, &text)).collect();
+            let errors: Vec<String> = r
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| d.render(&name, &text))
+                .collect();
             assert!(errors.is_empty(), "{errors:?}");
             count += 1;
         }
@@ -38,16 +49,36 @@ fn every_shipped_experiment_resolves() {
 fn shipped_layouts_are_the_described_ones() {
     let map = |n: &str| load(n).1.map.unwrap();
     let s = map("smollm2-slayer.toml");
-    assert_eq!((s.layers.len(), s.new_indices(), s.pruned.clone()), (35, vec![2, 5, 8, 11, 14, 17, 20], vec![28, 29]));
+    assert_eq!(
+        (s.layers.len(), s.new_indices(), s.pruned.clone()),
+        (35, vec![2, 5, 8, 11, 14, 17, 20], vec![28, 29])
+    );
     let u = map("smollm2-slayer-updated.toml");
     assert_eq!(u.trainable_indices(), vec![2, 5, 8, 11, 14, 17, 20, 34]);
     let p = map("smollm2-llama-pro.toml");
     assert_eq!((p.layers.len(), p.new_indices().len()), (37, 7));
     let (_, prefix) = load("smollm2-prefix.toml");
-    assert_eq!(prefix.map.as_ref().unwrap().new_indices(), (0..7).collect::<Vec<_>>());
-    assert!(prefix.diagnostics.iter().any(|d| d.severity == Severity::Warning));
-    assert_eq!(map("smollm2-suffix.toml").new_indices(), (30..37).collect::<Vec<_>>());
-    assert_eq!(map("smollm2-deep.toml").new_indices(), vec![16, 19, 22, 25, 28, 31, 34]);
+    assert_eq!(
+        prefix.map.as_ref().unwrap().new_indices(),
+        (0..7).collect::<Vec<_>>()
+    );
+    assert!(
+        prefix
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Warning)
+    );
+    assert_eq!(
+        map("smollm2-suffix.toml").new_indices(),
+        (30..37).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        map("smollm2-deep.toml").new_indices(),
+        vec![16, 19, 22, 25, 28, 31, 34]
+    );
     let none = map("smollm2-none.toml");
-    assert_eq!((none.layers.len(), none.trainable_indices()), (30, (0..7).collect::<Vec<_>>()));
+    assert_eq!(
+        (none.layers.len(), none.trainable_indices()),
+        (30, (0..7).collect::<Vec<_>>())
+    );
 }

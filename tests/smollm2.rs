@@ -345,7 +345,13 @@ fn expand_slayer_experiment_verifies_on_smollm2() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("expanded");
     let result = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
-        .args(["expand", "experiments/smollm2-slayer.toml", "--out", out.to_str().unwrap(), "--verify"])
+        .args([
+            "expand",
+            "experiments/smollm2-slayer.toml",
+            "--out",
+            out.to_str().unwrap(),
+            "--verify",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("SLAYER_HOME", common::cache_dir())
         .output()
@@ -353,12 +359,20 @@ fn expand_slayer_experiment_verifies_on_smollm2() {
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("insertion only vs base: max |Δlogit| = 0e0 (identical)"), "{stdout}");
-    assert!(stdout.contains("checkpoint vs plan:     max |Δlogit| = 0e0 (identical)"), "{stdout}");
+    assert!(
+        stdout.contains("insertion only vs base: max |Δlogit| = 0e0 (identical)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("checkpoint vs plan:     max |Δlogit| = 0e0 (identical)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("perplexity: base"), "{stdout}");
     let expanded = HfDir::open(&out).unwrap();
     assert_eq!(expanded.config().num_hidden_layers, 35);
     assert!(expanded.tokenizer().unwrap().chat_template().is_some());
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("slayer_plan.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("slayer_plan.json")).unwrap())
+            .unwrap();
     assert_eq!(record["map"]["pruned"], serde_json::json!([28, 29]));
 }

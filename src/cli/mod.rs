@@ -2,11 +2,13 @@
 //! by default, `--json` where a machine reads the output.
 
 mod chat;
+mod eval;
 mod expand;
 mod importance;
 mod model;
 mod plan;
 mod progress;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +52,15 @@ pub enum Command {
     Expand(expand::ExpandArgs),
     /// Measure per-block importance on a calibration corpus.
     Importance(importance::ImportanceArgs),
+    /// Train an experiment's trainable blocks (or resume a run).
+    Train(train::TrainArgs),
+    /// Evaluate a model: perplexity, bits per byte, multiple-choice accuracy.
+    Eval(eval::EvalArgs),
+    /// Write a run's trained model as a standalone HF directory.
+    Export(train::ExportArgs),
+    /// Generate data sets.
+    #[command(subcommand)]
+    Data(eval::DataCommand),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -67,6 +78,10 @@ pub fn main() -> i32 {
         Command::Plan(cmd) => plan::run(cmd, &data_dir),
         Command::Expand(args) => expand::run(&args, &data_dir),
         Command::Importance(args) => importance::run(&args, &data_dir, cli.device),
+        Command::Train(args) => train::run(&args, &data_dir, cli.device),
+        Command::Eval(args) => eval::run(&args, &data_dir, cli.device),
+        Command::Export(args) => train::export(&args, &data_dir),
+        Command::Data(cmd) => eval::data(cmd),
     };
     match result {
         Ok(code) => code,

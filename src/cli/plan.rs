@@ -269,7 +269,9 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
 }
 
 fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
-    if let Some(p) = out { std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())) } else {
+    if let Some(p) = out {
+        std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))
+    } else {
         print!("{text}");
         Ok(())
     }

@@ -271,11 +271,19 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
 pub fn write_file(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let specs: Vec<TensorSpec> = tensors
         .iter()
-        .map(|(n, t)| TensorSpec { name: n.clone(), dtype: t.dtype(), shape: t.dims().to_vec() })
+        .map(|(n, t)| TensorSpec {
+            name: n.clone(),
+            dtype: t.dtype(),
+            shape: t.dims().to_vec(),
+        })
         .collect();
-    let mut by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut by_name: std::collections::HashMap<&str, &Tensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     write_file_streaming(path, &specs, |name| {
-        by_name.remove(name).cloned().ok_or_else(|| Error::tensor(path, name, "missing"))
+        by_name
+            .remove(name)
+            .cloned()
+            .ok_or_else(|| Error::tensor(path, name, "missing"))
     })
 }
 
@@ -290,7 +298,11 @@ pub struct TensorSpec {
 /// Writes a safetensors file whose header is known up front from `specs`, asking `produce` for
 /// each tensor in order and writing it before asking for the next: only one tensor is resident.
 /// The file (inside a temporary directory the caller renames) is fsynced.
-pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl FnMut(&str) -> Result<Tensor>) -> Result<()> {
+pub fn write_file_streaming(
+    path: &Path,
+    specs: &[TensorSpec],
+    mut produce: impl FnMut(&str) -> Result<Tensor>,
+) -> Result<()> {
     let mut entries = serde_json::Map::new();
     entries.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
@@ -306,7 +318,8 @@ pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl
         );
         offset += bytes;
     }
-    let mut header = serde_json::to_vec(&serde_json::Value::Object(entries)).map_err(|e| Error::format(path, e.to_string()))?;
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(entries))
+        .map_err(|e| Error::format(path, e.to_string()))?;
     // Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
     while header.len() % 8 != 0 {
         header.push(b' ');
@@ -314,7 +327,8 @@ pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| Error::io(path, e);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&header).map_err(io)?;
     for spec in specs {
         let t = produce(&spec.name)?;
@@ -322,12 +336,21 @@ pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl
             return Err(Error::tensor(
                 path,
                 &spec.name,
-                format!("produced {:?} {:?}, the header says {:?} {:?}", t.dtype(), t.dims(), spec.dtype, spec.shape),
+                format!(
+                    "produced {:?} {:?}, the header says {:?} {:?}",
+                    t.dtype(),
+                    t.dims(),
+                    spec.dtype,
+                    spec.shape
+                ),
             ));
         }
-        write_tensor_data(&mut w, &t).map_err(|e| Error::tensor(path, &spec.name, e.to_string()))?;
+        write_tensor_data(&mut w, &t)
+            .map_err(|e| Error::tensor(path, &spec.name, e.to_string()))?;
     }
-    let file = w.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(())
 }
@@ -335,7 +358,11 @@ pub fn write_file_streaming(path: &Path, specs: &[TensorSpec], mut produce: impl
 /// Writes a tensor's data little-endian, converting in fixed-size chunks so no second full-size
 /// byte buffer is held next to the tensor.
 fn write_tensor_data(w: &mut impl Write, t: &Tensor) -> candle_core::Result<()> {
-    fn put<T: Copy, const N: usize>(w: &mut impl Write, values: &[T], to_le: impl Fn(T) -> [u8; N]) -> std::io::Result<()> {
+    fn put<T: Copy, const N: usize>(
+        w: &mut impl Write,
+        values: &[T],
+        to_le: impl Fn(T) -> [u8; N],
+    ) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(CHUNK * N);
         for chunk in values.chunks(CHUNK) {
             buf.clear();

@@ -503,7 +503,10 @@ impl Resolver<'_> {
             let count = ins.count.as_ref().map_or(1, |c| *c.get_ref());
             if pending.len() + count > preset::MAX_NEW_BLOCKS {
                 self.error(
-                    format!("more than {} new blocks in one plan", preset::MAX_NEW_BLOCKS),
+                    format!(
+                        "more than {} new blocks in one plan",
+                        preset::MAX_NEW_BLOCKS
+                    ),
                     ins.count.as_ref().and_then(span_of).or(span),
                 );
                 break;
@@ -719,19 +722,20 @@ fn resolve_train(
     let (mut new, mut finals, mut originals): (bool, Vec<i64>, Vec<i64>) =
         (false, Vec::new(), Vec::new());
     let ints = |v: &toml::Value, what: &str, diags: &mut Vec<Diagnostic>| -> Vec<i64> {
-        if let Some(a) = v.as_array() { a
-        .iter()
-        .filter_map(|x| {
-            let i = x.as_integer();
-            if i.is_none() {
-                diags.push(Diagnostic::error(
-                    format!("`{what}` must hold block indices"),
-                    span.clone(),
-                ));
-            }
-            i
-        })
-        .collect() } else {
+        if let Some(a) = v.as_array() {
+            a.iter()
+                .filter_map(|x| {
+                    let i = x.as_integer();
+                    if i.is_none() {
+                        diags.push(Diagnostic::error(
+                            format!("`{what}` must hold block indices"),
+                            span.clone(),
+                        ));
+                    }
+                    i
+                })
+                .collect()
+        } else {
             diags.push(Diagnostic::error(
                 format!("`{what}` must be a list of block indices"),
                 span.clone(),

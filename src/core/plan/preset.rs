@@ -49,7 +49,9 @@ pub fn preset(
     if let Some(n) = new_blocks
         && n > MAX_NEW_BLOCKS
     {
-        return Err(format!("new_blocks = {n} exceeds the limit of {MAX_NEW_BLOCKS}"));
+        return Err(format!(
+            "new_blocks = {n} exceeds the limit of {MAX_NEW_BLOCKS}"
+        ));
     }
     let l = layers as i64;
     let quarter = (layers / 4).max(1);

@@ -350,6 +350,18 @@ fn totals_for_the_paper_layout() {
 
 #[test]
 fn absurd_counts_are_errors_not_allocations() {
-    assert!(errors("[plan]\npreset = \"suffix\"\nnew_blocks = 1000000000000\n", 32)[0].contains("exceeds the limit"));
-    assert!(errors("[plan]\ninsert = [{ after = 1, count = 1000000000000 }]\n", 32)[0].contains("more than 4096"));
+    assert!(
+        errors(
+            "[plan]\npreset = \"suffix\"\nnew_blocks = 1000000000000\n",
+            32
+        )[0]
+        .contains("exceeds the limit")
+    );
+    assert!(
+        errors(
+            "[plan]\ninsert = [{ after = 1, count = 1000000000000 }]\n",
+            32
+        )[0]
+        .contains("more than 4096")
+    );
 }

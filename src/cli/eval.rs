@@ -1,0 +1,107 @@
+//! `slayer eval MODEL [--ppl FILE]... [--task FILE]...` and `slayer data synth-facts`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use clap::{Args, Subcommand};
+
+use super::model::resolve_or_fetch;
+use crate::core::checkpoint::{load_model, open_source};
+use crate::core::device::{self, DeviceChoice};
+use crate::core::run::{EvalSuite, write_synth};
+use crate::core::{eval, synth};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    pub model: String,
+    /// Text file for perplexity and bits per byte (repeatable).
+    #[arg(long)]
+    pub ppl: Vec<PathBuf>,
+    /// Multiple-choice task JSONL (repeatable).
+    #[arg(long)]
+    pub task: Vec<PathBuf>,
+    /// Tokens scored per perplexity file at most.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate the fictional-facts corpus and its multiple-choice probe.
+    SynthFacts {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        entities: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    if args.ppl.is_empty() && args.task.is_empty() {
+        anyhow::bail!("nothing to evaluate: give --ppl FILE and/or --task FILE.jsonl");
+    }
+    let source = open_source(&resolve_or_fetch(data_dir, &args.model)?)?;
+    let tokenizer = source.tokenizer().context("the model has no tokenizer")?;
+    let mut suite = EvalSuite {
+        window: args.window,
+        ..EvalSuite::default()
+    };
+    for p in &args.ppl {
+        let text = crate::core::corpus::read_text(p)?;
+        suite.add_text(&p.display().to_string(), &text, tokenizer, args.max_tokens)?;
+    }
+    for t in &args.task {
+        suite
+            .tasks
+            .push((t.display().to_string(), eval::read_task(t)?));
+    }
+    let device = device::open(device)?;
+    let model = load_model(source.as_ref(), DType::F32, &device)?;
+    let record = suite.run(&model, tokenizer, "model", 0)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        for p in &record.ppl {
+            println!(
+                "{}: perplexity {:.4}, bits/byte {:.4} ({} tokens)",
+                p.name, p.perplexity, p.bits_per_byte, p.tokens
+            );
+        }
+        for t in &record.tasks {
+            println!(
+                "{}: acc {:.4} ± {:.4}, acc_norm {:.4} ({} items)",
+                t.name, t.acc, t.acc_stderr, t.acc_norm, t.items
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn data(cmd: DataCommand) -> Result<i32> {
+    match cmd {
+        DataCommand::SynthFacts {
+            out,
+            entities,
+            seed,
+        } => {
+            let facts = synth::generate(entities, seed);
+            write_synth(&facts, &out)?;
+            eprintln!(
+                "wrote {} entities, {} training documents, {} probe and {} control questions to {}",
+                facts.entities.len(),
+                facts.train.len(),
+                facts.probe.len(),
+                facts.control.len(),
+                out.display()
+            );
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! `slayer train EXPERIMENT [--resume RUN]`, `slayer export RUN --out DIR`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use clap::Args;
+
+use super::INTERRUPTED;
+use super::model::{parse_dtype, resolve_or_fetch};
+use crate::core::checkpoint::hf::save_model;
+use crate::core::checkpoint::{SaveOptions, WeightSource, load_model, open_source};
+use crate::core::device::{self, DeviceChoice};
+use crate::core::events::{EvalRecord, EventKind, EventSink, RunStatus};
+use crate::core::experiment::Experiment;
+use crate::core::plan::{self, LayerMap};
+use crate::core::run::{self, RunPaths};
+use crate::core::text::sanitize_for_terminal;
+use crate::core::train::{self, Trainer};
+use crate::runner::{EventLog, RunDir};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Experiment file (ignored with --resume, which uses the run's own copy).
+    pub experiment: Option<PathBuf>,
+    /// Base model (overrides the experiment's [model] base).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Continue a run from its newest checkpoint.
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Print a progress line every N steps.
+    #[arg(long, default_value_t = 1)]
+    pub print_every: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run id or directory.
+    pub run: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Prints a readable line per step to stderr while passing every event on.
+struct ConsoleSink<'a> {
+    inner: &'a mut EventLog,
+    every: u64,
+    total: u64,
+}
+
+impl EventSink for ConsoleSink<'_> {
+    fn emit(&mut self, kind: EventKind) -> crate::core::Result<()> {
+        match &kind {
+            EventKind::Step {
+                step,
+                loss,
+                lr,
+                tokens_per_sec,
+                grad_norm,
+                clipped,
+                ..
+            } if step % self.every.max(1) == 0 || *step == self.total => {
+                eprintln!(
+                    "step {step:>6}/{}  loss {loss:.4}  lr {lr:.2e}  grad {grad_norm:.3}{}  {tokens_per_sec:.0} tok/s",
+                    self.total,
+                    if *clipped { " (clipped)" } else { "" }
+                );
+            }
+            EventKind::SkippedStep { step, reason } => eprintln!("step {step}: skipped: {reason}"),
+            EventKind::Checkpoint { step, path } => eprintln!("checkpoint at step {step}: {path}"),
+            EventKind::Eval(r) => eprintln!("{}", eval_line(r)),
+            EventKind::Warning { message } => eprintln!("warning: {message}"),
+            _ => {}
+        }
+        self.inner.emit(kind)
+    }
+
+    fn sync(&mut self) -> crate::core::Result<()> {
+        self.inner.sync()
+    }
+}
+
+fn eval_line(r: &EvalRecord) -> String {
+    let mut parts = vec![format!("eval {} (step {}):", r.label, r.step)];
+    parts.extend(
+        r.ppl
+            .iter()
+            .map(|p| format!("{} ppl {:.3}", p.name, p.perplexity)),
+    );
+    parts.extend(
+        r.tasks
+            .iter()
+            .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
+    );
+    parts.join("  ")
+}
+
+/// Loads and resolves an experiment against its base model, printing diagnostics.
+fn resolve(
+    exp: &Experiment,
+    model: Option<&str>,
+    data_dir: &Path,
+) -> Result<(String, Box<dyn WeightSource>, LayerMap)> {
+    let base_arg = match (model, &exp.model) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(m)) => m.base.clone(),
+        (None, None) => bail!(
+            "{}: no base model: pass --model or set [model] base",
+            exp.path.display()
+        ),
+    };
+    let base = open_source(&resolve_or_fetch(data_dir, &base_arg)?)?;
+    let resolution = plan::resolve(&exp.plan, base.config().num_hidden_layers);
+    for d in &resolution.diagnostics {
+        eprintln!(
+            "{}",
+            sanitize_for_terminal(&d.render(&exp.path.display().to_string(), &exp.text))
+        );
+    }
+    let map = resolution
+        .map
+        .with_context(|| format!("{}: the plan has errors", exp.path.display()))?;
+    Ok((base_arg, base, map))
+}
+
+pub fn run(args: &TrainArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    let device = device::open(device)?;
+    let (run_dir, exp, resume) = if let Some(id) = &args.resume {
+        let run_dir = RunDir::open(data_dir, id)?;
+        let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
+        (run_dir, exp, true)
+    } else {
+        let path = args
+            .experiment
+            .as_ref()
+            .context("give an experiment file, or --resume RUN")?;
+        let exp = Experiment::load(path).map_err(anyhow::Error::msg)?;
+        let run_dir = RunDir::create(data_dir, &exp.name)?;
+        // Relative paths in the copy must still reach the files: anchor them now.
+        std::fs::write(run_dir.experiment_path(), anchored_text(&exp))
+            .with_context(|| format!("cannot write {}", run_dir.experiment_path().display()))?;
+        (run_dir, exp, false)
+    };
+    let (base_arg, base, map) = resolve(&exp, args.model.as_deref(), data_dir)?;
+    std::fs::write(
+        run_dir.path.join("plan.json"),
+        serde_json::to_vec_pretty(&map)?,
+    )?;
+    let mut log = EventLog::open(&run_dir.events_path())?;
+    let earlier: Vec<EvalRecord> = if resume {
+        run_dir
+            .read_events()?
+            .into_iter()
+            .filter_map(|e| {
+                if let EventKind::Eval(r) = e.kind {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let resumed_from = if resume {
+        train::list_checkpoints(&run_dir.path.join("checkpoints"))?
+            .last()
+            .map(|(s, _)| *s)
+    } else {
+        None
+    };
+    let trainable = map.layers.iter().filter(|l| l.trainable).count() as u64
+        * base.config().block_params() as u64;
+    log.emit(EventKind::RunStart {
+        run: run_dir.id.clone(),
+        experiment: exp.text.clone(),
+        plan: serde_json::to_value(&map)?,
+        config: serde_json::json!({ "base_model": base_arg, "train": exp.train, "device": format!("{device:?}") }),
+        trainable_params: trainable,
+        total_steps: exp.train.steps,
+        resumed_from,
+        environment: serde_json::json!({ "slayer": env!("CARGO_PKG_VERSION"), "threads": std::thread::available_parallelism().map_or(0, std::num::NonZero::get) }),
+    })?;
+    eprintln!("run {} in {}", run_dir.id, run_dir.path.display());
+    let paths = RunPaths::new(&run_dir.path, Some(data_dir.join("cache/tokens")));
+    let mut sink = ConsoleSink {
+        inner: &mut log,
+        every: args.print_every,
+        total: exp.train.steps,
+    };
+    let result = run::execute(
+        &exp,
+        base.as_ref(),
+        &map,
+        &paths,
+        &device,
+        &mut sink,
+        &INTERRUPTED,
+        resume,
+        earlier,
+        &mut |m| eprintln!("{m}"),
+    );
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = log.emit(EventKind::End {
+                status: RunStatus::Failed,
+                step: 0,
+                message: e.to_string(),
+            });
+            let _ = log.sync();
+            return Err(e).with_context(|| format!("run {} failed", run_dir.id));
+        }
+    };
+    println!("{}", run::summary_table(&summary.evals));
+    match summary.status {
+        RunStatus::Stopped => eprintln!(
+            "stopped; continue with: slayer train --resume {}",
+            run_dir.id
+        ),
+        _ => eprintln!("run {} finished: {}", run_dir.id, run_dir.path.display()),
+    }
+    Ok(0)
+}
+
+/// The experiment text with its relative data paths made absolute (for the run's copy).
+fn anchored_text(exp: &Experiment) -> String {
+    let mut value: toml::Table = toml::from_str(&exp.text).unwrap_or_default();
+    let base = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    let anchor = |v: &mut toml::Value| {
+        let fix = |s: &str| -> toml::Value {
+            let p = Path::new(s);
+            toml::Value::String(if p.is_absolute() {
+                s.to_string()
+            } else {
+                base.join(p).display().to_string()
+            })
+        };
+        match v {
+            toml::Value::String(s) => *v = fix(s),
+            toml::Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if let toml::Value::String(s) = item {
+                        *item = fix(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+    };
+    for (section, keys) in [
+        ("data", ["train"].as_slice()),
+        ("eval", ["ppl", "tasks"].as_slice()),
+    ] {
+        if let Some(toml::Value::Table(t)) = value.get_mut(section) {
+            for k in keys {
+                if let Some(v) = t.get_mut(*k) {
+                    anchor(v);
+                }
+            }
+        }
+    }
+    toml::to_string(&value).unwrap_or_else(|_| exp.text.clone())
+}
+
+pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
+    let run_dir = RunDir::open(data_dir, &args.run)?;
+    let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
+    let (_, base, map) = resolve(&exp, None, data_dir)?;
+    let (step, checkpoint) = train::list_checkpoints(&run_dir.path.join("checkpoints"))?
+        .pop()
+        .with_context(|| format!("run {} has no checkpoint yet", run_dir.id))?;
+    let base_model = load_model(base.as_ref(), DType::F32, &candle_core::Device::Cpu)?;
+    let mut model = crate::core::surgery::apply(&base_model, &map)?;
+    drop(base_model);
+    let mut trainer = Trainer::new(&model, exp.train.clone(), &run_dir.path.join("checkpoints"))?;
+    trainer.resume_from(&checkpoint)?;
+    drop(trainer);
+    model.freeze_all()?;
+    let opts = SaveOptions {
+        dtype: args.dtype.unwrap_or_else(|| base.stored_dtype()),
+        force: args.force,
+        ..SaveOptions::default()
+    };
+    save_model(
+        &model,
+        base.tokenizer(),
+        base.config_json(),
+        base.generation_config(),
+        &args.out,
+        &opts,
+    )?;
+    eprintln!(
+        "exported run {} at step {step} to {}",
+        run_dir.id,
+        args.out.display()
+    );
+    Ok(0)
+}

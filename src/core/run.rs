@@ -1,0 +1,373 @@
+//! One experiment run, headless: prepare data and evaluation sets, evaluate the base model,
+//! expand, evaluate step 0, train, evaluate the result, report through an [`EventSink`]. The
+//! runner layer decides where the run directory is and where events go.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device};
+
+use crate::core::checkpoint::{WeightSource, load_model};
+use crate::core::data::{is_heldout, pack, read_documents, tokenize_documents};
+use crate::core::error::{Error, Result};
+use crate::core::eval::{self, McItem};
+use crate::core::events::{EvalRecord, EventKind, EventSink, PplRecord, RunStatus, TaskRecord};
+use crate::core::experiment::Experiment;
+use crate::core::model::Llama;
+use crate::core::plan::LayerMap;
+use crate::core::tokenizer::Tokenizer;
+use crate::core::train::{self, Outcome, Trainer};
+use crate::core::{surgery, synth};
+
+/// Where a run keeps its files.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    pub dir: PathBuf,
+    pub checkpoints: PathBuf,
+    /// Generated data (synth-facts) for this run.
+    pub data: PathBuf,
+    /// Shared token cache.
+    pub token_cache: Option<PathBuf>,
+}
+
+impl RunPaths {
+    #[must_use]
+    pub fn new(dir: &Path, token_cache: Option<PathBuf>) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            checkpoints: dir.join("checkpoints"),
+            data: dir.join("data"),
+            token_cache,
+        }
+    }
+}
+
+/// The sets a model is evaluated on.
+#[derive(Debug, Clone, Default)]
+pub struct EvalSuite {
+    /// (name, token ids, byte length of the scored text).
+    pub ppl: Vec<(String, Vec<u32>, usize)>,
+    pub tasks: Vec<(String, Vec<McItem>)>,
+    pub window: usize,
+}
+
+impl EvalSuite {
+    /// Adds a perplexity set, truncated to `max_tokens`.
+    pub fn add_text(
+        &mut self,
+        name: &str,
+        text: &str,
+        tokenizer: &Tokenizer,
+        max_tokens: usize,
+    ) -> Result<()> {
+        let mut ids = tokenizer.encode(text, false)?;
+        ids.truncate(max_tokens);
+        let bytes = tokenizer.decode(&ids, false)?.len();
+        if !ids.is_empty() {
+            self.ppl.push((name.to_string(), ids, bytes));
+        }
+        Ok(())
+    }
+
+    /// Evaluates `model` on every set.
+    pub fn run(
+        &self,
+        model: &Llama,
+        tokenizer: &Tokenizer,
+        label: &str,
+        step: u64,
+    ) -> Result<EvalRecord> {
+        let mut ppl = Vec::new();
+        for (name, ids, bytes) in &self.ppl {
+            let r = eval::perplexity_ids(model, tokenizer, ids, *bytes, self.window)?;
+            ppl.push(PplRecord {
+                name: name.clone(),
+                tokens: r.tokens,
+                perplexity: r.perplexity,
+                bits_per_byte: r.bits_per_byte,
+            });
+        }
+        let mut tasks = Vec::new();
+        for (name, items) in &self.tasks {
+            let scores = items
+                .iter()
+                .map(|i| eval::score_item(model, tokenizer, i))
+                .collect::<Result<Vec<_>>>()?;
+            let r = eval::summarize(&scores);
+            tasks.push(TaskRecord {
+                name: name.clone(),
+                items: r.items,
+                acc: r.acc,
+                acc_norm: r.acc_norm,
+                acc_stderr: r.acc_stderr,
+            });
+        }
+        Ok(EvalRecord {
+            label: label.to_string(),
+            step,
+            ppl,
+            tasks,
+        })
+    }
+}
+
+fn file_label(path: &Path) -> String {
+    path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    )
+}
+
+/// Reads the training corpus (and writes synth-facts into `paths.data` when asked), splits it,
+/// packs the training part and builds the evaluation suite.
+pub fn prepare(
+    exp: &Experiment,
+    tokenizer: &Tokenizer,
+    paths: &RunPaths,
+) -> Result<(Vec<Vec<u32>>, EvalSuite)> {
+    let mut docs = Vec::new();
+    let mut suite = EvalSuite {
+        window: exp.eval.window,
+        ..EvalSuite::default()
+    };
+    if let Some(s) = &exp.data.synth {
+        let facts = synth::generate(s.entities, s.seed);
+        write_synth(&facts, &paths.data)?;
+        docs.extend(facts.train.iter().cloned());
+        suite.tasks.push(("facts".into(), facts.probe.clone()));
+        suite.tasks.push(("control".into(), facts.control.clone()));
+        suite.add_text("general", &facts.general, tokenizer, exp.eval.max_tokens)?;
+    }
+    for path in &exp.data.train {
+        docs.extend(read_documents(path)?);
+    }
+    let ids = tokenize_documents(tokenizer, &docs, paths.token_cache.as_deref())?;
+    let (mut train_docs, mut heldout_text) = (Vec::new(), String::new());
+    for (i, (doc_ids, text)) in ids.into_iter().zip(&docs).enumerate() {
+        // Synth biographies all train: their probe is the held-out measure.
+        if exp.data.synth.is_none() && is_heldout(i, exp.data.split_seed, exp.data.heldout_fraction)
+        {
+            heldout_text.push_str(text);
+            heldout_text.push_str("\n\n");
+        } else {
+            train_docs.push(doc_ids);
+        }
+    }
+    if exp.eval.heldout && !heldout_text.is_empty() {
+        suite.add_text("heldout", &heldout_text, tokenizer, exp.eval.max_tokens)?;
+    }
+    for path in &exp.eval.ppl {
+        let text = crate::core::corpus::read_text(path)?;
+        suite.add_text(&file_label(path), &text, tokenizer, exp.eval.max_tokens)?;
+    }
+    for path in &exp.eval.tasks {
+        suite.tasks.push((file_label(path), eval::read_task(path)?));
+    }
+    let separator = tokenizer.eos_ids().first().copied().unwrap_or(0);
+    let seqs = pack(&train_docs, separator, exp.train.seq_len + 1);
+    if seqs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the training corpus yields no sequence of {} tokens; lower train.seq_len or add text",
+            exp.train.seq_len + 1
+        )));
+    }
+    Ok((seqs, suite))
+}
+
+/// Writes the generated corpus: `train.jsonl`, `probe.jsonl`, `control.jsonl`, `general.txt`,
+/// `entities.json`.
+pub fn write_synth(facts: &synth::SynthFacts, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let jsonl = |items: &[serde_json::Value]| {
+        items.iter().fold(String::new(), |mut out, v| {
+            let _ = writeln!(out, "{v}");
+            out
+        })
+    };
+    let train: Vec<serde_json::Value> = facts
+        .train
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }))
+        .collect();
+    let tasks = |items: &[McItem]| {
+        items
+            .iter()
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect::<Vec<_>>()
+    };
+    let files = [
+        ("train.jsonl", jsonl(&train)),
+        ("probe.jsonl", jsonl(&tasks(&facts.probe))),
+        ("control.jsonl", jsonl(&tasks(&facts.control))),
+        ("general.txt", facts.general.clone()),
+        (
+            "entities.json",
+            serde_json::to_string_pretty(&facts.entities).unwrap_or_default(),
+        ),
+    ];
+    for (name, content) in files {
+        crate::core::checkpoint::hf::write_synced(&dir.join(name), content.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub status: RunStatus,
+    pub evals: Vec<EvalRecord>,
+}
+
+/// Runs an experiment end to end (or resumes it from its newest checkpoint when `resume`).
+/// `earlier_evals` are evaluations a resumed run already recorded.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the run's inputs; grouping them adds a type for one caller"
+)]
+pub fn execute(
+    exp: &Experiment,
+    base: &dyn WeightSource,
+    map: &LayerMap,
+    paths: &RunPaths,
+    device: &Device,
+    sink: &mut dyn EventSink,
+    cancel: &AtomicBool,
+    resume: bool,
+    earlier_evals: Vec<EvalRecord>,
+    status: &mut dyn FnMut(&str),
+) -> Result<Summary> {
+    let tokenizer = base.tokenizer().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: the base model has no tokenizer",
+            base.location().display()
+        ))
+    })?;
+    status("preparing data");
+    let (seqs, suite) = prepare(exp, tokenizer, paths)?;
+    status(&format!(
+        "{} training sequences of {} tokens",
+        seqs.len(),
+        exp.train.seq_len + 1
+    ));
+    let dtype = DType::F32;
+    let base_model = load_model(base, dtype, device)?;
+    let mut evals = earlier_evals;
+    let run_eval = |model: &Llama,
+                    label: &str,
+                    step: u64,
+                    sink: &mut dyn EventSink,
+                    evals: &mut Vec<EvalRecord>,
+                    status: &mut dyn FnMut(&str)|
+     -> Result<()> {
+        status(&format!("evaluating ({label}, step {step})"));
+        let mut frozen = model.clone();
+        frozen.freeze_all()?;
+        let record = suite.run(&frozen, tokenizer, label, step)?;
+        sink.emit(EventKind::Eval(record.clone()))?;
+        evals.push(record);
+        Ok(())
+    };
+    if !resume {
+        run_eval(&base_model, "base", 0, sink, &mut evals, status)?;
+    }
+    let model = surgery::apply(&base_model, map)?;
+    drop(base_model);
+    if !resume {
+        run_eval(&model, "expanded", 0, sink, &mut evals, status)?;
+    }
+    let mut trainer = Trainer::new(&model, exp.train.clone(), &paths.checkpoints)?;
+    if resume && let Some((_, latest)) = train::list_checkpoints(&paths.checkpoints)?.pop() {
+        status(&format!("resuming from {}", latest.display()));
+        trainer.resume_from(&latest)?;
+    }
+    status("training");
+    let mut evaluate = |m: &Llama, step: u64, sink: &mut dyn EventSink| -> Result<()> {
+        let mut frozen = m.clone();
+        frozen.freeze_all()?;
+        sink.emit(EventKind::Eval(
+            suite.run(&frozen, tokenizer, "step", step)?,
+        ))
+    };
+    let outcome = trainer.run(&model, &seqs, sink, cancel, &mut evaluate)?;
+    let state = trainer.state;
+    if outcome == Outcome::Stopped {
+        sink.emit(EventKind::End {
+            status: RunStatus::Stopped,
+            step: state.step,
+            message: "stopped on request; resume with --resume".into(),
+        })?;
+        sink.sync()?;
+        return Ok(Summary {
+            status: RunStatus::Stopped,
+            evals,
+        });
+    }
+    run_eval(&model, "final", state.step, sink, &mut evals, status)?;
+    sink.emit(EventKind::End {
+        status: RunStatus::Finished,
+        step: state.step,
+        message: "finished".into(),
+    })?;
+    sink.sync()?;
+    Ok(Summary {
+        status: RunStatus::Finished,
+        evals,
+    })
+}
+
+/// The before/after table: one row per metric, one column per evaluated state.
+#[must_use]
+pub fn summary_table(evals: &[EvalRecord]) -> String {
+    let cols: Vec<&EvalRecord> = ["base", "expanded", "final"]
+        .iter()
+        .filter_map(|l| evals.iter().rev().find(|e| e.label == *l))
+        .collect();
+    let mut s = String::new();
+    let _ = write!(s, "{:<28}", "metric");
+    for c in &cols {
+        let _ = write!(s, " {:>12}", format!("{} ({})", c.label, c.step));
+    }
+    s.push('\n');
+    let Some(first) = cols.first() else {
+        return s;
+    };
+    for p in &first.ppl {
+        for (metric, get) in [
+            (
+                "perplexity",
+                (|r: &PplRecord| r.perplexity) as fn(&PplRecord) -> f64,
+            ),
+            ("bits/byte", |r: &PplRecord| r.bits_per_byte),
+        ] {
+            let _ = write!(s, "{:<28}", format!("{} {metric}", p.name));
+            for c in &cols {
+                let v = c
+                    .ppl
+                    .iter()
+                    .find(|x| x.name == p.name)
+                    .map_or(f64::NAN, get);
+                let _ = write!(s, " {v:>12.4}");
+            }
+            s.push('\n');
+        }
+    }
+    for t in &first.tasks {
+        for (metric, get) in [
+            ("acc", (|r: &TaskRecord| r.acc) as fn(&TaskRecord) -> f64),
+            ("acc_norm", |r: &TaskRecord| r.acc_norm),
+        ] {
+            let _ = write!(s, "{:<28}", format!("{} {metric} (n={})", t.name, t.items));
+            for c in &cols {
+                let v = c
+                    .tasks
+                    .iter()
+                    .find(|x| x.name == t.name)
+                    .map_or(f64::NAN, get);
+                let _ = write!(s, " {v:>12.4}");
+            }
+            s.push('\n');
+        }
+    }
+    s
+}

@@ -1,0 +1,660 @@
+//! Training only the chosen blocks: AdamW with decoupled weight decay (none on norms by default),
+//! linear warmup then cosine or constant learning rate, gradient accumulation, global-norm
+//! clipping, per-block statistics, non-finite step skipping, and checkpoints that resume bit for
+//! bit (weights, optimizer moments, step and data position; the data order is a pure function of
+//! the seed and the epoch).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::core::checkpoint::hf::{sync_dir, write_json};
+use crate::core::checkpoint::safetensors::{MappedSafetensors, write_file};
+use crate::core::error::{Error, Result};
+use crate::core::events::{BlockStats, EventKind, EventSink};
+use crate::core::model::Llama;
+
+/// Learning-rate shape after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Cosine,
+    Constant,
+}
+
+/// Optimisation settings (the `[train]` table of an experiment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    /// Warmup as a fraction of `steps` (LLaMA Pro: 6%).
+    pub warmup: f64,
+    /// Final learning rate of the cosine as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Apply weight decay to norm weights too.
+    pub decay_norms: bool,
+    /// Global gradient-norm clip; 0 disables.
+    pub clip: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Seed of the data order.
+    pub seed: u64,
+    pub log_every: u64,
+    /// Evaluate every N steps (0: only before and after).
+    pub eval_every: u64,
+    /// Checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are deleted once a newer one is complete).
+    pub keep_checkpoints: usize,
+    /// Stop after this many non-finite steps in a row.
+    pub max_nonfinite: u32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            batch_size: 4,
+            seq_len: 256,
+            grad_accum: 1,
+            lr: 2e-4,
+            schedule: Schedule::Cosine,
+            warmup: 0.06,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.1,
+            decay_norms: false,
+            clip: 1.0,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            seed: 0,
+            log_every: 1,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 3,
+            max_nonfinite: 5,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges; messages name the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("steps", self.steps as f64),
+            ("batch_size", self.batch_size as f64),
+            ("seq_len", self.seq_len as f64),
+            ("grad_accum", self.grad_accum as f64),
+        ];
+        for (name, v) in positive {
+            if v < 1.0 {
+                return Err(format!("train.{name} must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("train.lr = {} must be positive", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return Err(format!(
+                "train.warmup = {} must be a fraction in [0, 1)",
+                self.warmup
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) || self.weight_decay < 0.0 || self.clip < 0.0 {
+            return Err(
+                "train.min_lr_ratio must be in [0, 1]; weight_decay and clip must be ≥ 0".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0
+        {
+            return Err("train.beta1 and beta2 must be in [0, 1); eps positive".into());
+        }
+        Ok(())
+    }
+
+    /// Warmup length in steps.
+    #[must_use]
+    pub fn warmup_steps(&self) -> u64 {
+        (self.warmup * self.steps as f64).round() as u64
+    }
+
+    /// The learning rate of optimizer step `step` (0-based).
+    #[must_use]
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let warmup = self.warmup_steps();
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let span = (self.steps - warmup).max(1) as f64;
+                let progress = ((step - warmup) as f64 / span).min(1.0);
+                let min = self.lr * self.min_lr_ratio;
+                min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+/// AdamW over named variables, with decoupled weight decay and f32 moments.
+pub struct AdamW {
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    decay: Vec<bool>,
+    t: u64,
+}
+
+impl AdamW {
+    pub fn new(params: Vec<(String, Var)>, decay_norms: bool) -> Result<Self> {
+        let m = params
+            .iter()
+            .map(|(_, v)| v.as_tensor().to_dtype(DType::F32)?.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let decay = params
+            .iter()
+            .map(|(n, _)| decay_norms || !n.contains("norm"))
+            .collect();
+        Ok(Self {
+            v: m.clone(),
+            m,
+            decay,
+            params,
+            t: 0,
+        })
+    }
+
+    #[must_use]
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One update with gradients `grads` (aligned with `params`; `None` = no gradient) scaled by
+    /// `grad_scale`. Returns ‖Δw‖² per parameter.
+    pub fn step(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+        cfg: &TrainConfig,
+    ) -> Result<Vec<f64>> {
+        self.t += 1;
+        let t = self.t as i32;
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let mut sq_updates = Vec::with_capacity(self.params.len());
+        for (i, ((_, var), g)) in self.params.iter().zip(grads).enumerate() {
+            let Some(g) = g else {
+                sq_updates.push(0.0);
+                continue;
+            };
+            let g = (g.to_dtype(DType::F32)? * grad_scale)?;
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let m_hat = (&self.m[i] / c1)?;
+            let v_hat = (&self.v[i] / c2)?;
+            let update = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
+            let w = var.as_tensor().to_dtype(DType::F32)?;
+            let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
+            let new_w = ((&w * (1.0 - lr * wd))? - (update * lr)?)?;
+            sq_updates.push(f64::from(
+                (&new_w - &w)?.sqr()?.sum_all()?.to_scalar::<f32>()?,
+            ));
+            var.set(&new_w.to_dtype(var.dtype())?)?;
+        }
+        Ok(sq_updates)
+    }
+}
+
+/// Where training stands; saved in every checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TrainState {
+    /// Optimizer steps taken (or skipped).
+    pub step: u64,
+    pub epoch: u64,
+    /// Next sequence within the epoch's order.
+    pub cursor: usize,
+    pub nonfinite_streak: u32,
+    pub tokens: u64,
+}
+
+/// How a training loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request after checkpointing.
+    Stopped,
+}
+
+/// The order of sequences in `epoch`: a function of the seed and the epoch only.
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch,
+    ));
+    order
+}
+
+/// Final block index of a parameter name.
+fn block_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A training run in progress: its settings, optimizer, position, and where checkpoints go.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub optimizer: AdamW,
+    pub state: TrainState,
+    pub checkpoints: PathBuf,
+}
+
+impl Trainer {
+    /// A fresh run over `model`'s trainable variables.
+    pub fn new(model: &Llama, cfg: TrainConfig, checkpoints: &Path) -> Result<Self> {
+        Ok(Self {
+            optimizer: AdamW::new(model.trainable_vars(), cfg.decay_norms)?,
+            cfg,
+            state: TrainState::default(),
+            checkpoints: checkpoints.to_path_buf(),
+        })
+    }
+
+    /// Continues from a checkpoint: weights, optimizer moments, step and data position.
+    pub fn resume_from(&mut self, checkpoint: &Path) -> Result<()> {
+        self.state = load_checkpoint(checkpoint, &mut self.optimizer)?.state;
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn checkpoint(&self, sink: &mut dyn EventSink) -> Result<PathBuf> {
+        save_checkpoint(
+            &self.checkpoints,
+            &self.optimizer,
+            &self.state,
+            &self.cfg,
+            sink,
+        )
+    }
+
+    /// Runs the loop to `cfg.steps`. `data` holds sequences of `seq_len + 1` tokens;
+    /// `evaluate(model, step, sink)` runs every `eval_every` steps. With `cancel` set, the loop
+    /// finishes the step in hand, checkpoints and returns [`Outcome::Stopped`].
+    pub fn run(
+        &mut self,
+        model: &Llama,
+        data: &[Vec<u32>],
+        sink: &mut dyn EventSink,
+        cancel: &AtomicBool,
+        evaluate: &mut dyn FnMut(&Llama, u64, &mut dyn EventSink) -> Result<()>,
+    ) -> Result<Outcome> {
+        let Self {
+            cfg,
+            optimizer,
+            state,
+            checkpoints,
+        } = self;
+        train_loop(
+            model,
+            data,
+            cfg,
+            optimizer,
+            state,
+            checkpoints,
+            sink,
+            cancel,
+            evaluate,
+        )
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the destructured Trainer; only Trainer::run calls it"
+)]
+fn train_loop(
+    model: &Llama,
+    data: &[Vec<u32>],
+    cfg: &TrainConfig,
+    optimizer: &mut AdamW,
+    state: &mut TrainState,
+    checkpoints: &Path,
+    sink: &mut dyn EventSink,
+    cancel: &AtomicBool,
+    evaluate: &mut dyn FnMut(&Llama, u64, &mut dyn EventSink) -> Result<()>,
+) -> Result<Outcome> {
+    if data.is_empty() {
+        return Err(Error::Invalid("no training sequences".into()));
+    }
+    let device = model.device().clone();
+    let mut order = epoch_order(data.len(), cfg.seed, state.epoch);
+    while state.step < cfg.steps {
+        if cancel.load(Ordering::Relaxed) {
+            save_checkpoint(checkpoints, optimizer, state, cfg, sink)?;
+            return Ok(Outcome::Stopped);
+        }
+        let started = Instant::now();
+        let lr = cfg.lr_at(state.step);
+        let mut grads: Vec<Option<Tensor>> = vec![None; optimizer.params().len()];
+        let mut loss_sum = 0.0;
+        for _ in 0..cfg.grad_accum {
+            let mut rows = Vec::with_capacity(cfg.batch_size * (cfg.seq_len + 1));
+            for _ in 0..cfg.batch_size {
+                if state.cursor >= order.len() {
+                    state.epoch += 1;
+                    state.cursor = 0;
+                    order = epoch_order(data.len(), cfg.seed, state.epoch);
+                }
+                rows.extend_from_slice(&data[order[state.cursor]]);
+                state.cursor += 1;
+            }
+            let batch = Tensor::from_vec(rows, (cfg.batch_size, cfg.seq_len + 1), &device)?;
+            let loss = model.loss(&batch)?;
+            loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+            let store = loss.backward()?;
+            for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
+                if let Some(g) = store.get(var) {
+                    let g = g.to_dtype(DType::F32)?;
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        let accum = cfg.grad_accum as f64;
+        let loss = loss_sum / accum;
+        // Squared gradient norms per parameter, of the averaged gradient.
+        let mut sq: Vec<f64> = Vec::with_capacity(grads.len());
+        for g in &grads {
+            sq.push(match g {
+                Some(g) => f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?) / (accum * accum),
+                None => 0.0,
+            });
+        }
+        let grad_norm = sq.iter().sum::<f64>().sqrt();
+        state.tokens += (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as u64;
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            state.step += 1;
+            state.nonfinite_streak += 1;
+            sink.emit(EventKind::SkippedStep {
+                step: state.step,
+                reason: format!("non-finite loss ({loss}) or gradient norm ({grad_norm})"),
+            })?;
+            if state.nonfinite_streak >= cfg.max_nonfinite {
+                return Err(Error::Invalid(format!(
+                    "{} non-finite steps in a row (last at step {}): lower the learning rate or check the data",
+                    state.nonfinite_streak, state.step
+                )));
+            }
+            continue;
+        }
+        state.nonfinite_streak = 0;
+        let clip_scale = if cfg.clip > 0.0 && grad_norm > cfg.clip {
+            cfg.clip / grad_norm
+        } else {
+            1.0
+        };
+        let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg)?;
+        state.step += 1;
+        if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == cfg.steps {
+            let elapsed = started.elapsed().as_secs_f64();
+            let blocks = block_stats(optimizer, &sq, &sq_updates)?;
+            sink.emit(EventKind::Step {
+                step: state.step,
+                loss,
+                lr,
+                tokens: state.tokens,
+                tokens_per_sec: (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64 / elapsed,
+                grad_norm,
+                clipped: clip_scale < 1.0,
+                blocks,
+            })?;
+        }
+        if cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every) && state.step < cfg.steps
+        {
+            evaluate(model, state.step, sink)?;
+        }
+        if cfg.checkpoint_every > 0
+            && state.step.is_multiple_of(cfg.checkpoint_every)
+            && state.step < cfg.steps
+        {
+            save_checkpoint(checkpoints, optimizer, state, cfg, sink)?;
+        }
+    }
+    save_checkpoint(checkpoints, optimizer, state, cfg, sink)?;
+    Ok(Outcome::Finished)
+}
+
+fn block_stats(optimizer: &AdamW, sq_grads: &[f64], sq_updates: &[f64]) -> Result<Vec<BlockStats>> {
+    let mut per_block: BTreeMap<usize, (f64, f64, f64)> = BTreeMap::new();
+    for (i, (name, var)) in optimizer.params().iter().enumerate() {
+        let Some(b) = block_of(name) else { continue };
+        let w = f64::from(
+            var.as_tensor()
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?,
+        );
+        let e = per_block.entry(b).or_default();
+        e.0 += sq_grads[i];
+        e.1 += w;
+        e.2 += sq_updates[i];
+    }
+    Ok(per_block
+        .into_iter()
+        .map(|(block, (g, w, u))| BlockStats {
+            block,
+            grad_norm: g.sqrt(),
+            weight_norm: w.sqrt(),
+            update_ratio: if w > 0.0 { (u / w).sqrt() } else { 0.0 },
+        })
+        .collect())
+}
+
+/// The contents of a checkpoint directory's `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub state: TrainState,
+    pub optimizer_t: u64,
+    pub config: TrainConfig,
+}
+
+/// Writes `step-N/` (trainable weights, optimizer moments, state) via a temporary directory that
+/// is fsynced and renamed; then drops checkpoints beyond `keep_checkpoints`. A failure (full
+/// disk) leaves the previous checkpoint intact and removes the partial one.
+pub fn save_checkpoint(
+    dir: &Path,
+    optimizer: &AdamW,
+    state: &TrainState,
+    cfg: &TrainConfig,
+    sink: &mut dyn EventSink,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let final_dir = dir.join(format!("step-{}", state.step));
+    let tmp = dir.join(format!(".step-{}.partial", state.step));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<()> {
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let weights: Vec<(String, Tensor)> = optimizer
+            .params()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        write_file(&tmp.join("trainable.safetensors"), &weights)?;
+        let mut moments = Vec::with_capacity(2 * weights.len());
+        for (i, (n, _)) in optimizer.params().iter().enumerate() {
+            moments.push((format!("m.{n}"), optimizer.m[i].clone()));
+            moments.push((format!("v.{n}"), optimizer.v[i].clone()));
+        }
+        write_file(&tmp.join("optimizer.safetensors"), &moments)?;
+        let record = CheckpointState {
+            state: *state,
+            optimizer_t: optimizer.t,
+            config: cfg.clone(),
+        };
+        write_json(
+            &tmp.join("state.json"),
+            &serde_json::to_value(&record).map_err(|e| Error::Invalid(e.to_string()))?,
+        )?;
+        sync_dir(&tmp)?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    sink.emit(EventKind::Checkpoint {
+        step: state.step,
+        path: final_dir.display().to_string(),
+    })?;
+    sink.sync()?;
+    let mut all = list_checkpoints(dir)?;
+    while all.len() > cfg.keep_checkpoints.max(1) {
+        let (_, old) = all.remove(0);
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(final_dir)
+}
+
+/// Complete checkpoints (`step-N` with a `state.json`), oldest first.
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(std::result::Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Loads a checkpoint's trainable weights into the optimizer's variables and its moments and
+/// state; returns the state to continue from.
+pub fn load_checkpoint(path: &Path, optimizer: &mut AdamW) -> Result<CheckpointState> {
+    let state_path = path.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let record: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| Error::format(&state_path, e.to_string()))?;
+    let weights = MappedSafetensors::open(&path.join("trainable.safetensors"))?;
+    let moments = MappedSafetensors::open(&path.join("optimizer.safetensors"))?;
+    let device = optimizer
+        .params()
+        .first()
+        .map_or(candle_core::Device::Cpu, |(_, v)| v.device().clone());
+    for i in 0..optimizer.params.len() {
+        let (name, var) = &optimizer.params[i];
+        let w = weights.tensor(name, &device)?;
+        if w.dims() != var.dims() {
+            return Err(Error::tensor(
+                weights.path(),
+                name,
+                format!("shape {:?}, the model has {:?}", w.dims(), var.dims()),
+            ));
+        }
+        var.set(&w.to_dtype(var.dtype())?)?;
+        optimizer.m[i] = moments.tensor(&format!("m.{name}"), &device)?;
+        optimizer.v[i] = moments.tensor(&format!("v.{name}"), &device)?;
+    }
+    optimizer.t = record.optimizer_t;
+    Ok(record)
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp, reason = "exact values are the point")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_values_at_chosen_steps() {
+        let cfg = TrainConfig {
+            steps: 100,
+            lr: 1e-3,
+            warmup: 0.1,
+            ..TrainConfig::default()
+        };
+        assert_eq!(cfg.warmup_steps(), 10);
+        assert!((cfg.lr_at(0) - 1e-4).abs() < 1e-12);
+        assert!((cfg.lr_at(9) - 1e-3).abs() < 1e-12);
+        assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-12);
+        // Halfway through the cosine: half the peak.
+        assert!((cfg.lr_at(55) - 5e-4).abs() < 1e-12);
+        assert!(cfg.lr_at(99) < 1e-6);
+        let constant = TrainConfig {
+            schedule: Schedule::Constant,
+            ..cfg.clone()
+        };
+        assert_eq!(constant.lr_at(80), 1e-3);
+        let floor = TrainConfig {
+            min_lr_ratio: 0.1,
+            ..cfg
+        };
+        assert!((floor.lr_at(100) - 1e-4).abs() < 1e-12);
+    }
+
+    #[test]
+    fn epoch_order_depends_on_seed_and_epoch_only() {
+        assert_eq!(epoch_order(50, 3, 1), epoch_order(50, 3, 1));
+        assert_ne!(epoch_order(50, 3, 1), epoch_order(50, 3, 2));
+        let mut sorted = epoch_order(50, 3, 1);
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        assert!(
+            TrainConfig {
+                lr: 0.0,
+                ..TrainConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("train.lr")
+        );
+        assert!(
+            TrainConfig {
+                batch_size: 0,
+                ..TrainConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .contains("batch_size")
+        );
+    }
+}

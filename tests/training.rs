@@ -1,0 +1,483 @@
+//! Training and evaluation on tiny random models: the loss falls, only the plan's blocks move,
+//! per-block statistics match a direct computation, clipping and schedule behave, and an
+//! interrupted run resumes onto the uninterrupted loss curve bit for bit. Evaluation matches
+//! hand-computed log-likelihoods.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::float_cmp,
+    reason = "tests: a panic is the failure report; exact float equality is the point"
+)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{D, DType, Device, Tensor};
+use common::max_abs_diff;
+use slayer::core::config::LlamaConfig;
+use slayer::core::eval::{self, McItem};
+use slayer::core::events::{EventKind, EventSink, MemorySink};
+use slayer::core::model::Llama;
+use slayer::core::model::random::{llama, tiny_config};
+use slayer::core::plan;
+use slayer::core::surgery;
+use slayer::core::tokenizer::Tokenizer;
+use slayer::core::train::{self, Outcome, TrainConfig, Trainer};
+
+fn expanded(seed: u64) -> Llama {
+    let base = llama(
+        &LlamaConfig {
+            num_hidden_layers: 4,
+            ..tiny_config()
+        },
+        seed,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let spec = plan::parse("[plan]\ninsert = [{ after = 1, init = \"average\" }, { after = 2, init = \"copy\" }]\ntrain = { new = true, original = [3] }\n").unwrap().plan;
+    let map = plan::resolve(&spec, 4).map.unwrap();
+    surgery::apply(&base, &map).unwrap()
+}
+
+/// Sequences of a repeating pattern: learnable by a tiny model within a few dozen steps.
+fn data(n: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|s| {
+            (0..len)
+                .map(|i| ((i * 7 + s * 3) % 23 + 5) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn cfg(steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 2,
+        seq_len: 15,
+        lr: 3e-3,
+        warmup: 0.1,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    trainer: &mut Trainer,
+    model: &Llama,
+    cancel: &AtomicBool,
+    sink: &mut dyn EventSink,
+) -> Outcome {
+    trainer
+        .run(model, &data(12, 16), sink, cancel, &mut |_, _, _| Ok(()))
+        .unwrap()
+}
+
+fn losses(sink: &MemorySink) -> Vec<f64> {
+    sink.events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Step { loss, .. } = e {
+                Some(*loss)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn loss_falls_and_only_the_plans_blocks_move() {
+    let model = expanded(1);
+    let trainable: Vec<usize> = model
+        .blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.is_trainable())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        trainable,
+        vec![2, 4, 5],
+        "new blocks after 1 and 2, and original 3"
+    );
+    let frozen: Vec<(String, Tensor)> = model
+        .named_params()
+        .into_iter()
+        .filter(|(_, p)| !p.is_trainable())
+        .map(|(n, p)| (n, p.tensor().copy().unwrap()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(
+        &model,
+        TrainConfig {
+            weight_decay: 0.0,
+            ..cfg(120)
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    run(&mut trainer, &model, &AtomicBool::new(false), &mut sink);
+    let l = losses(&sink);
+    assert_eq!(l.len(), 120);
+    let first: f64 = l[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = l[115..].iter().sum::<f64>() / 5.0;
+    // The frozen random head and final norm bound the logits of this tiny model (ln 256 = 5.55
+    // is chance): a drop of over a nat is what the trainable blocks can buy here.
+    assert!(last < first - 1.0, "loss {first} → {last}");
+    for (name, before) in frozen {
+        let now = model
+            .named_params()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .tensor()
+            .clone();
+        assert_eq!(max_abs_diff(&before, &now), 0.0, "{name} moved");
+    }
+    // Every step reports exactly the trainable blocks.
+    for e in &sink.events {
+        if let EventKind::Step { blocks, .. } = e {
+            assert_eq!(
+                blocks.iter().map(|b| b.block).collect::<Vec<_>>(),
+                trainable
+            );
+        }
+    }
+    assert!(dir.path().join("step-120/trainable.safetensors").is_file());
+}
+
+#[test]
+fn block_statistics_match_a_direct_computation() {
+    let model = expanded(2);
+    let vars = model.trainable_vars();
+    let two: Vec<Vec<u32>> = data(12, 16).into_iter().take(2).collect();
+    // With two sequences and a batch of two, the first step sees both, in some order: the mean
+    // loss, and so the gradient, does not depend on the order.
+    let x = Tensor::from_vec(two.concat(), (2, 16), &Device::Cpu).unwrap();
+    let grads = model.loss(&x).unwrap().backward().unwrap();
+    let mut expect = std::collections::BTreeMap::<usize, f64>::new();
+    for (name, v) in &vars {
+        let block: usize = name.split('.').nth(2).unwrap().parse().unwrap();
+        let g: Vec<f32> = grads
+            .get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        *expect.entry(block).or_default() += g.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = TrainConfig {
+        steps: 1,
+        batch_size: 2,
+        seq_len: 15,
+        clip: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(&model, c, dir.path()).unwrap();
+    let mut sink = MemorySink::default();
+    trainer
+        .run(
+            &model,
+            &two,
+            &mut sink,
+            &AtomicBool::new(false),
+            &mut |_, _, _| Ok(()),
+        )
+        .unwrap();
+    let Some(EventKind::Step {
+        blocks,
+        grad_norm,
+        clipped,
+        ..
+    }) = sink
+        .events
+        .iter()
+        .find(|e| matches!(e, EventKind::Step { .. }))
+    else {
+        panic!("no step")
+    };
+    assert!(!clipped);
+    for b in blocks {
+        let direct = expect[&b.block].sqrt();
+        assert!(
+            (b.grad_norm - direct).abs() <= 1e-4 * direct.max(1e-6),
+            "block {}: {} vs {direct}",
+            b.block,
+            b.grad_norm
+        );
+        assert!(b.update_ratio > 0.0 && b.weight_norm > 0.0);
+    }
+    let total: f64 = expect.values().sum::<f64>().sqrt();
+    assert!((grad_norm - total).abs() <= 1e-4 * total);
+}
+
+#[test]
+fn clipping_caps_the_update() {
+    let model = expanded(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(
+        &model,
+        TrainConfig {
+            clip: 1e-3,
+            ..cfg(2)
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    run(&mut trainer, &model, &AtomicBool::new(false), &mut sink);
+    let steps: Vec<&EventKind> = sink
+        .events
+        .iter()
+        .filter(|e| matches!(e, EventKind::Step { .. }))
+        .collect();
+    assert_eq!(steps.len(), 2);
+    for e in steps {
+        if let EventKind::Step {
+            clipped, grad_norm, ..
+        } = e
+        {
+            assert!(*clipped && *grad_norm > 1e-3);
+        }
+    }
+}
+
+/// Stops after a given step (as SIGINT would), leaving a checkpoint.
+struct StopAfter<'a> {
+    inner: MemorySink,
+    step: u64,
+    cancel: &'a AtomicBool,
+}
+
+impl EventSink for StopAfter<'_> {
+    fn emit(&mut self, kind: EventKind) -> slayer::core::Result<()> {
+        if let EventKind::Step { step, .. } = &kind
+            && *step == self.step
+        {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        self.inner.emit(kind)
+    }
+
+    fn sync(&mut self) -> slayer::core::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_curve_bit_for_bit() {
+    let c = cfg(12);
+    // Uninterrupted.
+    let model = expanded(4);
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut sink_a = MemorySink::default();
+    let mut trainer_a = Trainer::new(&model, c.clone(), dir_a.path()).unwrap();
+    run(&mut trainer_a, &model, &AtomicBool::new(false), &mut sink_a);
+    // Interrupted after step 5 (12 sequences / batch 2 = 6 per epoch: the resume crosses an epoch).
+    let model_b = expanded(4);
+    let dir_b = tempfile::tempdir().unwrap();
+    let cancel = AtomicBool::new(false);
+    let mut sink_b = StopAfter {
+        inner: MemorySink::default(),
+        step: 5,
+        cancel: &cancel,
+    };
+    let mut trainer_b = Trainer::new(&model_b, c.clone(), dir_b.path()).unwrap();
+    assert_eq!(
+        run(&mut trainer_b, &model_b, &cancel, &mut sink_b),
+        Outcome::Stopped
+    );
+    let (step, latest) = train::list_checkpoints(dir_b.path())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(step, 5);
+    // A fresh process: new model, new trainer, everything else from the checkpoint.
+    let model_c = expanded(4);
+    let mut trainer_c = Trainer::new(&model_c, c, dir_b.path()).unwrap();
+    trainer_c.resume_from(&latest).unwrap();
+    let mut sink_c = MemorySink::default();
+    run(
+        &mut trainer_c,
+        &model_c,
+        &AtomicBool::new(false),
+        &mut sink_c,
+    );
+    let resumed: Vec<f64> = losses(&sink_b.inner)
+        .into_iter()
+        .chain(losses(&sink_c))
+        .collect();
+    assert_eq!(resumed, losses(&sink_a), "resumed curve differs");
+    for ((n, a), (_, b)) in model
+        .trainable_vars()
+        .iter()
+        .zip(model_c.trainable_vars().iter())
+    {
+        assert_eq!(max_abs_diff(a.as_tensor(), b.as_tensor()), 0.0, "{n}");
+    }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_then_stop_the_run() {
+    let model = expanded(5);
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(
+        &model,
+        TrainConfig {
+            lr: 1e30,
+            clip: 0.0,
+            max_nonfinite: 2,
+            ..cfg(20)
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    let err = trainer
+        .run(
+            &model,
+            &data(12, 16),
+            &mut sink,
+            &AtomicBool::new(false),
+            &mut |_, _, _| Ok(()),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("non-finite"), "{err}");
+    assert!(
+        sink.events
+            .iter()
+            .any(|e| matches!(e, EventKind::SkippedStep { .. }))
+    );
+}
+
+#[test]
+fn a_failed_checkpoint_keeps_the_previous_one() {
+    let model = expanded(6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(&model, cfg(10), dir.path()).unwrap();
+    let mut sink = MemorySink::default();
+    trainer.state.step = 3;
+    trainer.checkpoint(&mut sink).unwrap();
+    // Make the next write fail (as a full disk would): a file where its temporary directory goes.
+    std::fs::write(dir.path().join(".step-4.partial"), b"blocker").unwrap();
+    trainer.state.step = 4;
+    let err = trainer.checkpoint(&mut sink).unwrap_err();
+    assert!(err.to_string().contains(".step-4.partial"), "{err}");
+    assert!(!dir.path().join("step-4").exists());
+    let list = train::list_checkpoints(dir.path()).unwrap();
+    assert_eq!(list.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3]);
+}
+
+/// A word-level tokenizer over a fixed vocabulary, saved as tokenizer.json.
+fn word_tokenizer(words: &[&str]) -> Tokenizer {
+    let vocab: serde_json::Map<String, serde_json::Value> = std::iter::once("<unk>")
+        .chain(words.iter().copied())
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "WhitespaceSplit" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    Tokenizer::from_hf_dir(dir.path(), &tiny_config())
+        .unwrap()
+        .unwrap()
+}
+
+fn manual_ll(model: &Llama, ids: &[u32], from: usize) -> f64 {
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let lp =
+        candle_nn::ops::log_softmax(&model.forward(&x).unwrap().squeeze(0).unwrap(), D::Minus1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+    (from..ids.len())
+        .map(|p| f64::from(lp[p - 1][ids[p] as usize]))
+        .sum()
+}
+
+/// lm-eval conventions against hand computation: summed log-likelihood of the continuation
+/// tokens given the context; acc = argmax ll, acc_norm = argmax ll / characters of the choice.
+#[test]
+fn multiple_choice_scores_equal_hand_computed_loglikelihoods() {
+    let tok = word_tokenizer(&[
+        "Question:",
+        "capital?",
+        "Answer:",
+        "Paris",
+        "Rome",
+        "Lyon",
+        "Marseille",
+    ]);
+    let model = llama(&tiny_config(), 7, DType::F32, &Device::Cpu).unwrap();
+    let item = McItem {
+        context: "Question: capital? Answer: ".into(),
+        choices: vec!["Paris".into(), "Rome".into(), "Marseille".into()],
+        gold: 0,
+        target_delimiter: None,
+        prefix: None,
+        id: None,
+    };
+    // Trailing space of the context moves to the continuation.
+    let (ctx, cont) = eval::encode_pair(&tok, &item.context, " Paris").unwrap();
+    assert_eq!((ctx.len(), cont.len()), (3, 1));
+    let score = eval::score_item(&model, &tok, &item).unwrap();
+    let mut hand = Vec::new();
+    for choice in &item.choices {
+        let (ctx, cont) = eval::encode_pair(&tok, &item.context, &format!(" {choice}")).unwrap();
+        let ids: Vec<u32> = ctx.iter().chain(&cont).copied().collect();
+        hand.push(manual_ll(&model, &ids, ctx.len()));
+    }
+    for (a, b) in score.loglikelihoods.iter().zip(&hand) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let argmax = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+    assert_eq!(score.pred, argmax(&hand));
+    let normed: Vec<f64> = hand
+        .iter()
+        .zip(&item.choices)
+        .map(|(l, c)| l / c.len() as f64)
+        .collect();
+    assert_eq!(score.pred_norm, argmax(&normed));
+}
+
+#[test]
+fn perplexity_equals_the_hand_computed_value_for_any_window() {
+    let words = ["a", "b", "c", "d", "e", "f"];
+    let tok = word_tokenizer(&words);
+    let model = llama(&tiny_config(), 8, DType::F32, &Device::Cpu).unwrap();
+    let text = "a b c d e f a b c d e f a b c";
+    let ids = tok.encode(text, false).unwrap();
+    let mut seq = vec![tok.eos_ids().first().copied().unwrap_or(0)];
+    seq.extend(&ids);
+    // One window: every token predicted from everything before it.
+    let nll = -manual_ll(&model, &seq, 1);
+    let r = eval::perplexity(&model, &tok, text, 100).unwrap();
+    assert_eq!(r.tokens, 15);
+    assert!((r.nll - nll).abs() < 1e-4, "{} vs {nll}", r.nll);
+    assert!((r.perplexity - (nll / 15.0).exp()).abs() < 1e-4);
+    assert!((r.bits_per_byte - nll / (text.len() as f64 * std::f64::consts::LN_2)).abs() < 1e-6);
+    // Windows of 4 predictions, each seeing the token before it.
+    let mut windowed = 0.0;
+    let mut pos = 0;
+    while pos < ids.len() {
+        let end = (pos + 4).min(ids.len());
+        windowed -= manual_ll(&model, &seq[pos..=end], 1);
+        pos = end;
+    }
+    let r4 = eval::perplexity(&model, &tok, text, 4).unwrap();
+    assert!((r4.nll - windowed).abs() < 1e-4, "{} vs {windowed}", r4.nll);
+}
