@@ -376,3 +376,157 @@ fn expand_slayer_experiment_verifies_on_smollm2() {
             .unwrap();
     assert_eq!(record["map"]["pruned"], serde_json::json!([28, 29]));
 }
+
+/// A short real run: slayer preset (without pruning) on a small synth-facts corpus, interrupted
+/// with SIGINT after a checkpoint, resumed to the end; the events file is valid and the run ends
+/// with the before/after table.
+#[test]
+fn train_interrupt_resume_on_smollm2() {
+    use std::process::{Command, Stdio};
+    let (model_dir, _) = smollm2();
+    let home = tempfile::tempdir().unwrap();
+    let exp = home.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        "name = \"ci\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data.synth]\nentities = 6\nseed = 3\n[train]\nsteps = 6\nbatch_size = 2\nseq_len = 48\nlr = 5e-4\ncheckpoint_every = 2\n[eval]\nmax_tokens = 256\n",
+    )
+    .unwrap();
+    let slayer = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slayer"));
+        c.args(args)
+            .args(["--model", model_dir.to_str().unwrap(), "--device", "cpu"])
+            .env("SLAYER_HOME", home.path());
+        c
+    };
+    let mut child = slayer(&["train", exp.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first checkpoint, then interrupt as Ctrl-C would.
+    let runs = home.path().join("runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let run_dir = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in time"
+        );
+        if let Some(dir) = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+            && std::fs::read_to_string(dir.join("events.jsonl"))
+                .unwrap_or_default()
+                .contains("\"type\":\"checkpoint\"")
+        {
+            break dir;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped; continue with"), "{stderr}");
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let out = slayer(&["train", "--resume", &id]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    for row in ["general perplexity", "facts acc", "control acc"] {
+        assert!(stdout.contains(row), "no {row} row:\n{stdout}");
+    }
+    // The event log: every line parses, sequence numbers run 0, 1, 2, …, and the story is whole.
+    let events = slayer::runner::read_events(&run_dir.join("events.jsonl")).unwrap();
+    assert!(
+        events.iter().enumerate().all(|(i, e)| e.seq == i as u64),
+        "sequence numbers have gaps"
+    );
+    use slayer::core::events::{EventKind, RunStatus};
+    let ends: Vec<RunStatus> = events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::End { status, .. } = e.kind {
+                Some(status)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(ends, vec![RunStatus::Stopped, RunStatus::Finished]);
+    let steps: Vec<u64> = events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Step { step, .. } = e.kind {
+                Some(step)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=6).collect::<Vec<_>>(),
+        "each step exactly once across the interruption"
+    );
+    let labels: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Eval(r) = &e.kind {
+                Some(r.label.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(labels, vec!["base", "expanded", "final"]);
+    // The control questions are ones the base model answers.
+    let base_control = events
+        .iter()
+        .find_map(|e| {
+            if let EventKind::Eval(r) = &e.kind {
+                r.tasks.iter().find(|t| t.name == "control").map(|t| t.acc)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert!(base_control >= 0.5, "base control accuracy {base_control}");
+    // Without pruning, insertion keeps the base function: step-0 perplexity equals the base's.
+    let ppl: Vec<f64> = events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Eval(r) = &e.kind {
+                Some(r.ppl[0].perplexity)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!((ppl[0] - ppl[1]).abs() < 1e-3 * ppl[0], "{ppl:?}");
+    // The trained model exports as a standalone HF directory that loads.
+    let exported = home.path().join("exported");
+    let out = Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(["export", &id, "--out", exported.to_str().unwrap()])
+        .env("SLAYER_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        HfDir::open(&exported).unwrap().config().num_hidden_layers,
+        37
+    );
+}

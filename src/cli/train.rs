@@ -142,8 +142,11 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device: DeviceChoice) -> Result<i3
         let exp = Experiment::load(path).map_err(anyhow::Error::msg)?;
         let run_dir = RunDir::create(data_dir, &exp.name)?;
         // Relative paths in the copy must still reach the files: anchor them now.
-        std::fs::write(run_dir.experiment_path(), anchored_text(&exp))
-            .with_context(|| format!("cannot write {}", run_dir.experiment_path().display()))?;
+        std::fs::write(
+            run_dir.experiment_path(),
+            anchored_text(&exp, args.model.as_deref()),
+        )
+        .with_context(|| format!("cannot write {}", run_dir.experiment_path().display()))?;
         (run_dir, exp, false)
     };
     let (base_arg, base, map) = resolve(&exp, args.model.as_deref(), data_dir)?;
@@ -229,8 +232,17 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device: DeviceChoice) -> Result<i3
 }
 
 /// The experiment text with its relative data paths made absolute (for the run's copy).
-fn anchored_text(exp: &Experiment) -> String {
+/// A `--model` override is recorded as `[model] base` (absolute when it is a path) so that
+/// resuming and exporting find the same base.
+fn anchored_text(exp: &Experiment, base_override: Option<&str>) -> String {
     let mut value: toml::Table = toml::from_str(&exp.text).unwrap_or_default();
+    if let Some(base) = base_override {
+        let base = std::fs::canonicalize(base)
+            .map_or_else(|_| base.to_string(), |p| p.display().to_string());
+        let mut model = toml::Table::new();
+        model.insert("base".into(), toml::Value::String(base));
+        value.insert("model".into(), toml::Value::Table(model));
+    }
     let base = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = std::fs::canonicalize(&base).unwrap_or(base);
     let anchor = |v: &mut toml::Value| {
