@@ -66,6 +66,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Stop after this many non-finite steps in a row.
     pub max_nonfinite: u32,
+    /// Per-block gradient norm, weight norm and update ratio on logging steps.
+    pub block_stats: bool,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +93,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 3,
             max_nonfinite: 5,
+            block_stats: true,
         }
     }
 }
@@ -189,13 +192,14 @@ impl AdamW {
     }
 
     /// One update with gradients `grads` (aligned with `params`; `None` = no gradient) scaled by
-    /// `grad_scale`. Returns ‖Δw‖² per parameter.
+    /// `grad_scale`. Returns ‖Δw‖² per parameter when `update_norms` (else zeros).
     pub fn step(
         &mut self,
         grads: &[Option<Tensor>],
         lr: f64,
         grad_scale: f64,
         cfg: &TrainConfig,
+        update_norms: bool,
     ) -> Result<Vec<f64>> {
         self.t += 1;
         let t = self.t as i32;
@@ -216,9 +220,11 @@ impl AdamW {
             let w = var.as_tensor().to_dtype(DType::F32)?;
             let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
             let new_w = ((&w * (1.0 - lr * wd))? - (update * lr)?)?;
-            sq_updates.push(f64::from(
-                (&new_w - &w)?.sqr()?.sum_all()?.to_scalar::<f32>()?,
-            ));
+            sq_updates.push(if update_norms {
+                f64::from((&new_w - &w)?.sqr()?.sum_all()?.to_scalar::<f32>()?)
+            } else {
+                0.0
+            });
             var.set(&new_w.to_dtype(var.dtype())?)?;
         }
         Ok(sq_updates)
@@ -417,11 +423,18 @@ fn train_loop(
         } else {
             1.0
         };
-        let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg)?;
+        let logging =
+            (state.step + 1).is_multiple_of(cfg.log_every.max(1)) || state.step + 1 == cfg.steps;
+        let with_stats = logging && cfg.block_stats;
+        let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg, with_stats)?;
         state.step += 1;
-        if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == cfg.steps {
+        if logging {
+            let blocks = if with_stats {
+                block_stats(optimizer, &sq, &sq_updates)?
+            } else {
+                Vec::new()
+            };
             let elapsed = started.elapsed().as_secs_f64();
-            let blocks = block_stats(optimizer, &sq, &sq_updates)?;
             sink.emit(EventKind::Step {
                 step: state.step,
                 loss,

@@ -1,0 +1,90 @@
+//! CPU training speed of SmolLM2-135M with the slayer preset (7 averaged identity blocks, last 2
+//! pruned, only the new blocks train), batch 1 × 256, through the real trainer (AdamW, clipping,
+//! events). `--no-stats` turns per-block statistics off to measure their cost. Prints one
+//! Markdown row: tokens/s (steps after the first), step ms, peak RSS.
+//!
+//!     cargo run --release --example bench-train-smollm2 -- [--steps N] [--no-stats]
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use slayer::core::checkpoint::{HfDir, load_model};
+use slayer::core::events::{EventKind, MemorySink};
+use slayer::core::plan;
+use slayer::core::surgery;
+use slayer::core::train::{TrainConfig, Trainer};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let steps: u64 = args
+        .iter()
+        .position(|a| a == "--steps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let stats = !args.iter().any(|a| a == "--no-stats");
+    let (dir, _) = common::smollm2()?;
+    let base = load_model(&HfDir::open(&dir)?, DType::F32, &Device::Cpu)?;
+    let spec = plan::parse("[plan]\npreset = \"slayer\"\n")
+        .map_err(|d| anyhow::anyhow!(d.message))?
+        .plan;
+    let map = plan::resolve(&spec, base.blocks.len())
+        .map
+        .ok_or_else(|| anyhow::anyhow!("plan"))?;
+    let model = surgery::apply(&base, &map)?;
+    drop(base);
+    // Deterministic pseudo-text: token ids spread over the vocabulary.
+    let data: Vec<Vec<u32>> = (0..64u32)
+        .map(|s| {
+            (0..257u32)
+                .map(|i| (i * 7919 + s * 104_729) % 49_152)
+                .collect()
+        })
+        .collect();
+    let cfg = TrainConfig {
+        steps,
+        batch_size: 1,
+        seq_len: 256,
+        block_stats: stats,
+        checkpoint_every: 0,
+        ..TrainConfig::default()
+    };
+    let ckpt = tempfile::tempdir()?;
+    let mut trainer = Trainer::new(&model, cfg, ckpt.path())?;
+    let mut sink = MemorySink::default();
+    trainer.run(
+        &model,
+        &data,
+        &mut sink,
+        &AtomicBool::new(false),
+        &mut |_, _, _| Ok(()),
+    )?;
+    let rates: Vec<f64> = sink
+        .events
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Step { tokens_per_sec, .. } = e {
+                Some(*tokens_per_sec)
+            } else {
+                None
+            }
+        })
+        .skip(1)
+        .collect();
+    let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    println!(
+        "| slayer (candle, f32, dX-only frozen linears){} | {mean:.1} | {:.0} | {:.0} |",
+        if stats {
+            ", per-block stats"
+        } else {
+            ", no per-block stats"
+        },
+        256.0 / mean * 1e3,
+        common::peak_rss_mib()
+    );
+    Ok(())
+}
