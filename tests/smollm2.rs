@@ -243,23 +243,27 @@ fn tokenizer_round_trips_and_renders_chatml() {
 #[test]
 fn chat_command_answers_paris() {
     let (dir, _) = smollm2();
-    let data_dir = common::cache_dir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
-        .args([
-            "chat",
-            "smollm2",
-            "--prompt",
-            "What is the capital of France?",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "30",
-            "--device",
-            "cpu",
-        ])
-        .env("SLAYER_HOME", &data_dir)
-        .output()
-        .unwrap();
+    let ask = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args([
+                "chat",
+                "smollm2",
+                "--prompt",
+                "What is the capital of France?",
+            ])
+            .args([
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "30",
+                "--device",
+                "cpu",
+            ])
+            .env("SLAYER_HOME", common::cache_dir())
+            .output()
+            .unwrap()
+    };
+    let out = ask();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -267,23 +271,7 @@ fn chat_command_answers_paris() {
     assert!(stderr.contains("tokens/s"), "{stderr}");
     assert!(dir.exists());
     // Greedy decoding is deterministic.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
-        .args([
-            "chat",
-            "smollm2",
-            "--prompt",
-            "What is the capital of France?",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "30",
-            "--device",
-            "cpu",
-        ])
-        .env("SLAYER_HOME", &data_dir)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&again.stdout), stdout);
+    assert_eq!(String::from_utf8_lossy(&ask().stdout), stdout);
 }
 
 #[test]
