@@ -32,6 +32,8 @@ fn every_shipped_experiment_resolves() {
         if path.extension().is_some_and(|e| e == "toml") {
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             let (text, r) = load(&name);
+            // The whole file, [data], [train] and [eval] included, is a runnable experiment.
+            slayer::core::experiment::Experiment::parse(&path, &text).unwrap_or_else(|d| panic!("{}", d.render(&name, &text)));
             let errors: Vec<String> = r
                 .diagnostics
                 .iter()
@@ -42,7 +44,7 @@ fn every_shipped_experiment_resolves() {
             count += 1;
         }
     }
-    assert_eq!(count, 7);
+    assert_eq!(count, 8);
 }
 
 #[test]
@@ -76,6 +78,11 @@ fn shipped_layouts_are_the_described_ones() {
         map("smollm2-deep.toml").new_indices(),
         vec![16, 19, 22, 25, 28, 31, 34]
     );
+    let facts = map("smollm2-facts.toml");
+    assert_eq!((facts.layers.len(), facts.pruned.len()), (37, 0));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/smollm2-facts.toml");
+    let exp = slayer::core::experiment::Experiment::load(&path).unwrap();
+    assert_eq!((exp.train.steps, exp.data.synth.as_ref().map(|s| s.entities)), (150, Some(30)));
     let none = map("smollm2-none.toml");
     assert_eq!(
         (none.layers.len(), none.trainable_indices()),
