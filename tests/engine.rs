@@ -434,6 +434,18 @@ fn fuzz_seeds_parse() {
     for info in &parsed.tensors {
         slayer::core::checkpoint::gguf::dequantize(&gguf, info).unwrap();
     }
+    for seed in std::fs::read_dir(root.join("task_reader")).unwrap() {
+        let text = std::fs::read_to_string(seed.unwrap().path()).unwrap();
+        assert!(!slayer::core::eval::parse_task(&text).unwrap().is_empty());
+    }
+    for seed in std::fs::read_dir(root.join("plan_parser")).unwrap() {
+        let path = seed.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Fixtures include invalid plans on purpose; every one must parse or say where it fails.
+        if let Err(d) = slayer::core::plan::parse(&text) {
+            assert!(d.span.is_some(), "{}", path.display());
+        }
+    }
     let st = std::fs::read(root.join("safetensors_header/tiny.safetensors")).unwrap();
     let header = slayer::core::checkpoint::safetensors::parse_header(&st, st.len() as u64).unwrap();
     assert_eq!(header.tensors.len(), 2);

@@ -252,6 +252,14 @@ pub fn execute(
     ));
     let dtype = DType::F32;
     let base_model = load_model(base, dtype, device)?;
+    if exp.train.seq_len + 1 > base_model.max_positions() {
+        return Err(Error::Invalid(format!(
+            "{}: train.seq_len = {} exceeds the model's context of {} positions",
+            exp.path.display(),
+            exp.train.seq_len,
+            base_model.max_positions() - 1
+        )));
+    }
     let mut evals = earlier_evals;
     let run_eval = |model: &Llama,
                     label: &str,
