@@ -541,4 +541,7 @@ fn fuzz_regressions_are_errors() {
     // A tensor whose byte size overflows usize once multiplied by the block size.
     let bytes = std::fs::read(dir.join("gguf-size-overflow.gguf")).unwrap();
     assert!(slayer::core::checkpoint::gguf::GgufFile::parse(&bytes).is_err());
+    // A zero-sized dimension beside dimensions whose product overflows candle's strides.
+    let bytes = std::fs::read(dir.join("gguf-empty-dim-stride-overflow.gguf")).unwrap();
+    assert!(slayer::core::checkpoint::gguf::GgufFile::parse(&bytes).is_err());
 }

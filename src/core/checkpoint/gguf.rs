@@ -273,9 +273,7 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, shape, dtype, offset) in raw {
-            let elems = shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
+            let elems = super::safetensors::checked_elems(&shape)
                 .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
             if elems % dtype.block_size() != 0 {
                 return Err(format!(

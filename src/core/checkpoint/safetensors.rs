@@ -173,10 +173,7 @@ fn parse_entry(
             "tensor `{name}`: data_offsets [{start}, {end}] run past the data section ({data_len} bytes): truncated?"
         ));
     }
-    let elems = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
+    let elems = checked_elems(&shape).ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
     let bytes = elems
         .checked_mul(dtype.size_in_bytes())
         .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
@@ -192,6 +189,14 @@ fn parse_entry(
         start,
         end,
     })
+}
+
+/// The element count of `shape`, or `None` when it, or the product of its non-empty dimensions
+/// (which strides are computed from), overflows.
+#[must_use]
+pub fn checked_elems(shape: &[usize]) -> Option<usize> {
+    shape.iter().filter(|&&d| d != 0).try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 /// A memory-mapped safetensors file with a validated header.
