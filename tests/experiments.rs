@@ -33,7 +33,8 @@ fn every_shipped_experiment_resolves() {
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
             let (text, r) = load(&name);
             // The whole file, [data], [train] and [eval] included, is a runnable experiment.
-            slayer::core::experiment::Experiment::parse(&path, &text).unwrap_or_else(|d| panic!("{}", d.render(&name, &text)));
+            slayer::core::experiment::Experiment::parse(&path, &text)
+                .unwrap_or_else(|d| panic!("{}", d.render(&name, &text)));
             let errors: Vec<String> = r
                 .diagnostics
                 .iter()
@@ -82,7 +83,10 @@ fn shipped_layouts_are_the_described_ones() {
     assert_eq!((facts.layers.len(), facts.pruned.len()), (37, 0));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/smollm2-facts.toml");
     let exp = slayer::core::experiment::Experiment::load(&path).unwrap();
-    assert_eq!((exp.train.steps, exp.data.synth.as_ref().map(|s| s.entities)), (150, Some(30)));
+    assert_eq!(
+        (exp.train.steps, exp.data.synth.as_ref().map(|s| s.entities)),
+        (150, Some(30))
+    );
     let none = map("smollm2-none.toml");
     assert_eq!(
         (none.layers.len(), none.trainable_indices()),

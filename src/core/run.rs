@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::core::checkpoint::{WeightSource, load_model};
 use crate::core::data::{is_heldout, pack, read_documents, tokenize_documents};
@@ -250,7 +250,9 @@ pub fn execute(
         seqs.len(),
         exp.train.seq_len + 1
     ));
-    let dtype = DType::F32;
+    // f32 on the CPU; bf16 weights and activations on CUDA, with f32 master weights, moments,
+    // loss and reductions (see train::AdamW and the model's f32 norms and softmax).
+    let dtype = crate::core::device::default_dtype(device);
     let base_model = load_model(base, dtype, device)?;
     if exp.train.seq_len + 1 > base_model.max_positions() {
         return Err(Error::Invalid(format!(

@@ -158,11 +158,14 @@ impl TrainConfig {
     }
 }
 
-/// AdamW over named variables, with decoupled weight decay and f32 moments.
+/// AdamW over named variables, with decoupled weight decay and f32 moments. Variables held in
+/// 16 bits (bf16 training) get an f32 master copy: updates accumulate there and are rounded into
+/// the variable after each step, so small updates are not lost to bf16 rounding.
 pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    master: Vec<Option<Tensor>>,
     decay: Vec<bool>,
     t: u64,
 }
@@ -177,9 +180,20 @@ impl AdamW {
             .iter()
             .map(|(n, _)| decay_norms || !n.contains("norm"))
             .collect();
+        let master = params
+            .iter()
+            .map(|(_, v)| {
+                if v.dtype() == DType::F32 {
+                    Ok(None)
+                } else {
+                    v.as_tensor().to_dtype(DType::F32).map(Some)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             v: m.clone(),
             m,
+            master,
             decay,
             params,
             t: 0,
@@ -217,7 +231,10 @@ impl AdamW {
             let m_hat = (&self.m[i] / c1)?;
             let v_hat = (&self.v[i] / c2)?;
             let update = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
-            let w = var.as_tensor().to_dtype(DType::F32)?;
+            let w = match &self.master[i] {
+                Some(master) => master.clone(),
+                None => var.as_tensor().to_dtype(DType::F32)?,
+            };
             let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
             let new_w = ((&w * (1.0 - lr * wd))? - (update * lr)?)?;
             sq_updates.push(if update_norms {
@@ -226,6 +243,9 @@ impl AdamW {
                 0.0
             });
             var.set(&new_w.to_dtype(var.dtype())?)?;
+            if self.master[i].is_some() {
+                self.master[i] = Some(new_w);
+            }
         }
         Ok(sq_updates)
     }
@@ -512,10 +532,17 @@ pub fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| -> Result<()> {
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // The f32 master weights when training in 16 bits: resuming continues exactly.
         let weights: Vec<(String, Tensor)> = optimizer
             .params()
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .zip(&optimizer.master)
+            .map(|((n, v), master)| {
+                (
+                    n.clone(),
+                    master.clone().unwrap_or_else(|| v.as_tensor().clone()),
+                )
+            })
             .collect();
         write_file(&tmp.join("trainable.safetensors"), &weights)?;
         let mut moments = Vec::with_capacity(2 * weights.len());
@@ -601,6 +628,9 @@ pub fn load_checkpoint(path: &Path, optimizer: &mut AdamW) -> Result<CheckpointS
             ));
         }
         var.set(&w.to_dtype(var.dtype())?)?;
+        if optimizer.master[i].is_some() {
+            optimizer.master[i] = Some(w.to_dtype(DType::F32)?);
+        }
         optimizer.m[i] = moments.tensor(&format!("m.{name}"), &device)?;
         optimizer.v[i] = moments.tensor(&format!("v.{name}"), &device)?;
     }

@@ -173,7 +173,8 @@ fn parse_entry(
             "tensor `{name}`: data_offsets [{start}, {end}] run past the data section ({data_len} bytes): truncated?"
         ));
     }
-    let elems = checked_elems(&shape).ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
+    let elems = checked_elems(&shape)
+        .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
     let bytes = elems
         .checked_mul(dtype.size_in_bytes())
         .ok_or_else(|| format!("tensor `{name}`: shape {shape:?} overflows"))?;
@@ -195,7 +196,10 @@ fn parse_entry(
 /// (which strides are computed from), overflows.
 #[must_use]
 pub fn checked_elems(shape: &[usize]) -> Option<usize> {
-    shape.iter().filter(|&&d| d != 0).try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
