@@ -200,7 +200,7 @@ impl Llama {
     /// Residual stream after the last block, before the final norm: (batch, seq, hidden).
     /// With `cache`, `ids` continue the cached positions.
     pub fn forward_hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let t = ids.dim(1)?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
         if offset + t > self.max_positions() {
             candle_core::bail!(
@@ -209,16 +209,7 @@ impl Llama {
                 self.max_positions()
             );
         }
-        let mut x = self
-            .embed_tokens
-            .tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, offset, self.dtype, &self.device)?)
-        } else {
-            None
-        };
+        let (mut x, mask) = self.embed(ids, offset)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let entry = cache.as_deref_mut().map(|c| &mut c.entries[i]);
             x = block.forward(&x, &self.rotary, offset, mask.as_ref(), entry)?;
@@ -229,20 +220,27 @@ impl Llama {
         Ok(x)
     }
 
-    /// The residual stream entering every block plus the output of the last one (before the final
-    /// norm): `blocks + 1` tensors of shape (batch, seq, hidden).
-    pub fn residual_states(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+    /// Token embeddings of `ids` (batch, seq) and the causal mask for positions after `offset`
+    /// (none for a single token, which attends to everything before it).
+    fn embed(&self, ids: &Tensor, offset: usize) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t) = ids.dims2()?;
-        let mut x = self
+        let x = self
             .embed_tokens
             .tensor()
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
         let mask = if t > 1 {
-            Some(causal_mask(t, 0, self.dtype, &self.device)?)
+            Some(causal_mask(t, offset, self.dtype, &self.device)?)
         } else {
             None
         };
+        Ok((x, mask))
+    }
+
+    /// The residual stream entering every block plus the output of the last one (before the final
+    /// norm): `blocks + 1` tensors of shape (batch, seq, hidden).
+    pub fn residual_states(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
+        let (mut x, mask) = self.embed(ids, 0)?;
         let mut states = Vec::with_capacity(self.blocks.len() + 1);
         for block in &self.blocks {
             states.push(x.clone());
