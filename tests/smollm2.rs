@@ -370,6 +370,7 @@ fn expand_slayer_experiment_verifies_on_smollm2() {
 /// with the before/after table.
 #[test]
 fn train_interrupt_resume_on_smollm2() {
+    use slayer::core::events::{EventKind, RunStatus};
     use std::process::{Command, Stdio};
     let (model_dir, _) = smollm2();
     let home = tempfile::tempdir().unwrap();
@@ -386,7 +387,7 @@ fn train_interrupt_resume_on_smollm2() {
             .env("SLAYER_HOME", home.path());
         c
     };
-    let mut child = slayer(&["train", exp.to_str().unwrap()])
+    let child = slayer(&["train", exp.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -439,7 +440,6 @@ fn train_interrupt_resume_on_smollm2() {
         events.iter().enumerate().all(|(i, e)| e.seq == i as u64),
         "sequence numbers have gaps"
     );
-    use slayer::core::events::{EventKind, RunStatus};
     let ends: Vec<RunStatus> = events
         .iter()
         .filter_map(|e| {
