@@ -7,7 +7,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -118,13 +120,14 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
     Ok(out)
 }
 
-/// Appends events to `events.jsonl`: sequence numbers continue across resumes; lines are
-/// flushed at least once a second and on `sync`, which also fsyncs.
+/// Appends events to `events.jsonl`: sequence numbers continue across resumes; a background
+/// thread flushes buffered lines at least once a second, and `sync` flushes and fsyncs.
 pub struct EventLog {
     path: PathBuf,
-    writer: BufWriter<File>,
+    writer: Arc<Mutex<BufWriter<File>>>,
     next_seq: u64,
-    last_flush: Instant,
+    stop: Arc<AtomicBool>,
+    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EventLog {
@@ -135,12 +138,41 @@ impl EventLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        let writer = Arc::new(Mutex::new(BufWriter::new(file)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (writer, stop) = (Arc::clone(&writer), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("event-log-flush".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(250));
+                        if let Ok(mut w) = writer.lock() {
+                            // A failed flush is retried; the trainer sees errors on `sync`.
+                            let _ = w.flush();
+                        }
+                    }
+                })
+                .with_context(|| "cannot start the event-log flusher")?
+        };
         Ok(Self {
             path: path.to_path_buf(),
-            writer: BufWriter::new(file),
+            writer,
             next_seq,
-            last_flush: Instant::now(),
+            stop,
+            flusher: Some(flusher),
         })
+    }
+
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<T>,
+    ) -> crate::core::Result<T> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| crate::core::Error::Invalid("event log lock poisoned".into()))?;
+        f(&mut w).map_err(|e| io_err(&self.path, e))
     }
 }
 
@@ -161,30 +193,66 @@ impl EventSink for EventLog {
             time,
             kind,
         };
-        self.next_seq += 1;
         let line = serde_json::to_string(&event)
             .map_err(|e| crate::core::Error::Invalid(e.to_string()))?;
-        writeln!(self.writer, "{line}").map_err(|e| io_err(&self.path, e))?;
-        if self.last_flush.elapsed() >= Duration::from_secs(1) {
-            self.writer.flush().map_err(|e| io_err(&self.path, e))?;
-            self.last_flush = Instant::now();
-        }
+        self.with_writer(|w| writeln!(w, "{line}"))?;
+        self.next_seq += 1;
         Ok(())
     }
 
     fn sync(&mut self) -> crate::core::Result<()> {
-        self.writer.flush().map_err(|e| io_err(&self.path, e))?;
-        self.writer
-            .get_ref()
-            .sync_data()
-            .map_err(|e| io_err(&self.path, e))?;
-        self.last_flush = Instant::now();
-        Ok(())
+        self.with_writer(|w| {
+            w.flush()?;
+            w.get_ref().sync_data()
+        })
     }
 }
 
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let _ = self.writer.flush();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+        let _ = self.with_writer(Write::flush);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_reach_the_file_within_a_second_and_sequence_numbers_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::open(&path).unwrap();
+        log.emit(EventKind::Warning {
+            message: "one".into(),
+        })
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            read_events(&path).unwrap().len(),
+            1,
+            "not flushed within a second"
+        );
+        drop(log);
+        let mut log = EventLog::open(&path).unwrap();
+        log.emit(EventKind::Warning {
+            message: "two".into(),
+        })
+        .unwrap();
+        log.sync().unwrap();
+        let seqs: Vec<u64> = read_events(&path).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![0, 1]);
+        // A half-written last line is left for later, not an error.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":2,\"ti")
+            .unwrap();
+        assert_eq!(read_events(&path).unwrap().len(), 2);
     }
 }
