@@ -8,6 +8,7 @@ mod importance;
 mod model;
 mod plan;
 mod progress;
+mod runs;
 mod train;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Generate data sets.
     #[command(subcommand)]
     Data(eval::DataCommand),
+    /// List, follow, stop, kill, resume, remove and export runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -82,6 +86,7 @@ pub fn main() -> i32 {
         Command::Eval(args) => eval::run(&args, &data_dir, cli.device),
         Command::Export(args) => train::export(&args, &data_dir),
         Command::Data(cmd) => eval::data(cmd),
+        Command::Runs(cmd) => runs::run(cmd, &data_dir, cli.device),
     };
     match result {
         Ok(code) => code,

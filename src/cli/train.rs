@@ -32,6 +32,13 @@ pub struct TrainArgs {
     /// Print a progress line every N steps.
     #[arg(long, default_value_t = 1)]
     pub print_every: u64,
+    /// Run in the background, in a session of its own: closing the terminal or the SSH
+    /// connection does not touch it. Output goes to the run's `log`.
+    #[arg(long)]
+    pub detach: bool,
+    /// Internal: this process is a detached worker.
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 #[derive(Debug, Args)]
@@ -128,8 +135,52 @@ fn resolve(
     Ok((base_arg, base, map))
 }
 
-pub fn run(args: &TrainArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
-    let device = device::open(device)?;
+/// Starts `slayer train --resume RUN --worker` as a detached process writing to the run's log.
+pub fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u32> {
+    let log_path = run_dir.path.join("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the slayer executable")?;
+    let child = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "--device",
+            device,
+            "train",
+            "--resume",
+            &run_dir.id,
+            "--worker",
+            "--print-every",
+            "10",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().context("cannot duplicate the log handle")?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the worker process")?;
+    Ok(child.id())
+}
+
+/// The `--device` value that reproduces `choice`.
+#[must_use]
+pub fn device_arg(choice: DeviceChoice) -> &'static str {
+    match choice {
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+        DeviceChoice::Auto => "auto",
+    }
+}
+
+pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Result<i32> {
+    if args.worker {
+        // A session of its own: no controlling terminal, so no hang-up reaches it.
+        let _ = nix::unistd::setsid();
+    }
+    let device = device::open(device_choice)?;
     let (run_dir, exp, resume) = if let Some(id) = &args.resume {
         let run_dir = RunDir::open(data_dir, id)?;
         let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
@@ -154,6 +205,22 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device: DeviceChoice) -> Result<i3
         run_dir.path.join("plan.json"),
         serde_json::to_vec_pretty(&map)?,
     )?;
+    if args.detach {
+        let pid = spawn_worker(&run_dir, data_dir, device_arg(device_choice))?;
+        println!("{}", run_dir.id);
+        eprintln!(
+            "run {} started in the background (pid {pid}); follow it with: slayer runs tail {} --follow",
+            run_dir.id, run_dir.id
+        );
+        return Ok(0);
+    }
+    if let Some(w) = run_dir.worker()
+        && w.alive()
+        && Some(w) != crate::runner::Worker::current()
+    {
+        bail!("run {} is already running (pid {})", run_dir.id, w.pid);
+    }
+    run_dir.claim_worker()?;
     let mut log = EventLog::open(&run_dir.events_path())?;
     let earlier: Vec<EvalRecord> = if resume {
         run_dir

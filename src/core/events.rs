@@ -5,16 +5,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::error::Result;
 
+/// JSON has no NaN or infinity: serde_json writes them as `null`. Read `null` back as NaN so a
+/// diverged metric never makes a log unreadable.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// Statistics of one trainable block at a logging step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockStats {
     /// Final block index.
     pub block: usize,
     /// L2 norm of the block's gradient (before clipping).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub grad_norm: f64,
     /// L2 norm of the block's weights after the step.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub weight_norm: f64,
     /// ‖Δw‖ / ‖w‖ of the step.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub update_ratio: f64,
 }
 
@@ -23,7 +32,9 @@ pub struct BlockStats {
 pub struct PplRecord {
     pub name: String,
     pub tokens: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub perplexity: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub bits_per_byte: f64,
 }
 
@@ -32,8 +43,11 @@ pub struct PplRecord {
 pub struct TaskRecord {
     pub name: String,
     pub items: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub acc: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub acc_norm: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub acc_stderr: f64,
 }
 
@@ -64,10 +78,14 @@ pub enum EventKind {
     },
     Step {
         step: u64,
+        #[serde(deserialize_with = "f64_or_nan")]
         loss: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         lr: f64,
         tokens: u64,
+        #[serde(deserialize_with = "f64_or_nan")]
         tokens_per_sec: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         grad_norm: f64,
         clipped: bool,
         blocks: Vec<BlockStats>,
@@ -105,6 +123,7 @@ pub enum RunStatus {
 pub struct Event {
     pub seq: u64,
     /// Seconds since the Unix epoch.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub time: f64,
     #[serde(flatten)]
     pub kind: EventKind,

@@ -278,15 +278,20 @@ pub fn execute(
         evals.push(record);
         Ok(())
     };
-    if !resume {
+    // A resumed run keeps the evaluations it already recorded.
+    let recorded = |evals: &[EvalRecord], label: &str| evals.iter().any(|e| e.label == label);
+    if !recorded(&evals, "base") {
         run_eval(&base_model, "base", 0, sink, &mut evals, status)?;
     }
     let model = surgery::apply(&base_model, map)?;
     drop(base_model);
-    if !resume {
+    if !recorded(&evals, "expanded") {
         run_eval(&model, "expanded", 0, sink, &mut evals, status)?;
     }
     let mut trainer = Trainer::new(&model, exp.train.clone(), &paths.checkpoints)?;
+    if resume {
+        train::remove_partial_checkpoints(&paths.checkpoints);
+    }
     if resume && let Some((_, latest)) = train::list_checkpoints(&paths.checkpoints)?.pop() {
         status(&format!("resuming from {}", latest.display()));
         trainer.resume_from(&latest)?;

@@ -584,6 +584,18 @@ pub fn save_checkpoint(
     Ok(final_dir)
 }
 
+/// Removes checkpoints a killed worker left half-written (`.step-N.partial`).
+pub fn remove_partial_checkpoints(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(std::result::Result::ok) {
+        if e.file_name().to_string_lossy().ends_with(".partial") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Complete checkpoints (`step-N` with a `state.json`), oldest first.
 pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let Ok(entries) = std::fs::read_dir(dir) else {

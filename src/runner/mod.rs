@@ -256,3 +256,135 @@ mod tests {
         assert_eq!(read_events(&path).unwrap().len(), 2);
     }
 }
+
+/// What a run is doing, as seen from its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Created, no event yet, and no live worker.
+    Queued,
+    Running,
+    Finished,
+    Failed,
+    Stopped,
+    /// The worker died without an end record: resume from the newest checkpoint.
+    Lost,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::Lost => "lost",
+        };
+        f.write_str(s)
+    }
+}
+
+/// The worker process of a run, as recorded in `worker.pid`: its pid and its start time in clock
+/// ticks since boot (so a recycled pid is not mistaken for the worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+/// Field 22 of `/proc/<pid>/stat` (the process start time) for a process that has not exited:
+/// a zombie (state Z or X) waiting for its parent to reap it counts as gone.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields resume after its closing parenthesis.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+impl Worker {
+    /// This process.
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        let pid = i32::try_from(std::process::id()).ok()?;
+        Some(Self {
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
+    }
+
+    /// Whether the recorded process still runs (and is the same process).
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start_ticks)
+    }
+
+    /// Sends `signal` to the worker.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal)
+            .with_context(|| format!("cannot signal process {}", self.pid))
+    }
+}
+
+impl RunDir {
+    /// Records this process as the run's worker.
+    pub fn claim_worker(&self) -> Result<()> {
+        let w = Worker::current().context("cannot read this process's start time from /proc")?;
+        let path = self.path.join("worker.pid");
+        std::fs::write(&path, format!("{} {}\n", w.pid, w.start_ticks))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The recorded worker, if any.
+    #[must_use]
+    pub fn worker(&self) -> Option<Worker> {
+        let text = std::fs::read_to_string(self.path.join("worker.pid")).ok()?;
+        let mut parts = text.split_whitespace();
+        Some(Worker {
+            pid: parts.next()?.parse().ok()?,
+            start_ticks: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// The run's state from its events and its worker's liveness.
+    pub fn state(&self, events: &[Event]) -> RunState {
+        let live = self.worker().is_some_and(|w| w.alive());
+        // The newest start or end decides; a start after an end is a resume.
+        let last = events
+            .iter()
+            .rev()
+            .find(|e| matches!(e.kind, EventKind::End { .. } | EventKind::RunStart { .. }));
+        match last.map(|e| &e.kind) {
+            Some(EventKind::End { status, .. }) if !live => match status {
+                crate::core::events::RunStatus::Finished => RunState::Finished,
+                crate::core::events::RunStatus::Failed => RunState::Failed,
+                crate::core::events::RunStatus::Stopped => RunState::Stopped,
+            },
+            _ if live => RunState::Running,
+            None => RunState::Queued,
+            _ => RunState::Lost,
+        }
+    }
+}
+
+/// The run's step events as one history: a resume from checkpoint `c` replaces every step after
+/// `c` recorded before it (those were lost with the worker), so no step appears twice.
+#[must_use]
+pub fn joined_steps(events: &[Event]) -> Vec<&Event> {
+    let mut steps: Vec<&Event> = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::RunStart { resumed_from, .. } => {
+                let from = resumed_from.unwrap_or(0);
+                steps.retain(|s| matches!(s.kind, EventKind::Step { step, .. } if step <= from));
+            }
+            EventKind::Step { .. } => steps.push(e),
+            _ => {}
+        }
+    }
+    steps
+}

@@ -1,0 +1,370 @@
+//! `slayer runs ls|show|tail|stop|kill|resume|rm|export`: runs as their directories record them.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+
+use super::train::{device_arg, spawn_worker};
+use crate::core::device::DeviceChoice;
+use crate::core::events::{Event, EventKind};
+use crate::core::text::sanitize_for_terminal;
+use crate::runner::{RunDir, RunState, joined_steps, read_events};
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs: id, experiment, status, step, last loss, age.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run in detail: status, progress, evaluations, checkpoints.
+    Show { run: String },
+    /// Print a run's events as readable lines.
+    Tail {
+        run: String,
+        /// Keep printing new events as they arrive.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Ask a running run to checkpoint and stop.
+    Stop { run: String },
+    /// Kill a running run at once (it shows as lost; resume continues from its last checkpoint).
+    Kill { run: String },
+    /// Continue a stopped or lost run in the background.
+    Resume { run: String },
+    /// Delete a run that is not running.
+    Rm { run: String },
+    /// Write a run's step metrics as CSV or JSON.
+    Export {
+        run: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+fn list(data_dir: &Path) -> Result<Vec<RunDir>> {
+    let runs = data_dir.join("runs");
+    let Ok(entries) = std::fs::read_dir(&runs) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<RunDir> = entries
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.path().join("experiment.toml").is_file())
+        .map(|e| RunDir {
+            id: e.file_name().to_string_lossy().into_owned(),
+            path: e.path(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// One run's summary line.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    id: String,
+    experiment: String,
+    status: RunState,
+    step: u64,
+    total_steps: u64,
+    last_loss: Option<f64>,
+    age_secs: f64,
+    problem: Option<String>,
+}
+
+fn summarize(run: &RunDir) -> Summary {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let experiment = crate::core::experiment::Experiment::load(&run.experiment_path())
+        .map_or_else(|_| "?".into(), |e| e.name);
+    match run.read_events() {
+        Err(e) => Summary {
+            id: run.id.clone(),
+            experiment,
+            status: RunState::Lost,
+            step: 0,
+            total_steps: 0,
+            last_loss: None,
+            age_secs: 0.0,
+            problem: Some(e.to_string()),
+        },
+        Ok(events) => {
+            let steps = joined_steps(&events);
+            let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
+                EventKind::Step { step, loss, .. } => (step, Some(loss)),
+                _ => (0, None),
+            });
+            let total_steps = events
+                .iter()
+                .rev()
+                .find_map(|e| {
+                    if let EventKind::RunStart { total_steps, .. } = e.kind {
+                        Some(total_steps)
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(0);
+            let started = events.first().map_or(now, |e| e.time);
+            Summary {
+                id: run.id.clone(),
+                experiment,
+                status: run.state(&events),
+                step,
+                total_steps,
+                last_loss,
+                age_secs: now - started,
+                problem: None,
+            }
+        }
+    }
+}
+
+fn age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// A readable line for an event.
+#[must_use]
+pub fn describe(e: &Event) -> String {
+    let text = match &e.kind {
+        EventKind::RunStart {
+            run,
+            total_steps,
+            resumed_from,
+            ..
+        } => match resumed_from {
+            Some(step) => format!("resumed {run} from step {step} ({total_steps} steps)"),
+            None => format!("started {run} ({total_steps} steps)"),
+        },
+        EventKind::Step {
+            step,
+            loss,
+            lr,
+            tokens_per_sec,
+            grad_norm,
+            ..
+        } => format!(
+            "step {step}: loss {loss:.4}, lr {lr:.2e}, grad {grad_norm:.3}, {tokens_per_sec:.0} tok/s"
+        ),
+        EventKind::SkippedStep { step, reason } => format!("step {step} skipped: {reason}"),
+        EventKind::Eval(r) => {
+            let mut parts = vec![format!("eval {} (step {})", r.label, r.step)];
+            parts.extend(
+                r.ppl
+                    .iter()
+                    .map(|p| format!("{} ppl {:.3}", p.name, p.perplexity)),
+            );
+            parts.extend(
+                r.tasks
+                    .iter()
+                    .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
+            );
+            parts.join(", ")
+        }
+        EventKind::Checkpoint { step, path } => format!("checkpoint at step {step}: {path}"),
+        EventKind::Warning { message } => format!("warning: {message}"),
+        EventKind::End {
+            status,
+            step,
+            message,
+        } => format!("ended {status:?} at step {step}: {message}"),
+    };
+    format!("#{:<5} {}", e.seq, sanitize_for_terminal(&text))
+}
+
+pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    match cmd {
+        RunsCommand::Ls { json } => {
+            let summaries: Vec<Summary> = list(data_dir)?.iter().map(summarize).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+            } else {
+                println!(
+                    "{:<40} {:<24} {:<9} {:>11} {:>9} {:>6}",
+                    "run", "experiment", "status", "step", "loss", "age"
+                );
+                for s in summaries {
+                    let loss = s
+                        .last_loss
+                        .map_or_else(|| "—".into(), |l| format!("{l:.4}"));
+                    println!(
+                        "{:<40} {:<24} {:<9} {:>11} {loss:>9} {:>6}{}",
+                        sanitize_for_terminal(&s.id),
+                        sanitize_for_terminal(&s.experiment),
+                        s.status.to_string(),
+                        format!("{}/{}", s.step, s.total_steps),
+                        age(s.age_secs),
+                        s.problem
+                            .map(|p| format!("  ({})", sanitize_for_terminal(&p)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        RunsCommand::Show { run } => {
+            let dir = RunDir::open(data_dir, &run)?;
+            let events = dir.read_events()?;
+            let s = summarize(&dir);
+            println!(
+                "run        {}\nexperiment {}\nstatus     {}\nstep       {}/{}\ndirectory  {}",
+                s.id,
+                s.experiment,
+                s.status,
+                s.step,
+                s.total_steps,
+                dir.path.display()
+            );
+            if let Some(w) = dir.worker() {
+                println!(
+                    "worker     pid {}{}",
+                    w.pid,
+                    if w.alive() { "" } else { " (gone)" }
+                );
+            }
+            let checkpoints = crate::core::train::list_checkpoints(&dir.path.join("checkpoints"))?;
+            println!(
+                "checkpoints {:?}",
+                checkpoints.iter().map(|(s, _)| *s).collect::<Vec<_>>()
+            );
+            if s.status == RunState::Lost {
+                println!(
+                    "the worker died without finishing: `slayer runs resume {}` continues from step {}",
+                    dir.id,
+                    checkpoints.last().map_or(0, |c| c.0)
+                );
+            }
+            let evals: Vec<_> = events
+                .iter()
+                .filter_map(|e| {
+                    if let EventKind::Eval(r) = &e.kind {
+                        Some(r.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            if !evals.is_empty() {
+                println!("\n{}", crate::core::run::summary_table(&evals));
+            }
+            Ok(0)
+        }
+        RunsCommand::Tail { run, follow } => {
+            let dir = RunDir::open(data_dir, &run)?;
+            let mut seen = 0usize;
+            let mut out = std::io::stdout();
+            loop {
+                let events = read_events(&dir.events_path())?;
+                // A rewritten or truncated log starts over.
+                if events.len() < seen {
+                    seen = 0;
+                }
+                for e in &events[seen..] {
+                    writeln!(out, "{}", describe(e))?;
+                }
+                out.flush()?;
+                seen = events.len();
+                if !follow || super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                if !matches!(dir.state(&events), RunState::Running | RunState::Queued) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(0)
+        }
+        RunsCommand::Stop { run } => signal(
+            data_dir,
+            &run,
+            nix::sys::signal::Signal::SIGTERM,
+            "asked to checkpoint and stop",
+        ),
+        RunsCommand::Kill { run } => {
+            signal(data_dir, &run, nix::sys::signal::Signal::SIGKILL, "killed")
+        }
+        RunsCommand::Resume { run } => {
+            let dir = RunDir::open(data_dir, &run)?;
+            let state = dir.state(&dir.read_events()?);
+            if state == RunState::Running {
+                bail!("run {} is already running", dir.id);
+            }
+            if state == RunState::Finished {
+                bail!("run {} has finished", dir.id);
+            }
+            let pid = spawn_worker(&dir, data_dir, device_arg(device))?;
+            eprintln!("run {} resumed in the background (pid {pid})", dir.id);
+            Ok(0)
+        }
+        RunsCommand::Rm { run } => {
+            let dir = RunDir::open(data_dir, &run)?;
+            if dir.state(&dir.read_events().unwrap_or_default()) == RunState::Running {
+                bail!("run {} is running: stop or kill it first", dir.id);
+            }
+            std::fs::remove_dir_all(&dir.path)
+                .with_context(|| format!("cannot remove {}", dir.path.display()))?;
+            eprintln!("removed run {}", dir.id);
+            Ok(0)
+        }
+        RunsCommand::Export { run, format } => {
+            let dir = RunDir::open(data_dir, &run)?;
+            let events = dir.read_events()?;
+            let steps = joined_steps(&events);
+            match format {
+                ExportFormat::Json => {
+                    let rows: Vec<&EventKind> = steps.iter().map(|e| &e.kind).collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                ExportFormat::Csv => {
+                    println!("step,loss,lr,tokens,tokens_per_sec,grad_norm,clipped");
+                    for e in steps {
+                        if let EventKind::Step {
+                            step,
+                            loss,
+                            lr,
+                            tokens,
+                            tokens_per_sec,
+                            grad_norm,
+                            clipped,
+                            ..
+                        } = &e.kind
+                        {
+                            println!(
+                                "{step},{loss},{lr},{tokens},{tokens_per_sec},{grad_norm},{clipped}"
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str) -> Result<i32> {
+    let dir = RunDir::open(data_dir, run)?;
+    let worker = dir
+        .worker()
+        .filter(|w| w.alive())
+        .with_context(|| format!("run {} has no running worker", dir.id))?;
+    worker.signal(sig)?;
+    eprintln!("run {} {what} (pid {})", dir.id, worker.pid);
+    Ok(0)
+}
