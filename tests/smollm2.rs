@@ -518,3 +518,116 @@ fn train_interrupt_resume_on_smollm2() {
         37
     );
 }
+
+/// A detached run outlives the command that started it (its own session), shows as lost after
+/// kill -9, resumes from its newest checkpoint, and its joined history has every step once.
+#[test]
+fn detached_run_survives_kill_and_resumes() {
+    use std::process::Command;
+    let (model_dir, _) = smollm2();
+    let home = tempfile::tempdir().unwrap();
+    let exp = home.path().join("exp.toml");
+    std::fs::write(&exp, "name = \"bg\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data.synth]\nentities = 3\n[train]\nsteps = 8\nbatch_size = 1\nseq_len = 32\ncheckpoint_every = 2\n[eval]\nmax_tokens = 64\n").unwrap();
+    let slayer = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(args)
+            .env("SLAYER_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let out = slayer(&[
+        "--device",
+        "cpu",
+        "train",
+        exp.to_str().unwrap(),
+        "--detach",
+        "--model",
+        model_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let run_dir = home.path().join("runs").join(&id);
+    let status = || -> String {
+        let v: serde_json::Value =
+            serde_json::from_slice(&slayer(&["runs", "ls", "--json"]).stdout).unwrap();
+        v[0]["status"].as_str().unwrap_or_default().to_string()
+    };
+    let wait_for = |pred: &dyn Fn(&str) -> bool, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap_or_default();
+            if pred(&events) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                std::fs::read_to_string(run_dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait_for(&|e| e.contains("\"type\":\"checkpoint\""), "a checkpoint");
+    // The worker runs in a session of its own, apart from this test's.
+    let pid: i32 = std::fs::read_to_string(run_dir.join("worker.pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let session = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(session(&pid.to_string()), session("self"));
+    assert_eq!(status(), "running");
+    assert!(slayer(&["runs", "kill", &id]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status() != "lost" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not lost after kill: {}",
+            status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        slayer(&["--device", "cpu", "runs", "resume", &id])
+            .status
+            .success()
+    );
+    wait_for(&|e| e.contains("\"status\":\"finished\""), "the end");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status() != "finished" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished: {}",
+            status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let csv = String::from_utf8_lossy(&slayer(&["runs", "export", &id, "--format", "csv"]).stdout)
+        .into_owned();
+    let steps: Vec<u64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=8).collect::<Vec<_>>(),
+        "joined history must hold each step once"
+    );
+}

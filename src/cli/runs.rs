@@ -51,10 +51,10 @@ pub enum ExportFormat {
     Json,
 }
 
-fn list(data_dir: &Path) -> Result<Vec<RunDir>> {
+fn list(data_dir: &Path) -> Vec<RunDir> {
     let runs = data_dir.join("runs");
     let Ok(entries) = std::fs::read_dir(&runs) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     let mut out: Vec<RunDir> = entries
         .filter_map(std::result::Result::ok)
@@ -65,7 +65,7 @@ fn list(data_dir: &Path) -> Result<Vec<RunDir>> {
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    out
 }
 
 /// One run's summary line.
@@ -192,7 +192,7 @@ pub fn describe(e: &Event) -> String {
 pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
         RunsCommand::Ls { json } => {
-            let summaries: Vec<Summary> = list(data_dir)?.iter().map(summarize).collect();
+            let summaries: Vec<Summary> = list(data_dir).iter().map(summarize).collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&summaries)?);
             } else {
@@ -362,7 +362,7 @@ fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str)
     let dir = RunDir::open(data_dir, run)?;
     let worker = dir
         .worker()
-        .filter(|w| w.alive())
+        .filter(crate::runner::Worker::alive)
         .with_context(|| format!("run {} has no running worker", dir.id))?;
     worker.signal(sig)?;
     eprintln!("run {} {what} (pid {})", dir.id, worker.pid);

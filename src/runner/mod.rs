@@ -221,6 +221,118 @@ impl Drop for EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::events::RunStatus;
+
+    fn ev(seq: u64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            time: 0.0,
+            kind,
+        }
+    }
+
+    fn start(resumed_from: Option<u64>) -> EventKind {
+        EventKind::RunStart {
+            run: "r".into(),
+            experiment: String::new(),
+            plan: serde_json::Value::Null,
+            config: serde_json::Value::Null,
+            trainable_params: 0,
+            total_steps: 10,
+            resumed_from,
+            environment: serde_json::Value::Null,
+        }
+    }
+
+    fn step(step: u64) -> EventKind {
+        EventKind::Step {
+            step,
+            loss: 1.0,
+            lr: 0.1,
+            tokens: 0,
+            tokens_per_sec: 1.0,
+            grad_norm: 1.0,
+            clipped: false,
+            blocks: vec![],
+        }
+    }
+
+    /// A worker killed after step 5 with its last checkpoint at 3, resumed from 3: steps 4 and
+    /// 5 of the dead worker are replaced, none is missing or doubled.
+    #[test]
+    fn joined_history_replaces_steps_lost_with_a_worker() {
+        let mut events = vec![ev(0, start(None))];
+        events.extend((1..=5).map(|s| ev(s, step(s))));
+        events.push(ev(6, start(Some(3))));
+        events.extend((4..=7).map(|s| ev(s + 3, step(s))));
+        let steps: Vec<u64> = joined_steps(&events)
+            .iter()
+            .map(|e| {
+                if let EventKind::Step { step, .. } = e.kind {
+                    step
+                } else {
+                    0
+                }
+            })
+            .collect();
+        assert_eq!(steps, vec![1, 2, 3, 4, 5, 6, 7]);
+        let seqs: Vec<u64> = joined_steps(&events).iter().map(|e| e.seq).collect();
+        assert_eq!(&seqs[3..], &[7, 8, 9, 10], "the resumed worker's steps win");
+    }
+
+    #[test]
+    fn state_follows_events_and_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            id: "r".into(),
+            path: dir.path().to_path_buf(),
+        };
+        assert_eq!(run.state(&[]), RunState::Queued);
+        let started = vec![ev(0, start(None)), ev(1, step(1))];
+        // No live worker and no end record: lost.
+        assert_eq!(run.state(&started), RunState::Lost);
+        run.claim_worker().unwrap();
+        assert_eq!(run.state(&started), RunState::Running);
+        std::fs::write(dir.path().join("worker.pid"), "999999999 1\n").unwrap();
+        assert_eq!(run.state(&started), RunState::Lost);
+        let mut ended = started.clone();
+        ended.push(ev(
+            2,
+            EventKind::End {
+                status: RunStatus::Stopped,
+                step: 1,
+                message: String::new(),
+            },
+        ));
+        assert_eq!(run.state(&ended), RunState::Stopped);
+        ended.push(ev(3, start(Some(1))));
+        assert_eq!(
+            run.state(&ended),
+            RunState::Lost,
+            "a resume that died is lost again"
+        );
+    }
+
+    #[test]
+    fn nan_metrics_survive_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::open(&path).unwrap();
+        log.emit(EventKind::Step {
+            step: 1,
+            loss: f64::NAN,
+            lr: 0.1,
+            tokens: 0,
+            tokens_per_sec: f64::INFINITY,
+            grad_norm: 1.0,
+            clipped: false,
+            blocks: vec![],
+        })
+        .unwrap();
+        log.sync().unwrap();
+        let events = read_events(&path).unwrap();
+        assert!(matches!(events[0].kind, EventKind::Step { loss, .. } if loss.is_nan()));
+    }
 
     #[test]
     fn events_reach_the_file_within_a_second_and_sequence_numbers_continue() {
@@ -351,6 +463,7 @@ impl RunDir {
     }
 
     /// The run's state from its events and its worker's liveness.
+    #[must_use]
     pub fn state(&self, events: &[Event]) -> RunState {
         let live = self.worker().is_some_and(|w| w.alive());
         // The newest start or end decides; a start after an end is a resume.
