@@ -631,3 +631,93 @@ fn detached_run_survives_kill_and_resumes() {
         "joined history must hold each step once"
     );
 }
+
+/// Three runs launched at once on the CPU (one slot) run strictly one after another, with no
+/// console or daemon: each worker hands the slot to the next when it ends.
+#[test]
+fn queued_runs_take_turns_on_one_slot() {
+    use std::process::Command;
+    let (model_dir, _) = smollm2();
+    let home = tempfile::tempdir().unwrap();
+    let corpus = home.path().join("corpus.txt");
+    std::fs::write(&corpus, slayer::core::synth::GENERAL_TEXT.repeat(2)).unwrap();
+    let slayer = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(args)
+            .env("SLAYER_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let exp = home.path().join(format!("q{n}.toml"));
+        std::fs::write(&exp, format!("name = \"q{n}\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data]\ntrain = \"corpus.txt\"\nheldout_fraction = 0.2\n[train]\nsteps = 2\nbatch_size = 1\nseq_len = 16\n[eval]\nmax_tokens = 32\n")).unwrap();
+        let out = slayer(&[
+            "--device",
+            "cpu",
+            "train",
+            exp.to_str().unwrap(),
+            "--detach",
+            "--model",
+            model_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    let statuses = || -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&slayer(&["runs", "ls", "--json"]).stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = statuses();
+    assert_eq!(
+        first.iter().filter(|s| *s == "running").count(),
+        1,
+        "{first:?}"
+    );
+    assert_eq!(
+        first.iter().filter(|s| *s == "queued").count(),
+        2,
+        "{first:?}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    loop {
+        let s = statuses();
+        assert!(
+            s.iter().filter(|s| *s == "running").count() <= 1,
+            "two runs on one slot: {s:?}"
+        );
+        if s.iter().all(|s| s == "finished") {
+            break;
+        }
+        assert!(
+            s.iter()
+                .all(|s| ["running", "queued", "finished"].contains(&s.as_str())),
+            "{s:?}"
+        );
+        assert!(std::time::Instant::now() < deadline, "queue stalled: {s:?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // The event logs agree: each run starts after the previous one ended.
+    let spans: Vec<(f64, f64)> = ids
+        .iter()
+        .map(|id| {
+            let events = slayer::runner::read_events(
+                &home.path().join("runs").join(id).join("events.jsonl"),
+            )
+            .unwrap();
+            (events.first().unwrap().time, events.last().unwrap().time)
+        })
+        .collect();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlapped: {spans:?}");
+    }
+}

@@ -51,23 +51,6 @@ pub enum ExportFormat {
     Json,
 }
 
-fn list(data_dir: &Path) -> Vec<RunDir> {
-    let runs = data_dir.join("runs");
-    let Ok(entries) = std::fs::read_dir(&runs) else {
-        return Vec::new();
-    };
-    let mut out: Vec<RunDir> = entries
-        .filter_map(std::result::Result::ok)
-        .filter(|e| e.path().join("experiment.toml").is_file())
-        .map(|e| RunDir {
-            id: e.file_name().to_string_lossy().into_owned(),
-            path: e.path(),
-        })
-        .collect();
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
-}
-
 /// One run's summary line.
 #[derive(Debug, serde::Serialize)]
 struct Summary {
@@ -192,7 +175,10 @@ pub fn describe(e: &Event) -> String {
 pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
         RunsCommand::Ls { json } => {
-            let summaries: Vec<Summary> = list(data_dir).iter().map(summarize).collect();
+            let summaries: Vec<Summary> = crate::runner::list_runs(data_dir)
+                .iter()
+                .map(summarize)
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&summaries)?);
             } else {
@@ -309,8 +295,18 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             if state == RunState::Finished {
                 bail!("run {} has finished", dir.id);
             }
-            let pid = spawn_worker(&dir, data_dir, device_arg(device))?;
-            eprintln!("run {} resumed in the background (pid {pid})", dir.id);
+            crate::runner::queue::enqueue(&dir, device_arg(device))?;
+            let started =
+                crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
+            if started.contains(&dir.id) {
+                eprintln!("run {} resumed in the background", dir.id);
+            } else {
+                eprintln!(
+                    "run {} is queued to resume when a {} slot frees up",
+                    dir.id,
+                    device_arg(device)
+                );
+            }
             Ok(0)
         }
         RunsCommand::Rm { run } => {

@@ -33,7 +33,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub print_every: u64,
     /// Run in the background, in a session of its own: closing the terminal or the SSH
-    /// connection does not touch it. Output goes to the run's `log`.
+    /// connection does not touch it. Output goes to the run's `log`. Waits in the queue while
+    /// the device's slot is taken (one run per device).
     #[arg(long)]
     pub detach: bool,
     /// Internal: this process is a detached worker.
@@ -206,12 +207,22 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         serde_json::to_vec_pretty(&map)?,
     )?;
     if args.detach {
-        let pid = spawn_worker(&run_dir, data_dir, device_arg(device_choice))?;
+        crate::runner::queue::enqueue(&run_dir, device_arg(device_choice))?;
+        let started =
+            crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
         println!("{}", run_dir.id);
-        eprintln!(
-            "run {} started in the background (pid {pid}); follow it with: slayer runs tail {} --follow",
-            run_dir.id, run_dir.id
-        );
+        if started.contains(&run_dir.id) {
+            eprintln!(
+                "run {} started in the background; follow it with: slayer runs tail {} --follow",
+                run_dir.id, run_dir.id
+            );
+        } else {
+            eprintln!(
+                "run {} is queued: it starts when a {} slot frees up",
+                run_dir.id,
+                device_arg(device_choice)
+            );
+        }
         return Ok(0);
     }
     if let Some(w) = run_dir.worker()
@@ -275,6 +286,10 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         earlier,
         &mut |m| eprintln!("{m}"),
     );
+    if args.worker {
+        // Hand the slot to the next queued run, whatever the outcome of this one.
+        let _ = crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d));
+    }
     let summary = match result {
         Ok(s) => s,
         Err(e) => {

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub mod queue;
+
 use crate::core::events::{Event, EventKind, EventSink};
 
 /// A run's directory.
@@ -369,6 +371,24 @@ mod tests {
     }
 }
 
+/// Every run directory under `data_dir/runs`, sorted by id (oldest first).
+#[must_use]
+pub fn list_runs(data_dir: &Path) -> Vec<RunDir> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("runs")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<RunDir> = entries
+        .filter_map(std::result::Result::ok)
+        .filter(|e| e.path().join("experiment.toml").is_file())
+        .map(|e| RunDir {
+            id: e.file_name().to_string_lossy().into_owned(),
+            path: e.path(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 /// What a run is doing, as seen from its directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -407,7 +427,7 @@ pub struct Worker {
 
 /// Field 22 of `/proc/<pid>/stat` (the process start time) for a process that has not exited:
 /// a zombie (state Z or X) waiting for its parent to reap it counts as gone.
-fn start_ticks(pid: i32) -> Option<u64> {
+pub(crate) fn start_ticks(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields resume after its closing parenthesis.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
@@ -466,17 +486,31 @@ impl RunDir {
     #[must_use]
     pub fn state(&self, events: &[Event]) -> RunState {
         let live = self.worker().is_some_and(|w| w.alive());
+        if !live && self.path.join("queued").is_file() {
+            return RunState::Queued;
+        }
         // The newest start or end decides; a start after an end is a resume.
         let last = events
             .iter()
             .rev()
             .find(|e| matches!(e.kind, EventKind::End { .. } | EventKind::RunStart { .. }));
-        match last.map(|e| &e.kind) {
-            Some(EventKind::End { status, .. }) if !live => match status {
-                crate::core::events::RunStatus::Finished => RunState::Finished,
-                crate::core::events::RunStatus::Failed => RunState::Failed,
-                crate::core::events::RunStatus::Stopped => RunState::Stopped,
-            },
+        // A worker that wrote its end record is finishing (or already handed its slot on); a
+        // worker recorded after the end is a resume that has not logged its start yet.
+        let worker_since_end = |end_time: f64| {
+            std::fs::metadata(self.path.join("worker.pid"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|t| t.as_secs_f64() > end_time)
+        };
+        match last.map(|e| (&e.kind, e.time)) {
+            Some((EventKind::End { status, .. }, time)) if !(live && worker_since_end(time)) => {
+                match status {
+                    crate::core::events::RunStatus::Finished => RunState::Finished,
+                    crate::core::events::RunStatus::Failed => RunState::Failed,
+                    crate::core::events::RunStatus::Stopped => RunState::Stopped,
+                }
+            }
             _ if live => RunState::Running,
             None => RunState::Queued,
             _ => RunState::Lost,
