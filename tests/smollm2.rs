@@ -527,7 +527,7 @@ fn detached_run_survives_kill_and_resumes() {
     let (model_dir, _) = smollm2();
     let home = tempfile::tempdir().unwrap();
     let exp = home.path().join("exp.toml");
-    std::fs::write(&exp, "name = \"bg\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data.synth]\nentities = 3\n[train]\nsteps = 8\nbatch_size = 1\nseq_len = 32\ncheckpoint_every = 2\n[eval]\nmax_tokens = 64\n").unwrap();
+    std::fs::write(&exp, "name = \"bg\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data.synth]\nentities = 3\n[train]\nsteps = 16\nbatch_size = 1\nseq_len = 32\ncheckpoint_every = 2\n[eval]\nmax_tokens = 64\n").unwrap();
     let slayer = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_slayer"))
             .args(args)
@@ -627,7 +627,7 @@ fn detached_run_survives_kill_and_resumes() {
         .collect();
     assert_eq!(
         steps,
-        (1..=8).collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<_>>(),
         "joined history must hold each step once"
     );
 }
