@@ -519,6 +519,48 @@ fn train_interrupt_resume_on_smollm2() {
     );
 }
 
+/// Starts `slayer train EXP --detach` with `home` as the data directory; returns the run id.
+fn launch_detached(
+    home: &std::path::Path,
+    exp: &std::path::Path,
+    model_dir: &std::path::Path,
+) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args([
+            "--device",
+            "cpu",
+            "train",
+            exp.to_str().unwrap(),
+            "--detach",
+            "--model",
+            model_dir.to_str().unwrap(),
+        ])
+        .env("SLAYER_HOME", home)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The status of every run in `home`, oldest first, as `runs ls --json` reports it.
+fn run_statuses(home: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(["runs", "ls", "--json"])
+        .env("SLAYER_HOME", home)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// A detached run outlives the command that started it (its own session), shows as lost after
 /// kill -9, resumes from its newest checkpoint, and its joined history has every step once.
 #[test]
@@ -535,26 +577,13 @@ fn detached_run_survives_kill_and_resumes() {
             .output()
             .unwrap()
     };
-    let out = slayer(&[
-        "--device",
-        "cpu",
-        "train",
-        exp.to_str().unwrap(),
-        "--detach",
-        "--model",
-        model_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = launch_detached(home.path(), &exp, model_dir);
     let run_dir = home.path().join("runs").join(&id);
-    let status = || -> String {
-        let v: serde_json::Value =
-            serde_json::from_slice(&slayer(&["runs", "ls", "--json"]).stdout).unwrap();
-        v[0]["status"].as_str().unwrap_or_default().to_string()
+    let status = || {
+        run_statuses(home.path())
+            .first()
+            .cloned()
+            .unwrap_or_default()
     };
     let wait_for = |pred: &dyn Fn(&str) -> bool, what: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
@@ -636,47 +665,17 @@ fn detached_run_survives_kill_and_resumes() {
 /// console or daemon: each worker hands the slot to the next when it ends.
 #[test]
 fn queued_runs_take_turns_on_one_slot() {
-    use std::process::Command;
     let (model_dir, _) = smollm2();
     let home = tempfile::tempdir().unwrap();
     let corpus = home.path().join("corpus.txt");
     std::fs::write(&corpus, slayer::core::synth::GENERAL_TEXT.repeat(2)).unwrap();
-    let slayer = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_slayer"))
-            .args(args)
-            .env("SLAYER_HOME", home.path())
-            .output()
-            .unwrap()
-    };
     let mut ids = Vec::new();
     for n in 0..3 {
         let exp = home.path().join(format!("q{n}.toml"));
         std::fs::write(&exp, format!("name = \"q{n}\"\n[plan]\npreset = \"slayer\"\nprune_last = 0\n[data]\ntrain = \"corpus.txt\"\nheldout_fraction = 0.2\n[train]\nsteps = 2\nbatch_size = 1\nseq_len = 16\n[eval]\nmax_tokens = 32\n")).unwrap();
-        let out = slayer(&[
-            "--device",
-            "cpu",
-            "train",
-            exp.to_str().unwrap(),
-            "--detach",
-            "--model",
-            model_dir.to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        ids.push(launch_detached(home.path(), &exp, model_dir));
     }
-    let statuses = || -> Vec<String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(&slayer(&["runs", "ls", "--json"]).stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["status"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let statuses = || run_statuses(home.path());
     let first = statuses();
     assert_eq!(
         first.iter().filter(|s| *s == "running").count(),

@@ -147,20 +147,7 @@ pub fn describe(e: &Event) -> String {
             "step {step}: loss {loss:.4}, lr {lr:.2e}, grad {grad_norm:.3}, {tokens_per_sec:.0} tok/s"
         ),
         EventKind::SkippedStep { step, reason } => format!("step {step} skipped: {reason}"),
-        EventKind::Eval(r) => {
-            let mut parts = vec![format!("eval {} (step {})", r.label, r.step)];
-            parts.extend(
-                r.ppl
-                    .iter()
-                    .map(|p| format!("{} ppl {:.3}", p.name, p.perplexity)),
-            );
-            parts.extend(
-                r.tasks
-                    .iter()
-                    .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
-            );
-            parts.join(", ")
-        }
+        EventKind::Eval(r) => super::train::eval_line(r),
         EventKind::Checkpoint { step, path } => format!("checkpoint at step {step}: {path}"),
         EventKind::Warning { message } => format!("warning: {message}"),
         EventKind::End {

@@ -93,7 +93,8 @@ impl EventSink for ConsoleSink<'_> {
     }
 }
 
-fn eval_line(r: &EvalRecord) -> String {
+/// One line for an evaluation: its label and step, each perplexity and each accuracy.
+pub(crate) fn eval_line(r: &EvalRecord) -> String {
     let mut parts = vec![format!("eval {} (step {}):", r.label, r.step)];
     parts.extend(
         r.ppl
