@@ -7,3 +7,5 @@ pub mod cli;
 pub mod core;
 pub mod fetch;
 pub mod runner;
+pub mod store;
+pub mod templates;

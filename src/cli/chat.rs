@@ -18,6 +18,7 @@ use crate::core::generate::{SamplingParams, StopReason};
 use crate::core::model::Llama;
 use crate::core::text::sanitize_for_terminal;
 use crate::core::tokenizer::Tokenizer;
+use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -50,6 +51,7 @@ pub struct ChatArgs {
 
 struct Loaded {
     label: String,
+    path: PathBuf,
     model: Llama,
     tokenizer: Tokenizer,
 }
@@ -77,6 +79,7 @@ fn load(data_dir: &Path, arg: &str, device: &candle_core::Device, dtype: DType) 
     let model = load_model(source.as_ref(), dtype, device)?;
     Ok(Loaded {
         label: arg.to_string(),
+        path,
         model,
         tokenizer,
     })
@@ -96,7 +99,7 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
         seed: args.seed,
         max_tokens: args.max_tokens,
     };
-    let mut sessions = loaded
+    let sessions = loaded
         .iter()
         .map(|l| {
             let mut s = ChatSession::new(&l.model, &l.tokenizer, params.clone())?;
@@ -104,16 +107,74 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
             Ok((l.label.as_str(), s))
         })
         .collect::<Result<Vec<_>>>()?;
+    let mut transcript = Transcript::new(
+        loaded
+            .iter()
+            .map(|l| ChatModel {
+                label: l.label.clone(),
+                path: l.path.display().to_string(),
+                run: run_of_model(data_dir, &l.path),
+            })
+            .collect(),
+        args.system.clone(),
+        serde_json::json!({
+            "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+            "seed": args.seed, "max_tokens": args.max_tokens,
+        }),
+    );
+    let mut chat = Chat {
+        sessions,
+        transcript: &mut transcript,
+        data_dir,
+    };
     if let Some(prompt) = &args.prompt {
-        turn(&mut sessions, prompt)?;
+        chat.turn(prompt)?;
         return Ok(0);
     }
-    repl(&mut sessions, data_dir)
+    repl(&mut chat)
 }
 
-fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str) -> Result<()> {
+/// The conversation: the sessions answering, and its transcript on disk.
+struct Chat<'a, 'm> {
+    sessions: Vec<(&'m str, ChatSession<'m>)>,
+    transcript: &'a mut Transcript,
+    data_dir: &'a Path,
+}
+
+impl Chat<'_, '_> {
+    /// Sends `text` to every model in turn, printing the answers as they stream, and records the
+    /// turn in the transcript (a transcript that cannot be written is a warning, not a lost answer).
+    fn turn(&mut self, text: &str) -> Result<()> {
+        let mut record = ChatTurn {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            user: text.to_string(),
+            replies: Vec::new(),
+        };
+        let result = turn(&mut self.sessions, text, &mut record);
+        if !record.replies.is_empty() {
+            self.transcript.turns.push(record);
+            if let Err(e) = self.transcript.save(self.data_dir) {
+                eprintln!("warning: the chat transcript was not saved: {e:#}");
+            }
+        }
+        result
+    }
+
+    /// Starts a new transcript (after /reset or /system).
+    fn restart(&mut self, system: Option<String>) {
+        *self.transcript = Transcript::new(
+            self.transcript.models.clone(),
+            system,
+            self.transcript.sampling.clone(),
+        );
+    }
+}
+
+fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str, record: &mut ChatTurn) -> Result<()> {
     let labelled = sessions.len() > 1;
-    for (label, session) in sessions.iter_mut() {
+    for (index, (label, session)) in sessions.iter_mut().enumerate() {
         if labelled {
             println!("── {} ──", sanitize_for_terminal(label));
         }
@@ -123,7 +184,14 @@ fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str) -> Result<()> {
             let _ = stdout.flush();
         });
         println!();
-        let Reply { stats, .. } = reply?;
+        let Reply { stats, text } = reply?;
+        record.replies.push(ChatReply {
+            model: index,
+            text,
+            tokens: stats.generated_tokens,
+            tokens_per_sec: stats.decode_tokens_per_sec(),
+            stop: format!("{:?}", stats.stop).to_lowercase(),
+        });
         let stopped = match stats.stop {
             StopReason::Cancelled => " [stopped]",
             StopReason::MaxTokens => " [max tokens]",
@@ -181,12 +249,12 @@ fn save_history(path: &Path, history: &[String]) {
     }
 }
 
-fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32> {
-    let history_path = data_dir.join("chat_history");
+fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
+    let history_path = chat.data_dir.join("chat_history");
     let mut history = load_history(&history_path);
     eprintln!(
         "chatting with {} — /help for commands, Ctrl-D to leave",
-        sessions
+        chat.sessions
             .iter()
             .map(|(l, _)| *l)
             .collect::<Vec<_>>()
@@ -211,16 +279,19 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
             ("/quit" | "/exit", _) => break,
             ("/help", _) => eprintln!("{HELP}"),
             ("/reset", _) => {
-                for (_, s) in sessions.iter_mut() {
+                for (_, s) in &mut chat.sessions {
                     s.reset();
                 }
+                let system = chat.transcript.system.clone();
+                chat.restart(system);
                 eprintln!("(conversation reset)");
             }
             ("/system", rest) => {
                 let system = (!rest.is_empty()).then(|| rest.to_string());
-                for (_, s) in sessions.iter_mut() {
+                for (_, s) in &mut chat.sessions {
                     s.set_system(system.clone());
                 }
+                chat.restart(system);
                 eprintln!(
                     "(system prompt {}; conversation reset)",
                     if rest.is_empty() { "cleared" } else { "set" }
@@ -230,7 +301,7 @@ fn repl(sessions: &mut [(&str, ChatSession<'_>)], data_dir: &Path) -> Result<i32
                 eprintln!("unknown command {cmd}; /help lists them");
             }
             _ => {
-                if let Err(e) = turn(sessions, text) {
+                if let Err(e) = chat.turn(text) {
                     eprintln!("error: {e:#}");
                 }
             }

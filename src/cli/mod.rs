@@ -4,11 +4,13 @@
 mod chat;
 mod eval;
 mod expand;
+mod experiments;
 mod importance;
 mod model;
 mod plan;
 mod progress;
 mod runs;
+mod store;
 mod train;
 
 use std::path::PathBuf;
@@ -65,6 +67,12 @@ pub enum Command {
     /// List, follow, stop, kill, resume, remove and export runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// The data directory's experiments, and the templates shipped with slayer.
+    #[command(subcommand)]
+    Experiments(experiments::ExperimentsCommand),
+    /// The index over run directories: rebuild, sync, status, lineage.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -87,6 +95,8 @@ pub fn main() -> i32 {
         Command::Export(args) => train::export(&args, &data_dir),
         Command::Data(cmd) => eval::data(cmd),
         Command::Runs(cmd) => runs::run(cmd, &data_dir, cli.device),
+        Command::Experiments(cmd) => experiments::run(cmd, &data_dir),
+        Command::Store(cmd) => store::run(cmd, &data_dir),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ use super::train::{device_arg, spawn_worker};
 use crate::core::device::DeviceChoice;
 use crate::core::events::{Event, EventKind};
 use crate::core::text::sanitize_for_terminal;
+use crate::runner::tail::Update;
 use crate::runner::{RunDir, RunState, joined_steps, read_events};
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +38,9 @@ pub enum RunsCommand {
     Resume { run: String },
     /// Delete a run that is not running.
     Rm { run: String },
+    /// Internal: start a run's worker, wait for it, then advance the queue.
+    #[command(hide = true)]
+    Supervise { run: String },
     /// Write a run's step metrics as CSV or JSON.
     Export {
         run: String,
@@ -98,7 +102,13 @@ fn summarize(run: &RunDir) -> Summary {
                     }
                 })
                 .unwrap_or(0);
-            let started = events.first().map_or(now, |e| e.time);
+            // A queued run has no events yet: its age is that of its directory.
+            let created = std::fs::metadata(&run.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(now, |d| d.as_secs_f64());
+            let started = events.first().map_or(created, |e| e.time);
             Summary {
                 id: run.id.clone(),
                 experiment,
@@ -241,26 +251,46 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         }
         RunsCommand::Tail { run, follow } => {
             let dir = RunDir::open(data_dir, &run)?;
-            let mut seen = 0usize;
+            let mut follower = crate::runner::tail::Follower::runs(std::slice::from_ref(&dir));
             let mut out = std::io::stdout();
+            let mut updates = follower.poll_all();
             loop {
-                let events = read_events(&dir.events_path())?;
-                // A rewritten or truncated log starts over.
-                if events.len() < seen {
-                    seen = 0;
-                }
-                for e in &events[seen..] {
-                    writeln!(out, "{}", describe(e))?;
+                for update in updates {
+                    match update {
+                        Update::Events { reset, events, .. } => {
+                            if reset {
+                                writeln!(
+                                    out,
+                                    "(the event log was truncated or replaced; reading it from the start)"
+                                )?;
+                            }
+                            for e in &events {
+                                writeln!(out, "{}", describe(e))?;
+                            }
+                        }
+                        Update::Problem { message, .. } => {
+                            eprintln!("warning: {}", sanitize_for_terminal(&message));
+                        }
+                        Update::Experiment(_) => {}
+                    }
                 }
                 out.flush()?;
-                seen = events.len();
                 if !follow || super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
-                if !matches!(dir.state(&events), RunState::Running | RunState::Queued) {
+                // Read the log once more after the run ends, so its last lines are printed.
+                let state = dir.state(&read_events(&dir.events_path()).unwrap_or_default());
+                if !matches!(state, RunState::Running | RunState::Queued) {
+                    for update in follower.poll_all() {
+                        if let Update::Events { events, .. } = update {
+                            for e in &events {
+                                writeln!(out, "{}", describe(e))?;
+                            }
+                        }
+                    }
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                updates = follower.wait(Duration::from_millis(500));
             }
             Ok(0)
         }
@@ -296,6 +326,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             }
             Ok(0)
         }
+        RunsCommand::Supervise { run } => supervise(data_dir, &run, device),
         RunsCommand::Rm { run } => {
             let dir = RunDir::open(data_dir, &run)?;
             if dir.state(&dir.read_events().unwrap_or_default()) == RunState::Running {
@@ -349,5 +380,54 @@ fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str)
         .with_context(|| format!("run {} has no running worker", dir.id))?;
     worker.signal(sig)?;
     eprintln!("run {} {what} (pid {})", dir.id, worker.pid);
+    Ok(0)
+}
+
+/// The supervisor of a background run: starts the worker, sleeps until it exits, records a worker
+/// that died by a signal (no end record: `kill -9`, the OOM killer), and hands the device slot on.
+/// It holds no model; while the worker trains it wakes twice a second to pass on a stop request.
+fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
+    // A session of its own: no controlling terminal, so no hang-up reaches it or the worker.
+    let _ = nix::unistd::setsid();
+    let dir = RunDir::open(data_dir, run)?;
+    let mut child = super::train::spawn_training(&dir, data_dir, device_arg(device))?;
+    let mut forwarded = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the worker")? {
+            break status;
+        }
+        // `runs stop` that reached the supervisor before the worker recorded itself.
+        if !forwarded && super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            forwarded = true;
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        let events = read_events(&dir.events_path()).unwrap_or_default();
+        if !matches!(
+            dir.state(&events),
+            RunState::Finished | RunState::Failed | RunState::Stopped
+        ) {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string());
+            let mut log = crate::runner::EventLog::open(&dir.events_path())?;
+            crate::core::events::EventSink::emit(
+                &mut log,
+                EventKind::Warning {
+                    message: format!(
+                        "the worker was killed by {name} without finishing; resume continues from the newest checkpoint"
+                    ),
+                },
+            )?;
+            crate::core::events::EventSink::sync(&mut log)?;
+        }
+    }
+    crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `slayer train EXPERIMENT [--resume RUN]`, `slayer export RUN --out DIR`.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -138,7 +139,45 @@ fn resolve(
 }
 
 /// Starts `slayer train --resume RUN --worker` as a detached process writing to the run's log.
+/// Starts a run in the background: a supervisor process (`runs supervise`, in its own session)
+/// that starts the worker, waits for it however it ends — a kill -9 or the OOM killer included —
+/// and then hands the device slot to the next queued run. Returns the supervisor's pid.
 pub fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u32> {
+    spawn_slayer(
+        run_dir,
+        data_dir,
+        &["--device", device, "runs", "supervise", &run_dir.id],
+    )
+}
+
+/// The worker itself (started by the supervisor; its output goes to the run's log).
+pub(crate) fn spawn_training(
+    run_dir: &RunDir,
+    data_dir: &Path,
+    device: &str,
+) -> Result<std::process::Child> {
+    spawn_child(
+        run_dir,
+        data_dir,
+        &[
+            "--device",
+            device,
+            "train",
+            "--resume",
+            &run_dir.id,
+            "--worker",
+            "--print-every",
+            "10",
+        ],
+    )
+}
+
+fn spawn_slayer(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<u32> {
+    Ok(spawn_child(run_dir, data_dir, args)?.id())
+}
+
+/// Runs `slayer ARGS` with the run's `log` as its output, in a process group of its own.
+fn spawn_child(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<std::process::Child> {
     let log_path = run_dir.path.join("log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -149,22 +188,16 @@ pub fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u
     let child = std::process::Command::new(exe)
         .arg("--data-dir")
         .arg(data_dir)
-        .args([
-            "--device",
-            device,
-            "train",
-            "--resume",
-            &run_dir.id,
-            "--worker",
-            "--print-every",
-            "10",
-        ])
+        .args(args)
+        // Its own process group from the first instruction (it then makes its own session): a
+        // hang-up sent to this terminal's foreground group never reaches it.
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("cannot duplicate the log handle")?)
         .stderr(log)
         .spawn()
-        .context("cannot start the worker process")?;
-    Ok(child.id())
+        .context("cannot start a background slayer process")?;
+    Ok(child)
 }
 
 /// The `--device` value that reproduces `choice`.
@@ -188,11 +221,12 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
         (run_dir, exp, true)
     } else {
-        let path = args
+        let arg = args
             .experiment
             .as_ref()
-            .context("give an experiment file, or --resume RUN")?;
-        let exp = Experiment::load(path).map_err(anyhow::Error::msg)?;
+            .context("give an experiment (a file, a name, or a template), or --resume RUN")?;
+        let path = crate::templates::resolve_experiment(data_dir, arg)?;
+        let exp = Experiment::load(&path).map_err(anyhow::Error::msg)?;
         let run_dir = RunDir::create(data_dir, &exp.name)?;
         // Relative paths in the copy must still reach the files: anchor them now.
         std::fs::write(
@@ -229,6 +263,8 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
     if let Some(w) = run_dir.worker()
         && w.alive()
         && Some(w) != crate::runner::Worker::current()
+        // The queue records a background run's supervisor until the worker it starts takes over.
+        && !(args.worker && w.pid == nix::unistd::getppid().as_raw())
     {
         bail!("run {} is already running (pid {})", run_dir.id, w.pid);
     }
@@ -390,6 +426,11 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
         base.generation_config(),
         &args.out,
         &opts,
+    )?;
+    // Chats with the export link back to the run (lineage).
+    crate::core::checkpoint::hf::write_json(
+        &args.out.join(crate::runner::transcript::LINEAGE_FILE),
+        &serde_json::json!({ "run": run_dir.id, "step": step, "experiment": exp.name }),
     )?;
     eprintln!(
         "exported run {} at step {step} to {}",

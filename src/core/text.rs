@@ -27,9 +27,16 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// The current UTC time as `YYYYmmdd-HHMMSS`.
 #[must_use]
 pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    utc_stamp_of(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC).
+#[must_use]
+pub fn utc_stamp_of(secs: u64) -> String {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     format!(

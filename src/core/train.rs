@@ -527,6 +527,9 @@ pub fn save_checkpoint(
     sink: &mut dyn EventSink,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Every step up to this one must be in the event log before the checkpoint exists: a worker
+    // killed after the rename resumes from here, and the steps it logged would otherwise be lost.
+    sink.sync()?;
     let final_dir = dir.join(format!("step-{}", state.step));
     let tmp = dir.join(format!(".step-{}.partial", state.step));
     let _ = std::fs::remove_dir_all(&tmp);

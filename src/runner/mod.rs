@@ -5,7 +5,7 @@
 //! (generated corpora) and `log`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 pub mod queue;
+pub mod tail;
+pub mod transcript;
+pub mod watch;
 
 use crate::core::events::{Event, EventKind, EventSink};
 
@@ -62,14 +65,12 @@ impl RunDir {
     /// Opens a run by id (under `data_dir/runs`) or by path.
     pub fn open(data_dir: &Path, id_or_path: &str) -> Result<Self> {
         let as_path = PathBuf::from(id_or_path);
-        let path = if as_path.join("events.jsonl").is_file()
-            || as_path.join("experiment.toml").is_file()
-        {
+        let path = if is_run_dir(&as_path) {
             as_path
         } else {
             data_dir.join("runs").join(id_or_path)
         };
-        if !path.join("experiment.toml").is_file() {
+        if !is_run_dir(&path) {
             bail!(
                 "{id_or_path}: no such run (looked in {})",
                 data_dir.join("runs").display()
@@ -98,28 +99,16 @@ impl RunDir {
     }
 }
 
-/// Reads complete event lines from `path`; an unparsable line other than the last is an error.
+/// Reads the complete event lines of `path` (a missing file has none; a half-written last line
+/// is left for later); a line that is not an event is an error naming the file and line.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
-    let Ok(file) = File::open(path) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
+    let batch = tail::LogTail::new(path)
+        .poll()
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let n = lines.len();
-    for (i, line) in lines.into_iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Event>(&line) {
-            Ok(e) => out.push(e),
-            Err(_) if i + 1 == n => {}
-            Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
-        }
+    if let Some(bad) = batch.bad_lines.first() {
+        bail!("{} line {}: {}", path.display(), bad.line, bad.message);
     }
-    Ok(out)
+    Ok(batch.events)
 }
 
 /// Appends events to `events.jsonl`: sequence numbers continue across resumes; a background
@@ -371,6 +360,14 @@ mod tests {
     }
 }
 
+/// Whether `path` looks like a run directory (a damaged one included: it is listed, with its
+/// problem, rather than hidden).
+fn is_run_dir(path: &Path) -> bool {
+    ["experiment.toml", "events.jsonl", "queued"]
+        .iter()
+        .any(|f| path.join(f).is_file())
+}
+
 /// Every run directory under `data_dir/runs`, sorted by id (oldest first).
 #[must_use]
 pub fn list_runs(data_dir: &Path) -> Vec<RunDir> {
@@ -379,7 +376,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunDir> {
     };
     let mut out: Vec<RunDir> = entries
         .filter_map(std::result::Result::ok)
-        .filter(|e| e.path().join("experiment.toml").is_file())
+        .filter(|e| is_run_dir(&e.path()))
         .map(|e| RunDir {
             id: e.file_name().to_string_lossy().into_owned(),
             path: e.path(),

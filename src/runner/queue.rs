@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{RunDir, Worker};
+use crate::core::events::{EventKind, EventSink as _, RunStatus};
 
 /// Runs at once per device.
 pub const SLOTS_PER_DEVICE: usize = 1;
@@ -70,6 +71,19 @@ pub fn advance(
             continue;
         }
         if !r.experiment_path().is_file() {
+            // Nothing to run: say why in the run's own log and stop waiting.
+            let mut log = super::EventLog::open(&r.events_path())?;
+            log.emit(EventKind::End {
+                status: RunStatus::Failed,
+                step: 0,
+                message: format!(
+                    "{} is missing: the run cannot start",
+                    r.experiment_path().display()
+                ),
+            })?;
+            log.sync()?;
+            std::fs::remove_file(r.path.join(QUEUED))
+                .with_context(|| format!("cannot update {}", r.path.display()))?;
             continue;
         }
         let used = busy.entry(device.clone()).or_default();

@@ -58,3 +58,87 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Words of the tiny models' vocabulary (a word-level tokenizer: one token per word).
+pub const TINY_WORDS: &[&str] = &[
+    "the", "cat", "sat", "on", "mat", "dog", "ran", "to", "a", "park", "and", "then", "slept",
+    "in", "sun", "bird", "sang", "tree", "river", "flowed", "past", "old", "mill", ".",
+];
+
+/// A tiny random Llama (4 blocks, hidden 64) saved as an HF directory with a word-level
+/// tokenizer over [`TINY_WORDS`], and a corpus of sentences in those words: enough for the CLI
+/// to train in well under a second per step.
+pub fn tiny_model_dir(dir: &Path) -> (PathBuf, PathBuf) {
+    use slayer::core::model::random::{llama, tiny_config};
+    let model_dir = dir.join("tiny-model");
+    let model = llama(
+        &tiny_config(),
+        3,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    slayer::core::checkpoint::hf::save_model(
+        &model,
+        None,
+        None,
+        None,
+        &model_dir,
+        &slayer::core::checkpoint::SaveOptions::default(),
+    )
+    .unwrap();
+    let specials = ["<unk>", "<s>", "</s>"];
+    let vocab: serde_json::Map<String, serde_json::Value> = specials
+        .iter()
+        .chain(TINY_WORDS)
+        .enumerate()
+        .map(|(i, w)| ((*w).to_string(), i.into()))
+        .collect();
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "WhitespaceSplit" }, "post_processor": null,
+        "decoder": { "type": "WordPiece", "prefix": "##", "cleanup": false },
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    std::fs::write(model_dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let corpus = dir.join("tiny-corpus.txt");
+    let sentences: Vec<String> = (0..200)
+        .map(|i| {
+            (0..12)
+                .map(|j| TINY_WORDS[(i * 5 + j * 7) % TINY_WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    std::fs::write(&corpus, sentences.join("\n\n")).unwrap();
+    (model_dir, corpus)
+}
+
+/// An experiment on the tiny model: one new block, `steps` steps, a checkpoint every
+/// `checkpoint_every`.
+pub fn tiny_experiment(dir: &Path, name: &str, steps: u64, checkpoint_every: u64) -> PathBuf {
+    let (model_dir, corpus) = (dir.join("tiny-model"), dir.join("tiny-corpus.txt"));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\n[model]\nbase = \"{}\"\n[plan]\ninsert = [{{ after = 1 }}]\n\
+             [data]\ntrain = \"{}\"\nheldout_fraction = 0.1\n[train]\nsteps = {steps}\n\
+             batch_size = 2\nseq_len = 16\ncheckpoint_every = {checkpoint_every}\n\
+             [eval]\nmax_tokens = 64\n",
+            model_dir.display(),
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs the slayer binary with `home` as its data directory.
+pub fn slayer(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(args)
+        .env("SLAYER_HOME", home)
+        .output()
+        .unwrap()
+}

@@ -1,0 +1,162 @@
+//! Store benchmarks: ingestion rate of a run's event log into the index (events/s), and the time
+//! to load a 100k-point loss series for plotting.
+//!
+//!     cargo run --release --example bench-store -- [STEPS] [BLOCKS]
+//!
+//! Writes a synthetic run of STEPS step events (each with BLOCKS per-block statistics, as a
+//! SLayer plan's new blocks report) plus an evaluation every 1000 steps, through the same event
+//! log the trainer uses.
+
+#![allow(clippy::unwrap_used, reason = "a benchmark: a panic is the report")]
+
+use std::time::Instant;
+
+use slayer::core::events::{BlockStats, EvalRecord, EventKind, EventSink};
+use slayer::runner::{EventLog, RunDir};
+use slayer::store::Store;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let steps: u64 = args.next().map_or(100_000, |a| a.parse().unwrap());
+    let blocks: usize = args.next().map_or(7, |a| a.parse().unwrap());
+    let home = tempfile::tempdir().unwrap();
+    let run = RunDir::create(home.path(), "bench").unwrap();
+    std::fs::write(run.experiment_path(), "name = \"bench\"\n").unwrap();
+    let started = Instant::now();
+    let mut log = EventLog::open(&run.events_path()).unwrap();
+    log.emit(EventKind::RunStart {
+        run: run.id.clone(),
+        experiment: "name = \"bench\"\n".into(),
+        plan: serde_json::json!({"base_layers": 30, "layers": [], "pruned": []}),
+        config: serde_json::Value::Null,
+        trainable_params: 0,
+        total_steps: steps,
+        resumed_from: None,
+        environment: serde_json::Value::Null,
+    })
+    .unwrap();
+    for step in 1..=steps {
+        let x = step as f64;
+        log.emit(EventKind::Step {
+            step,
+            loss: 3.0 / x.sqrt(),
+            lr: 1e-4,
+            tokens: step * 4096,
+            tokens_per_sec: 5000.0,
+            grad_norm: 0.5,
+            clipped: false,
+            blocks: (0..blocks)
+                .map(|b| BlockStats {
+                    block: 2 + 3 * b,
+                    grad_norm: 0.1 * (b + 1) as f64,
+                    weight_norm: 10.0,
+                    update_ratio: 1e-3,
+                })
+                .collect(),
+        })
+        .unwrap();
+        if step % 1000 == 0 {
+            log.emit(EventKind::Eval(EvalRecord {
+                label: "step".into(),
+                step,
+                ppl: vec![],
+                tasks: vec![],
+            }))
+            .unwrap();
+        }
+    }
+    log.sync().unwrap();
+    drop(log);
+    let events = steps + steps / 1000 + 1;
+    let bytes = std::fs::metadata(run.events_path()).unwrap().len();
+    println!(
+        "wrote {events} events ({:.1} MiB) in {:.2} s",
+        bytes as f64 / 1_048_576.0,
+        started.elapsed().as_secs_f64()
+    );
+
+    let store = Store::open(home.path(), "bench").unwrap();
+    let t = Instant::now();
+    let n = store.ingest_run(&run).unwrap();
+    store.flush().unwrap();
+    let ingest = t.elapsed().as_secs_f64();
+    assert_eq!(n as u64, events);
+    println!(
+        "ingest: {n} events in {ingest:.2} s = {:.0} events/s ({:.1} MiB/s of log)",
+        n as f64 / ingest,
+        bytes as f64 / 1_048_576.0 / ingest
+    );
+    let t = Instant::now();
+    assert_eq!(store.ingest_run(&run).unwrap(), 0);
+    println!(
+        "re-ingest with nothing new: {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    drop(store);
+
+    // A fresh process would open the store and load the series: reopen, then time it.
+    let store = Store::open(home.path(), "bench").unwrap();
+    let t = Instant::now();
+    let loss = store.series(&run.id, "loss").unwrap();
+    let cold = t.elapsed().as_secs_f64();
+    assert_eq!(loss.len() as u64, steps);
+    let t = Instant::now();
+    let loss = store.series(&run.id, "loss").unwrap();
+    let warm = t.elapsed().as_secs_f64();
+    println!(
+        "load {}-point loss series: {:.1} ms after reopening, {:.1} ms again",
+        loss.len(),
+        cold * 1e3,
+        warm * 1e3
+    );
+    let t = Instant::now();
+    let metrics = store.metrics(&run.id).unwrap();
+    println!(
+        "list {} metrics: {:.2} ms",
+        metrics.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let t = Instant::now();
+    let direct = slayer::runner::read_events(&run.events_path()).unwrap();
+    println!(
+        "for comparison, parsing the whole log: {} events in {:.2} s",
+        direct.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let size: u64 = walk(&home.path().join("store"));
+    println!("store size: {:.1} MiB", size as f64 / 1_048_576.0);
+
+    // Live following delivers a few events at a time: ingest the same log 10 events per call.
+    let t = Instant::now();
+    let live = "live-run";
+    for batch in direct.chunks(10) {
+        store.apply(live, false, batch, None).unwrap();
+    }
+    store.flush().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "live ingest, 10 events per call: {:.0} events/s",
+        direct.len() as f64 / secs
+    );
+    assert_eq!(store.series(live, "loss").unwrap().len() as u64, steps);
+    let size: u64 = walk(&home.path().join("store"));
+    println!(
+        "store size with both copies: {:.1} MiB",
+        size as f64 / 1_048_576.0
+    );
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .map(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p)
+                } else {
+                    e.metadata().map_or(0, |m| m.len())
+                }
+            })
+            .sum()
+    })
+}

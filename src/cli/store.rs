@@ -1,0 +1,152 @@
+//! `slayer store rebuild|status|sync`: the index over run directories (see [`crate::store`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::core::text::sanitize_for_terminal;
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Throw the index away and recreate it from the run directories, experiments and chats.
+    Rebuild,
+    /// Bring the index up to date with the run directories (only what is new is read).
+    Sync,
+    /// What the index holds.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's lineage: experiment version, plan, base model, checkpoints, evaluations, chats.
+    Lineage {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Directories of experiments besides the data directory's own: none for now (the templates
+/// are built in and are not versions of anything until used).
+fn extra_experiment_dirs() -> Vec<PathBuf> {
+    Vec::new()
+}
+
+fn holder() -> String {
+    format!(
+        "slayer {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    )
+}
+
+/// Opens the store and ingests whatever is new.
+pub(crate) fn open_synced(data_dir: &Path) -> Result<Store> {
+    let store = Store::open(data_dir, &holder())?;
+    store.ingest_all(data_dir, &extra_experiment_dirs())?;
+    Ok(store)
+}
+
+pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
+    match cmd {
+        StoreCommand::Rebuild => {
+            let started = std::time::Instant::now();
+            let (store, stats) = Store::rebuild(data_dir, &holder(), &extra_experiment_dirs())?;
+            store.flush()?;
+            eprintln!(
+                "rebuilt {} from {} runs ({} events), {} experiment versions, {} chats in {:.2} s",
+                store.path().display(),
+                stats.runs,
+                stats.events,
+                stats.experiments,
+                stats.chats,
+                started.elapsed().as_secs_f64()
+            );
+            report_problems(&store)?;
+            Ok(0)
+        }
+        StoreCommand::Sync => {
+            let store = Store::open(data_dir, &holder())?;
+            let stats = store.ingest_all(data_dir, &extra_experiment_dirs())?;
+            store.flush()?;
+            eprintln!(
+                "{} new events from {} runs, {} new experiment versions, {} chats updated",
+                stats.events, stats.runs, stats.experiments, stats.chats
+            );
+            report_problems(&store)?;
+            Ok(0)
+        }
+        StoreCommand::Status { json } => {
+            let store = open_synced(data_dir)?;
+            let runs = store.runs()?;
+            let experiments = store.experiments()?;
+            let chats = store.chats()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "path": store.path(),
+                        "runs": runs,
+                        "experiment_versions": experiments.len(),
+                        "chats": chats,
+                    }))?
+                );
+            } else {
+                println!(
+                    "{}: {} runs, {} experiment versions, {} chats",
+                    store.path().display(),
+                    runs.len(),
+                    experiments.len(),
+                    chats.len()
+                );
+                report_problems(&store)?;
+            }
+            Ok(0)
+        }
+        StoreCommand::Lineage { run, json } => {
+            let store = open_synced(data_dir)?;
+            let id = crate::runner::RunDir::open(data_dir, &run)?.id;
+            let lineage = store
+                .lineage(&id)?
+                .ok_or_else(|| anyhow::anyhow!("run {id} has no events yet"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lineage)?);
+                return Ok(0);
+            }
+            let p = &lineage.plan;
+            println!(
+                "experiment  {} (version {})\nbase model  {}\nplan        {} → {} blocks; new {:?}; trains {:?}; pruned {:?} (plan {})\nrun         {}\ncheckpoints {:?}",
+                sanitize_for_terminal(&lineage.experiment),
+                lineage.experiment_version,
+                sanitize_for_terminal(&lineage.base_model),
+                p.base_layers,
+                p.layers,
+                p.new,
+                p.trainable,
+                p.pruned,
+                p.hash,
+                lineage.run,
+                lineage.checkpoints
+            );
+            if !lineage.same_plan.is_empty() {
+                println!("same plan   {}", lineage.same_plan.join(", "));
+            }
+            for (label, step) in &lineage.evals {
+                println!("eval        {label} at step {step}");
+            }
+            for chat in &lineage.chats {
+                println!("chat        {chat}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn report_problems(store: &Store) -> Result<()> {
+    for r in store.runs()? {
+        if let Some(p) = r.problem {
+            eprintln!("run {}: {}", r.id, sanitize_for_terminal(&p));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Metric series in chunks: `run \0 metric \0 chunk(be)` → up to [`CHUNK`] points, each 16 bytes
+//! (step, value; little-endian), sorted by step. One key per point made sled write ~20 keys per
+//! step and read 100k keys to plot a curve; chunks make both a matter of a few hundred values.
+
+use std::collections::BTreeMap;
+
+use super::{Result, Store, key, prefix};
+
+/// Steps per chunk.
+pub const CHUNK: u64 = 1024;
+
+type Points = Vec<(u64, f64)>;
+
+fn decode(bytes: &[u8]) -> Points {
+    bytes
+        .chunks_exact(16)
+        .filter_map(|p| {
+            let step = u64::from_le_bytes(p[..8].try_into().ok()?);
+            let value = f64::from_le_bytes(p[8..].try_into().ok()?);
+            Some((step, value))
+        })
+        .collect()
+}
+
+fn encode(points: &Points) -> Vec<u8> {
+    let mut out = Vec::with_capacity(points.len() * 16);
+    for (step, value) in points {
+        out.extend_from_slice(&step.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+fn chunk_key(run: &str, metric: &str, chunk: u64) -> Vec<u8> {
+    key(&[run.as_bytes(), metric.as_bytes(), &chunk.to_be_bytes()])
+}
+
+/// Buffers a run's series changes; [`SeriesWriter::commit`] writes the touched chunks at once.
+pub(super) struct SeriesWriter<'a> {
+    store: &'a Store,
+    run: &'a str,
+    chunks: BTreeMap<(String, u64), Points>,
+}
+
+impl<'a> SeriesWriter<'a> {
+    pub(super) fn new(store: &'a Store, run: &'a str) -> Self {
+        Self {
+            store,
+            run,
+            chunks: BTreeMap::new(),
+        }
+    }
+
+    fn chunk(&mut self, metric: &str, chunk: u64) -> Result<&mut Points> {
+        let k = (metric.to_string(), chunk);
+        if !self.chunks.contains_key(&k) {
+            let stored = self
+                .store
+                .series
+                .get(chunk_key(self.run, metric, chunk))
+                .map_err(|e| self.store.db_err(e))?
+                .map(|v| decode(&v))
+                .unwrap_or_default();
+            self.chunks.insert(k.clone(), stored);
+        }
+        Ok(self.chunks.entry(k).or_default())
+    }
+
+    /// Sets the value of `metric` at `step` (a step logged again replaces the old value).
+    pub(super) fn put(&mut self, metric: &str, step: u64, value: f64) -> Result<()> {
+        let points = self.chunk(metric, step / CHUNK)?;
+        match points.binary_search_by_key(&step, |p| p.0) {
+            Ok(i) => points[i].1 = value,
+            Err(i) => points.insert(i, (step, value)),
+        }
+        Ok(())
+    }
+
+    /// Drops every point after `step`, in every metric of the run.
+    pub(super) fn truncate_after(&mut self, step: u64) -> Result<()> {
+        let first = step / CHUNK;
+        let p = prefix(self.run);
+        let mut stored = Vec::new();
+        for item in self.store.series.scan_prefix(&p) {
+            let (k, _) = item.map_err(|e| self.store.db_err(e))?;
+            let rest = &k[p.len()..];
+            let Some(split) = rest.len().checked_sub(9) else {
+                continue;
+            };
+            let Ok(chunk) = <[u8; 8]>::try_from(&rest[split + 1..]).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if chunk >= first {
+                stored.push((String::from_utf8_lossy(&rest[..split]).into_owned(), chunk));
+            }
+        }
+        for (metric, chunk) in stored {
+            self.chunk(&metric, chunk)?;
+        }
+        for ((_, chunk), points) in &mut self.chunks {
+            if *chunk >= first {
+                points.retain(|p| p.0 <= step);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every touched chunk (empty ones are removed).
+    pub(super) fn commit(self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for ((metric, chunk), points) in &self.chunks {
+            let k = chunk_key(self.run, metric, *chunk);
+            if points.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.insert(k, encode(points));
+            }
+        }
+        self.store
+            .series
+            .apply_batch(batch)
+            .map_err(|e| self.store.db_err(e))
+    }
+}
+
+impl Store {
+    /// A metric of a run as (step, value), in step order.
+    pub fn series(&self, run: &str, metric: &str) -> Result<Vec<(u64, f64)>> {
+        let p = key(&[run.as_bytes(), metric.as_bytes(), &[]]);
+        let mut out = Vec::new();
+        for item in self.series.scan_prefix(&p) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            // Another metric whose name extends this one (`loss` vs `loss/x`) is not ours.
+            if k.len() != p.len() + 8 {
+                continue;
+            }
+            out.extend(decode(&v));
+        }
+        Ok(out)
+    }
+
+    /// The metric names a run has series for.
+    pub fn metrics(&self, run: &str) -> Result<Vec<String>> {
+        let p = prefix(run);
+        let mut out: Vec<String> = Vec::new();
+        let mut from = p.clone();
+        // Skip from one metric to the next instead of reading every chunk.
+        while let Some(item) = self.series.range(from.clone()..).next() {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&p) {
+                break;
+            }
+            let rest = &k[p.len()..];
+            let Some(split) = rest.len().checked_sub(9) else {
+                break;
+            };
+            let metric = &rest[..split];
+            out.push(String::from_utf8_lossy(metric).into_owned());
+            from = key(&[run.as_bytes(), metric, &[0xff; 9]]);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn points_land_in_order_replace_and_truncate_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test").unwrap();
+        let mut w = SeriesWriter::new(&store, "r");
+        for step in (1..=3000).rev() {
+            w.put("loss", step, step as f64).unwrap();
+            w.put("loss/x", step, 0.0).unwrap();
+        }
+        w.commit().unwrap();
+        let loss = store.series("r", "loss").unwrap();
+        assert_eq!(loss.len(), 3000);
+        assert!(loss.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut w = SeriesWriter::new(&store, "r");
+        w.truncate_after(1500).unwrap();
+        w.put("loss", 1501, -1.0).unwrap();
+        w.commit().unwrap();
+        let loss = store.series("r", "loss").unwrap();
+        assert_eq!(loss.len(), 1501);
+        assert_eq!(loss.last(), Some(&(1501, -1.0)));
+        assert_eq!(store.series("r", "loss/x").unwrap().len(), 1500);
+        assert_eq!(store.metrics("r").unwrap(), vec!["loss", "loss/x"]);
+    }
+}

@@ -1,0 +1,614 @@
+//! Runs that outlive the terminal, on a tiny random model through the real binary: detached
+//! runs survive their parent's session, kill -9 at any moment loses no step, the store's
+//! ingestion is idempotent and equals a rebuild, and bad input gets messages naming the file.
+
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{slayer, tiny_experiment, tiny_model_dir};
+use slayer::core::events::EventKind;
+use slayer::runner::{RunDir, joined_steps, read_events};
+use slayer::store::{Store, StoreError};
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `runs ls --json` as (id, status, problem).
+fn runs(home: &Path) -> Vec<(String, String, Option<String>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&slayer(home, &["runs", "ls", "--json"]))).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["problem"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn status(home: &Path, id: &str) -> String {
+    runs(home)
+        .into_iter()
+        .find(|r| r.0 == id)
+        .map(|r| r.1)
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Steps of the joined history, and their losses.
+fn joined(run: &Path) -> Vec<(u64, f64)> {
+    let events = read_events(&run.join("events.jsonl")).unwrap();
+    joined_steps(&events)
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Step { step, loss, .. } => Some((step, loss)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn complete_checkpoints(run: &Path) -> Vec<u64> {
+    slayer::core::train::list_checkpoints(&run.join("checkpoints"))
+        .unwrap()
+        .iter()
+        .map(|c| c.0)
+        .collect()
+}
+
+fn partial_checkpoints(run: &Path) -> usize {
+    std::fs::read_dir(run.join("checkpoints")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .count()
+    })
+}
+
+fn train_child(home: &Path, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(["--device", "cpu", "train"])
+        .args(args)
+        .env("SLAYER_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// kill -9 of the worker `iterations` times, each a random few milliseconds after a new
+/// checkpoint completed (so the kill lands in a step, or in the next checkpoint's writing):
+/// every time the run shows as lost, the next resume starts from the newest complete checkpoint,
+/// and the joined history in the end holds every step once with the losses of an uninterrupted
+/// run. Returns how many kills interrupted a checkpoint being written.
+fn kill_loop(iterations: u64) -> usize {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let steps = iterations * 8 + 20;
+    let exp = tiny_experiment(home.path(), "k", steps, 3);
+    // The reference: the same experiment, never interrupted.
+    let reference = tiny_experiment(home.path(), "ref", steps, 1000);
+    let out = slayer(
+        home.path(),
+        &["--device", "cpu", "train", reference.to_str().unwrap()],
+    );
+    ok(&out);
+    let ref_id = runs(home.path())[0].0.clone();
+    let want = joined(&home.path().join("runs").join(&ref_id));
+
+    // A different schedule each run (printed, to reproduce a failure).
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill schedule seed {seed}");
+    let mut random_ms = move |max: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % max
+    };
+    let mut id = String::new();
+    let mut expected_resumes: Vec<u64> = Vec::new();
+    let mut mid_checkpoint = 0;
+    for i in 0..iterations {
+        let mut child = if i == 0 {
+            train_child(home.path(), &[exp.to_str().unwrap()])
+        } else {
+            train_child(home.path(), &["--resume", &id])
+        };
+        if i == 0 {
+            wait_until("the run directory", Duration::from_secs(30), || {
+                runs(home.path()).len() == 2
+            });
+            id = runs(home.path())
+                .into_iter()
+                .find(|r| r.0 != ref_id)
+                .unwrap()
+                .0;
+        }
+        let run = home.path().join("runs").join(&id);
+        let before = complete_checkpoints(&run).last().copied().unwrap_or(0);
+        wait_until("a new checkpoint", Duration::from_secs(60), || {
+            complete_checkpoints(&run).last().copied().unwrap_or(0) > before
+        });
+        std::thread::sleep(Duration::from_millis(random_ms(12)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if partial_checkpoints(&run) > 0 {
+            mid_checkpoint += 1;
+        }
+        let newest = complete_checkpoints(&run).last().copied().unwrap();
+        let state = status(home.path(), &id);
+        if state == "finished" {
+            break;
+        }
+        assert_eq!(state, "lost", "iteration {i}");
+        expected_resumes.push(newest);
+    }
+    // Let it finish.
+    let run = home.path().join("runs").join(&id);
+    ok(&slayer(
+        home.path(),
+        &["--device", "cpu", "train", "--resume", &id],
+    ));
+    assert_eq!(status(home.path(), &id), "finished");
+    let events = read_events(&run.join("events.jsonl")).unwrap();
+    let resumed_from: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::RunStart { resumed_from, .. } => resumed_from,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resumed_from, expected_resumes,
+        "each resume starts from the newest complete checkpoint"
+    );
+    let got = joined(&run);
+    assert_eq!(
+        got.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=steps).collect::<Vec<_>>(),
+        "every step exactly once"
+    );
+    assert_eq!(got, want, "the joined history is the uninterrupted run's");
+    mid_checkpoint
+}
+
+/// 50 cycles take under 10 s on the tiny model, so the whole loop runs in CI.
+#[test]
+fn kill_nine_fifty_times_mid_step_and_mid_checkpoint_loses_no_step() {
+    let mid_checkpoint = kill_loop(50);
+    eprintln!("{mid_checkpoint} of 50 kills interrupted a checkpoint being written");
+    assert!(mid_checkpoint > 0, "no kill landed in a checkpoint");
+}
+
+/// Starts `slayer train EXP --detach` from a shell in a session of its own, which then exits;
+/// the whole session gets SIGHUP (what a closed terminal or dropped SSH connection sends).
+#[test]
+fn detached_run_survives_its_parent_and_a_hangup_of_its_session() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let exp = tiny_experiment(home.path(), "hup", 1500, 500);
+    let script = format!(
+        "'{}' --device cpu train '{}' --detach > '{}/id' 2>/dev/null; sleep 30",
+        env!("CARGO_BIN_EXE_slayer"),
+        exp.display(),
+        home.path().display()
+    );
+    let mut shell = std::process::Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .env("SLAYER_HOME", home.path())
+        .spawn()
+        .unwrap();
+    let id_file = home.path().join("id");
+    wait_until("the run id", Duration::from_secs(30), || {
+        std::fs::read_to_string(&id_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let id = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let run = home.path().join("runs").join(&id);
+    wait_until("the first step", Duration::from_secs(30), || {
+        std::fs::read_to_string(run.join("events.jsonl")).is_ok_and(|s| s.contains("\"step\""))
+    });
+    // The shell leads its session; SIGHUP to its process group, as the terminal would.
+    let sid = nix::unistd::Pid::from_raw(shell.id() as i32);
+    nix::sys::signal::killpg(sid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    shell.wait().unwrap();
+    assert_eq!(
+        status(home.path(), &id),
+        "running",
+        "the hang-up reached the run"
+    );
+    wait_until("the end", Duration::from_secs(120), || {
+        status(home.path(), &id) == "finished"
+    });
+    assert_eq!(joined(&run).len(), 1500);
+}
+
+/// Two runs: one finished, one killed and resumed (so its log replaces lost steps).
+fn two_runs(home: &Path) -> Vec<RunDir> {
+    tiny_model_dir(home);
+    let a = tiny_experiment(home, "a", 12, 4);
+    ok(&slayer(
+        home,
+        &["--device", "cpu", "train", a.to_str().unwrap()],
+    ));
+    let b = tiny_experiment(home, "b", 400, 2);
+    let mut child = train_child(home, &[b.to_str().unwrap()]);
+    wait_until("a checkpoint of b", Duration::from_secs(60), || {
+        slayer::runner::list_runs(home)
+            .iter()
+            .any(|r| r.id.ends_with("-b") && !complete_checkpoints(&r.path).is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let id = slayer::runner::list_runs(home)
+        .into_iter()
+        .find(|r| r.id.ends_with("-b"))
+        .unwrap()
+        .id;
+    ok(&slayer(
+        home,
+        &["--device", "cpu", "train", "--resume", &id],
+    ));
+    slayer::runner::list_runs(home)
+}
+
+#[test]
+fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
+    let home = tempfile::tempdir().unwrap();
+    let runs = two_runs(home.path());
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/mine.toml"),
+        "name = \"mine\"\n[plan]\npreset = \"slayer\"\n",
+    )
+    .unwrap();
+    let store = Store::open(home.path(), "test").unwrap();
+    let first = store.ingest_all(home.path(), &[]).unwrap();
+    assert_eq!(first.runs, 2);
+    assert!(first.events > 400);
+    let second = store.ingest_all(home.path(), &[]).unwrap();
+    assert_eq!(second.events, 0, "nothing is ingested twice");
+    let twice = store.dump().unwrap();
+    // The series are the joined histories (the killed worker's lost steps replaced).
+    for run in &runs {
+        let losses = store.series(&run.id, "loss").unwrap();
+        assert_eq!(
+            losses.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+            joined(&run.path)
+        );
+    }
+    let b = runs.iter().find(|r| r.id.ends_with("-b")).unwrap();
+    assert!(
+        store
+            .metrics(&b.id)
+            .unwrap()
+            .contains(&"grad_norm/002".to_string())
+    );
+    let record = store.run(&b.id).unwrap().unwrap();
+    assert_eq!(
+        (record.step, record.total_steps, record.resumes),
+        (400, 400, 1)
+    );
+    assert_eq!(record.plan.new, vec![2]);
+    let lineage = store.lineage(&b.id).unwrap().unwrap();
+    assert_eq!(lineage.same_plan.len(), 1, "run a trained the same plan");
+    assert_eq!(
+        lineage
+            .evals
+            .iter()
+            .map(|e| e.0.as_str())
+            .collect::<Vec<_>>(),
+        vec!["base", "expanded", "final"]
+    );
+    drop(store);
+    let (rebuilt, _) = Store::rebuild(home.path(), "test", &[]).unwrap();
+    assert_eq!(
+        rebuilt.dump().unwrap(),
+        twice,
+        "a rebuild equals incremental ingestion"
+    );
+    // A half-written last line waits for its newline.
+    let log = b.events_path();
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    let seq = read_events(&log).unwrap().last().unwrap().seq + 1;
+    let line = format!(
+        "{{\"seq\":{seq},\"time\":1.0,\"type\":\"eval\",\"label\":\"late\",\"step\":400,\"ppl\":[],\"tasks\":[]}}\n"
+    );
+    let (head, rest) = line.split_at(20);
+    text.push_str(head);
+    std::fs::write(&log, &text).unwrap();
+    rebuilt.ingest_all(home.path(), &[]).unwrap();
+    assert_eq!(rebuilt.evals(&b.id).unwrap().len(), 3);
+    text.push_str(rest);
+    std::fs::write(&log, &text).unwrap();
+    rebuilt.ingest_all(home.path(), &[]).unwrap();
+    assert_eq!(rebuilt.evals(&b.id).unwrap().len(), 4);
+    let incremental = rebuilt.dump().unwrap();
+    drop(rebuilt);
+    let (again, _) = Store::rebuild(home.path(), "test", &[]).unwrap();
+    assert_eq!(again.dump().unwrap(), incremental);
+    // Experiment history: the file, and each run's text.
+    let names: Vec<String> = again
+        .experiments()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, vec!["a", "b", "mine"]);
+}
+
+#[test]
+fn a_second_opener_is_told_who_holds_the_store() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path(), "slayer console").unwrap();
+    let out = slayer(home.path(), &["store", "status"]);
+    assert!(!out.status.success());
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&format!(
+            "in use by pid {} (slayer console",
+            std::process::id()
+        )),
+        "{msg}"
+    );
+    // In-process too: an error, not a crash.
+    assert!(matches!(
+        Store::open(home.path(), "again"),
+        Err(StoreError::InUse { .. })
+    ));
+    drop(store);
+    ok(&slayer(home.path(), &["store", "status"]));
+}
+
+#[test]
+fn a_newer_or_damaged_store_is_refused_with_a_way_out() {
+    let home = tempfile::tempdir().unwrap();
+    Store::open(home.path(), "t")
+        .unwrap()
+        .set_format(99)
+        .unwrap();
+    let out = slayer(home.path(), &["store", "status"]);
+    let msg = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        msg.contains("newer slayer (format 99") && msg.contains("store rebuild"),
+        "{msg}"
+    );
+    ok(&slayer(home.path(), &["store", "rebuild"]));
+    ok(&slayer(home.path(), &["store", "status"]));
+    // Garbage where sled keeps its data.
+    let db = home.path().join("store/db");
+    for entry in std::fs::read_dir(&db).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::write(&path, b"\xffnot a sled file at all").unwrap();
+        }
+    }
+    let out = slayer(home.path(), &["store", "status"]);
+    let msg = stderr(&out);
+    assert!(!out.status.success(), "{msg}");
+    assert!(
+        msg.contains("store rebuild") && msg.contains("store/db"),
+        "{msg}"
+    );
+    ok(&slayer(home.path(), &["store", "rebuild"]));
+}
+
+#[test]
+fn a_foreign_or_corrupt_event_log_is_named_and_other_runs_are_unaffected() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let good = tiny_experiment(home.path(), "good", 4, 2);
+    ok(&slayer(
+        home.path(),
+        &["--device", "cpu", "train", good.to_str().unwrap()],
+    ));
+    let foreign = home.path().join("runs/foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(
+        foreign.join("events.jsonl"),
+        "{\"hello\": 1}\nnot json\n{}\n",
+    )
+    .unwrap();
+    let corrupt = home.path().join("runs/corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("experiment.toml"), "name = \"c\"\n").unwrap();
+    std::fs::write(corrupt.join("events.jsonl"), b"\x00\xff\xfe garbage\n").unwrap();
+    let listed = runs(home.path());
+    assert_eq!(listed.len(), 3);
+    for (id, state, problem) in &listed {
+        if id.ends_with("-good") {
+            assert_eq!((state.as_str(), problem), ("finished", &None));
+        } else {
+            let p = problem.as_deref().unwrap_or_default();
+            assert!(
+                p.contains(&format!("runs/{id}/events.jsonl")) && p.contains("line 1"),
+                "{p}"
+            );
+        }
+    }
+    let out = slayer(home.path(), &["store", "sync"]);
+    let msg = stderr(&out);
+    assert!(out.status.success(), "{msg}");
+    assert!(
+        msg.contains("runs/foreign/events.jsonl line 1: not a slayer event"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("runs/corrupt/events.jsonl line 1: not UTF-8"),
+        "{msg}"
+    );
+    let out = slayer(home.path(), &["runs", "tail", "foreign"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unwritable_data_dir_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model_dir(dir.path());
+    let exp = tiny_experiment(dir.path(), "x", 2, 2);
+    // A data directory below a regular file cannot be created, even by root.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let home = blocker.join("home");
+    for args in [
+        vec![
+            "--device",
+            "cpu",
+            "train",
+            exp.to_str().unwrap(),
+            "--detach",
+        ],
+        vec!["store", "rebuild"],
+    ] {
+        let out = slayer(&home, &args);
+        let msg = stderr(&out);
+        assert!(!out.status.success());
+        assert!(
+            msg.contains(&home.display().to_string()) && msg.contains("Not a directory"),
+            "{args:?}: {msg}"
+        );
+        assert!(!msg.contains("panicked"), "{msg}");
+    }
+}
+
+/// Queued runs keep the experiment text they were launched with; a run directory that lost
+/// its own copy fails with a message instead of blocking the queue.
+#[test]
+fn queued_runs_survive_their_experiment_file_being_removed() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let first = tiny_experiment(home.path(), "first", 800, 400);
+    let second = tiny_experiment(home.path(), "second", 4, 2);
+    let third = tiny_experiment(home.path(), "third", 4, 2);
+    let launch = |exp: &PathBuf| {
+        ok(&slayer(
+            home.path(),
+            &[
+                "--device",
+                "cpu",
+                "train",
+                exp.to_str().unwrap(),
+                "--detach",
+            ],
+        ))
+        .trim()
+        .to_string()
+    };
+    let ids: Vec<String> = [&first, &second, &third]
+        .iter()
+        .map(|e| launch(e))
+        .collect();
+    assert_eq!(status(home.path(), &ids[1]), "queued");
+    std::fs::remove_file(&second).unwrap();
+    std::fs::remove_file(
+        home.path()
+            .join("runs")
+            .join(&ids[2])
+            .join("experiment.toml"),
+    )
+    .unwrap();
+    wait_until("the queue to drain", Duration::from_secs(120), || {
+        let s: Vec<String> = ids.iter().map(|id| status(home.path(), id)).collect();
+        s[0] == "finished" && s[1] == "finished" && s[2] == "failed"
+    });
+    let tail = ok(&slayer(home.path(), &["runs", "tail", &ids[2]]));
+    assert!(tail.contains("experiment.toml is missing"), "{tail}");
+}
+
+/// Templates: listed, copied into the data directory, and a template name trains directly.
+#[test]
+fn shipped_experiments_are_offered_as_templates() {
+    assert_eq!(
+        slayer::templates::TEMPLATES.len(),
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments"))
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml"))
+            .count()
+    );
+    let home = tempfile::tempdir().unwrap();
+    let ls = ok(&slayer(home.path(), &["experiments", "ls"]));
+    assert!(
+        ls.contains("smollm2-llama-pro") && ls.contains("(none yet"),
+        "{ls}"
+    );
+    let out = ok(&slayer(
+        home.path(),
+        &["experiments", "new", "mine", "--from", "smollm2-llama-pro"],
+    ));
+    let path = PathBuf::from(out.trim());
+    let exp = slayer::core::experiment::Experiment::load(&path).unwrap();
+    assert_eq!(exp.name, "mine");
+    assert!(
+        stderr(&slayer(home.path(), &["experiments", "new", "mine"])).contains("cannot create")
+    );
+    let ls = ok(&slayer(home.path(), &["experiments", "ls"]));
+    assert!(ls.contains("  mine\n"), "{ls}");
+}
+
+/// A worker killed outright (kill -9, the OOM killer) cannot hand its slot on itself: its
+/// supervisor records how it died and starts the next queued run, with no console open.
+#[test]
+fn the_queue_moves_on_when_a_worker_is_killed() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let long = tiny_experiment(home.path(), "long", 100_000, 1000);
+    let short = tiny_experiment(home.path(), "short", 4, 2);
+    let launch = |exp: &PathBuf| {
+        ok(&slayer(
+            home.path(),
+            &["--device", "cpu", "train", exp.to_str().unwrap(), "--detach"],
+        ))
+        .trim()
+        .to_string()
+    };
+    let (a, b) = (launch(&long), launch(&short));
+    wait_until("the first run's steps", Duration::from_secs(30), || {
+        std::fs::read_to_string(home.path().join("runs").join(&a).join("events.jsonl"))
+            .is_ok_and(|s| s.contains("\"step\""))
+    });
+    assert_eq!(status(home.path(), &b), "queued");
+    ok(&slayer(home.path(), &["runs", "kill", &a]));
+    wait_until("the queued run to finish", Duration::from_secs(60), || {
+        status(home.path(), &b) == "finished"
+    });
+    assert_eq!(status(home.path(), &a), "lost");
+    let tail = ok(&slayer(home.path(), &["runs", "tail", &a]));
+    assert!(tail.contains("killed by SIGKILL"), "{tail}");
+}
