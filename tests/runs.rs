@@ -153,10 +153,31 @@ fn kill_loop(iterations: u64) -> usize {
         }
         let run = home.path().join("runs").join(&id);
         let before = complete_checkpoints(&run).last().copied().unwrap_or(0);
-        wait_until("a new checkpoint", Duration::from_secs(60), || {
-            complete_checkpoints(&run).last().copied().unwrap_or(0) > before
-        });
-        std::thread::sleep(Duration::from_millis(random_ms(12)));
+        if i % 2 == 0 {
+            // Mid-step (mostly): a random moment after a new checkpoint is complete.
+            wait_until("a new checkpoint", Duration::from_secs(60), || {
+                complete_checkpoints(&run).last().copied().unwrap_or(0) > before
+            });
+            std::thread::sleep(Duration::from_millis(random_ms(12)));
+        } else {
+            // Mid-checkpoint: as soon as this worker is seen writing a checkpoint. It removes
+            // the partial one its predecessor left before it logs its start.
+            let starts = |run: &Path| {
+                std::fs::read_to_string(run.join("events.jsonl"))
+                    .unwrap_or_default()
+                    .matches("\"type\":\"run_start\"")
+                    .count()
+            };
+            let started = starts(&run);
+            wait_until("the worker's start", Duration::from_secs(60), || {
+                starts(&run) > started
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while partial_checkpoints(&run) == 0 {
+                assert!(Instant::now() < deadline, "no checkpoint being written");
+                std::hint::spin_loop();
+            }
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         if partial_checkpoints(&run) > 0 {
@@ -593,7 +614,13 @@ fn the_queue_moves_on_when_a_worker_is_killed() {
     let launch = |exp: &PathBuf| {
         ok(&slayer(
             home.path(),
-            &["--device", "cpu", "train", exp.to_str().unwrap(), "--detach"],
+            &[
+                "--device",
+                "cpu",
+                "train",
+                exp.to_str().unwrap(),
+                "--detach",
+            ],
         ))
         .trim()
         .to_string()
