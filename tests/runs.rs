@@ -258,8 +258,20 @@ fn detached_run_survives_its_parent_and_a_hangup_of_its_session() {
     wait_until("the first step", Duration::from_secs(30), || {
         std::fs::read_to_string(run.join("events.jsonl")).is_ok_and(|s| s.contains("\"step\""))
     });
-    // The shell leads its session; SIGHUP to its process group, as the terminal would.
+    // The worker left the shell's session.
+    let worker: i32 = std::fs::read_to_string(run.join("worker.pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let sid = nix::unistd::Pid::from_raw(shell.id() as i32);
+    assert_ne!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(worker))).unwrap(),
+        sid
+    );
+    // The shell leads its session; SIGHUP to its process group, as the terminal would.
     nix::sys::signal::killpg(sid, nix::sys::signal::Signal::SIGHUP).unwrap();
     shell.wait().unwrap();
     assert_eq!(

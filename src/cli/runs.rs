@@ -387,8 +387,9 @@ fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str)
 /// that died by a signal (no end record: `kill -9`, the OOM killer), and hands the device slot on.
 /// It holds no model; while the worker trains it wakes twice a second to pass on a stop request.
 fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
-    // A session of its own: no controlling terminal, so no hang-up reaches it or the worker.
-    let _ = nix::unistd::setsid();
+    // A session of its own (it is not a group leader, so this succeeds): no controlling
+    // terminal, so no hang-up reaches it or the worker it starts.
+    nix::unistd::setsid().context("cannot start a session for the background run")?;
     let dir = RunDir::open(data_dir, run)?;
     let mut child = super::train::spawn_training(&dir, data_dir, device_arg(device))?;
     let mut forwarded = false;

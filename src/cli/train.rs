@@ -1,6 +1,5 @@
 //! `slayer train EXPERIMENT [--resume RUN]`, `slayer export RUN --out DIR`.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -189,9 +188,6 @@ fn spawn_child(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<std::
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
-        // Its own process group from the first instruction (it then makes its own session): a
-        // hang-up sent to this terminal's foreground group never reaches it.
-        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("cannot duplicate the log handle")?)
         .stderr(log)
