@@ -12,12 +12,10 @@ use rustyline::error::ReadlineError;
 use super::model::{parse_dtype, resolve_or_fetch};
 use super::{INTERRUPTED, reset_interrupt};
 use crate::core::chat::{ChatSession, Reply};
-use crate::core::checkpoint::{load_model, open_source};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{SamplingParams, StopReason};
-use crate::core::model::Llama;
 use crate::core::text::sanitize_for_terminal;
-use crate::core::tokenizer::Tokenizer;
+use crate::runner::model::LoadedModel;
 use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
 
 #[derive(Debug, Args)]
@@ -49,40 +47,33 @@ pub struct ChatArgs {
     pub dtype: Option<DType>,
 }
 
-struct Loaded {
-    label: String,
-    path: PathBuf,
-    model: Llama,
-    tokenizer: Tokenizer,
-}
-
-fn load(data_dir: &Path, arg: &str, device: &candle_core::Device, dtype: DType) -> Result<Loaded> {
-    let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
-    let source = open_source(&path)?;
-    let mut tokenizer = source
-        .tokenizer()
-        .cloned()
-        .with_context(|| format!("{}: no tokenizer.json", path.display()))?;
-    if let Some(eos) = source
-        .generation_config()
-        .and_then(|g| g.get("eos_token_id"))
+/// Loads a chat model: a run (`RUN` or `RUN@STEP`: its trained model at that checkpoint), or
+/// a model directory, GGUF file, model name or alias (fetched on first use).
+fn load(
+    data_dir: &Path,
+    arg: &str,
+    device: &candle_core::Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
+    let (run_arg, step) = match arg.rsplit_once('@') {
+        Some((run, step)) => (
+            run,
+            Some(
+                step.parse::<u64>()
+                    .with_context(|| format!("{arg}: the part after @ must be a step"))?,
+            ),
+        ),
+        None => (arg, None),
+    };
+    if !Path::new(arg).exists()
+        && let Ok(run) = crate::runner::RunDir::open(data_dir, run_arg)
     {
-        let ids: Vec<u32> = match eos {
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|v| v.as_u64().map(|v| v as u32))
-                .collect(),
-            v => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-        };
-        tokenizer.add_eos_ids(&ids);
+        let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, dtype, device)?;
+        eprintln!("loaded run {} at step {step}", run.id);
+        return Ok(loaded);
     }
-    let model = load_model(source.as_ref(), dtype, device)?;
-    Ok(Loaded {
-        label: arg.to_string(),
-        path,
-        model,
-        tokenizer,
-    })
+    let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
+    crate::runner::model::load_path(&path, arg, dtype, device)
 }
 
 pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {

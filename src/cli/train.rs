@@ -9,14 +9,14 @@ use clap::Args;
 use super::INTERRUPTED;
 use super::model::{parse_dtype, resolve_or_fetch};
 use crate::core::checkpoint::hf::save_model;
-use crate::core::checkpoint::{SaveOptions, WeightSource, load_model, open_source};
+use crate::core::checkpoint::{SaveOptions, WeightSource, open_source};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::events::{EvalRecord, EventKind, EventSink, RunStatus};
 use crate::core::experiment::Experiment;
 use crate::core::plan::{self, LayerMap};
 use crate::core::run::{self, RunPaths};
 use crate::core::text::sanitize_for_terminal;
-use crate::core::train::{self, Trainer};
+use crate::core::train;
 use crate::runner::{EventLog, RunDir};
 
 #[derive(Debug, Args)]
@@ -398,18 +398,15 @@ fn anchored_text(exp: &Experiment, base_override: Option<&str>) -> String {
 
 pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
     let run_dir = RunDir::open(data_dir, &args.run)?;
-    let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
-    let (_, base, map) = resolve(&exp, None, data_dir)?;
-    let (step, checkpoint) = train::list_checkpoints(&run_dir.path.join("checkpoints"))?
-        .pop()
-        .with_context(|| format!("run {} has no checkpoint yet", run_dir.id))?;
-    let base_model = load_model(base.as_ref(), DType::F32, &candle_core::Device::Cpu)?;
-    let mut model = crate::core::surgery::apply(&base_model, &map)?;
-    drop(base_model);
-    let mut trainer = Trainer::new(&model, exp.train.clone(), &run_dir.path.join("checkpoints"))?;
-    trainer.resume_from(&checkpoint)?;
-    drop(trainer);
-    model.freeze_all()?;
+    let (exp, base, _) = crate::runner::model::run_base(data_dir, &run_dir)?;
+    let (loaded, step) = crate::runner::model::load_run(
+        data_dir,
+        &run_dir,
+        None,
+        DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let model = loaded.model;
     let opts = SaveOptions {
         dtype: args.dtype.unwrap_or_else(|| base.stored_dtype()),
         force: args.force,

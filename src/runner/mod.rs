@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub mod model;
 pub mod queue;
 pub mod tail;
 pub mod transcript;

@@ -1,0 +1,120 @@
+//! Models to chat with or export: a model directory or GGUF file, or a run's trained model at a
+//! checkpoint (its base, expanded by its plan, with the checkpoint's trainable weights).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+
+use super::RunDir;
+use crate::core::checkpoint::{WeightSource, load_model, open_source};
+use crate::core::experiment::Experiment;
+use crate::core::model::Llama;
+use crate::core::plan::{self, LayerMap};
+use crate::core::tokenizer::Tokenizer;
+use crate::core::train::{self, Trainer};
+
+/// A loaded model with its tokenizer.
+pub struct LoadedModel {
+    pub label: String,
+    pub path: PathBuf,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+}
+
+/// The tokenizer of `source`, with the eos ids of its generation config added.
+pub fn tokenizer_of(source: &dyn WeightSource, path: &Path) -> Result<Tokenizer> {
+    let mut tokenizer = source
+        .tokenizer()
+        .cloned()
+        .with_context(|| format!("{}: no tokenizer.json", path.display()))?;
+    if let Some(eos) = source
+        .generation_config()
+        .and_then(|g| g.get("eos_token_id"))
+    {
+        let ids: Vec<u32> = match eos {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|v| v as u32))
+                .collect(),
+            v => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        };
+        tokenizer.add_eos_ids(&ids);
+    }
+    Ok(tokenizer)
+}
+
+/// Loads a model directory or GGUF file.
+pub fn load_path(path: &Path, label: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let source = open_source(path)?;
+    let tokenizer = tokenizer_of(source.as_ref(), path)?;
+    let model = load_model(source.as_ref(), dtype, device)?;
+    Ok(LoadedModel {
+        label: label.to_string(),
+        path: path.to_path_buf(),
+        model,
+        tokenizer,
+    })
+}
+
+/// A run's base model (already in the data directory) and its resolved plan.
+pub fn run_base(
+    data_dir: &Path,
+    run: &RunDir,
+) -> Result<(Experiment, Box<dyn WeightSource>, LayerMap)> {
+    let exp = Experiment::load(&run.experiment_path()).map_err(anyhow::Error::msg)?;
+    let Some(spec) = &exp.model else {
+        bail!("{}: no [model] base", run.experiment_path().display());
+    };
+    let path = crate::fetch::resolve_model_path(data_dir, &spec.base);
+    if !path.exists() {
+        bail!(
+            "{}: base model {} is not in {} (fetch it with `slayer model fetch`)",
+            run.id,
+            spec.base,
+            data_dir.join("models").display()
+        );
+    }
+    let base = open_source(&path)?;
+    let map = plan::resolve(&exp.plan, base.config().num_hidden_layers)
+        .map
+        .with_context(|| format!("{}: the plan has errors", run.experiment_path().display()))?;
+    Ok((exp, base, map))
+}
+
+/// A run's model at checkpoint `step` (the newest when `None`), frozen, for generation.
+pub fn load_run(
+    data_dir: &Path,
+    run: &RunDir,
+    step: Option<u64>,
+    dtype: DType,
+    device: &Device,
+) -> Result<(LoadedModel, u64)> {
+    let (exp, base, map) = run_base(data_dir, run)?;
+    let checkpoints = train::list_checkpoints(&run.path.join("checkpoints"))?;
+    let (step, checkpoint) = match step {
+        None => checkpoints.last().cloned(),
+        Some(s) => checkpoints.iter().find(|c| c.0 == s).cloned(),
+    }
+    .with_context(|| match step {
+        None => format!("run {} has no checkpoint yet", run.id),
+        Some(s) => format!("run {} has no checkpoint at step {s}", run.id),
+    })?;
+    let tokenizer = tokenizer_of(base.as_ref(), &run.path)?;
+    let base_model = load_model(base.as_ref(), dtype, device)?;
+    let mut model = crate::core::surgery::apply(&base_model, &map)?;
+    drop(base_model);
+    let mut trainer = Trainer::new(&model, exp.train.clone(), &run.path.join("checkpoints"))?;
+    trainer.resume_from(&checkpoint)?;
+    drop(trainer);
+    model.freeze_all()?;
+    Ok((
+        LoadedModel {
+            label: format!("{}@{step}", run.id),
+            path: checkpoint,
+            model,
+            tokenizer,
+        },
+        step,
+    ))
+}
