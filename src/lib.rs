@@ -9,3 +9,4 @@ pub mod fetch;
 pub mod runner;
 pub mod store;
 pub mod templates;
+pub mod tui;

@@ -37,8 +37,21 @@ pub struct Cli {
     /// Compute device: cpu, cuda or auto.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Console: plain glyphs (no Braille) in charts.
+    #[arg(long, global = true)]
+    pub plain: bool,
+    /// Console: colours to use (0, 16, 256 or 24); default from COLORTERM, none with NO_COLOR.
+    #[arg(long, global = true)]
+    pub colors: Option<u32>,
+    /// Console: let the mouse scroll and click (off by default: it breaks terminal selection).
+    #[arg(long, global = true)]
+    pub mouse: bool,
+    /// Console: theme to start with (dark, light, high-contrast, or one in <data>/themes).
+    #[arg(long, global = true)]
+    pub theme: Option<String>,
+    /// Without a command, the full-screen console opens.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,7 +97,16 @@ pub fn main() -> i32 {
         .unwrap_or_else(crate::fetch::default_data_dir);
     init_logging(&data_dir);
     install_interrupt_handler();
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        return match console(&cli, &data_dir) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    };
+    let result = match command {
         Command::Model(cmd) => model::run(cmd, &data_dir, cli.device),
         Command::Chat(args) => chat::run(&args, &data_dir, cli.device),
         Command::Plan(cmd) => plan::run(cmd, &data_dir),
@@ -112,6 +134,28 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// The console, on the demo when the data directory is new: the SmolLM2 model is fetched (with
+/// a progress bar, before the screen is taken) and the `smollm2-facts` template becomes the
+/// `demo` experiment.
+fn console(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<i32> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        if crate::templates::user_experiments(data_dir).is_empty() {
+            crate::templates::create_experiment(data_dir, "demo", "smollm2-facts")?;
+        }
+        model::resolve_or_fetch(data_dir, "smollm2")?;
+    }
+    crate::tui::run(
+        data_dir,
+        &crate::tui::Options {
+            plain: cli.plain,
+            colors: cli.colors,
+            mouse: cli.mouse,
+            theme: cli.theme.clone(),
+        },
+    )
 }
 
 /// Logs go to `<data>/logs/slayer.log`, never to the terminal. `SLAYER_LOG` sets the filter.

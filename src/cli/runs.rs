@@ -9,8 +9,9 @@ use clap::{Subcommand, ValueEnum};
 
 use super::train::{device_arg, spawn_worker};
 use crate::core::device::DeviceChoice;
-use crate::core::events::{Event, EventKind};
+use crate::core::events::EventKind;
 use crate::core::text::sanitize_for_terminal;
+use crate::runner::describe::describe;
 use crate::runner::tail::Update;
 use crate::runner::{RunDir, RunState, joined_steps, read_events};
 
@@ -55,74 +56,6 @@ pub enum ExportFormat {
     Json,
 }
 
-/// One run's summary line.
-#[derive(Debug, serde::Serialize)]
-struct Summary {
-    id: String,
-    experiment: String,
-    status: RunState,
-    step: u64,
-    total_steps: u64,
-    last_loss: Option<f64>,
-    age_secs: f64,
-    problem: Option<String>,
-}
-
-fn summarize(run: &RunDir) -> Summary {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let experiment = crate::core::experiment::Experiment::load(&run.experiment_path())
-        .map_or_else(|_| "?".into(), |e| e.name);
-    match run.read_events() {
-        Err(e) => Summary {
-            id: run.id.clone(),
-            experiment,
-            status: RunState::Lost,
-            step: 0,
-            total_steps: 0,
-            last_loss: None,
-            age_secs: 0.0,
-            problem: Some(e.to_string()),
-        },
-        Ok(events) => {
-            let steps = joined_steps(&events);
-            let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
-                EventKind::Step { step, loss, .. } => (step, Some(loss)),
-                _ => (0, None),
-            });
-            let total_steps = events
-                .iter()
-                .rev()
-                .find_map(|e| {
-                    if let EventKind::RunStart { total_steps, .. } = e.kind {
-                        Some(total_steps)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(0);
-            // A queued run has no events yet: its age is that of its directory.
-            let created = std::fs::metadata(&run.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(now, |d| d.as_secs_f64());
-            let started = events.first().map_or(created, |e| e.time);
-            Summary {
-                id: run.id.clone(),
-                experiment,
-                status: run.state(&events),
-                step,
-                total_steps,
-                last_loss,
-                age_secs: now - started,
-                problem: None,
-            }
-        }
-    }
-}
-
 fn age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     match s {
@@ -133,48 +66,12 @@ fn age(secs: f64) -> String {
     }
 }
 
-/// A readable line for an event.
-#[must_use]
-pub fn describe(e: &Event) -> String {
-    let text = match &e.kind {
-        EventKind::RunStart {
-            run,
-            total_steps,
-            resumed_from,
-            ..
-        } => match resumed_from {
-            Some(step) => format!("resumed {run} from step {step} ({total_steps} steps)"),
-            None => format!("started {run} ({total_steps} steps)"),
-        },
-        EventKind::Step {
-            step,
-            loss,
-            lr,
-            tokens_per_sec,
-            grad_norm,
-            ..
-        } => format!(
-            "step {step}: loss {loss:.4}, lr {lr:.2e}, grad {grad_norm:.3}, {tokens_per_sec:.0} tok/s"
-        ),
-        EventKind::SkippedStep { step, reason } => format!("step {step} skipped: {reason}"),
-        EventKind::Eval(r) => super::train::eval_line(r),
-        EventKind::Checkpoint { step, path } => format!("checkpoint at step {step}: {path}"),
-        EventKind::Warning { message } => format!("warning: {message}"),
-        EventKind::End {
-            status,
-            step,
-            message,
-        } => format!("ended {status:?} at step {step}: {message}"),
-    };
-    format!("#{:<5} {}", e.seq, sanitize_for_terminal(&text))
-}
-
 pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
         RunsCommand::Ls { json } => {
-            let summaries: Vec<Summary> = crate::runner::list_runs(data_dir)
+            let summaries: Vec<crate::runner::RunSummary> = crate::runner::list_runs(data_dir)
                 .iter()
-                .map(summarize)
+                .map(crate::runner::summarize)
                 .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&summaries)?);
@@ -205,7 +102,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         RunsCommand::Show { run } => {
             let dir = RunDir::open(data_dir, &run)?;
             let events = dir.read_events()?;
-            let s = summarize(&dir);
+            let s = crate::runner::summarize(&dir);
             println!(
                 "run        {}\nexperiment {}\nstatus     {}\nstep       {}/{}\ndirectory  {}",
                 s.id,

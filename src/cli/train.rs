@@ -81,7 +81,7 @@ impl EventSink for ConsoleSink<'_> {
             }
             EventKind::SkippedStep { step, reason } => eprintln!("step {step}: skipped: {reason}"),
             EventKind::Checkpoint { step, path } => eprintln!("checkpoint at step {step}: {path}"),
-            EventKind::Eval(r) => eprintln!("{}", eval_line(r)),
+            EventKind::Eval(r) => eprintln!("{}", crate::runner::describe::eval_line(r)),
             EventKind::Warning { message } => eprintln!("warning: {message}"),
             _ => {}
         }
@@ -91,22 +91,6 @@ impl EventSink for ConsoleSink<'_> {
     fn sync(&mut self) -> crate::core::Result<()> {
         self.inner.sync()
     }
-}
-
-/// One line for an evaluation: its label and step, each perplexity and each accuracy.
-pub(crate) fn eval_line(r: &EvalRecord) -> String {
-    let mut parts = vec![format!("eval {} (step {}):", r.label, r.step)];
-    parts.extend(
-        r.ppl
-            .iter()
-            .map(|p| format!("{} ppl {:.3}", p.name, p.perplexity)),
-    );
-    parts.extend(
-        r.tasks
-            .iter()
-            .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
-    );
-    parts.join("  ")
 }
 
 /// Loads and resolves an experiment against its base model, printing diagnostics.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub mod describe;
 pub mod model;
 pub mod queue;
 pub mod tail;
@@ -532,4 +533,73 @@ pub fn joined_steps(events: &[Event]) -> Vec<&Event> {
         }
     }
     steps
+}
+
+/// One run's summary: what `runs ls` and the console's run table show.
+#[derive(Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub experiment: String,
+    pub status: RunState,
+    pub step: u64,
+    pub total_steps: u64,
+    pub last_loss: Option<f64>,
+    pub age_secs: f64,
+    pub problem: Option<String>,
+}
+
+#[must_use]
+pub fn summarize(run: &RunDir) -> RunSummary {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let experiment = crate::core::experiment::Experiment::load(&run.experiment_path())
+        .map_or_else(|_| "?".into(), |e| e.name);
+    match run.read_events() {
+        Err(e) => RunSummary {
+            id: run.id.clone(),
+            experiment,
+            status: RunState::Lost,
+            step: 0,
+            total_steps: 0,
+            last_loss: None,
+            age_secs: 0.0,
+            problem: Some(e.to_string()),
+        },
+        Ok(events) => {
+            let steps = joined_steps(&events);
+            let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
+                EventKind::Step { step, loss, .. } => (step, Some(loss)),
+                _ => (0, None),
+            });
+            let total_steps = events
+                .iter()
+                .rev()
+                .find_map(|e| {
+                    if let EventKind::RunStart { total_steps, .. } = e.kind {
+                        Some(total_steps)
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(0);
+            // A queued run has no events yet: its age is that of its directory.
+            let created = std::fs::metadata(&run.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(now, |d| d.as_secs_f64());
+            let started = events.first().map_or(created, |e| e.time);
+            RunSummary {
+                id: run.id.clone(),
+                experiment,
+                status: run.state(&events),
+                step,
+                total_steps,
+                last_loss,
+                age_secs: now - started,
+                problem: None,
+            }
+        }
+    }
 }

@@ -804,11 +804,14 @@ fn base_model(text: &str) -> String {
 /// Summarises a serialised [`crate::core::plan::LayerMap`].
 fn summarize_plan(plan: &serde_json::Value) -> PlanSummary {
     let layers = plan["layers"].as_array().cloned().unwrap_or_default();
+    // Final indices are positions: an original block's own `index` shadows the final one in the
+    // serialised map.
     let indices = |pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<usize> {
         layers
             .iter()
-            .filter(|l| pred(l))
-            .filter_map(|l| l["index"].as_u64().map(|i| i as usize))
+            .enumerate()
+            .filter(|(_, l)| pred(l))
+            .map(|(i, _)| i)
             .collect()
     };
     PlanSummary {

@@ -110,8 +110,12 @@ impl Init {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "origin", rename_all = "lowercase")]
 pub enum Origin {
-    /// Original block `index`, unchanged.
-    Original { index: usize },
+    /// Original block `index`, unchanged. Serialised as `source`: the final block's own `index`
+    /// sits beside it in the flattened JSON.
+    Original {
+        #[serde(rename = "source")]
+        index: usize,
+    },
     /// A new block inserted after original `after` (−1: before block 0).
     New {
         after: i64,

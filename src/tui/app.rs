@@ -1,0 +1,1162 @@
+//! The console's state and its one update function: every input becomes an [`Event`], keys
+//! become [`Action`]s through the keymap, and updates return [`Effect`]s for the runtime to carry
+//! out (processes, files, models). Nothing here blocks or touches the terminal; rendering reads
+//! this state (see `view`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui_textarea::TextArea;
+
+use super::keymap::{Action, Context, Key, Keymap};
+use super::run_data::RunData;
+use super::theme::Theme;
+use crate::core::config::LlamaConfig;
+use crate::core::plan::{self, LayerMap, Severity, totals::Totals};
+use crate::runner::RunState;
+use crate::runner::tail::Update;
+
+/// The screens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Experiments,
+    Editor,
+    Runs,
+    Monitor,
+    Chat,
+}
+
+/// Everything that reaches the update function.
+#[derive(Debug)]
+pub enum Event {
+    Key(KeyEvent),
+    Resize,
+    /// Once a second: run liveness, ages, ETA.
+    Tick,
+    /// The terminal is gone (hang-up, EOF, read error): leave now.
+    TerminalGone(String),
+    /// New events of runs, experiment edits, log problems.
+    Follow(Vec<Update>),
+    /// The run table re-read from the run directories.
+    Runs(Vec<RunRow>),
+    /// The experiments re-read from the data directory.
+    Experiments(Vec<ExperimentItem>),
+    /// A background job's outcome: (ok, message).
+    JobDone(bool, String),
+    /// A message for the status line: (ok, message).
+    Status(bool, String),
+    Chat(ChatUpdate),
+}
+
+/// What the chat worker reports.
+#[derive(Debug)]
+pub enum ChatUpdate {
+    Loading(String),
+    Loaded(Vec<String>),
+    Token {
+        model: usize,
+        text: String,
+    },
+    Done {
+        model: usize,
+        tokens: usize,
+        tokens_per_sec: f64,
+        stopped: bool,
+    },
+    Error(String),
+}
+
+/// What the runtime is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    LaunchRun(PathBuf),
+    StopRun(String),
+    KillRun(String),
+    ResumeRun(String),
+    SaveFile {
+        path: PathBuf,
+        text: String,
+    },
+    CreateExperiment {
+        name: String,
+        template: String,
+    },
+    DuplicateExperiment {
+        from: PathBuf,
+        name: String,
+    },
+    DeleteExperiment(PathBuf),
+    /// Load models to chat with: run ids (newest checkpoint) or model names.
+    ChatLoad(Vec<String>),
+    ChatSend(String),
+    ChatCancel,
+    ChatReset,
+    /// Repaint everything (after a resize or Ctrl-L).
+    Redraw,
+    Quit {
+        stop_runs: bool,
+    },
+}
+
+/// An experiment file in the data directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentItem {
+    pub name: String,
+    pub path: PathBuf,
+    pub text: String,
+    pub description: String,
+    pub base: String,
+    pub problem: Option<String>,
+}
+
+/// A row of the run table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub experiment: String,
+    pub state: RunState,
+    pub step: u64,
+    pub total_steps: u64,
+    pub last_loss: Option<f64>,
+    pub age_secs: f64,
+    pub problem: Option<String>,
+}
+
+/// A small window over the app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Popup {
+    Help {
+        scroll: u16,
+    },
+    /// Leaving: what to do with running runs (0 = leave them running, 1 = stop them, 2 = cancel).
+    ConfirmQuit {
+        running: usize,
+        choice: usize,
+    },
+    ConfirmDelete {
+        path: PathBuf,
+        name: String,
+    },
+    Templates {
+        selected: usize,
+    },
+    /// A name for a new experiment (from a template, or a duplicate of `from`).
+    Name {
+        input: String,
+        template: Option<String>,
+        from: Option<PathBuf>,
+    },
+    Diff {
+        lines: Vec<String>,
+        scroll: u16,
+    },
+    /// The file changed on disk while the editor had unsaved edits.
+    ExternalChange {
+        path: PathBuf,
+    },
+    /// Leaving the editor with unsaved edits (0 = save, 1 = discard, 2 = stay).
+    UnsavedLeave {
+        choice: usize,
+    },
+    Error {
+        title: String,
+        message: String,
+    },
+}
+
+/// The plan editor: the experiment's text, and its live resolution.
+pub struct Editor {
+    pub path: PathBuf,
+    pub saved: String,
+    pub textarea: TextArea<'static>,
+    pub analysis: Analysis,
+    /// The base model's config, when the model is in the data directory.
+    pub base_config: Option<LlamaConfig>,
+}
+
+/// A plan text resolved: diagnostics by line, the layer map and its totals.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// (1-based line, severity, message).
+    pub diagnostics: Vec<(Option<usize>, Severity, String)>,
+    pub map: Option<LayerMap>,
+    pub totals: Option<Totals>,
+}
+
+impl Analysis {
+    /// Resolves `text` against `config` (the plan alone when the model is unknown).
+    #[must_use]
+    pub fn of(text: &str, config: Option<&LlamaConfig>) -> Self {
+        let at = |d: &plan::Diagnostic| d.span.as_ref().map(|s| plan::line_col(text, s.start).0);
+        let mut out = Self::default();
+        match crate::core::experiment::Experiment::parse(Path::new("experiment.toml"), text) {
+            Err(d) => out
+                .diagnostics
+                .push((at(&d), d.severity, d.message.clone())),
+            Ok(exp) => {
+                let Some(config) = config else {
+                    out.diagnostics.push((
+                        None,
+                        Severity::Warning,
+                        "the base model is not in the data directory: fetch it to see the layer map"
+                            .into(),
+                    ));
+                    return out;
+                };
+                let r = plan::resolve(&exp.plan, config.num_hidden_layers);
+                out.diagnostics.extend(
+                    r.diagnostics
+                        .iter()
+                        .map(|d| (at(d), d.severity, d.message.clone())),
+                );
+                if let Some(map) = r.map {
+                    let mem = plan::totals::MemoryParams {
+                        batch: exp.train.batch_size,
+                        seq_len: exp.train.seq_len,
+                        element_bytes: 4,
+                    };
+                    out.totals = Some(Totals::compute(&map, config, mem));
+                    out.map = Some(map);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Editor {
+    #[must_use]
+    pub fn new(path: &Path, text: &str, base_config: Option<LlamaConfig>) -> Self {
+        let mut textarea = TextArea::new(text.lines().map(str::to_string).collect());
+        textarea.set_max_histories(200);
+        let analysis = Analysis::of(text, base_config.as_ref());
+        Self {
+            path: path.to_path_buf(),
+            saved: text.to_string(),
+            textarea,
+            analysis,
+            base_config,
+        }
+    }
+
+    #[must_use]
+    pub fn text(&self) -> String {
+        let mut t = self.textarea.lines().join("\n");
+        t.push('\n');
+        t
+    }
+
+    #[must_use]
+    pub fn dirty(&self) -> bool {
+        self.text().trim_end() != self.saved.trim_end()
+    }
+
+    fn reanalyse(&mut self) {
+        self.analysis = Analysis::of(&self.text(), self.base_config.as_ref());
+    }
+
+    fn replace(&mut self, text: &str) {
+        *self = Self::new(&self.path, text, self.base_config.clone());
+    }
+}
+
+/// A line of the chat transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatLine {
+    User(String),
+    Model { model: usize, text: String },
+    Info(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChatView {
+    /// Labels of the loaded models (one, or two for A/B).
+    pub models: Vec<String>,
+    pub loading: Option<String>,
+    pub lines: Vec<ChatLine>,
+    pub input: String,
+    pub generating: bool,
+    /// Last reply's (tokens, tokens/s) per model.
+    pub stats: BTreeMap<usize, (usize, f64)>,
+}
+
+/// Monitor display options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MonitorOptions {
+    pub log_y: bool,
+    pub recent: bool,
+    pub update_ratio: bool,
+}
+
+/// Where typed characters go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    None,
+    Command,
+    Filter,
+    Chat,
+}
+
+/// The whole console state.
+pub struct App {
+    pub data_dir: PathBuf,
+    pub screen: Screen,
+    pub popup: Option<Popup>,
+    pub input: Input,
+    pub command: String,
+    pub filter: String,
+    pub experiments: Vec<ExperimentItem>,
+    pub selected_experiment: usize,
+    pub editor: Option<Editor>,
+    pub runs: Vec<RunRow>,
+    pub selected_run: usize,
+    pub run_data: BTreeMap<String, RunData>,
+    pub monitored: Option<String>,
+    pub overlay: Vec<String>,
+    pub monitor: MonitorOptions,
+    pub chat: ChatView,
+    pub themes: Vec<Theme>,
+    pub theme: usize,
+    pub keymap: Keymap,
+    /// Braille in charts unless the terminal lacks the glyphs.
+    pub plain_glyphs: bool,
+    pub status: Option<(bool, String)>,
+    pub jobs: Vec<String>,
+    pub should_quit: Option<bool>,
+    /// Whether the next frame must be drawn.
+    pub dirty: bool,
+    /// Seconds since the epoch, as of the last tick (fixed in tests).
+    pub now: f64,
+    /// Lineage lines of the selected experiment (from the store).
+    pub lineage: Vec<String>,
+}
+
+impl App {
+    #[must_use]
+    pub fn new(data_dir: &Path, themes: Vec<Theme>, keymap: Keymap, plain_glyphs: bool) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            screen: Screen::Experiments,
+            popup: None,
+            input: Input::None,
+            command: String::new(),
+            filter: String::new(),
+            experiments: Vec::new(),
+            selected_experiment: 0,
+            editor: None,
+            runs: Vec::new(),
+            selected_run: 0,
+            run_data: BTreeMap::new(),
+            monitored: None,
+            overlay: Vec::new(),
+            monitor: MonitorOptions::default(),
+            chat: ChatView::default(),
+            themes,
+            theme: 0,
+            keymap,
+            plain_glyphs,
+            status: None,
+            jobs: Vec::new(),
+            should_quit: None,
+            dirty: true,
+            now: 0.0,
+            lineage: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn theme(&self) -> Theme {
+        self.themes
+            .get(self.theme)
+            .cloned()
+            .unwrap_or_else(|| Theme::fallback(super::theme::ColorDepth::Ansi256))
+    }
+
+    /// Experiments passing the filter, with their indices.
+    #[must_use]
+    pub fn visible_experiments(&self) -> Vec<(usize, &ExperimentItem)> {
+        let f = self.filter.to_lowercase();
+        self.experiments
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| f.is_empty() || e.name.to_lowercase().contains(&f))
+            .collect()
+    }
+
+    #[must_use]
+    pub fn current_experiment(&self) -> Option<&ExperimentItem> {
+        self.visible_experiments()
+            .get(self.selected_experiment)
+            .map(|(_, e)| *e)
+    }
+
+    #[must_use]
+    pub fn current_run(&self) -> Option<&RunRow> {
+        self.runs.get(self.selected_run)
+    }
+
+    fn context(&self) -> Context {
+        match self.screen {
+            Screen::Experiments => Context::Experiments,
+            Screen::Editor => Context::Editor,
+            Screen::Runs => Context::Runs,
+            Screen::Monitor => Context::Monitor,
+            Screen::Chat => Context::Chat,
+        }
+    }
+
+    fn say(&mut self, ok: bool, message: impl Into<String>) {
+        self.status = Some((ok, message.into()));
+    }
+
+    /// Applies one event; returns what the runtime must do.
+    pub fn update(&mut self, event: Event) -> Vec<Effect> {
+        self.dirty = true;
+        match event {
+            Event::Key(key) => self.key(key),
+            Event::Resize => vec![Effect::Redraw],
+            Event::Tick => Vec::new(),
+            Event::TerminalGone(why) => {
+                tracing::info!("terminal gone ({why}); leaving runs running");
+                self.should_quit = Some(false);
+                vec![Effect::Quit { stop_runs: false }]
+            }
+            Event::Follow(updates) => {
+                self.follow(updates);
+                Vec::new()
+            }
+            Event::Runs(rows) => {
+                self.runs = rows;
+                self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
+                Vec::new()
+            }
+            Event::Experiments(items) => {
+                self.experiments = items;
+                self.clamp_experiment();
+                Vec::new()
+            }
+            Event::JobDone(ok, message) => {
+                self.jobs.pop();
+                self.say(ok, message);
+                Vec::new()
+            }
+            Event::Status(ok, message) => {
+                self.say(ok, message);
+                Vec::new()
+            }
+            Event::Chat(u) => {
+                self.chat_update(u);
+                Vec::new()
+            }
+        }
+    }
+
+    fn clamp_experiment(&mut self) {
+        let n = self.visible_experiments().len();
+        self.selected_experiment = self.selected_experiment.min(n.saturating_sub(1));
+    }
+
+    fn follow(&mut self, updates: Vec<Update>) {
+        for u in updates {
+            match u {
+                Update::Events { run, reset, events } => {
+                    self.run_data
+                        .entry(run.clone())
+                        .or_insert_with(|| RunData::new(&run))
+                        .apply(reset, &events);
+                }
+                Update::Problem { run, message } => {
+                    self.run_data
+                        .entry(run.clone())
+                        .or_insert_with(|| RunData::new(&run))
+                        .problem = Some(message);
+                }
+                Update::Experiment(path) => self.experiment_changed(&path),
+            }
+        }
+    }
+
+    /// An experiment file changed on disk: reload the editor if it holds no edits, else ask.
+    fn experiment_changed(&mut self, path: &Path) {
+        let Some(editor) = &mut self.editor else {
+            return;
+        };
+        if editor.path != path {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        if text == editor.saved {
+            return;
+        }
+        if editor.dirty() {
+            self.popup = Some(Popup::ExternalChange {
+                path: path.to_path_buf(),
+            });
+        } else {
+            editor.replace(&text);
+            self.say(
+                true,
+                format!("{} changed on disk: reloaded", path.display()),
+            );
+        }
+    }
+
+    fn chat_update(&mut self, u: ChatUpdate) {
+        match u {
+            ChatUpdate::Loading(what) => self.chat.loading = Some(what),
+            ChatUpdate::Loaded(models) => {
+                self.chat.loading = None;
+                self.chat.lines.push(ChatLine::Info(format!(
+                    "chatting with {}",
+                    models.join(" vs ")
+                )));
+                self.chat.models = models;
+                self.input = Input::Chat;
+            }
+            ChatUpdate::Token { model, text } => match self.chat.lines.last_mut() {
+                Some(ChatLine::Model { model: m, text: t }) if *m == model => t.push_str(&text),
+                _ => self.chat.lines.push(ChatLine::Model { model, text }),
+            },
+            ChatUpdate::Done {
+                model,
+                tokens,
+                tokens_per_sec,
+                stopped,
+            } => {
+                self.chat.stats.insert(model, (tokens, tokens_per_sec));
+                if stopped {
+                    self.chat.lines.push(ChatLine::Info("(stopped)".into()));
+                }
+                if model + 1 >= self.chat.models.len() {
+                    self.chat.generating = false;
+                }
+            }
+            ChatUpdate::Error(e) => {
+                self.chat.loading = None;
+                self.chat.generating = false;
+                self.chat.lines.push(ChatLine::Info(format!("error: {e}")));
+            }
+        }
+    }
+
+    fn key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if key.kind != ratatui::crossterm::event::KeyEventKind::Press {
+            return Vec::new();
+        }
+        if self.popup.is_some() {
+            return self.popup_key(key);
+        }
+        match self.input {
+            Input::Command => return self.command_key(key),
+            Input::Filter => {
+                self.filter_key(key);
+                return Vec::new();
+            }
+            Input::Chat => return self.chat_key(key),
+            Input::None => {}
+        }
+        let Some(k) = Key::from_event(&key) else {
+            return Vec::new();
+        };
+        if self.screen == Screen::Editor {
+            // Typing goes to the text; only the editor's own bindings are keys here.
+            let action = self
+                .keymap
+                .bindings
+                .iter()
+                .find(|b| b.context == Context::Editor && b.keys.contains(&k))
+                .map(|b| b.action);
+            return match action {
+                Some(a) => self.action(a),
+                None => {
+                    if let Some(editor) = &mut self.editor
+                        && editor.textarea.input(key)
+                    {
+                        editor.reanalyse();
+                    }
+                    Vec::new()
+                }
+            };
+        }
+        match self.keymap.lookup(self.context(), k) {
+            Some(a) => self.action(a),
+            None => Vec::new(),
+        }
+    }
+
+    fn command_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        match key.code {
+            KeyCode::Esc => {
+                self.input = Input::None;
+                self.command.clear();
+            }
+            KeyCode::Enter => {
+                self.input = Input::None;
+                let cmd = std::mem::take(&mut self.command);
+                return self.run_command(cmd.trim());
+            }
+            KeyCode::Backspace => {
+                if self.command.pop().is_none() {
+                    self.input = Input::None;
+                }
+            }
+            KeyCode::Char(c) => self.command.push(c),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// `:` commands: screens, actions by name, `theme NAME`, `q`.
+    pub fn run_command(&mut self, cmd: &str) -> Vec<Effect> {
+        let (head, arg) = cmd
+            .split_once(' ')
+            .map_or((cmd, ""), |(h, a)| (h, a.trim()));
+        match head {
+            "" => Vec::new(),
+            "q" | "quit" => self.action(Action::Quit),
+            "q!" => {
+                self.should_quit = Some(false);
+                vec![Effect::Quit { stop_runs: false }]
+            }
+            "plan" => self.action(Action::EditPlan),
+            "chat" if !arg.is_empty() => {
+                self.screen = Screen::Chat;
+                self.start_chat(arg.split_whitespace().map(str::to_string).collect())
+            }
+            "theme" => {
+                match self.themes.iter().position(|t| t.name == arg) {
+                    Some(i) => {
+                        self.theme = i;
+                        self.say(true, format!("theme {arg}"));
+                    }
+                    None => self.say(
+                        false,
+                        format!(
+                            "no theme {arg:?}; themes: {}",
+                            self.themes
+                                .iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+                vec![Effect::Redraw]
+            }
+            "system" => vec![Effect::ChatSend(format!("/system {arg}"))],
+            name => match Action::from_name(name) {
+                Some(a) => self.action(a),
+                None => {
+                    self.say(false, format!("unknown command :{name} (? lists the keys)"));
+                    Vec::new()
+                }
+            },
+        }
+    }
+
+    fn filter_key(&mut self, key: KeyEvent) {
+        match key.code {
+            KeyCode::Esc => {
+                self.filter.clear();
+                self.input = Input::None;
+            }
+            KeyCode::Enter | KeyCode::Down | KeyCode::Up => self.input = Input::None,
+            KeyCode::Backspace => {
+                self.filter.pop();
+            }
+            KeyCode::Char(c) => self.filter.push(c),
+            _ => {}
+        }
+        self.selected_experiment = 0;
+        self.clamp_experiment();
+    }
+
+    fn chat_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            KeyCode::Char('c') if ctrl => {
+                if self.chat.generating {
+                    return vec![Effect::ChatCancel];
+                }
+                self.input = Input::None;
+            }
+            KeyCode::Esc => self.input = Input::None,
+            KeyCode::Enter => {
+                let text = std::mem::take(&mut self.chat.input);
+                let text = text.trim();
+                if text.is_empty() || self.chat.generating || self.chat.models.is_empty() {
+                    return Vec::new();
+                }
+                if text == "/reset" {
+                    self.chat
+                        .lines
+                        .push(ChatLine::Info("(conversation reset)".into()));
+                    return vec![Effect::ChatReset];
+                }
+                if let Some(rest) = text.strip_prefix("/system") {
+                    self.chat.lines.push(ChatLine::Info(format!(
+                        "(system prompt {}; conversation reset)",
+                        if rest.trim().is_empty() {
+                            "cleared"
+                        } else {
+                            "set"
+                        }
+                    )));
+                    return vec![Effect::ChatSend(text.to_string())];
+                }
+                self.chat.lines.push(ChatLine::User(text.to_string()));
+                self.chat.generating = true;
+                return vec![Effect::ChatSend(text.to_string())];
+            }
+            KeyCode::Backspace => {
+                self.chat.input.pop();
+            }
+            KeyCode::Char(c) if !ctrl => self.chat.input.push(c),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn popup_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let Some(popup) = self.popup.take() else {
+            return Vec::new();
+        };
+        let code = key.code;
+        let down = matches!(code, KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab);
+        let up = matches!(code, KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab);
+        match popup {
+            Popup::Help { scroll } => {
+                if down {
+                    self.popup = Some(Popup::Help { scroll: scroll + 1 });
+                } else if up {
+                    self.popup = Some(Popup::Help {
+                        scroll: scroll.saturating_sub(1),
+                    });
+                }
+            }
+            Popup::Diff { lines, scroll } => {
+                if down || up {
+                    let scroll = if down {
+                        scroll + 1
+                    } else {
+                        scroll.saturating_sub(1)
+                    };
+                    self.popup = Some(Popup::Diff { lines, scroll });
+                }
+            }
+            Popup::Error { .. } => {}
+            Popup::ConfirmQuit { running, choice } => match code {
+                KeyCode::Enter => {
+                    if choice == 2 {
+                        return Vec::new();
+                    }
+                    self.should_quit = Some(choice == 1);
+                    return vec![Effect::Quit {
+                        stop_runs: choice == 1,
+                    }];
+                }
+                KeyCode::Esc => {}
+                _ => {
+                    let choice = if down || matches!(code, KeyCode::Right) {
+                        (choice + 1) % 3
+                    } else if up || matches!(code, KeyCode::Left) {
+                        (choice + 2) % 3
+                    } else {
+                        choice
+                    };
+                    self.popup = Some(Popup::ConfirmQuit { running, choice });
+                }
+            },
+            Popup::ConfirmDelete { path, name } => match code {
+                KeyCode::Char('y') | KeyCode::Enter => {
+                    self.say(true, format!("deleted {name}"));
+                    return vec![Effect::DeleteExperiment(path)];
+                }
+                KeyCode::Esc | KeyCode::Char('n') => {}
+                _ => self.popup = Some(Popup::ConfirmDelete { path, name }),
+            },
+            Popup::Templates { selected } => {
+                let n = crate::templates::TEMPLATES.len();
+                match code {
+                    KeyCode::Enter => {
+                        let template = crate::templates::TEMPLATES
+                            .get(selected)
+                            .map(|t| t.name.to_string());
+                        self.popup = Some(Popup::Name {
+                            input: String::new(),
+                            template,
+                            from: None,
+                        });
+                    }
+                    KeyCode::Esc => {}
+                    _ => {
+                        let selected = if down {
+                            (selected + 1) % n
+                        } else if up {
+                            (selected + n - 1) % n
+                        } else {
+                            selected
+                        };
+                        self.popup = Some(Popup::Templates { selected });
+                    }
+                }
+            }
+            Popup::Name {
+                mut input,
+                template,
+                from,
+            } => match code {
+                KeyCode::Esc => {}
+                KeyCode::Enter if !input.is_empty() => {
+                    return match (template, from) {
+                        (Some(template), _) => vec![Effect::CreateExperiment {
+                            name: input,
+                            template,
+                        }],
+                        (None, Some(from)) => {
+                            vec![Effect::DuplicateExperiment { from, name: input }]
+                        }
+                        (None, None) => Vec::new(),
+                    };
+                }
+                KeyCode::Backspace => {
+                    input.pop();
+                    self.popup = Some(Popup::Name {
+                        input,
+                        template,
+                        from,
+                    });
+                }
+                KeyCode::Char(c) if c.is_ascii_alphanumeric() || c == '-' || c == '_' => {
+                    input.push(c);
+                    self.popup = Some(Popup::Name {
+                        input,
+                        template,
+                        from,
+                    });
+                }
+                _ => {
+                    self.popup = Some(Popup::Name {
+                        input,
+                        template,
+                        from,
+                    })
+                }
+            },
+            Popup::ExternalChange { path } => match code {
+                KeyCode::Char('r') | KeyCode::Enter => {
+                    if let (Some(editor), Ok(text)) =
+                        (&mut self.editor, std::fs::read_to_string(&path))
+                    {
+                        editor.replace(&text);
+                        self.say(true, "reloaded from disk; your edits were dropped");
+                    }
+                }
+                KeyCode::Char('k') | KeyCode::Esc => {
+                    self.say(true, "kept your edits; saving will overwrite the file");
+                }
+                _ => self.popup = Some(Popup::ExternalChange { path }),
+            },
+            Popup::UnsavedLeave { choice } => match code {
+                KeyCode::Enter => match choice {
+                    0 => {
+                        let save = self.save();
+                        self.screen = Screen::Experiments;
+                        self.editor = None;
+                        return save;
+                    }
+                    1 => {
+                        self.screen = Screen::Experiments;
+                        self.editor = None;
+                    }
+                    _ => {}
+                },
+                KeyCode::Esc => {}
+                _ => {
+                    let choice = if down || matches!(code, KeyCode::Right) {
+                        (choice + 1) % 3
+                    } else if up || matches!(code, KeyCode::Left) {
+                        (choice + 2) % 3
+                    } else {
+                        choice
+                    };
+                    self.popup = Some(Popup::UnsavedLeave { choice });
+                }
+            },
+        }
+        Vec::new()
+    }
+
+    fn save(&mut self) -> Vec<Effect> {
+        let Some(editor) = &mut self.editor else {
+            return Vec::new();
+        };
+        let text = editor.text();
+        editor.saved.clone_from(&text);
+        let path = editor.path.clone();
+        self.say(true, format!("saved {}", path.display()));
+        vec![Effect::SaveFile { path, text }]
+    }
+
+    fn start_chat(&mut self, specs: Vec<String>) -> Vec<Effect> {
+        if specs.is_empty() {
+            self.say(false, "nothing to chat with yet");
+            return Vec::new();
+        }
+        self.chat = ChatView {
+            loading: Some(specs.join(" vs ")),
+            ..ChatView::default()
+        };
+        vec![Effect::ChatLoad(specs)]
+    }
+
+    fn running_runs(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| r.state == RunState::Running)
+            .count()
+    }
+
+    /// Carries out an action.
+    pub fn action(&mut self, action: Action) -> Vec<Effect> {
+        match action {
+            Action::Quit => {
+                let running = self.running_runs();
+                if running == 0 {
+                    self.should_quit = Some(false);
+                    return vec![Effect::Quit { stop_runs: false }];
+                }
+                self.popup = Some(Popup::ConfirmQuit { running, choice: 0 });
+            }
+            Action::Help => self.popup = Some(Popup::Help { scroll: 0 }),
+            Action::CommandLine => {
+                self.input = Input::Command;
+                self.command.clear();
+            }
+            Action::Filter => self.input = Input::Filter,
+            Action::Up
+            | Action::Down
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Top
+            | Action::Bottom => {
+                self.move_selection(action);
+            }
+            Action::Back => match self.screen {
+                Screen::Editor => {
+                    if self.editor.as_ref().is_some_and(Editor::dirty) {
+                        self.popup = Some(Popup::UnsavedLeave { choice: 0 });
+                    } else {
+                        self.editor = None;
+                        self.screen = Screen::Experiments;
+                    }
+                }
+                Screen::Monitor => self.screen = Screen::Runs,
+                Screen::Chat => {
+                    if !self.chat.models.is_empty() {
+                        self.input = Input::Chat;
+                    }
+                }
+                Screen::Experiments | Screen::Runs => {
+                    self.filter.clear();
+                    self.status = None;
+                }
+            },
+            Action::FocusNext => {
+                self.screen = match self.screen {
+                    Screen::Experiments => Screen::Runs,
+                    Screen::Runs => Screen::Monitor,
+                    Screen::Monitor => Screen::Chat,
+                    Screen::Chat | Screen::Editor => Screen::Experiments,
+                };
+                if self.screen == Screen::Chat && !self.chat.models.is_empty() {
+                    self.input = Input::Chat;
+                }
+            }
+            Action::ScreenExperiments => self.screen = Screen::Experiments,
+            Action::ScreenRuns => self.screen = Screen::Runs,
+            Action::ScreenMonitor => {
+                if self.monitored.is_none() {
+                    self.monitored = self.current_run().map(|r| r.id.clone());
+                }
+                self.screen = Screen::Monitor;
+            }
+            Action::ScreenChat => {
+                self.screen = Screen::Chat;
+                if !self.chat.models.is_empty() {
+                    self.input = Input::Chat;
+                }
+            }
+            Action::NewExperiment => self.popup = Some(Popup::Templates { selected: 0 }),
+            Action::DuplicateExperiment => {
+                if let Some(e) = self.current_experiment() {
+                    self.popup = Some(Popup::Name {
+                        input: format!("{}-copy", e.name),
+                        template: None,
+                        from: Some(e.path.clone()),
+                    });
+                }
+            }
+            Action::DeleteExperiment => {
+                if let Some(e) = self.current_experiment() {
+                    self.popup = Some(Popup::ConfirmDelete {
+                        path: e.path.clone(),
+                        name: e.name.clone(),
+                    });
+                }
+            }
+            Action::EditPlan => {
+                if let Some(e) = self.current_experiment().cloned() {
+                    let config = base_config(&self.data_dir, &e.base);
+                    self.editor = Some(Editor::new(&e.path, &e.text, config));
+                    self.screen = Screen::Editor;
+                }
+            }
+            Action::Train => {
+                if let Some(e) = self.current_experiment() {
+                    let path = e.path.clone();
+                    self.jobs.push(format!("launching {}", e.name));
+                    return vec![Effect::LaunchRun(path)];
+                }
+            }
+            Action::Stop | Action::Kill | Action::Resume => {
+                let id = match self.screen {
+                    Screen::Monitor => self.monitored.clone(),
+                    _ => self.current_run().map(|r| r.id.clone()),
+                };
+                if let Some(id) = id {
+                    return vec![match action {
+                        Action::Stop => Effect::StopRun(id),
+                        Action::Kill => Effect::KillRun(id),
+                        _ => Effect::ResumeRun(id),
+                    }];
+                }
+            }
+            Action::Open => {
+                if let Some(r) = self.current_run() {
+                    self.monitored = Some(r.id.clone());
+                    self.screen = Screen::Monitor;
+                }
+            }
+            Action::Overlay => {
+                if let Some(id) = self.current_run().map(|r| r.id.clone()) {
+                    if let Some(i) = self.overlay.iter().position(|o| *o == id) {
+                        self.overlay.remove(i);
+                        self.say(true, format!("{id} removed from the overlay"));
+                    } else {
+                        self.overlay.push(id.clone());
+                        self.say(true, format!("{id} overlaid in the monitor"));
+                    }
+                }
+            }
+            Action::Save => return self.save(),
+            Action::Revert => {
+                if let Some(editor) = &mut self.editor {
+                    let saved = editor.saved.clone();
+                    editor.replace(&saved);
+                    self.say(true, "reverted to the saved file");
+                }
+            }
+            Action::Diff => {
+                if let Some(editor) = &self.editor {
+                    let lines = line_diff(&editor.saved, &editor.text());
+                    self.popup = Some(Popup::Diff { lines, scroll: 0 });
+                }
+            }
+            Action::LogScale => self.monitor.log_y = !self.monitor.log_y,
+            Action::Zoom => self.monitor.recent = !self.monitor.recent,
+            Action::HeatMetric => self.monitor.update_ratio = !self.monitor.update_ratio,
+            Action::Chat => {
+                let run = match self.screen {
+                    Screen::Runs => self.current_run().map(|r| r.id.clone()),
+                    _ => self.current_experiment().and_then(|e| {
+                        self.runs
+                            .iter()
+                            .rev()
+                            .find(|r| r.experiment == e.name)
+                            .map(|r| r.id.clone())
+                    }),
+                };
+                self.screen = Screen::Chat;
+                return self.start_chat(run.into_iter().collect());
+            }
+            Action::Send | Action::Cancel => {}
+            Action::CycleTheme => {
+                if !self.themes.is_empty() {
+                    self.theme = (self.theme + 1) % self.themes.len();
+                    let name = self.theme().name;
+                    self.say(true, format!("theme {name}"));
+                }
+                return vec![Effect::Redraw];
+            }
+            Action::Refresh => return vec![Effect::Redraw],
+        }
+        Vec::new()
+    }
+
+    fn move_selection(&mut self, action: Action) {
+        let (len, index) = match self.screen {
+            Screen::Experiments => (
+                self.visible_experiments().len(),
+                &mut self.selected_experiment,
+            ),
+            Screen::Runs => (self.runs.len(), &mut self.selected_run),
+            _ => return,
+        };
+        if len == 0 {
+            return;
+        }
+        *index = match action {
+            Action::Up => index.saturating_sub(1),
+            Action::Down => (*index + 1).min(len - 1),
+            Action::PageUp => index.saturating_sub(10),
+            Action::PageDown => (*index + 10).min(len - 1),
+            Action::Top => 0,
+            _ => len - 1,
+        };
+    }
+}
+
+/// The base model's config, if the model is in the data directory.
+#[must_use]
+pub fn base_config(data_dir: &Path, base: &str) -> Option<LlamaConfig> {
+    let path = crate::fetch::resolve_model_path(data_dir, base).join("config.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    LlamaConfig::from_json_str(&text, &path).ok()
+}
+
+/// A line diff of two texts (longest common subsequence): `  `, `- `, `+ ` prefixes.
+#[must_use]
+pub fn line_diff(a: &str, b: &str) -> Vec<String> {
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}

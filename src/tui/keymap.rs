@@ -1,0 +1,614 @@
+//! The keymap: one table of key → action → description per context. Key handling looks actions
+//! up here and the help screen is generated from it, so the two cannot drift. A user's
+//! `<data>/keymap.toml` rebinds keys (`[keys] "ctrl-s" = "save"`, optionally per context:
+//! `[editor] ...`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Everything a key can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    Quit,
+    Help,
+    CommandLine,
+    Filter,
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    Open,
+    Back,
+    FocusNext,
+    ScreenExperiments,
+    ScreenRuns,
+    ScreenMonitor,
+    ScreenChat,
+    NewExperiment,
+    DuplicateExperiment,
+    DeleteExperiment,
+    EditPlan,
+    Train,
+    Stop,
+    Kill,
+    Resume,
+    Save,
+    Revert,
+    Diff,
+    LogScale,
+    Zoom,
+    HeatMetric,
+    Overlay,
+    Chat,
+    Send,
+    Cancel,
+    CycleTheme,
+    Refresh,
+}
+
+impl Action {
+    /// The name used in keymap.toml and `:` commands.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        ACTION_NAMES
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map_or("?", |(_, n)| n)
+    }
+
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        ACTION_NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(a, _)| *a)
+    }
+}
+
+const ACTION_NAMES: &[(Action, &str)] = &[
+    (Action::Quit, "quit"),
+    (Action::Help, "help"),
+    (Action::CommandLine, "command_line"),
+    (Action::Filter, "filter"),
+    (Action::Up, "up"),
+    (Action::Down, "down"),
+    (Action::PageUp, "page_up"),
+    (Action::PageDown, "page_down"),
+    (Action::Top, "top"),
+    (Action::Bottom, "bottom"),
+    (Action::Open, "open"),
+    (Action::Back, "back"),
+    (Action::FocusNext, "focus_next"),
+    (Action::ScreenExperiments, "experiments"),
+    (Action::ScreenRuns, "runs"),
+    (Action::ScreenMonitor, "monitor"),
+    (Action::ScreenChat, "chat_screen"),
+    (Action::NewExperiment, "new"),
+    (Action::DuplicateExperiment, "duplicate"),
+    (Action::DeleteExperiment, "delete"),
+    (Action::EditPlan, "plan"),
+    (Action::Train, "train"),
+    (Action::Stop, "stop"),
+    (Action::Kill, "kill"),
+    (Action::Resume, "resume"),
+    (Action::Save, "save"),
+    (Action::Revert, "revert"),
+    (Action::Diff, "diff"),
+    (Action::LogScale, "log_scale"),
+    (Action::Zoom, "zoom"),
+    (Action::HeatMetric, "heat_metric"),
+    (Action::Overlay, "overlay"),
+    (Action::Chat, "chat"),
+    (Action::Send, "send"),
+    (Action::Cancel, "cancel"),
+    (Action::CycleTheme, "theme"),
+    (Action::Refresh, "refresh"),
+];
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Context {
+    /// Everywhere except while typing in a text field.
+    Global,
+    Experiments,
+    Editor,
+    Runs,
+    Monitor,
+    Chat,
+}
+
+impl Context {
+    #[must_use]
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Global => "everywhere",
+            Self::Experiments => "experiments",
+            Self::Editor => "plan editor",
+            Self::Runs => "runs",
+            Self::Monitor => "run monitor",
+            Self::Chat => "chat",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::Global,
+            Self::Experiments,
+            Self::Editor,
+            Self::Runs,
+            Self::Monitor,
+            Self::Chat,
+        ]
+        .into_iter()
+        .find(|c| c.config_name() == name)
+    }
+
+    fn config_name(self) -> &'static str {
+        match self {
+            Self::Global => "keys",
+            Self::Experiments => "experiments",
+            Self::Editor => "editor",
+            Self::Runs => "runs",
+            Self::Monitor => "monitor",
+            Self::Chat => "chat",
+        }
+    }
+}
+
+/// A key with its modifiers (shift is folded into the character).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub code: KeyCodeOrd,
+    pub ctrl: bool,
+    pub alt: bool,
+}
+
+/// The key codes bindings use, ordered (crossterm's `KeyCode` is not `Ord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyCodeOrd {
+    Char(char),
+    Enter,
+    Esc,
+    Tab,
+    BackTab,
+    Backspace,
+    Up,
+    Down,
+    Left,
+    Right,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+    F(u8),
+}
+
+impl Key {
+    #[must_use]
+    pub fn from_event(e: &KeyEvent) -> Option<Self> {
+        let code = match e.code {
+            KeyCode::Char(c) => KeyCodeOrd::Char(c),
+            KeyCode::Enter => KeyCodeOrd::Enter,
+            KeyCode::Esc => KeyCodeOrd::Esc,
+            KeyCode::Tab => KeyCodeOrd::Tab,
+            KeyCode::BackTab => KeyCodeOrd::BackTab,
+            KeyCode::Backspace => KeyCodeOrd::Backspace,
+            KeyCode::Up => KeyCodeOrd::Up,
+            KeyCode::Down => KeyCodeOrd::Down,
+            KeyCode::Left => KeyCodeOrd::Left,
+            KeyCode::Right => KeyCodeOrd::Right,
+            KeyCode::PageUp => KeyCodeOrd::PageUp,
+            KeyCode::PageDown => KeyCodeOrd::PageDown,
+            KeyCode::Home => KeyCodeOrd::Home,
+            KeyCode::End => KeyCodeOrd::End,
+            KeyCode::F(n) => KeyCodeOrd::F(n),
+            _ => return None,
+        };
+        Some(Self {
+            code,
+            ctrl: e.modifiers.contains(KeyModifiers::CONTROL),
+            alt: e.modifiers.contains(KeyModifiers::ALT),
+        })
+    }
+
+    /// Parses `q`, `ctrl-s`, `alt-x`, `enter`, `tab`, `pgdn`, `f1`, `?`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut ctrl = false;
+        let mut alt = false;
+        let mut rest = s;
+        loop {
+            if let Some(r) = rest.strip_prefix("ctrl-") {
+                ctrl = true;
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("alt-") {
+                alt = true;
+                rest = r;
+            } else {
+                break;
+            }
+        }
+        let code = match rest {
+            "enter" => KeyCodeOrd::Enter,
+            "esc" => KeyCodeOrd::Esc,
+            "tab" => KeyCodeOrd::Tab,
+            "backtab" | "shift-tab" => KeyCodeOrd::BackTab,
+            "backspace" => KeyCodeOrd::Backspace,
+            "up" => KeyCodeOrd::Up,
+            "down" => KeyCodeOrd::Down,
+            "left" => KeyCodeOrd::Left,
+            "right" => KeyCodeOrd::Right,
+            "pgup" => KeyCodeOrd::PageUp,
+            "pgdn" => KeyCodeOrd::PageDown,
+            "home" => KeyCodeOrd::Home,
+            "end" => KeyCodeOrd::End,
+            "space" => KeyCodeOrd::Char(' '),
+            f if f.len() > 1 && f.starts_with('f') && f[1..].parse::<u8>().is_ok() => {
+                KeyCodeOrd::F(f[1..].parse().unwrap_or(1))
+            }
+            c if c.chars().count() == 1 => KeyCodeOrd::Char(c.chars().next().unwrap_or(' ')),
+            other => return Err(format!("{other:?} is not a key")),
+        };
+        Ok(Self { code, ctrl, alt })
+    }
+
+    /// How the help screen shows the key.
+    #[must_use]
+    pub fn label(&self) -> String {
+        let base = match self.code {
+            KeyCodeOrd::Char(' ') => "space".to_string(),
+            KeyCodeOrd::Char(c) => c.to_string(),
+            KeyCodeOrd::Enter => "enter".into(),
+            KeyCodeOrd::Esc => "esc".into(),
+            KeyCodeOrd::Tab => "tab".into(),
+            KeyCodeOrd::BackTab => "shift-tab".into(),
+            KeyCodeOrd::Backspace => "backspace".into(),
+            KeyCodeOrd::Up => "↑".into(),
+            KeyCodeOrd::Down => "↓".into(),
+            KeyCodeOrd::Left => "←".into(),
+            KeyCodeOrd::Right => "→".into(),
+            KeyCodeOrd::PageUp => "pgup".into(),
+            KeyCodeOrd::PageDown => "pgdn".into(),
+            KeyCodeOrd::Home => "home".into(),
+            KeyCodeOrd::End => "end".into(),
+            KeyCodeOrd::F(n) => format!("f{n}"),
+        };
+        format!(
+            "{}{}{base}",
+            if self.ctrl { "ctrl-" } else { "" },
+            if self.alt { "alt-" } else { "" }
+        )
+    }
+}
+
+/// One row of the keymap.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub context: Context,
+    pub keys: Vec<Key>,
+    pub action: Action,
+    pub description: &'static str,
+}
+
+/// The default bindings: (context, keys, action, description).
+const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
+    (Context::Global, &["?", "f1"], Action::Help, "this help"),
+    (
+        Context::Global,
+        &[":"],
+        Action::CommandLine,
+        "command line (:runs, :plan, :chat, :theme NAME, :q)",
+    ),
+    (
+        Context::Global,
+        &["q"],
+        Action::Quit,
+        "quit (asks whether to leave runs running)",
+    ),
+    (
+        Context::Global,
+        &["1"],
+        Action::ScreenExperiments,
+        "experiments",
+    ),
+    (Context::Global, &["2"], Action::ScreenRuns, "runs"),
+    (
+        Context::Global,
+        &["3"],
+        Action::ScreenMonitor,
+        "run monitor",
+    ),
+    (Context::Global, &["4"], Action::ScreenChat, "chat"),
+    (Context::Global, &["k", "up"], Action::Up, "up"),
+    (Context::Global, &["j", "down"], Action::Down, "down"),
+    (
+        Context::Global,
+        &["ctrl-u", "pgup"],
+        Action::PageUp,
+        "page up",
+    ),
+    (
+        Context::Global,
+        &["ctrl-d", "pgdn"],
+        Action::PageDown,
+        "page down",
+    ),
+    (Context::Global, &["g", "home"], Action::Top, "first"),
+    (Context::Global, &["G", "end"], Action::Bottom, "last"),
+    (Context::Global, &["tab"], Action::FocusNext, "next pane"),
+    (Context::Global, &["esc"], Action::Back, "back / close"),
+    (Context::Global, &["T"], Action::CycleTheme, "next theme"),
+    (
+        Context::Global,
+        &["ctrl-l"],
+        Action::Refresh,
+        "redraw the screen",
+    ),
+    (
+        Context::Experiments,
+        &["/"],
+        Action::Filter,
+        "filter experiments",
+    ),
+    (
+        Context::Experiments,
+        &["enter", "e"],
+        Action::EditPlan,
+        "edit the experiment (plan editor)",
+    ),
+    (
+        Context::Experiments,
+        &["n"],
+        Action::NewExperiment,
+        "new experiment from a template",
+    ),
+    (
+        Context::Experiments,
+        &["y"],
+        Action::DuplicateExperiment,
+        "duplicate",
+    ),
+    (
+        Context::Experiments,
+        &["D"],
+        Action::DeleteExperiment,
+        "delete (asks first)",
+    ),
+    (
+        Context::Experiments,
+        &["t"],
+        Action::Train,
+        "train it (now, or queued behind the device's run)",
+    ),
+    (
+        Context::Experiments,
+        &["c"],
+        Action::Chat,
+        "chat with its newest run",
+    ),
+    (Context::Editor, &["ctrl-s"], Action::Save, "save"),
+    (
+        Context::Editor,
+        &["ctrl-r"],
+        Action::Revert,
+        "revert to the saved file",
+    ),
+    (
+        Context::Editor,
+        &["ctrl-o"],
+        Action::Diff,
+        "diff against the saved file",
+    ),
+    (
+        Context::Editor,
+        &["esc"],
+        Action::Back,
+        "leave the editor (asks if unsaved)",
+    ),
+    (Context::Runs, &["enter"], Action::Open, "monitor the run"),
+    (
+        Context::Runs,
+        &["s"],
+        Action::Stop,
+        "stop (checkpoint, then exit)",
+    ),
+    (Context::Runs, &["K"], Action::Kill, "kill at once"),
+    (
+        Context::Runs,
+        &["r"],
+        Action::Resume,
+        "resume from the newest checkpoint",
+    ),
+    (
+        Context::Runs,
+        &["c"],
+        Action::Chat,
+        "chat with the run's newest checkpoint",
+    ),
+    (
+        Context::Runs,
+        &["o"],
+        Action::Overlay,
+        "overlay its loss in the monitor",
+    ),
+    (
+        Context::Monitor,
+        &["l"],
+        Action::LogScale,
+        "loss axis: linear / log",
+    ),
+    (
+        Context::Monitor,
+        &["z"],
+        Action::Zoom,
+        "loss window: whole run / recent",
+    ),
+    (
+        Context::Monitor,
+        &["h"],
+        Action::HeatMetric,
+        "heatmap: gradient norm / update ratio",
+    ),
+    (Context::Monitor, &["s"], Action::Stop, "stop the run"),
+    (Context::Monitor, &["r"], Action::Resume, "resume the run"),
+    (Context::Chat, &["enter"], Action::Send, "send the message"),
+    (
+        Context::Chat,
+        &["ctrl-c"],
+        Action::Cancel,
+        "stop the generation",
+    ),
+    (Context::Chat, &["esc"], Action::Back, "leave the input"),
+];
+
+/// The active bindings.
+#[derive(Debug, Clone)]
+pub struct Keymap {
+    pub bindings: Vec<Binding>,
+}
+
+impl Default for Keymap {
+    fn default() -> Self {
+        Self {
+            bindings: DEFAULTS
+                .iter()
+                .map(|(context, keys, action, description)| Binding {
+                    context: *context,
+                    keys: keys.iter().filter_map(|k| Key::parse(k).ok()).collect(),
+                    action: *action,
+                    description,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Keymap {
+    /// The action of `key` in `context` (context bindings first, then global ones).
+    #[must_use]
+    pub fn lookup(&self, context: Context, key: Key) -> Option<Action> {
+        let find = |ctx: Context| {
+            self.bindings
+                .iter()
+                .find(|b| b.context == ctx && b.keys.contains(&key))
+                .map(|b| b.action)
+        };
+        find(context).or_else(|| find(Context::Global))
+    }
+
+    /// The default keymap with the overrides of a keymap.toml text applied: each entry binds a
+    /// key to an action in a context, replacing that key's previous binding there.
+    pub fn with_overrides(text: &str) -> Result<Self, String> {
+        let table: BTreeMap<String, BTreeMap<String, String>> =
+            toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut map = Self::default();
+        for (section, entries) in table {
+            let context = Context::from_name(&section).ok_or_else(|| {
+                format!(
+                    "[{section}]: not a context (keys, experiments, editor, runs, monitor, chat)"
+                )
+            })?;
+            for (key, action) in entries {
+                let key = Key::parse(&key)?;
+                let action = Action::from_name(&action)
+                    .ok_or_else(|| format!("{action:?} is not an action"))?;
+                for b in &mut map.bindings {
+                    if b.context == context {
+                        b.keys.retain(|k| *k != key);
+                    }
+                }
+                if let Some(b) = map
+                    .bindings
+                    .iter_mut()
+                    .find(|b| b.context == context && b.action == action)
+                {
+                    b.keys.insert(0, key);
+                } else {
+                    let description = map
+                        .bindings
+                        .iter()
+                        .find(|b| b.action == action)
+                        .map_or("", |b| b.description);
+                    map.bindings.push(Binding {
+                        context,
+                        keys: vec![key],
+                        action,
+                        description,
+                    });
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    /// Loads `<data>/keymap.toml` if present; a bad file falls back to the defaults with the
+    /// problem returned for display.
+    #[must_use]
+    pub fn load(data_dir: &Path) -> (Self, Option<String>) {
+        let path = data_dir.join("keymap.toml");
+        match std::fs::read_to_string(&path) {
+            Err(_) => (Self::default(), None),
+            Ok(text) => match Self::with_overrides(&text) {
+                Ok(map) => (map, None),
+                Err(e) => (Self::default(), Some(format!("{}: {e}", path.display()))),
+            },
+        }
+    }
+
+    /// The help text's rows, by context: (keys, description).
+    #[must_use]
+    pub fn help_rows(&self) -> Vec<(Context, Vec<(String, &'static str)>)> {
+        let mut out: Vec<(Context, Vec<(String, &'static str)>)> = Vec::new();
+        for b in &self.bindings {
+            if b.keys.is_empty() {
+                continue;
+            }
+            let keys = b.keys.iter().map(Key::label).collect::<Vec<_>>().join(" ");
+            match out.iter_mut().find(|(c, _)| *c == b.context) {
+                Some((_, rows)) => rows.push((keys, b.description)),
+                None => out.push((b.context, vec![(keys, b.description)])),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn every_default_key_parses_and_every_action_has_a_name() {
+        for (_, keys, action, _) in DEFAULTS {
+            for k in *keys {
+                Key::parse(k).unwrap();
+            }
+            assert_eq!(Action::from_name(action.name()), Some(*action));
+        }
+    }
+
+    #[test]
+    fn overrides_rebind_and_bad_files_are_named() {
+        let map =
+            Keymap::with_overrides("[editor]\n\"ctrl-w\" = \"save\"\n[keys]\n\"x\" = \"quit\"\n")
+                .unwrap();
+        let k = |s: &str| Key::parse(s).unwrap();
+        assert_eq!(map.lookup(Context::Editor, k("ctrl-w")), Some(Action::Save));
+        assert_eq!(map.lookup(Context::Editor, k("ctrl-s")), Some(Action::Save));
+        assert_eq!(map.lookup(Context::Runs, k("x")), Some(Action::Quit));
+        assert!(
+            Keymap::with_overrides("[keys]\n\"x\" = \"fly\"\n")
+                .unwrap_err()
+                .contains("fly")
+        );
+        assert!(
+            Keymap::with_overrides("[nowhere]\n")
+                .unwrap_err()
+                .contains("nowhere")
+        );
+    }
+}

@@ -1,0 +1,627 @@
+//! The console: a full-screen terminal front end over the same runs, experiments and models as
+//! the CLI. One event stream feeds one update function ([`app::App::update`]); updates return
+//! effects that run on blocking threads (never on tokio's async workers); the screen is drawn
+//! at most once per frame and only when something changed, inside synchronized-output brackets.
+
+pub mod app;
+pub mod keymap;
+pub mod run_data;
+pub mod theme;
+pub mod view;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::{event as cevent, execute, terminal};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use app::{App, ChatUpdate, Effect, Event, ExperimentItem, RunRow};
+
+/// Console options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Plain glyphs instead of Braille in charts.
+    pub plain: bool,
+    /// Colours: 0 (none), 16, 256, or 24-bit (anything else); `None` detects.
+    pub colors: Option<u32>,
+    pub mouse: bool,
+    /// The theme to start with.
+    pub theme: Option<String>,
+}
+
+/// Frames per second at most.
+const MAX_FPS: u64 = 30;
+
+/// The experiments in the data directory.
+#[must_use]
+pub fn load_experiments(data_dir: &Path) -> Vec<ExperimentItem> {
+    crate::templates::user_experiments(data_dir)
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+            let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let problem = crate::core::experiment::Experiment::load(&path)
+                .err()
+                .map(|e| e.lines().take(3).collect::<Vec<_>>().join(" "));
+            ExperimentItem {
+                name: get("name").unwrap_or(stem),
+                description: get("description").unwrap_or_default(),
+                base: table
+                    .get("model")
+                    .and_then(|m| m.get("base"))
+                    .and_then(|b| b.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                path,
+                text,
+                problem,
+            }
+        })
+        .collect()
+}
+
+/// The run table, newest last.
+#[must_use]
+pub fn load_runs(data_dir: &Path) -> Vec<RunRow> {
+    crate::runner::list_runs(data_dir)
+        .iter()
+        .map(|r| {
+            let s = crate::runner::summarize(r);
+            RunRow {
+                id: s.id,
+                experiment: s.experiment,
+                state: s.status,
+                step: s.step,
+                total_steps: s.total_steps,
+                last_loss: s.last_loss,
+                age_secs: s.age_secs,
+                problem: s.problem,
+            }
+        })
+        .collect()
+}
+
+/// Restores the terminal (raw mode off, main screen, cursor shown).
+fn restore_terminal() {
+    let _ = terminal::disable_raw_mode();
+    let _ = execute!(
+        std::io::stdout(),
+        cevent::DisableMouseCapture,
+        terminal::LeaveAlternateScreen,
+        ratatui::crossterm::cursor::Show
+    );
+}
+
+/// Opens the console on `data_dir`. Returns the exit code.
+pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        eprintln!(
+            "slayer's console needs a terminal. Without one, use the commands: `slayer runs ls`, \
+             `slayer train EXPERIMENT --detach`, `slayer runs tail RUN --follow`, `slayer chat \
+             MODEL --prompt TEXT` (`slayer --help` lists them all)."
+        );
+        return Ok(2);
+    }
+    let depth = theme::ColorDepth::detect(options.colors);
+    let (themes, theme_problems) = theme::load_all(data_dir, depth);
+    let (keymap, keymap_problem) = keymap::Keymap::load(data_dir);
+    let mut app = App::new(data_dir, themes, keymap, options.plain);
+    if let Some(name) = &options.theme {
+        app.theme = app.themes.iter().position(|t| &t.name == name).unwrap_or(0);
+    }
+    if let Some(p) = keymap_problem.or_else(|| theme_problems.into_iter().next()) {
+        app.status = Some((false, p));
+    }
+    app.experiments = load_experiments(data_dir);
+    app.runs = load_runs(data_dir);
+    app.now = now();
+    let log_path = data_dir.join("logs/slayer.log");
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        eprintln!(
+            "slayer's console crashed; the log is {}",
+            log_path.display()
+        );
+        default_hook(info);
+    }));
+    terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;
+    execute!(std::io::stdout(), terminal::EnterAlternateScreen)
+        .context("cannot switch to the alternate screen")?;
+    if options.mouse {
+        let _ = execute!(std::io::stdout(), cevent::EnableMouseCapture);
+    }
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .context("cannot start the console's runtime")
+        .and_then(|rt| rt.block_on(event_loop(app)));
+    restore_terminal();
+    result
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Reads terminal input on a thread of its own; an ended or failing input (hang-up, EOF, a
+/// dead terminal) ends the console instead of spinning.
+fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match cevent::poll(Duration::from_millis(250)) {
+                    Ok(false) => {
+                        if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
+                            let _ = tx
+                                .send(Event::TerminalGone("hang-up or termination signal".into()));
+                            return;
+                        }
+                    }
+                    Ok(true) => match cevent::read() {
+                        Ok(cevent::Event::Key(k)) => {
+                            if tx.send(Event::Key(k)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(cevent::Event::Resize(_, _)) => {
+                            let _ = tx.send(Event::Resize);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Event::TerminalGone(e.to_string()));
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Event::TerminalGone(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+}
+
+/// Follows every run's event log and the experiment files; re-reads the run table when runs
+/// change (and every few seconds, for liveness).
+fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new()
+        .name("follow".into())
+        .spawn(move || {
+            // The store is held for the console's lifetime; if another process holds it, the
+            // console runs from the run directories and tries again every few seconds.
+            let open_store =
+                |announce: bool| match crate::store::Store::open(&data_dir, "slayer console") {
+                    Ok(s) => {
+                        let _ = s.ingest_all(&data_dir, &[]);
+                        if !announce {
+                            let _ = tx.send(Event::Status(true, "store available again".into()));
+                        }
+                        Some(s)
+                    }
+                    Err(e) => {
+                        if announce {
+                            tracing::warn!("console without the store for now: {e}");
+                            let _ = tx.send(Event::Status(false, format!("{e} (retrying)")));
+                        }
+                        None
+                    }
+                };
+            let mut store = open_store(true);
+            let mut last_try = Instant::now();
+            let mut follower = crate::runner::tail::Follower::all(&data_dir);
+            let mut updates = follower.poll_all();
+            let mut last_table = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let mut experiments_changed = false;
+                let mut runs_changed = false;
+                for u in &updates {
+                    match u {
+                        crate::runner::tail::Update::Experiment(_) => experiments_changed = true,
+                        crate::runner::tail::Update::Events { run, .. } => {
+                            runs_changed = true;
+                            if let (Some(s), Ok(dir)) =
+                                (&mut store, crate::runner::RunDir::open(&data_dir, run))
+                            {
+                                let _ = s.ingest_run(&dir);
+                            }
+                        }
+                        crate::runner::tail::Update::Problem { .. } => {}
+                    }
+                }
+                if !updates.is_empty()
+                    && tx
+                        .send(Event::Follow(std::mem::take(&mut updates)))
+                        .is_err()
+                {
+                    return;
+                }
+                if experiments_changed {
+                    let _ = tx.send(Event::Experiments(load_experiments(&data_dir)));
+                }
+                if runs_changed || last_table.elapsed() > Duration::from_secs(2) {
+                    last_table = Instant::now();
+                    let _ = tx.send(Event::Runs(load_runs(&data_dir)));
+                }
+                if store.is_none() && last_try.elapsed() > Duration::from_secs(5) {
+                    last_try = Instant::now();
+                    store = open_store(false);
+                }
+                updates = follower.wait(Duration::from_millis(500));
+            }
+        });
+}
+
+/// Commands to the chat thread.
+enum ChatCommand {
+    Load(Vec<String>),
+    Send(String),
+    Reset,
+}
+
+/// The chat worker: owns the loaded models and their sessions (whose KV caches carry over
+/// between turns) on a thread of its own, streaming tokens back as events; `cancel` stops a
+/// generation.
+fn spawn_chat(
+    data_dir: PathBuf,
+    tx: UnboundedSender<Event>,
+    cancel: Arc<AtomicBool>,
+) -> std::sync::mpsc::Sender<ChatCommand> {
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<ChatCommand>();
+    let _ = std::thread::Builder::new()
+        .name("chat".into())
+        .spawn(move || {
+            let send = |u: ChatUpdate| {
+                let _ = tx.send(Event::Chat(u));
+            };
+            let device = candle_core::Device::Cpu;
+            let mut next: Option<Vec<String>> = None;
+            loop {
+                let specs = match next.take() {
+                    Some(s) => s,
+                    None => match cmd_rx.recv() {
+                        Ok(ChatCommand::Load(s)) => s,
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    },
+                };
+                let mut models = Vec::new();
+                for spec in &specs {
+                    send(ChatUpdate::Loading(spec.clone()));
+                    match load_chat_model(&data_dir, spec, &device) {
+                        Ok(m) => models.push(m),
+                        Err(e) => {
+                            send(ChatUpdate::Error(format!("{spec}: {e:#}")));
+                            models.clear();
+                            break;
+                        }
+                    }
+                }
+                if models.is_empty() {
+                    continue;
+                }
+                send(ChatUpdate::Loaded(
+                    models.iter().map(|m| m.label.clone()).collect(),
+                ));
+                match serve_chat(&models, &cmd_rx, &cancel, &send) {
+                    Some(specs) => next = Some(specs),
+                    None => return,
+                }
+            }
+        });
+    cmd_tx
+}
+
+/// Answers messages with `models` until asked to load others (returns their specs) or the
+/// console is gone (`None`).
+fn serve_chat(
+    models: &[crate::runner::model::LoadedModel],
+    rx: &std::sync::mpsc::Receiver<ChatCommand>,
+    cancel: &AtomicBool,
+    send: &dyn Fn(ChatUpdate),
+) -> Option<Vec<String>> {
+    let params = crate::core::generate::SamplingParams {
+        temperature: 0.7,
+        top_p: 0.9,
+        top_k: 0,
+        seed: 0,
+        max_tokens: 256,
+    };
+    let mut sessions = Vec::new();
+    for m in models {
+        match crate::core::chat::ChatSession::new(&m.model, &m.tokenizer, params.clone()) {
+            Ok(s) => sessions.push(s),
+            Err(e) => {
+                send(ChatUpdate::Error(format!("{}: {e}", m.label)));
+                return rx.recv().ok().and_then(|c| match c {
+                    ChatCommand::Load(s) => Some(s),
+                    _ => Some(Vec::new()),
+                });
+            }
+        }
+    }
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            ChatCommand::Load(specs) => return Some(specs),
+            ChatCommand::Reset => sessions
+                .iter_mut()
+                .for_each(crate::core::chat::ChatSession::reset),
+            ChatCommand::Send(text) => {
+                if let Some(rest) = text.strip_prefix("/system") {
+                    let rest = rest.trim();
+                    for s in &mut sessions {
+                        s.set_system((!rest.is_empty()).then(|| rest.to_string()));
+                    }
+                    continue;
+                }
+                cancel.store(false, Ordering::SeqCst);
+                for (i, session) in sessions.iter_mut().enumerate() {
+                    let reply = session.send(&text, cancel, |delta| {
+                        send(ChatUpdate::Token {
+                            model: i,
+                            text: delta.to_string(),
+                        });
+                    });
+                    match reply {
+                        Ok(reply) => send(ChatUpdate::Done {
+                            model: i,
+                            tokens: reply.stats.generated_tokens,
+                            tokens_per_sec: reply.stats.decode_tokens_per_sec(),
+                            stopped: reply.stats.stop
+                                == crate::core::generate::StopReason::Cancelled,
+                        }),
+                        Err(e) => send(ChatUpdate::Error(e.to_string())),
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A chat model by spec: a run id (its newest checkpoint), `RUN@STEP`, or a model name/path.
+fn load_chat_model(
+    data_dir: &Path,
+    spec: &str,
+    device: &candle_core::Device,
+) -> Result<crate::runner::model::LoadedModel> {
+    let (run_part, step) = match spec.rsplit_once('@') {
+        Some((r, s)) => (r, s.parse::<u64>().ok()),
+        None => (spec, None),
+    };
+    if let Ok(run) = crate::runner::RunDir::open(data_dir, run_part) {
+        return Ok(crate::runner::model::load_run(
+            data_dir,
+            &run,
+            step,
+            candle_core::DType::F32,
+            device,
+        )?
+        .0);
+    }
+    let path = crate::fetch::resolve_model_path(data_dir, spec);
+    if !path.exists() {
+        anyhow::bail!("no run or model named {spec} (fetch models with `slayer model fetch`)");
+    }
+    crate::runner::model::load_path(&path, spec, candle_core::DType::F32, device)
+}
+
+/// Carries out an effect off the async workers; results come back as events.
+fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
+    let slayer = |args: &[&str]| -> (bool, String) {
+        match std::process::Command::new(&exe)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stderr);
+                let last = text
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default();
+                (
+                    out.status.success(),
+                    last.trim_start_matches("error: ").to_string(),
+                )
+            }
+            Err(e) => (false, format!("cannot run slayer: {e}")),
+        }
+    };
+    let done = |(ok, msg): (bool, String)| {
+        let _ = tx.send(Event::JobDone(ok, msg));
+    };
+    match effect {
+        Effect::LaunchRun(path) => {
+            done(slayer(&["train", &path.display().to_string(), "--detach"]))
+        }
+        Effect::StopRun(id) => done(slayer(&["runs", "stop", &id])),
+        Effect::KillRun(id) => done(slayer(&["runs", "kill", &id])),
+        Effect::ResumeRun(id) => done(slayer(&["runs", "resume", &id])),
+        Effect::SaveFile { path, text } => {
+            let tmp = path.with_extension("toml.tmp");
+            let r = crate::core::checkpoint::hf::write_synced(&tmp, text.as_bytes())
+                .map_err(anyhow::Error::from)
+                .and_then(|()| std::fs::rename(&tmp, &path).map_err(anyhow::Error::from));
+            if let Err(e) = r {
+                done((false, format!("cannot save {}: {e:#}", path.display())));
+            }
+        }
+        Effect::CreateExperiment { name, template } => {
+            match crate::templates::create_experiment(data_dir, &name, &template) {
+                Ok(p) => done((true, format!("created {}", p.display()))),
+                Err(e) => done((false, format!("{e:#}"))),
+            }
+            let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
+        Effect::DuplicateExperiment { from, name } => {
+            let dest = crate::templates::experiments_dir(data_dir).join(format!("{name}.toml"));
+            let r = std::fs::read_to_string(&from)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| {
+                    let text = rename_experiment(&text, &name);
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&dest)?;
+                    f.write_all(text.as_bytes())?;
+                    Ok(())
+                });
+            match r {
+                Ok(()) => done((true, format!("created {}", dest.display()))),
+                Err(e) => done((false, format!("cannot create {}: {e}", dest.display()))),
+            }
+            let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
+        Effect::DeleteExperiment(path) => {
+            if let Err(e) = std::fs::remove_file(&path) {
+                done((false, format!("cannot delete {}: {e}", path.display())));
+            }
+            let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
+        Effect::ChatLoad(_)
+        | Effect::ChatSend(_)
+        | Effect::ChatCancel
+        | Effect::ChatReset
+        | Effect::Redraw
+        | Effect::Quit { .. } => {}
+    }
+}
+
+/// The experiment text with its `name` line set to `name`.
+#[must_use]
+pub fn rename_experiment(text: &str, name: &str) -> String {
+    let mut found = false;
+    let mut out: String = text
+        .lines()
+        .map(|l| {
+            if !found && l.trim_start().starts_with("name") && l.contains('=') {
+                found = true;
+                format!("name = \"{name}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    if !found {
+        out = format!("name = \"{name}\"\n{out}");
+    }
+    out
+}
+
+async fn event_loop(mut app: App) -> Result<i32> {
+    let (tx, mut rx) = unbounded_channel::<Event>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cancel_chat = Arc::new(AtomicBool::new(false));
+    spawn_input(tx.clone(), Arc::clone(&stop));
+    spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
+    let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if tx.send(Event::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let backend = CrosstermBackend::new(std::io::stdout());
+    let mut terminal = Terminal::new(backend).context("cannot start drawing")?;
+    terminal.clear()?;
+    let frame = Duration::from_millis(1000 / MAX_FPS);
+    let mut last_draw = Instant::now() - frame;
+    let mut stop_runs = None;
+    while let Some(first) = rx.recv().await {
+        // Drain everything pending, then draw once.
+        let mut events = vec![first];
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        for event in events {
+            if matches!(event, Event::Tick) {
+                app.now = now();
+            }
+            let changed_by_tick = matches!(event, Event::Tick);
+            for effect in app.update(event) {
+                match effect {
+                    Effect::Quit { stop_runs: s } => stop_runs = Some(s),
+                    Effect::Redraw => terminal.clear()?,
+                    Effect::ChatLoad(specs) => {
+                        let _ = chat.send(ChatCommand::Load(specs));
+                    }
+                    Effect::ChatSend(text) => {
+                        let _ = chat.send(ChatCommand::Send(text));
+                    }
+                    Effect::ChatReset => {
+                        let _ = chat.send(ChatCommand::Reset);
+                    }
+                    Effect::ChatCancel => cancel_chat.store(true, Ordering::SeqCst),
+                    other => {
+                        let (dir, tx) = (app.data_dir.clone(), tx.clone());
+                        tokio::task::spawn_blocking(move || execute_effect(&dir, other, &tx));
+                    }
+                }
+            }
+            // A tick changes only what depends on the clock: the monitor's ETA and ages.
+            if changed_by_tick && !matches!(app.screen, app::Screen::Monitor | app::Screen::Runs) {
+                app.dirty = false;
+            }
+        }
+        if stop_runs.is_some() {
+            break;
+        }
+        if app.dirty {
+            let wait = frame.saturating_sub(last_draw.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                while let Ok(e) = rx.try_recv() {
+                    for effect in app.update(e) {
+                        if let Effect::Quit { stop_runs: s } = effect {
+                            stop_runs = Some(s);
+                        }
+                    }
+                }
+            }
+            execute!(std::io::stdout(), terminal::BeginSynchronizedUpdate)?;
+            terminal.draw(|f| f.render_widget(&app, f.area()))?;
+            execute!(std::io::stdout(), terminal::EndSynchronizedUpdate)?;
+            app.dirty = false;
+            last_draw = Instant::now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    cancel_chat.store(true, Ordering::SeqCst);
+    if stop_runs == Some(true) {
+        for r in app
+            .runs
+            .iter()
+            .filter(|r| r.state == crate::runner::RunState::Running)
+        {
+            execute_effect(&app.data_dir, Effect::StopRun(r.id.clone()), &tx);
+        }
+    }
+    Ok(0)
+}

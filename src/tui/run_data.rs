@@ -1,0 +1,268 @@
+//! What the console knows of a run, built from its events as they arrive: the joined step
+//! history, per-block statistics for the heatmap, evaluations, warnings and a readable log tail.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::core::events::{EvalRecord, Event, EventKind, RunStatus};
+
+/// One logged step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepPoint {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_sec: f64,
+    pub time: f64,
+}
+
+/// One block of the run's model, as its plan resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRow {
+    pub index: usize,
+    pub new: bool,
+    pub trainable: bool,
+}
+
+/// Per-block statistics at a step: (step, gradient norm, update ratio).
+pub type BlockPoint = (u64, f64, f64);
+
+const LOG_LINES: usize = 200;
+
+#[derive(Debug, Clone, Default)]
+pub struct RunData {
+    pub id: String,
+    pub experiment: String,
+    pub total_steps: u64,
+    pub steps: Vec<StepPoint>,
+    pub blocks: BTreeMap<usize, Vec<BlockPoint>>,
+    pub layers: Vec<LayerRow>,
+    pub pruned: Vec<usize>,
+    pub base_layers: usize,
+    pub evals: Vec<EvalRecord>,
+    pub warnings: Vec<String>,
+    pub log: VecDeque<String>,
+    pub ended: Option<RunStatus>,
+    pub end_message: String,
+    pub problem: Option<String>,
+    /// When the current worker started (for the rate and ETA).
+    pub segment_start: Option<(f64, u64)>,
+}
+
+impl RunData {
+    #[must_use]
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Applies new events in order; `reset` first forgets everything (the log was replaced).
+    pub fn apply(&mut self, reset: bool, events: &[Event]) {
+        if reset {
+            *self = Self::new(&self.id);
+        }
+        for e in events {
+            self.log.push_back(crate::runner::describe::describe(e));
+            if self.log.len() > LOG_LINES {
+                self.log.pop_front();
+            }
+            match &e.kind {
+                EventKind::RunStart {
+                    experiment,
+                    plan,
+                    total_steps,
+                    resumed_from,
+                    ..
+                } => {
+                    self.total_steps = *total_steps;
+                    self.ended = None;
+                    if let Some(from) = resumed_from {
+                        // Steps after the checkpoint died with the worker: the new ones replace them.
+                        self.steps.retain(|s| s.step <= *from);
+                        for points in self.blocks.values_mut() {
+                            points.retain(|p| p.0 <= *from);
+                        }
+                    }
+                    self.segment_start = Some((e.time, resumed_from.unwrap_or(0)));
+                    self.experiment = toml::from_str::<toml::Table>(experiment)
+                        .ok()
+                        .and_then(|t| t.get("name")?.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    self.set_plan(plan);
+                }
+                EventKind::Step {
+                    step,
+                    loss,
+                    lr,
+                    tokens_per_sec,
+                    blocks,
+                    ..
+                } => {
+                    self.steps.push(StepPoint {
+                        step: *step,
+                        loss: *loss,
+                        lr: *lr,
+                        tokens_per_sec: *tokens_per_sec,
+                        time: e.time,
+                    });
+                    for b in blocks {
+                        self.blocks.entry(b.block).or_default().push((
+                            *step,
+                            b.grad_norm,
+                            b.update_ratio,
+                        ));
+                    }
+                }
+                EventKind::Eval(r) => self.evals.push(r.clone()),
+                EventKind::Warning { message } => self.warnings.push(message.clone()),
+                EventKind::SkippedStep { step, reason } => {
+                    self.warnings.push(format!("step {step} skipped: {reason}"));
+                }
+                EventKind::Checkpoint { .. } => {}
+                EventKind::End {
+                    status, message, ..
+                } => {
+                    self.ended = Some(*status);
+                    self.end_message.clone_from(message);
+                }
+            }
+        }
+    }
+
+    fn set_plan(&mut self, plan: &serde_json::Value) {
+        self.base_layers = plan["base_layers"].as_u64().unwrap_or(0) as usize;
+        // Layers are listed in final order; their `index` key is shadowed by an original
+        // block's own index in the serialised map, so the position is the final index.
+        self.layers = plan["layers"]
+            .as_array()
+            .map(|layers| {
+                layers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, l)| LayerRow {
+                        index,
+                        new: l["origin"] == "new",
+                        trainable: l["trainable"] == true,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.pruned = plan["pruned"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|v| v as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+
+    #[must_use]
+    pub fn last_step(&self) -> u64 {
+        self.steps.last().map_or(0, |s| s.step)
+    }
+
+    /// Steps per second of the current worker, and seconds left at that rate.
+    #[must_use]
+    pub fn rate_and_eta(&self) -> Option<(f64, f64)> {
+        let (start_time, start_step) = self.segment_start?;
+        let last = self.steps.last()?;
+        let done = last.step.checked_sub(start_step)?;
+        let secs = last.time - start_time;
+        if done == 0 || secs <= 0.0 {
+            return None;
+        }
+        let rate = done as f64 / secs;
+        Some((
+            rate,
+            self.total_steps.saturating_sub(last.step) as f64 / rate,
+        ))
+    }
+
+    /// Exponential moving average of the loss (the smoothed curve).
+    #[must_use]
+    pub fn smoothed_loss(&self, alpha: f64) -> Vec<(f64, f64)> {
+        let mut ema: Option<f64> = None;
+        self.steps
+            .iter()
+            .filter(|s| s.loss.is_finite())
+            .map(|s| {
+                let v = ema.map_or(s.loss, |m| m + alpha * (s.loss - m));
+                ema = Some(v);
+                (s.step as f64, v)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::core::events::BlockStats;
+
+    fn ev(seq: u64, time: f64, kind: EventKind) -> Event {
+        Event { seq, time, kind }
+    }
+
+    fn start(from: Option<u64>) -> EventKind {
+        EventKind::RunStart {
+            run: "r".into(),
+            experiment: "name = \"exp\"\n".into(),
+            plan: serde_json::json!({"base_layers": 2, "layers": [
+                {"index": 0, "origin": "original", "trainable": false},
+                {"index": 1, "origin": "new", "trainable": true}], "pruned": [1]}),
+            config: serde_json::Value::Null,
+            trainable_params: 1,
+            total_steps: 10,
+            resumed_from: from,
+            environment: serde_json::Value::Null,
+        }
+    }
+
+    fn step(s: u64) -> EventKind {
+        EventKind::Step {
+            step: s,
+            loss: 1.0 / s as f64,
+            lr: 0.1,
+            tokens: 0,
+            tokens_per_sec: 100.0,
+            grad_norm: 1.0,
+            clipped: false,
+            blocks: vec![BlockStats {
+                block: 1,
+                grad_norm: s as f64,
+                weight_norm: 1.0,
+                update_ratio: 0.01,
+            }],
+        }
+    }
+
+    #[test]
+    fn history_joins_across_a_resume_and_eta_uses_the_current_worker() {
+        let mut d = RunData::new("r");
+        let mut events = vec![ev(0, 0.0, start(None))];
+        events.extend((1..=5).map(|s| ev(s, s as f64, step(s))));
+        d.apply(false, &events);
+        assert_eq!(d.experiment, "exp");
+        assert_eq!(d.layers.len(), 2);
+        assert!(d.layers[1].new && d.layers[1].trainable);
+        d.apply(
+            false,
+            &[ev(6, 100.0, start(Some(3))), ev(7, 102.0, step(4))],
+        );
+        assert_eq!(
+            d.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(d.blocks[&1].len(), 4);
+        let (rate, eta) = d.rate_and_eta().unwrap();
+        assert!(
+            (rate - 0.5).abs() < 1e-9 && (eta - 12.0).abs() < 1e-9,
+            "{rate} {eta}"
+        );
+        d.apply(true, &[ev(0, 0.0, start(None))]);
+        assert!(d.steps.is_empty());
+    }
+}

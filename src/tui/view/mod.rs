@@ -1,0 +1,178 @@
+//! Rendering: reads [`App`] and draws; never changes state. One module per screen, plus popups.
+//! Every string from outside (file names, run ids, model output, experiment text) goes through
+//! [`clean`] before it reaches a cell.
+
+mod chat;
+mod editor;
+mod experiments;
+mod monitor;
+mod popups;
+mod runs;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Paragraph, Widget};
+
+use super::app::{App, Input, Screen};
+use super::theme::Theme;
+
+/// Untrusted text made inert: control and escape sequences stripped.
+#[must_use]
+pub fn clean(s: &str) -> String {
+    crate::core::text::sanitize_for_terminal(s)
+}
+
+/// A bordered block, highlighted when focused.
+pub(crate) fn panel<'a>(title: &'a str, theme: &Theme, focused: bool) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(theme.fg(if focused { "border_focus" } else { "border" }))
+        .title(Span::styled(
+            format!(" {title} "),
+            theme.fg(if focused { "accent" } else { "text" }),
+        ))
+}
+
+impl Widget for &App {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let theme = self.theme();
+        let [top, body, bottom] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(3),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        tabs(self, &theme, top, buf);
+        match self.screen {
+            Screen::Experiments => experiments::render(self, &theme, body, buf),
+            Screen::Editor => editor::render(self, &theme, body, buf),
+            Screen::Runs => runs::render(self, &theme, body, buf),
+            Screen::Monitor => monitor::render(self, &theme, body, buf),
+            Screen::Chat => chat::render(self, &theme, body, buf),
+        }
+        status_line(self, &theme, bottom, buf);
+        if let Some(popup) = &self.popup {
+            popups::render(self, popup, &theme, area, buf);
+        }
+    }
+}
+
+fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let current = match app.screen {
+        Screen::Experiments | Screen::Editor => 0,
+        Screen::Runs => 1,
+        Screen::Monitor => 2,
+        Screen::Chat => 3,
+    };
+    let mut spans = vec![Span::styled(
+        " slayer ",
+        theme.fg("accent").add_modifier(Modifier::BOLD),
+    )];
+    for (i, name) in ["experiments", "runs", "monitor", "chat"]
+        .iter()
+        .enumerate()
+    {
+        let style = if i == current {
+            theme.selection()
+        } else {
+            theme.fg("dim")
+        };
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(format!("{} {name}", i + 1), style));
+    }
+    let running = app
+        .runs
+        .iter()
+        .filter(|r| r.state == crate::runner::RunState::Running)
+        .count();
+    let queued = app
+        .runs
+        .iter()
+        .filter(|r| r.state == crate::runner::RunState::Queued)
+        .count();
+    spans.push(Span::styled(
+        format!("   {running} running, {queued} queued   ? help"),
+        theme.fg("dim"),
+    ));
+    Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+fn status_line(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let line = match app.input {
+        Input::Command => Line::from(vec![
+            Span::styled(":", theme.fg("accent")),
+            Span::styled(clean(&app.command), theme.fg("text")),
+            Span::styled("█", theme.fg("accent")),
+        ]),
+        Input::Filter => Line::from(vec![
+            Span::styled("/", theme.fg("accent")),
+            Span::styled(clean(&app.filter), theme.fg("text")),
+            Span::styled("█", theme.fg("accent")),
+        ]),
+        _ => {
+            if let Some(job) = app.jobs.last() {
+                Line::from(Span::styled(
+                    format!("⋯ {}", clean(job)),
+                    theme.fg("running"),
+                ))
+            } else if let Some((ok, msg)) = &app.status {
+                Line::from(Span::styled(
+                    clean(msg),
+                    theme.fg(if *ok { "ok" } else { "error" }),
+                ))
+            } else {
+                Line::from(Span::styled(hints(app), theme.fg("dim")))
+            }
+        }
+    };
+    Paragraph::new(line).render(area, buf);
+}
+
+/// A few keys for the current screen, from the keymap.
+fn hints(app: &App) -> String {
+    use super::keymap::Context;
+    let context = match app.screen {
+        Screen::Experiments => Context::Experiments,
+        Screen::Editor => Context::Editor,
+        Screen::Runs => Context::Runs,
+        Screen::Monitor => Context::Monitor,
+        Screen::Chat => Context::Chat,
+    };
+    app.keymap
+        .bindings
+        .iter()
+        .filter(|b| b.context == context)
+        .filter_map(|b| {
+            let key = b.keys.first()?.label();
+            let what = b.description.split([' ', '(']).next().unwrap_or_default();
+            Some(format!("{key} {what}"))
+        })
+        .take(7)
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// Human step counts and durations.
+pub(crate) fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// The style of a run state.
+pub(crate) fn state_style(theme: &Theme, state: crate::runner::RunState) -> Style {
+    use crate::runner::RunState;
+    theme.fg(match state {
+        RunState::Running => "running",
+        RunState::Finished => "ok",
+        RunState::Failed | RunState::Lost => "error",
+        RunState::Stopped => "warning",
+        RunState::Queued => "dim",
+    })
+}

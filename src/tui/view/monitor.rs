@@ -1,0 +1,437 @@
+//! The run monitor: progress and ETA, the loss curve (raw, smoothed, evaluation points, overlaid
+//! runs), the layers × steps heatmap of per-block gradient norm (or update ratio), the evaluation
+//! table (base, step 0, latest) and the log tail with warnings.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph, Widget, Wrap};
+
+use super::{clean, duration, panel};
+use crate::tui::app::App;
+use crate::tui::run_data::RunData;
+use crate::tui::theme::{ColorDepth, Theme};
+
+pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let data = app.monitored.as_ref().and_then(|id| app.run_data.get(id));
+    let Some(data) = data else {
+        Paragraph::new("No run selected.\n\nOn the runs screen (2), enter opens a run here.")
+            .style(theme.fg("dim"))
+            .block(panel("monitor", theme, true))
+            .render(area, buf);
+        return;
+    };
+    let row = app.runs.iter().find(|r| r.id == data.id);
+    let [header, main] = Layout::vertical([Constraint::Length(2), Constraint::Min(8)]).areas(area);
+    let state = row.map_or_else(|| "?".to_string(), |r| r.state.to_string());
+    let (rate, eta) = data.rate_and_eta().unwrap_or((0.0, f64::NAN));
+    let last = data.steps.last();
+    let head = vec![
+        Line::from(vec![
+            Span::styled(format!(" {} ", clean(&data.id)), theme.fg("accent")),
+            Span::styled(format!("{} ", clean(&data.experiment)), theme.fg("text")),
+            Span::styled(
+                state.clone(),
+                row.map_or(theme.fg("dim"), |r| super::state_style(theme, r.state)),
+            ),
+        ]),
+        Line::from(Span::styled(
+            format!(
+                " step {}/{}  loss {}  lr {}  {} tok/s  {:.2} steps/s  ETA {}",
+                data.last_step(),
+                data.total_steps,
+                last.map_or("—".into(), |s| format!("{:.4}", s.loss)),
+                last.map_or("—".into(), |s| format!("{:.2e}", s.lr)),
+                last.map_or("—".into(), |s| format!("{:.0}", s.tokens_per_sec)),
+                rate,
+                if eta.is_finite() && state == "running" {
+                    duration(eta)
+                } else {
+                    "—".into()
+                },
+            ),
+            theme.fg("dim"),
+        )),
+    ];
+    Paragraph::new(head).render(header, buf);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(58), Constraint::Percentage(42)]).areas(main);
+    let [chart_area, log_area] =
+        Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(left);
+    let eval_rows = eval_rows(data).len() as u16;
+    let [heat_area, eval_area] = Layout::vertical([
+        Constraint::Min(5),
+        Constraint::Length((eval_rows + 3).min(12)),
+    ])
+    .areas(right);
+    loss_chart(app, data, theme, chart_area, buf);
+    heatmap(app, data, theme, heat_area, buf);
+    eval_table(data, theme, eval_area, buf);
+    log_tail(data, theme, log_area, buf);
+}
+
+fn transform(v: f64, log: bool) -> f64 {
+    if log { v.max(1e-12).log10() } else { v }
+}
+
+fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let marker = if app.plain_glyphs {
+        Marker::Dot
+    } else {
+        Marker::Braille
+    };
+    let log = app.monitor.log_y;
+    let total = data.total_steps.max(data.last_step()).max(1) as f64;
+    let x_min = if app.monitor.recent {
+        (data.last_step() as f64 - (total / 5.0).max(50.0)).max(0.0)
+    } else {
+        0.0
+    };
+    let keep = |x: f64| x >= x_min;
+    let points = |d: &RunData| -> Vec<(f64, f64)> {
+        d.steps
+            .iter()
+            .filter(|s| s.loss.is_finite() && keep(s.step as f64))
+            .map(|s| (s.step as f64, transform(s.loss, log)))
+            .collect()
+    };
+    let raw = points(data);
+    let smooth: Vec<(f64, f64)> = data
+        .smoothed_loss(0.1)
+        .into_iter()
+        .filter(|p| keep(p.0))
+        .map(|(x, y)| (x, transform(y, log)))
+        .collect();
+    // Evaluation points: the loss at each evaluated step.
+    let evals: Vec<(f64, f64)> = data
+        .evals
+        .iter()
+        .filter_map(|e| {
+            let s = data.steps.iter().find(|s| s.step == e.step)?;
+            keep(s.step as f64).then(|| (s.step as f64, transform(s.loss, log)))
+        })
+        .collect();
+    let overlays: Vec<(String, Vec<(f64, f64)>)> = app
+        .overlay
+        .iter()
+        .filter(|id| **id != data.id)
+        .filter_map(|id| app.run_data.get(id).map(|d| (id.clone(), points(d))))
+        .collect();
+    let all_y = raw
+        .iter()
+        .chain(overlays.iter().flat_map(|o| o.1.iter()))
+        .map(|p| p.1);
+    let (mut y_min, mut y_max) = all_y.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+        (a.min(y), b.max(y))
+    });
+    if !y_min.is_finite() {
+        (y_min, y_max) = (0.0, 1.0);
+    }
+    if (y_max - y_min).abs() < 1e-9 {
+        y_max = y_min + 1.0;
+    }
+    let mut datasets = vec![
+        Dataset::default()
+            .name("loss")
+            .marker(marker)
+            .graph_type(GraphType::Scatter)
+            .style(theme.fg("chart_raw"))
+            .data(&raw),
+        Dataset::default()
+            .name("smoothed")
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(theme.fg("chart_smooth"))
+            .data(&smooth),
+        Dataset::default()
+            .name("eval")
+            .marker(Marker::Block)
+            .graph_type(GraphType::Scatter)
+            .style(theme.fg("chart_eval"))
+            .data(&evals),
+    ];
+    for (i, (id, pts)) in overlays.iter().enumerate() {
+        let role = ["accent", "ok", "warning", "new_block"][i % 4];
+        datasets.push(
+            Dataset::default()
+                .name(clean(id.rsplit('-').next().unwrap_or(id)))
+                .marker(marker)
+                .graph_type(GraphType::Line)
+                .style(theme.fg(role))
+                .data(pts),
+        );
+    }
+    let label = |v: f64| {
+        if log {
+            format!("{:.3}", 10f64.powf(v))
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    let x_max = if app.monitor.recent {
+        data.last_step().max(1) as f64
+    } else {
+        total
+    };
+    let title = format!(
+        "loss{}{}",
+        if log { " (log)" } else { "" },
+        if app.monitor.recent {
+            " — recent"
+        } else {
+            ""
+        }
+    );
+    Chart::new(datasets)
+        .block(panel(&title, theme, true))
+        .x_axis(
+            Axis::default()
+                .style(theme.fg("dim"))
+                .bounds([x_min, x_max])
+                .labels([format!("{x_min:.0}"), format!("{x_max:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .style(theme.fg("dim"))
+                .bounds([y_min, y_max])
+                .labels([label(y_min), label(y_max)]),
+        )
+        .render(area, buf);
+}
+
+/// Rows of the heatmap: every final block when they fit, else the trainable ones.
+fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let metric = if app.monitor.update_ratio {
+        "update ratio"
+    } else {
+        "grad norm"
+    };
+    let title = format!("blocks × steps: {metric}");
+    let block = panel(&title, theme, false);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if inner.height == 0 || inner.width < 8 {
+        return;
+    }
+    let mut rows: Vec<(String, &str, Option<usize>)> = data
+        .layers
+        .iter()
+        .map(|l| {
+            let tag = if l.new { "new" } else { "   " };
+            (
+                format!("{:>3}{tag}", l.index),
+                if l.new { "new_block" } else { "original_block" },
+                Some(l.index),
+            )
+        })
+        .collect();
+    if !data.pruned.is_empty() {
+        rows.push(("pruned".to_string(), "pruned_block", None));
+    }
+    if rows.len() > inner.height as usize {
+        rows.retain(|r| r.2.is_some_and(|i| data.blocks.contains_key(&i)));
+    }
+    if rows.is_empty() {
+        Paragraph::new("no per-block statistics yet")
+            .style(theme.fg("dim"))
+            .render(inner, buf);
+        return;
+    }
+    let label_w = 7u16;
+    let cols = (inner.width - label_w) as usize;
+    let last = data.last_step().max(1);
+    let total = data.total_steps.max(last);
+    let value = |p: &(u64, f64, f64)| if app.monitor.update_ratio { p.2 } else { p.1 };
+    let positive: Vec<f64> = data
+        .blocks
+        .values()
+        .flatten()
+        .map(value)
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min).ln();
+    let hi = positive
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ln();
+    let plain = theme.depth == ColorDepth::None;
+    for (r, (label, role, block_index)) in rows.iter().take(inner.height as usize).enumerate() {
+        let y = inner.y + r as u16;
+        buf.set_string(inner.x, y, label, theme.fg(role));
+        let Some(points) = block_index.and_then(|i| data.blocks.get(&i)) else {
+            // Frozen blocks have no statistics; pruned ones are a gap.
+            let filler = if block_index.is_none() { "░" } else { "·" };
+            buf.set_string(
+                inner.x + label_w,
+                y,
+                filler.repeat(cols),
+                theme.fg("pruned_block"),
+            );
+            continue;
+        };
+        let mut sums = vec![(0.0f64, 0usize); cols];
+        for p in points {
+            let c = ((p.0.saturating_sub(1)) as usize * cols / total as usize).min(cols - 1);
+            let v = value(p);
+            if v.is_finite() {
+                sums[c].0 += v;
+                sums[c].1 += 1;
+            }
+        }
+        for (c, (sum, n)) in sums.iter().enumerate() {
+            if *n == 0 {
+                continue;
+            }
+            let v = sum / *n as f64;
+            let t = if hi > lo {
+                (v.max(1e-30).ln() - lo) / (hi - lo)
+            } else {
+                0.5
+            };
+            let x = inner.x + label_w + c as u16;
+            if plain {
+                let shade = [" ", "░", "▒", "▓", "█"][((t * 4.0).round() as usize).min(4)];
+                buf.set_string(x, y, shade, ratatui::style::Style::default());
+            } else {
+                buf.set_string(
+                    x,
+                    y,
+                    "█",
+                    ratatui::style::Style::default().fg(theme.heat(t)),
+                );
+            }
+        }
+    }
+}
+
+/// (metric, value per evaluation column) for base, step 0 and the latest evaluation.
+fn eval_rows(data: &RunData) -> Vec<(String, Vec<String>)> {
+    let cols = eval_columns(data);
+    let mut names: Vec<String> = Vec::new();
+    for e in &cols {
+        for p in &e.ppl {
+            let n = format!("{} ppl", p.name);
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        for t in &e.tasks {
+            let n = format!("{} acc", t.name);
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .map(|n| {
+            let vals = cols
+                .iter()
+                .map(|e| {
+                    e.ppl
+                        .iter()
+                        .find(|p| format!("{} ppl", p.name) == n)
+                        .map(|p| format!("{:.2}", p.perplexity))
+                        .or_else(|| {
+                            e.tasks
+                                .iter()
+                                .find(|t| format!("{} acc", t.name) == n)
+                                .map(|t| format!("{:.3}", t.acc))
+                        })
+                        .unwrap_or_else(|| "—".into())
+                })
+                .collect();
+            (n, vals)
+        })
+        .collect()
+}
+
+fn eval_columns(data: &RunData) -> Vec<&crate::core::events::EvalRecord> {
+    let mut cols = Vec::new();
+    if let Some(b) = data.evals.iter().find(|e| e.label == "base") {
+        cols.push(b);
+    }
+    if let Some(x) = data.evals.iter().find(|e| e.label == "expanded") {
+        cols.push(x);
+    }
+    if let Some(last) = data
+        .evals
+        .iter()
+        .rev()
+        .find(|e| e.label != "base" && e.label != "expanded")
+    {
+        cols.push(last);
+    }
+    cols
+}
+
+fn eval_table(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let cols = eval_columns(data);
+    if cols.is_empty() {
+        Paragraph::new("no evaluation yet")
+            .style(theme.fg("dim"))
+            .block(panel("evaluation", theme, false))
+            .render(area, buf);
+        return;
+    }
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "{:<18}{}",
+            "",
+            cols.iter()
+                .map(|e| format!(
+                    "{:>10}",
+                    if e.label == "expanded" {
+                        "step 0".to_string()
+                    } else if e.label == "base" {
+                        "base".into()
+                    } else {
+                        format!("step {}", e.step)
+                    }
+                ))
+                .collect::<String>()
+        ),
+        theme.fg("accent"),
+    ))];
+    for (name, vals) in eval_rows(data) {
+        lines.push(Line::from(Span::styled(
+            format!(
+                "{:<18}{}",
+                clean(&name),
+                vals.iter().map(|v| format!("{v:>10}")).collect::<String>()
+            ),
+            theme.fg("text"),
+        )));
+    }
+    Paragraph::new(lines)
+        .block(panel("evaluation", theme, false))
+        .render(area, buf);
+}
+
+fn log_tail(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    let height = area.height.saturating_sub(2) as usize;
+    let mut lines: Vec<Line> = Vec::new();
+    if let Some(p) = &data.problem {
+        lines.push(Line::from(Span::styled(clean(p), theme.fg("error"))));
+    }
+    for w in data.warnings.iter().rev().take(2) {
+        lines.push(Line::from(Span::styled(
+            format!("warning: {}", clean(w)),
+            theme.fg("warning"),
+        )));
+    }
+    let room = height.saturating_sub(lines.len());
+    let skip = data.log.len().saturating_sub(room);
+    lines.extend(
+        data.log
+            .iter()
+            .skip(skip)
+            .map(|l| Line::from(Span::styled(clean(l), theme.fg("dim")))),
+    );
+    Paragraph::new(lines)
+        .wrap(Wrap { trim: false })
+        .block(panel("log", theme, false))
+        .render(area, buf);
+}
