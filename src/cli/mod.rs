@@ -141,11 +141,9 @@ pub fn main() -> i32 {
 /// `demo` experiment.
 fn console(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<i32> {
     use std::io::IsTerminal as _;
-    if std::io::stdout().is_terminal() {
-        if crate::templates::user_experiments(data_dir).is_empty() {
-            crate::templates::create_experiment(data_dir, "demo", "smollm2-facts")?;
-        }
+    if std::io::stdout().is_terminal() && crate::templates::user_experiments(data_dir).is_empty() {
         model::resolve_or_fetch(data_dir, "smollm2")?;
+        crate::templates::create_experiment(data_dir, "demo", "smollm2-facts")?;
     }
     crate::tui::run(
         data_dir,

@@ -528,7 +528,20 @@ impl App {
             } => {
                 self.chat.stats.insert(model, (tokens, tokens_per_sec));
                 if stopped {
-                    self.chat.lines.push(ChatLine::Info("(stopped)".into()));
+                    // Marked on that model's answer: in A/B the other one may have finished.
+                    match self
+                        .chat
+                        .lines
+                        .iter_mut()
+                        .rev()
+                        .find(|l| matches!(l, ChatLine::Model { model: m, .. } if *m == model))
+                    {
+                        Some(ChatLine::Model { text, .. }) => text.push_str(" [stopped]"),
+                        _ => self.chat.lines.push(ChatLine::Model {
+                            model,
+                            text: "[stopped]".into(),
+                        }),
+                    }
                 }
                 if model + 1 >= self.chat.models.len() {
                     self.chat.generating = false;

@@ -239,9 +239,10 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
         return;
     }
     let label_w = 7u16;
-    let cols = (inner.width - label_w) as usize;
     let last = data.last_step().max(1);
     let total = data.total_steps.max(last);
+    // One column per step when they fit, else buckets of steps.
+    let cols = ((inner.width - label_w) as usize).min(total as usize);
     let value = |p: &(u64, f64, f64)| if app.monitor.update_ratio { p.2 } else { p.1 };
     let positive: Vec<f64> = data
         .blocks
@@ -376,32 +377,30 @@ fn eval_table(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
             .render(area, buf);
         return;
     }
+    // Values take 7 to 9 columns each; names get the rest (at least 6).
+    let room = area.width.saturating_sub(2) as usize;
+    let value_w = (room.saturating_sub(6) / cols.len().max(1)).clamp(7, 9);
+    let name_w = room.saturating_sub(value_w * cols.len()).max(6);
+    let header: String = cols
+        .iter()
+        .map(|e| {
+            let label = match e.label.as_str() {
+                "expanded" => "step 0".to_string(),
+                "base" => "base".to_string(),
+                _ => format!("step {}", e.step),
+            };
+            format!("{label:>value_w$}")
+        })
+        .collect();
     let mut lines = vec![Line::from(Span::styled(
-        format!(
-            "{:<18}{}",
-            "",
-            cols.iter()
-                .map(|e| format!(
-                    "{:>10}",
-                    if e.label == "expanded" {
-                        "step 0".to_string()
-                    } else if e.label == "base" {
-                        "base".into()
-                    } else {
-                        format!("step {}", e.step)
-                    }
-                ))
-                .collect::<String>()
-        ),
+        format!("{:<name_w$}{header}", ""),
         theme.fg("accent"),
     ))];
     for (name, vals) in eval_rows(data) {
+        let name: String = clean(&name).chars().take(name_w).collect();
+        let vals: String = vals.iter().map(|v| format!("{v:>value_w$}")).collect();
         lines.push(Line::from(Span::styled(
-            format!(
-                "{:<18}{}",
-                clean(&name),
-                vals.iter().map(|v| format!("{v:>10}")).collect::<String>()
-            ),
+            format!("{name:<name_w$}{vals}"),
             theme.fg("text"),
         )));
     }

@@ -1,0 +1,524 @@
+//! The console without a terminal: every screen, popup, empty and error state drawn into
+//! ratatui's TestBackend at 80×24 and 160×48 and compared with insta snapshots (volatile text
+//! redacted), and key sequences driven through the update function.
+
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::path::Path;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use slayer::core::events::{
+    BlockStats, EvalRecord, EventKind, EventSink, PplRecord, RunStatus, TaskRecord,
+};
+use slayer::runner::EventLog;
+use slayer::tui::app::{App, ChatLine, ChatUpdate, Effect, Event, Input, Popup, Screen};
+use slayer::tui::keymap::Keymap;
+use slayer::tui::theme::{self, ColorDepth};
+
+/// A data directory with two experiments (one broken), a small model config, and two runs: one
+/// finished with evaluations and per-block statistics, one that died mid-way.
+fn fixture() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let d = home.path();
+    std::fs::create_dir_all(d.join("experiments")).unwrap();
+    std::fs::create_dir_all(d.join("models/tiny")).unwrap();
+    std::fs::write(
+        d.join("models/tiny/config.json"),
+        serde_json::json!({
+            "model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+            "tie_word_embeddings": false
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("experiments/facts.toml"),
+        "name = \"facts\"\ndescription = \"Two new blocks in the shallow half.\"\n[model]\nbase = \"tiny\"\n[plan]\ninsert = [{ after = 1 }, { after = 3 }]\nprune = [7]\n[data.synth]\nentities = 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("experiments/broken.toml"),
+        "name = \"broken\"\n[plan]\ninsert = \"x\"\n",
+    )
+    .unwrap();
+    let spec =
+        slayer::core::plan::parse("[plan]\ninsert = [{ after = 1 }, { after = 3 }]\nprune = [7]\n")
+            .unwrap()
+            .plan;
+    let map = slayer::core::plan::resolve(&spec, 8).map.unwrap();
+    for (id, steps, finished) in [
+        ("20260101-000000-facts", 40u64, true),
+        ("20260102-000000-facts", 12, false),
+    ] {
+        let run = d.join("runs").join(id);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("experiment.toml"),
+            std::fs::read_to_string(d.join("experiments/facts.toml")).unwrap(),
+        )
+        .unwrap();
+        let mut log = EventLog::open(&run.join("events.jsonl")).unwrap();
+        log.emit(EventKind::RunStart {
+            run: id.into(),
+            experiment: "name = \"facts\"\n".into(),
+            plan: serde_json::to_value(&map).unwrap(),
+            config: serde_json::Value::Null,
+            trainable_params: 1000,
+            total_steps: 40,
+            resumed_from: None,
+            environment: serde_json::Value::Null,
+        })
+        .unwrap();
+        let eval = |label: &str, step: u64, ppl: f64, acc: f64| {
+            EventKind::Eval(EvalRecord {
+                label: label.into(),
+                step,
+                ppl: vec![PplRecord {
+                    name: "general".into(),
+                    tokens: 100,
+                    perplexity: ppl,
+                    bits_per_byte: 1.0,
+                }],
+                tasks: vec![TaskRecord {
+                    name: "facts".into(),
+                    items: 40,
+                    acc,
+                    acc_norm: acc,
+                    acc_stderr: 0.05,
+                }],
+            })
+        };
+        log.emit(eval("base", 0, 20.0, 0.25)).unwrap();
+        log.emit(eval("expanded", 0, 20.0, 0.25)).unwrap();
+        for s in 1..=steps {
+            log.emit(EventKind::Step {
+                step: s,
+                loss: 4.0 / (1.0 + s as f64 / 10.0),
+                lr: 1e-3,
+                tokens: s * 256,
+                tokens_per_sec: 1000.0,
+                grad_norm: 1.0,
+                clipped: false,
+                blocks: [2usize, 5]
+                    .iter()
+                    .map(|&b| BlockStats {
+                        block: b,
+                        grad_norm: 0.1 * b as f64 + 1.0 / s as f64,
+                        weight_norm: 5.0,
+                        update_ratio: 1e-3,
+                    })
+                    .collect(),
+            })
+            .unwrap();
+        }
+        if finished {
+            log.emit(EventKind::Warning {
+                message: "loss spiked at step 30".into(),
+            })
+            .unwrap();
+            log.emit(eval("final", 40, 24.5, 0.55)).unwrap();
+            log.emit(EventKind::End {
+                status: RunStatus::Finished,
+                step: 40,
+                message: String::new(),
+            })
+            .unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        // Fixed times (two seconds a step): rates and ETAs in the snapshots do not depend on
+        // how fast the fixture was written.
+        let path = run.join("events.jsonl");
+        let fixed: String = slayer::runner::read_events(&path)
+            .unwrap()
+            .into_iter()
+            .map(|mut e| {
+                e.time = 1_767_225_600.0 + 2.0 * e.seq as f64;
+                serde_json::to_string(&e).unwrap() + "\n"
+            })
+            .collect();
+        std::fs::write(&path, fixed).unwrap();
+    }
+    home
+}
+
+fn app(home: &Path) -> App {
+    let (themes, _) = theme::load_all(home, ColorDepth::Ansi256);
+    let mut app = App::new(home, themes, Keymap::default(), false);
+    app.experiments = slayer::tui::load_experiments(home);
+    let mut follower = slayer::runner::tail::Follower::all(home);
+    app.update(Event::Follow(follower.poll_all()));
+    let mut runs = slayer::tui::load_runs(home);
+    for r in &mut runs {
+        r.age_secs = 3600.0;
+    }
+    app.update(Event::Runs(runs));
+    app
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+}
+
+fn ctrl(app: &mut App, c: char) -> Vec<Effect> {
+    app.update(Event::Key(KeyEvent::new(
+        KeyCode::Char(c),
+        KeyModifiers::CONTROL,
+    )))
+}
+
+fn typed(app: &mut App, text: &str) {
+    for c in text.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+fn draw(app: &App, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| f.render_widget(app, f.area())).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Snapshots `app` at both sizes, with the temporary data directory redacted.
+fn snap(name: &str, app: &App) {
+    let data = app.data_dir.display().to_string();
+    for (w, h) in [(80, 24), (160, 48)] {
+        let screen = draw(app, w, h).replace(&data, "<data>");
+        // The path may be cut at the panel edge: redact any prefix of it too.
+        let screen = screen.replace("/tmp/", "<tmp>/");
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), screen);
+    }
+}
+
+#[test]
+fn experiments_screens() {
+    let home = fixture();
+    let mut a = app(home.path());
+    snap("experiments", &a);
+    key(&mut a, KeyCode::Char('/'));
+    typed(&mut a, "zzz");
+    snap("experiments_filter_no_match", &a);
+    let empty = tempfile::tempdir().unwrap();
+    snap("experiments_empty", &app(empty.path()));
+}
+
+#[test]
+fn filter_narrows_the_list_and_esc_clears_it() {
+    let home = fixture();
+    let mut a = app(home.path());
+    assert_eq!(a.visible_experiments().len(), 2);
+    key(&mut a, KeyCode::Char('/'));
+    typed(&mut a, "fac");
+    assert_eq!(a.input, Input::Filter);
+    assert_eq!(a.visible_experiments().len(), 1);
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.visible_experiments().len(), 2);
+    assert_eq!(a.input, Input::None);
+}
+
+#[test]
+fn plan_editor_updates_the_layer_map_as_you_type_and_saves() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    assert_eq!(a.current_experiment().unwrap().name, "facts");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.screen, Screen::Editor);
+    let layers = |a: &App| {
+        a.editor
+            .as_ref()
+            .unwrap()
+            .analysis
+            .map
+            .as_ref()
+            .map(|m| m.layers.len())
+    };
+    assert_eq!(layers(&a), Some(9));
+    snap("editor", &a);
+    // Remove the pruning: `prune = [7]` is line 7.
+    for _ in 0..6 {
+        key(&mut a, KeyCode::Down);
+    }
+    key(&mut a, KeyCode::End);
+    key(&mut a, KeyCode::Backspace);
+    key(&mut a, KeyCode::Backspace);
+    assert_eq!(layers(&a), None, "`prune = [` does not parse");
+    snap("editor_error", &a);
+    typed(&mut a, "]");
+    assert_eq!(layers(&a), Some(10));
+    assert!(a.editor.as_ref().unwrap().dirty());
+    ctrl(&mut a, 'o');
+    snap("popup_diff", &a);
+    key(&mut a, KeyCode::Esc);
+    let effects = ctrl(&mut a, 's');
+    assert!(matches!(&effects[..], [Effect::SaveFile { text, .. }] if text.contains("prune = []")));
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.screen, Screen::Experiments);
+}
+
+#[test]
+fn leaving_the_editor_with_edits_asks_and_external_changes_prompt() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Enter);
+    typed(&mut a, "# note\n");
+    key(&mut a, KeyCode::Esc);
+    assert!(matches!(a.popup, Some(Popup::UnsavedLeave { .. })));
+    snap("popup_unsaved", &a);
+    key(&mut a, KeyCode::Right);
+    key(&mut a, KeyCode::Right);
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.screen, Screen::Editor, "stay");
+    // Another editor changes the file while ours has edits.
+    let path = home.path().join("experiments/facts.toml");
+    std::fs::write(
+        &path,
+        "name = \"facts\"\n[model]\nbase = \"tiny\"\n[plan]\npreset = \"llama-pro\"\n",
+    )
+    .unwrap();
+    a.update(Event::Follow(vec![
+        slayer::runner::tail::Update::Experiment(path),
+    ]));
+    snap("popup_external_change", &a);
+    key(&mut a, KeyCode::Char('r'));
+    assert!(a.editor.as_ref().unwrap().text().contains("llama-pro"));
+    assert!(!a.editor.as_ref().unwrap().dirty());
+}
+
+#[test]
+fn runs_monitor_and_their_actions() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('2'));
+    snap("runs", &a);
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.screen, Screen::Monitor);
+    assert_eq!(a.monitored.as_deref(), Some("20260101-000000-facts"));
+    snap("monitor", &a);
+    key(&mut a, KeyCode::Char('l'));
+    key(&mut a, KeyCode::Char('h'));
+    assert!(a.monitor.log_y && a.monitor.update_ratio);
+    key(&mut a, KeyCode::Esc);
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Char('o'));
+    assert_eq!(a.overlay, vec!["20260102-000000-facts".to_string()]);
+    assert_eq!(
+        key(&mut a, KeyCode::Char('r')),
+        vec![Effect::ResumeRun("20260102-000000-facts".into())]
+    );
+    assert_eq!(
+        key(&mut a, KeyCode::Char('K')),
+        vec![Effect::KillRun("20260102-000000-facts".into())]
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let mut e = app(empty.path());
+    key(&mut e, KeyCode::Char('2'));
+    snap("runs_empty", &e);
+    key(&mut e, KeyCode::Char('3'));
+    snap("monitor_empty", &e);
+}
+
+#[test]
+fn chat_streams_side_by_side_and_ctrl_c_cancels() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('4'));
+    snap("chat_empty", &a);
+    let effects = a.run_command("chat run-a run-b");
+    assert_eq!(
+        effects,
+        vec![Effect::ChatLoad(vec!["run-a".into(), "run-b".into()])]
+    );
+    snap("chat_loading", &a);
+    a.update(Event::Chat(ChatUpdate::Loaded(vec![
+        "run-a@40".into(),
+        "run-b@12".into(),
+    ])));
+    assert_eq!(a.input, Input::Chat);
+    typed(&mut a, "Who founded Veloria?");
+    let effects = key(&mut a, KeyCode::Enter);
+    assert_eq!(
+        effects,
+        vec![Effect::ChatSend("Who founded Veloria?".into())]
+    );
+    for (m, t) in [
+        (0, "Veloria was founded "),
+        (0, "by Ada Marr."),
+        (1, "I do not know."),
+    ] {
+        a.update(Event::Chat(ChatUpdate::Token {
+            model: m,
+            text: t.into(),
+        }));
+    }
+    assert!(a.chat.generating);
+    assert_eq!(ctrl(&mut a, 'c'), vec![Effect::ChatCancel]);
+    a.update(Event::Chat(ChatUpdate::Done {
+        model: 0,
+        tokens: 7,
+        tokens_per_sec: 15.5,
+        stopped: false,
+    }));
+    a.update(Event::Chat(ChatUpdate::Done {
+        model: 1,
+        tokens: 5,
+        tokens_per_sec: 14.0,
+        stopped: true,
+    }));
+    assert!(!a.chat.generating);
+    snap("chat_ab", &a);
+    a.update(Event::Chat(ChatUpdate::Error(
+        "run-c: run has no checkpoint yet".into(),
+    )));
+    assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("no checkpoint")));
+}
+
+#[test]
+fn popups_and_the_status_line() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('?'));
+    snap("popup_help", &a);
+    key(&mut a, KeyCode::Esc);
+    key(&mut a, KeyCode::Char('n'));
+    snap("popup_templates", &a);
+    key(&mut a, KeyCode::Enter);
+    typed(&mut a, "mine");
+    snap("popup_name", &a);
+    let effects = key(&mut a, KeyCode::Enter);
+    assert_eq!(
+        effects,
+        vec![Effect::CreateExperiment {
+            name: "mine".into(),
+            template: "smollm2-slayer".into()
+        }]
+    );
+    key(&mut a, KeyCode::Char('D'));
+    snap("popup_delete", &a);
+    assert!(
+        matches!(&key(&mut a, KeyCode::Char('y'))[..], [Effect::DeleteExperiment(p)] if p.ends_with("broken.toml"))
+    );
+    a.popup = Some(Popup::Error {
+        title: "cannot load".into(),
+        message: "runs/x/events.jsonl line 3: not a slayer event".into(),
+    });
+    snap("popup_error", &a);
+    a.popup = None;
+    a.update(Event::Status(
+        false,
+        "the store <data>/store is in use by pid 42 (slayer console) (retrying)".into(),
+    ));
+    snap("status_error", &a);
+    // Quitting with a running run asks; the default leaves it running.
+    a.runs[0].state = slayer::runner::RunState::Running;
+    key(&mut a, KeyCode::Char('q'));
+    snap("popup_quit", &a);
+    assert_eq!(
+        key(&mut a, KeyCode::Enter),
+        vec![Effect::Quit { stop_runs: false }]
+    );
+}
+
+/// The help screen lists every binding of the keymap, so the two cannot drift.
+#[test]
+fn help_is_generated_from_the_keymap() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('?'));
+    let mut screen = String::new();
+    for scroll in 0..40 {
+        a.popup = Some(Popup::Help { scroll });
+        screen.push_str(&draw(&a, 160, 48));
+    }
+    for b in &Keymap::default().bindings {
+        assert!(
+            screen.contains(b.description),
+            "help lacks {:?}",
+            b.description
+        );
+        for k in &b.keys {
+            assert!(screen.contains(&k.label()), "help lacks key {}", k.label());
+        }
+    }
+}
+
+/// Escape sequences in file names, experiment text and model output reach the screen as inert
+/// text: no ESC or other control character is ever put in a cell.
+#[test]
+fn escape_payloads_render_inert() {
+    let home = fixture();
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred";
+    std::fs::write(
+        home.path().join("experiments/evil.toml"),
+        format!(
+            "name = \"{}\"\ndescription = \"{}\"\n",
+            evil.replace('\u{1b}', "\\u001b")
+                .replace('\u{7}', "\\u0007"),
+            evil.replace('\u{1b}', "\\u001b")
+                .replace('\u{7}', "\\u0007")
+        ),
+    )
+    .unwrap();
+    let mut a = app(home.path());
+    assert!(a.experiments.iter().any(|e| e.name.contains('\u{1b}')));
+    a.update(Event::Chat(ChatUpdate::Loaded(vec![evil.into()])));
+    a.update(Event::Chat(ChatUpdate::Token {
+        model: 0,
+        text: evil.into(),
+    }));
+    for screen in [Screen::Experiments, Screen::Chat] {
+        a.screen = screen;
+        for (i, _) in a.experiments.clone().iter().enumerate() {
+            a.selected_experiment = i;
+            let out = draw(&a, 160, 48);
+            assert!(
+                !out.chars().any(|c| c.is_control() && c != '\n'),
+                "{screen:?}: {out:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_shipped_theme_and_the_no_colour_mode_render() {
+    let home = fixture();
+    for depth in [ColorDepth::None, ColorDepth::Ansi16, ColorDepth::TrueColor] {
+        let (themes, problems) = theme::load_all(home.path(), depth);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(themes.len(), 3);
+        let mut a = app(home.path());
+        a.themes = themes;
+        for t in 0..3 {
+            a.theme = t;
+            key(&mut a, KeyCode::Char('2'));
+            key(&mut a, KeyCode::Enter);
+            draw(&a, 80, 24);
+        }
+    }
+    // A broken user theme is reported with its file and skipped.
+    std::fs::create_dir_all(home.path().join("themes")).unwrap();
+    std::fs::write(
+        home.path().join("themes/bad.toml"),
+        "name = \"bad\"\n[colors]\ntext = \"#12\"\n",
+    )
+    .unwrap();
+    let (themes, problems) = theme::load_all(home.path(), ColorDepth::Ansi256);
+    assert_eq!(themes.len(), 3);
+    assert!(
+        problems[0].contains("themes/bad.toml") && problems[0].contains("#rrggbb"),
+        "{problems:?}"
+    );
+}
