@@ -1,0 +1,139 @@
+//! The console in a real terminal: tmux runs it, send-keys drives it and capture-pane reads the
+//! screen. Open the experiment, edit the plan and watch the layer map change, launch a short CPU
+//! run, watch its step counter advance, leave with the run still going, reopen, find the run.
+
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::tiny_model_dir;
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is needed for this test (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&self, home: &Path) {
+        let cmd = format!(
+            "SLAYER_HOME='{}' '{}'; echo console-exited; sleep 60",
+            home.display(),
+            env!("CARGO_BIN_EXE_slayer")
+        );
+        self.cmd(&["new-session", "-d", "-s", "c", "-x", "160", "-y", "48", &cmd]);
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.cmd(&["send-keys", "-t", "c", k]);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    }
+
+    fn screen(&self) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", "c"])
+    }
+
+    /// Waits until the screen satisfies `pred`; returns it.
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+    }
+}
+
+/// The step counter of the monitor's header (`step N/M`).
+fn step_of(screen: &str) -> Option<u64> {
+    let at = screen.find(" step ")?;
+    screen[at + 6..].split('/').next()?.trim().parse().ok()
+}
+
+#[test]
+fn drive_the_console_through_a_run_and_back() {
+    let home = tempfile::tempdir().unwrap();
+    let (model, corpus) = tiny_model_dir(home.path());
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/tiny.toml"),
+        format!(
+            "name = \"tiny\"\n[model]\nbase = \"{}\"\n[plan]\ninsert = [{{ after = 1 }}]\n[data]\ntrain = \"{}\"\nheldout_fraction = 0.1\n[train]\nsteps = 4000\nbatch_size = 2\nseq_len = 16\ncheckpoint_every = 1000\n[eval]\nmax_tokens = 64\n",
+            model.display(),
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux {
+        socket: format!("slayer-test-{}", std::process::id()),
+    };
+    tmux.start(home.path());
+    tmux.wait_for("the experiment list", |s| s.contains("tiny") && s.contains("experiments"));
+    // The plan editor: one new block after block 1 ("new ← 1"); make it after block 2.
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the layer map", |s| s.contains("layer map") && s.contains("new ← 1"));
+    tmux.keys(&["Down", "Down", "Down", "Down", "End", "Left", "Left", "Left", "BSpace", "2"]);
+    let s = tmux.wait_for("the layer map to change", |s| s.contains("new ← 2"));
+    assert!(s.contains("tiny.toml [+]"), "{s}");
+    tmux.keys(&["C-s", "Escape"]);
+    tmux.wait_for("the list again", |s| s.contains("lineage"));
+    assert!(std::fs::read_to_string(home.path().join("experiments/tiny.toml")).unwrap().contains("after = 2"));
+    // Train it and watch.
+    tmux.keys(&["t"]);
+    tmux.wait_for("the run to start", |s| s.contains("1 running"));
+    tmux.keys(&["2", "Enter"]);
+    let first = tmux.wait_for("steps", |s| step_of(s).is_some_and(|n| n > 0));
+    let n0 = step_of(&first).unwrap();
+    let later = tmux.wait_for("the step counter to advance", |s| step_of(s).is_some_and(|n| n > n0));
+    assert!(later.contains("blocks × steps"), "{later}");
+    // Leave: the run keeps going (the default answer).
+    tmux.keys(&["q"]);
+    tmux.wait_for("the quit question", |s| s.contains("leave them running"));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
+    tmux.cmd(&["kill-session", "-t", "c"]);
+    let runs = slayer::runner::list_runs(home.path());
+    assert_eq!(runs.len(), 1);
+    // Reopen and find it.
+    tmux.start(home.path());
+    tmux.wait_for("the console", |s| s.contains("experiments"));
+    tmux.keys(&["2"]);
+    let s = tmux.wait_for("the run in the list", |s| s.contains(&runs[0].id));
+    assert!(s.contains("running") || s.contains("finished"), "{s}");
+    tmux.keys(&["q"]);
+    if tmux.screen().contains("leave them running") {
+        tmux.keys(&["Right", "Enter"]);
+    }
+    tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
+    // Stopped from the console's quit question, or finished by now.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !slayer::runner::list_runs(home.path())
+        .iter()
+        .all(|r| matches!(r.state(&r.read_events().unwrap()), slayer::runner::RunState::Stopped | slayer::runner::RunState::Finished))
+    {
+        assert!(Instant::now() < deadline, "the run neither stopped nor finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
