@@ -123,6 +123,29 @@ pub struct RunRow {
     pub problem: Option<String>,
 }
 
+impl RunRow {
+    /// What the screens show of the row (with the age to its displayed precision, for the run
+    /// table).
+    #[must_use]
+    pub fn shown(&self, with_age: bool) -> String {
+        format!(
+            "{} {} {} {}/{} {:?} {} {:?}",
+            self.id,
+            self.experiment,
+            self.state,
+            self.step,
+            self.total_steps,
+            self.last_loss.map(|l| format!("{l:.4}")),
+            if with_age {
+                super::view::duration(self.age_secs)
+            } else {
+                String::new()
+            },
+            self.problem
+        )
+    }
+}
+
 /// A small window over the app.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Popup {
@@ -365,6 +388,17 @@ impl App {
         }
     }
 
+    /// Whether the screen shows something the clock changes (a running run's ETA).
+    #[must_use]
+    pub fn clock_visible(&self) -> bool {
+        self.screen == Screen::Monitor
+            && self.monitored.as_ref().is_some_and(|id| {
+                self.runs
+                    .iter()
+                    .any(|r| &r.id == id && r.state == RunState::Running)
+            })
+    }
+
     #[must_use]
     pub fn theme(&self) -> Theme {
         self.themes
@@ -412,6 +446,7 @@ impl App {
 
     /// Applies one event; returns what the runtime must do.
     pub fn update(&mut self, event: Event) -> Vec<Effect> {
+        let was_dirty = self.dirty;
         self.dirty = true;
         match event {
             Event::Key(key) => self.key(key),
@@ -427,6 +462,14 @@ impl App {
                 Vec::new()
             }
             Event::Runs(rows) => {
+                // Re-read every few seconds: redraw only if what the table shows changed.
+                let ages = self.screen == Screen::Runs;
+                let shown = |rows: &[RunRow]| -> Vec<String> {
+                    rows.iter().map(|r| r.shown(ages)).collect()
+                };
+                if shown(&rows) == shown(&self.runs) {
+                    self.dirty = was_dirty;
+                }
                 self.runs = rows;
                 self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
                 Vec::new()

@@ -529,6 +529,17 @@ pub fn rename_experiment(text: &str, name: &str) -> String {
     out
 }
 
+/// Clears the screen and makes the next frame repaint every cell. (`Terminal::clear` would ask
+/// the terminal for the cursor position: a round trip that can time out over a slow link.)
+fn full_repaint<B: ratatui::backend::Backend>(terminal: &mut Terminal<B>) -> Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
+    let size = terminal.size()?;
+    terminal.resize(ratatui::layout::Rect::new(0, 0, size.width, size.height))?;
+    Ok(())
+}
+
 async fn event_loop(mut app: App) -> Result<i32> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -550,7 +561,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
     }
     let backend = CrosstermBackend::new(std::io::stdout());
     let mut terminal = Terminal::new(backend).context("cannot start drawing")?;
-    terminal.clear()?;
+    full_repaint(&mut terminal)?;
     let frame = Duration::from_millis(1000 / MAX_FPS);
     let mut last_draw = Instant::now() - frame;
     let mut stop_runs = None;
@@ -565,10 +576,11 @@ async fn event_loop(mut app: App) -> Result<i32> {
                 app.now = now();
             }
             let changed_by_tick = matches!(event, Event::Tick);
+            let dirty_before_tick = app.dirty;
             for effect in app.update(event) {
                 match effect {
                     Effect::Quit { stop_runs: s } => stop_runs = Some(s),
-                    Effect::Redraw => terminal.clear()?,
+                    Effect::Redraw => full_repaint(&mut terminal)?,
                     Effect::ChatLoad(specs) => {
                         let _ = chat.send(ChatCommand::Load(specs));
                     }
@@ -585,9 +597,9 @@ async fn event_loop(mut app: App) -> Result<i32> {
                     }
                 }
             }
-            // A tick changes only what depends on the clock: the monitor's ETA and ages.
-            if changed_by_tick && !matches!(app.screen, app::Screen::Monitor | app::Screen::Runs) {
-                app.dirty = false;
+            // A tick changes only the monitor's ETA, and only while the run runs.
+            if changed_by_tick && !app.clock_visible() {
+                app.dirty = dirty_before_tick;
             }
         }
         if stop_runs.is_some() {
@@ -605,9 +617,12 @@ async fn event_loop(mut app: App) -> Result<i32> {
                     }
                 }
             }
+            let started = Instant::now();
             execute!(std::io::stdout(), terminal::BeginSynchronizedUpdate)?;
             terminal.draw(|f| f.render_widget(&app, f.area()))?;
             execute!(std::io::stdout(), terminal::EndSynchronizedUpdate)?;
+            // `SLAYER_LOG=slayer::frame=debug` records every frame's drawing time (bench/console_pty.py).
+            tracing::debug!(target: "slayer::frame", micros = started.elapsed().as_micros() as u64, "frame");
             app.dirty = false;
             last_draw = Instant::now();
         }

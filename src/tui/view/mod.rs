@@ -155,7 +155,8 @@ fn hints(app: &App) -> String {
 }
 
 /// Human step counts and durations.
-pub(crate) fn duration(secs: f64) -> String {
+#[must_use]
+pub fn duration(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     match s {
         0..60 => format!("{s}s"),
