@@ -522,3 +522,51 @@ fn every_shipped_theme_and_the_no_colour_mode_render() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn jobs_diff_against_another_experiment_and_live_theme_reload() {
+    let home = fixture();
+    let mut a = app(home.path());
+    // Expand the selected experiment as a cancellable job.
+    key(&mut a, KeyCode::Char('j'));
+    let effects = key(&mut a, KeyCode::Char('E'));
+    assert!(
+        matches!(&effects[..], [Effect::Job { args, .. }] if args[0] == "expand" && args.contains(&"--verify".to_string()))
+    );
+    snap("job_running", &a);
+    assert_eq!(key(&mut a, KeyCode::Char('C')), vec![Effect::CancelJob]);
+    a.update(Event::JobDone(
+        false,
+        "expanding facts (with verification): interrupted".into(),
+    ));
+    assert!(a.jobs.is_empty());
+    // Export a run.
+    key(&mut a, KeyCode::Char('2'));
+    assert!(
+        matches!(&key(&mut a, KeyCode::Char('X'))[..], [Effect::Job { args, .. }] if args[0] == "export")
+    );
+    // :diff compares the editor with another experiment.
+    key(&mut a, KeyCode::Char('1'));
+    key(&mut a, KeyCode::Enter);
+    a.run_command("diff broken");
+    assert!(
+        matches!(&a.popup, Some(Popup::Diff { lines, .. }) if lines.iter().any(|l| l.starts_with("+ prune")))
+    );
+    key(&mut a, KeyCode::Esc);
+    // A theme edited on disk is reloaded live, the current one kept.
+    a.run_command("theme light");
+    assert_eq!(a.theme().name, "light");
+    let user = home.path().join("themes");
+    std::fs::create_dir_all(&user).unwrap();
+    let mine = theme::built_in_sources()[1]
+        .1
+        .replace("name = \"light\"", "name = \"mine\"");
+    std::fs::write(user.join("mine.toml"), mine).unwrap();
+    a.update(Event::Follow(vec![
+        slayer::runner::tail::Update::Experiment(user.join("mine.toml")),
+    ]));
+    assert_eq!(a.themes.len(), 4);
+    assert_eq!(a.theme().name, "light");
+    a.run_command("theme mine");
+    assert_eq!(a.theme().name, "mine");
+}

@@ -2,7 +2,11 @@
 //! screen. Open the experiment, edit the plan and watch the layer map change, launch a short CPU
 //! run, watch its step counter advance, leave with the run still going, reopen, find the run.
 
-#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is the failure report"
+)]
 
 mod common;
 
@@ -32,7 +36,17 @@ impl Tmux {
             home.display(),
             env!("CARGO_BIN_EXE_slayer")
         );
-        self.cmd(&["new-session", "-d", "-s", "c", "-x", "160", "-y", "48", &cmd]);
+        self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "c",
+            "-x",
+            "160",
+            "-y",
+            "48",
+            &cmd,
+        ]);
     }
 
     fn keys(&self, keys: &[&str]) {
@@ -54,7 +68,10 @@ impl Tmux {
             if pred(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{s}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -62,7 +79,9 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
     }
 }
 
@@ -90,23 +109,35 @@ fn drive_the_console_through_a_run_and_back() {
         socket: format!("slayer-test-{}", std::process::id()),
     };
     tmux.start(home.path());
-    tmux.wait_for("the experiment list", |s| s.contains("tiny") && s.contains("experiments"));
+    tmux.wait_for("the experiment list", |s| {
+        s.contains("tiny") && s.contains("experiments")
+    });
     // The plan editor: one new block after block 1 ("new ← 1"); make it after block 2.
     tmux.keys(&["Enter"]);
-    tmux.wait_for("the layer map", |s| s.contains("layer map") && s.contains("new ← 1"));
-    tmux.keys(&["Down", "Down", "Down", "Down", "End", "Left", "Left", "Left", "BSpace", "2"]);
+    tmux.wait_for("the layer map", |s| {
+        s.contains("layer map") && s.contains("new ← 1")
+    });
+    tmux.keys(&[
+        "Down", "Down", "Down", "Down", "End", "Left", "Left", "Left", "BSpace", "2",
+    ]);
     let s = tmux.wait_for("the layer map to change", |s| s.contains("new ← 2"));
     assert!(s.contains("tiny.toml [+]"), "{s}");
     tmux.keys(&["C-s", "Escape"]);
     tmux.wait_for("the list again", |s| s.contains("lineage"));
-    assert!(std::fs::read_to_string(home.path().join("experiments/tiny.toml")).unwrap().contains("after = 2"));
+    assert!(
+        std::fs::read_to_string(home.path().join("experiments/tiny.toml"))
+            .unwrap()
+            .contains("after = 2")
+    );
     // Train it and watch.
     tmux.keys(&["t"]);
     tmux.wait_for("the run to start", |s| s.contains("1 running"));
     tmux.keys(&["2", "Enter"]);
     let first = tmux.wait_for("steps", |s| step_of(s).is_some_and(|n| n > 0));
     let n0 = step_of(&first).unwrap();
-    let later = tmux.wait_for("the step counter to advance", |s| step_of(s).is_some_and(|n| n > n0));
+    let later = tmux.wait_for("the step counter to advance", |s| {
+        step_of(s).is_some_and(|n| n > n0)
+    });
     assert!(later.contains("blocks × steps"), "{later}");
     // Leave: the run keeps going (the default answer).
     tmux.keys(&["q"]);
@@ -129,11 +160,16 @@ fn drive_the_console_through_a_run_and_back() {
     tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
     // Stopped from the console's quit question, or finished by now.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !slayer::runner::list_runs(home.path())
-        .iter()
-        .all(|r| matches!(r.state(&r.read_events().unwrap()), slayer::runner::RunState::Stopped | slayer::runner::RunState::Finished))
-    {
-        assert!(Instant::now() < deadline, "the run neither stopped nor finished");
+    while !slayer::runner::list_runs(home.path()).iter().all(|r| {
+        matches!(
+            r.state(&r.read_events().unwrap()),
+            slayer::runner::RunState::Stopped | slayer::runner::RunState::Finished
+        )
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the run neither stopped nor finished"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -40,6 +40,7 @@ pub fn describe(e: &Event) -> String {
 }
 
 /// One line for an evaluation: its label and step, each perplexity and each accuracy.
+#[must_use]
 pub fn eval_line(r: &EvalRecord) -> String {
     let mut parts = vec![format!("eval {} (step {}):", r.label, r.step)];
     parts.extend(

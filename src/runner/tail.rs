@@ -179,7 +179,11 @@ impl Follower {
     /// Follows every run under `data_dir` and its experiment files.
     #[must_use]
     pub fn all(data_dir: &Path) -> Self {
-        let watcher = DirWatcher::new(&[data_dir.join("runs")], &[data_dir.join("experiments")]);
+        // Console themes are TOML files too: their edits are reported like experiments'.
+        let watcher = DirWatcher::new(
+            &[data_dir.join("runs")],
+            &[data_dir.join("experiments"), data_dir.join("themes")],
+        );
         Self::with(Some(data_dir.to_path_buf()), watcher, &[])
     }
 

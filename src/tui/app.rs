@@ -47,6 +47,17 @@ pub enum Event {
     /// A message for the status line: (ok, message).
     Status(bool, String),
     Chat(ChatUpdate),
+    /// The chat transcripts re-read.
+    Chats(Vec<ChatSummary>),
+}
+
+/// A recorded chat, for lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatSummary {
+    pub id: String,
+    pub models: Vec<String>,
+    pub runs: Vec<String>,
+    pub turns: usize,
 }
 
 /// What the chat worker reports.
@@ -92,6 +103,13 @@ pub enum Effect {
     ChatSend(String),
     ChatCancel,
     ChatReset,
+    /// A long CLI operation in the background (`slayer ARGS`), cancellable.
+    Job {
+        label: String,
+        args: Vec<String>,
+    },
+    /// Ask the newest job to stop (SIGTERM: it cleans up and exits).
+    CancelJob,
     /// Repaint everything (after a resize or Ctrl-L).
     Redraw,
     Quit {
@@ -351,8 +369,8 @@ pub struct App {
     pub dirty: bool,
     /// Seconds since the epoch, as of the last tick (fixed in tests).
     pub now: f64,
-    /// Lineage lines of the selected experiment (from the store).
-    pub lineage: Vec<String>,
+    /// Recorded chats (lineage: runs → chats).
+    pub chats: Vec<ChatSummary>,
 }
 
 impl App {
@@ -384,7 +402,7 @@ impl App {
             should_quit: None,
             dirty: true,
             now: 0.0,
-            lineage: Vec::new(),
+            chats: Vec::new(),
         }
     }
 
@@ -492,6 +510,10 @@ impl App {
                 self.chat_update(u);
                 Vec::new()
             }
+            Event::Chats(chats) => {
+                self.chats = chats;
+                Vec::new()
+            }
         }
     }
 
@@ -521,7 +543,19 @@ impl App {
     }
 
     /// An experiment file changed on disk: reload the editor if it holds no edits, else ask.
+    /// A theme file changed: reload the themes, keeping the current one.
     fn experiment_changed(&mut self, path: &Path) {
+        if path.starts_with(super::theme::user_dir(&self.data_dir)) {
+            let name = self.theme().name;
+            let (themes, problems) = super::theme::load_all(&self.data_dir, self.theme().depth);
+            self.themes = themes;
+            self.theme = self.themes.iter().position(|t| t.name == name).unwrap_or(0);
+            match problems.into_iter().next() {
+                Some(p) => self.say(false, p),
+                None => self.say(true, format!("themes reloaded ({})", path.display())),
+            }
+            return;
+        }
         let Some(editor) = &mut self.editor else {
             return;
         };
@@ -625,16 +659,15 @@ impl App {
                 .iter()
                 .find(|b| b.context == Context::Editor && b.keys.contains(&k))
                 .map(|b| b.action);
-            return match action {
-                Some(a) => self.action(a),
-                None => {
-                    if let Some(editor) = &mut self.editor
-                        && editor.textarea.input(key)
-                    {
-                        editor.reanalyse();
-                    }
-                    Vec::new()
+            return if let Some(a) = action {
+                self.action(a)
+            } else {
+                if let Some(editor) = &mut self.editor
+                    && editor.textarea.input(key)
+                {
+                    editor.reanalyse();
                 }
+                Vec::new()
             };
         }
         match self.keymap.lookup(self.context(), k) {
@@ -654,10 +687,8 @@ impl App {
                 let cmd = std::mem::take(&mut self.command);
                 return self.run_command(cmd.trim());
             }
-            KeyCode::Backspace => {
-                if self.command.pop().is_none() {
-                    self.input = Input::None;
-                }
+            KeyCode::Backspace if self.command.pop().is_none() => {
+                self.input = Input::None;
             }
             KeyCode::Char(c) => self.command.push(c),
             _ => {}
@@ -703,13 +734,31 @@ impl App {
                 vec![Effect::Redraw]
             }
             "system" => vec![Effect::ChatSend(format!("/system {arg}"))],
-            name => match Action::from_name(name) {
-                Some(a) => self.action(a),
-                None => {
+            "diff" => {
+                let other = self.experiments.iter().find(|e| e.name == arg).cloned();
+                match (&self.editor, other) {
+                    (Some(editor), Some(other)) => {
+                        self.popup = Some(Popup::Diff {
+                            lines: line_diff(&other.text, &editor.text()),
+                            scroll: 0,
+                        });
+                    }
+                    (None, _) => self.say(
+                        false,
+                        ":diff NAME compares the plan editor with another experiment",
+                    ),
+                    (_, None) => self.say(false, format!("no experiment named {arg:?}")),
+                }
+                Vec::new()
+            }
+            name => {
+                if let Some(a) = Action::from_name(name) {
+                    self.action(a)
+                } else {
                     self.say(false, format!("unknown command :{name} (? lists the keys)"));
                     Vec::new()
                 }
-            },
+            }
         }
     }
 
@@ -899,7 +948,7 @@ impl App {
                         input,
                         template,
                         from,
-                    })
+                    });
                 }
             },
             Popup::ExternalChange { path } => match code {
@@ -1149,6 +1198,48 @@ impl App {
                 return vec![Effect::Redraw];
             }
             Action::Refresh => return vec![Effect::Redraw],
+            Action::Expand => {
+                if let Some(e) = self.current_experiment().cloned() {
+                    let out = self.data_dir.join("expanded").join(&e.name);
+                    let label = format!("expanding {} (with verification)", e.name);
+                    self.jobs.push(label.clone());
+                    return vec![Effect::Job {
+                        label,
+                        args: vec![
+                            "expand".into(),
+                            e.path.display().to_string(),
+                            "--out".into(),
+                            out.display().to_string(),
+                            "--verify".into(),
+                            "--force".into(),
+                        ],
+                    }];
+                }
+            }
+            Action::Export => {
+                if let Some(r) = self.current_run().cloned() {
+                    let out = self.data_dir.join("exports").join(&r.id);
+                    let label = format!("exporting {}", r.id);
+                    self.jobs.push(label.clone());
+                    return vec![Effect::Job {
+                        label,
+                        args: vec![
+                            "export".into(),
+                            r.id.clone(),
+                            "--out".into(),
+                            out.display().to_string(),
+                            "--force".into(),
+                        ],
+                    }];
+                }
+            }
+            Action::CancelJob => {
+                if self.jobs.is_empty() {
+                    self.say(false, "no job is running");
+                } else {
+                    return vec![Effect::CancelJob];
+                }
+            }
         }
         Vec::new()
     }

@@ -48,6 +48,9 @@ pub enum Action {
     Cancel,
     CycleTheme,
     Refresh,
+    Expand,
+    Export,
+    CancelJob,
 }
 
 impl Action {
@@ -107,6 +110,9 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Cancel, "cancel"),
     (Action::CycleTheme, "theme"),
     (Action::Refresh, "refresh"),
+    (Action::Expand, "expand"),
+    (Action::Export, "export"),
+    (Action::CancelJob, "cancel_job"),
 ];
 
 /// Where a binding applies.
@@ -348,6 +354,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         "redraw the screen",
     ),
     (
+        Context::Global,
+        &["C"],
+        Action::CancelJob,
+        "cancel the running job (expand, export)",
+    ),
+    (
         Context::Experiments,
         &["/"],
         Action::Filter,
@@ -388,6 +400,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["c"],
         Action::Chat,
         "chat with its newest run",
+    ),
+    (
+        Context::Experiments,
+        &["E"],
+        Action::Expand,
+        "expand it into <data>/expanded/NAME and verify",
     ),
     (Context::Editor, &["ctrl-s"], Action::Save, "save"),
     (
@@ -433,6 +451,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["o"],
         Action::Overlay,
         "overlay its loss in the monitor",
+    ),
+    (
+        Context::Runs,
+        &["X"],
+        Action::Export,
+        "export its model to <data>/exports/RUN",
     ),
     (
         Context::Monitor,

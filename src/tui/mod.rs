@@ -71,6 +71,29 @@ pub fn load_experiments(data_dir: &Path) -> Vec<ExperimentItem> {
         .collect()
 }
 
+/// The chat transcripts, oldest first (for lineage: which runs were chatted with).
+#[must_use]
+pub fn load_chats(data_dir: &Path) -> Vec<app::ChatSummary> {
+    crate::runner::transcript::list_transcripts(data_dir)
+        .iter()
+        .filter_map(|p| crate::runner::transcript::Transcript::load(p).ok())
+        .map(|t| app::ChatSummary {
+            runs: t
+                .models
+                .iter()
+                .filter_map(|m| {
+                    m.run.clone().or_else(|| {
+                        crate::runner::transcript::run_of_model(data_dir, Path::new(&m.path))
+                    })
+                })
+                .collect(),
+            models: t.models.iter().map(|m| m.label.clone()).collect(),
+            turns: t.turns.len(),
+            id: t.id,
+        })
+        .collect()
+}
+
 /// The run table, newest last.
 #[must_use]
 pub fn load_runs(data_dir: &Path) -> Vec<RunRow> {
@@ -183,6 +206,18 @@ fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
                         Ok(cevent::Event::Resize(_, _)) => {
                             let _ = tx.send(Event::Resize);
                         }
+                        // Only delivered with --mouse: the wheel moves like the arrow keys.
+                        Ok(cevent::Event::Mouse(m)) => {
+                            let code = match m.kind {
+                                cevent::MouseEventKind::ScrollUp => Some(cevent::KeyCode::Up),
+                                cevent::MouseEventKind::ScrollDown => Some(cevent::KeyCode::Down),
+                                _ => None,
+                            };
+                            if let Some(code) = code {
+                                let key = cevent::KeyEvent::new(code, cevent::KeyModifiers::NONE);
+                                let _ = tx.send(Event::Key(key));
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             let _ = tx.send(Event::TerminalGone(e.to_string()));
@@ -226,6 +261,7 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
             let mut store = open_store(true);
             let mut last_try = Instant::now();
             let mut follower = crate::runner::tail::Follower::all(&data_dir);
+            let mut last_chats = Vec::new();
             let mut updates = follower.poll_all();
             let mut last_table = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -258,6 +294,11 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
                 if runs_changed || last_table.elapsed() > Duration::from_secs(2) {
                     last_table = Instant::now();
                     let _ = tx.send(Event::Runs(load_runs(&data_dir)));
+                    let chats = load_chats(&data_dir);
+                    if chats != last_chats {
+                        last_chats.clone_from(&chats);
+                        let _ = tx.send(Event::Chats(chats));
+                    }
                 }
                 if store.is_none() && last_try.elapsed() > Duration::from_secs(5) {
                     last_try = Instant::now();
@@ -319,7 +360,7 @@ fn spawn_chat(
                 send(ChatUpdate::Loaded(
                     models.iter().map(|m| m.label.clone()).collect(),
                 ));
-                match serve_chat(&models, &cmd_rx, &cancel, &send) {
+                match serve_chat(&data_dir, &models, &cmd_rx, &cancel, &send) {
                     Some(specs) => next = Some(specs),
                     None => return,
                 }
@@ -329,13 +370,15 @@ fn spawn_chat(
 }
 
 /// Answers messages with `models` until asked to load others (returns their specs) or the
-/// console is gone (`None`).
+/// console is gone (`None`). Every turn is recorded in a transcript, as the CLI's chat does.
 fn serve_chat(
+    data_dir: &Path,
     models: &[crate::runner::model::LoadedModel],
     rx: &std::sync::mpsc::Receiver<ChatCommand>,
     cancel: &AtomicBool,
     send: &dyn Fn(ChatUpdate),
 ) -> Option<Vec<String>> {
+    use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
     let params = crate::core::generate::SamplingParams {
         temperature: 0.7,
         top_p: 0.9,
@@ -343,15 +386,33 @@ fn serve_chat(
         seed: 0,
         max_tokens: 256,
     };
+    let new_transcript = |system: Option<String>| {
+        Transcript::new(
+            models
+                .iter()
+                .map(|m| ChatModel {
+                    label: m.label.clone(),
+                    path: m.path.display().to_string(),
+                    run: run_of_model(data_dir, &m.path),
+                })
+                .collect(),
+            system,
+            serde_json::json!({
+                "temperature": params.temperature, "top_p": params.top_p,
+                "max_tokens": params.max_tokens,
+            }),
+        )
+    };
+    let mut transcript = new_transcript(None);
     let mut sessions = Vec::new();
     for m in models {
         match crate::core::chat::ChatSession::new(&m.model, &m.tokenizer, params.clone()) {
             Ok(s) => sessions.push(s),
             Err(e) => {
                 send(ChatUpdate::Error(format!("{}: {e}", m.label)));
-                return rx.recv().ok().and_then(|c| match c {
-                    ChatCommand::Load(s) => Some(s),
-                    _ => Some(Vec::new()),
+                return rx.recv().ok().map(|c| match c {
+                    ChatCommand::Load(s) => s,
+                    _ => Vec::new(),
                 });
             }
         }
@@ -359,18 +420,28 @@ fn serve_chat(
     while let Ok(cmd) = rx.recv() {
         match cmd {
             ChatCommand::Load(specs) => return Some(specs),
-            ChatCommand::Reset => sessions
-                .iter_mut()
-                .for_each(crate::core::chat::ChatSession::reset),
+            ChatCommand::Reset => {
+                sessions
+                    .iter_mut()
+                    .for_each(crate::core::chat::ChatSession::reset);
+                transcript = new_transcript(transcript.system.clone());
+            }
             ChatCommand::Send(text) => {
                 if let Some(rest) = text.strip_prefix("/system") {
                     let rest = rest.trim();
+                    let system = (!rest.is_empty()).then(|| rest.to_string());
                     for s in &mut sessions {
-                        s.set_system((!rest.is_empty()).then(|| rest.to_string()));
+                        s.set_system(system.clone());
                     }
+                    transcript = new_transcript(system);
                     continue;
                 }
                 cancel.store(false, Ordering::SeqCst);
+                let mut turn = ChatTurn {
+                    time: now(),
+                    user: text.clone(),
+                    replies: Vec::new(),
+                };
                 for (i, session) in sessions.iter_mut().enumerate() {
                     let reply = session.send(&text, cancel, |delta| {
                         send(ChatUpdate::Token {
@@ -379,14 +450,31 @@ fn serve_chat(
                         });
                     });
                     match reply {
-                        Ok(reply) => send(ChatUpdate::Done {
-                            model: i,
-                            tokens: reply.stats.generated_tokens,
-                            tokens_per_sec: reply.stats.decode_tokens_per_sec(),
-                            stopped: reply.stats.stop
-                                == crate::core::generate::StopReason::Cancelled,
-                        }),
+                        Ok(reply) => {
+                            let stats = &reply.stats;
+                            turn.replies.push(ChatReply {
+                                model: i,
+                                text: reply.text.clone(),
+                                tokens: stats.generated_tokens,
+                                tokens_per_sec: stats.decode_tokens_per_sec(),
+                                stop: format!("{:?}", stats.stop).to_lowercase(),
+                            });
+                            send(ChatUpdate::Done {
+                                model: i,
+                                tokens: stats.generated_tokens,
+                                tokens_per_sec: stats.decode_tokens_per_sec(),
+                                stopped: stats.stop == crate::core::generate::StopReason::Cancelled,
+                            });
+                        }
                         Err(e) => send(ChatUpdate::Error(e.to_string())),
+                    }
+                }
+                if !turn.replies.is_empty() {
+                    transcript.turns.push(turn);
+                    if let Err(e) = transcript.save(data_dir) {
+                        send(ChatUpdate::Error(format!(
+                            "the transcript was not saved: {e:#}"
+                        )));
                     }
                 }
             }
@@ -423,7 +511,57 @@ fn load_chat_model(
 }
 
 /// Carries out an effect off the async workers; results come back as events.
-fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>) {
+/// The process ids of running jobs, newest last (for cancelling).
+type Jobs = Arc<std::sync::Mutex<Vec<u32>>>;
+
+/// Runs `slayer ARGS` as a job: registered for cancelling, its last line of output reported.
+fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool, String) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
+    let child = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return (false, format!("{label}: cannot start: {e}")),
+    };
+    let pid = child.id();
+    if let Ok(mut j) = jobs.lock() {
+        j.push(pid);
+    }
+    let out = child.wait_with_output();
+    if let Ok(mut j) = jobs.lock() {
+        j.retain(|p| *p != pid);
+    }
+    match out {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_string();
+            let ok = out.status.success();
+            (
+                ok,
+                if ok {
+                    format!("{label}: done. {last}")
+                } else {
+                    format!("{label}: {last}")
+                },
+            )
+        }
+        Err(e) => (false, format!("{label}: {e}")),
+    }
+}
+
+fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, jobs: &Jobs) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
     let slayer = |args: &[&str]| -> (bool, String) {
         match std::process::Command::new(&exe)
@@ -453,7 +591,7 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>) 
     };
     match effect {
         Effect::LaunchRun(path) => {
-            done(slayer(&["train", &path.display().to_string(), "--detach"]))
+            done(slayer(&["train", &path.display().to_string(), "--detach"]));
         }
         Effect::StopRun(id) => done(slayer(&["runs", "stop", &id])),
         Effect::KillRun(id) => done(slayer(&["runs", "kill", &id])),
@@ -498,6 +636,16 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>) 
                 done((false, format!("cannot delete {}: {e}", path.display())));
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
+        Effect::Job { label, args } => done(run_job(data_dir, &label, &args, jobs)),
+        Effect::CancelJob => {
+            let newest = jobs.lock().ok().and_then(|j| j.last().copied());
+            if let Some(pid) = newest.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
         }
         Effect::ChatLoad(_)
         | Effect::ChatSend(_)
@@ -544,6 +692,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     let stop = Arc::new(AtomicBool::new(false));
     let cancel_chat = Arc::new(AtomicBool::new(false));
+    let jobs: Jobs = Arc::default();
     spawn_input(tx.clone(), Arc::clone(&stop));
     spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
     let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
@@ -563,7 +712,9 @@ async fn event_loop(mut app: App) -> Result<i32> {
     let mut terminal = Terminal::new(backend).context("cannot start drawing")?;
     full_repaint(&mut terminal)?;
     let frame = Duration::from_millis(1000 / MAX_FPS);
-    let mut last_draw = Instant::now() - frame;
+    let mut last_draw = Instant::now()
+        .checked_sub(frame)
+        .unwrap_or_else(Instant::now);
     let mut stop_runs = None;
     while let Some(first) = rx.recv().await {
         // Drain everything pending, then draw once.
@@ -593,7 +744,10 @@ async fn event_loop(mut app: App) -> Result<i32> {
                     Effect::ChatCancel => cancel_chat.store(true, Ordering::SeqCst),
                     other => {
                         let (dir, tx) = (app.data_dir.clone(), tx.clone());
-                        tokio::task::spawn_blocking(move || execute_effect(&dir, other, &tx));
+                        let jobs = Arc::clone(&jobs);
+                        tokio::task::spawn_blocking(move || {
+                            execute_effect(&dir, other, &tx, &jobs);
+                        });
                     }
                 }
             }
@@ -629,13 +783,22 @@ async fn event_loop(mut app: App) -> Result<i32> {
     }
     stop.store(true, Ordering::Relaxed);
     cancel_chat.store(true, Ordering::SeqCst);
+    // Jobs belong to the console (runs do not): ask them to stop cleanly.
+    for pid in jobs.lock().map(|j| j.clone()).unwrap_or_default() {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
     if stop_runs == Some(true) {
         for r in app
             .runs
             .iter()
             .filter(|r| r.state == crate::runner::RunState::Running)
         {
-            execute_effect(&app.data_dir, Effect::StopRun(r.id.clone()), &tx);
+            execute_effect(&app.data_dir, Effect::StopRun(r.id.clone()), &tx, &jobs);
         }
     }
     Ok(0)

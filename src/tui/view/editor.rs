@@ -30,12 +30,12 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         clean(&name),
         if editor.dirty() { " [+]" } else { "" }
     );
-    let mut textarea = editor.textarea.clone();
-    textarea.set_block(panel(&title, theme, true));
-    textarea.set_style(theme.fg("text"));
-    textarea.set_line_number_style(theme.fg("dim"));
-    textarea.set_cursor_line_style(ratatui::style::Style::default());
-    textarea.render(text_area, buf);
+    let mut editor_widget = editor.textarea.clone();
+    editor_widget.set_block(panel(&title, theme, true));
+    editor_widget.set_style(theme.fg("text"));
+    editor_widget.set_line_number_style(theme.fg("dim"));
+    editor_widget.set_cursor_line_style(ratatui::style::Style::default());
+    editor_widget.render(text_area, buf);
     // Diagnostic markers in the line-number gutter.
     let (top, _) = editor.textarea.scroll_offset();
     for (line, severity, _) in &editor.analysis.diagnostics {

@@ -89,35 +89,41 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 theme.fg("dim"),
             ),
         ];
-        if let Some(data) = app.run_data.get(&r.id) {
-            if let Some(last) = data.evals.last() {
-                let evals: Vec<String> = last
-                    .ppl
-                    .iter()
-                    .map(|p| format!("{} ppl {:.2}", p.name, p.perplexity))
-                    .chain(
-                        last.tasks
-                            .iter()
-                            .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
-                    )
-                    .collect();
-                spans.push(Span::styled(
-                    format!(
-                        "  eval {}: {}",
-                        clean(&last.label),
-                        clean(&evals.join(", "))
-                    ),
-                    theme.fg("dim"),
-                ));
-            }
+        if let Some(data) = app.run_data.get(&r.id)
+            && let Some(last) = data.evals.last()
+        {
+            let evals: Vec<String> = last
+                .ppl
+                .iter()
+                .map(|p| format!("{} ppl {:.2}", p.name, p.perplexity))
+                .chain(
+                    last.tasks
+                        .iter()
+                        .map(|t| format!("{} acc {:.3}", t.name, t.acc)),
+                )
+                .collect();
+            spans.push(Span::styled(
+                format!(
+                    "  eval {}: {}",
+                    clean(&last.label),
+                    clean(&evals.join(", "))
+                ),
+                theme.fg("dim"),
+            ));
         }
         lines.push(Line::from(spans));
-    }
-    for l in &app.lineage {
-        lines.push(Line::from(Span::styled(
-            format!("  {}", clean(l)),
-            theme.fg("dim"),
-        )));
+        for chat in app.chats.iter().filter(|c| c.runs.contains(&r.id)) {
+            lines.push(Line::from(Span::styled(
+                format!(
+                    "      chat {}: {} turn{} with {}",
+                    clean(&chat.id),
+                    chat.turns,
+                    if chat.turns == 1 { "" } else { "s" },
+                    clean(&chat.models.join(" vs "))
+                ),
+                theme.fg("dim"),
+            )));
+        }
     }
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })

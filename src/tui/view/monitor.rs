@@ -2,6 +2,8 @@
 //! runs), the layers × steps heatmap of per-block gradient norm (or update ratio), the evaluation
 //! table (base, step 0, latest) and the log tail with warnings.
 
+use std::fmt::Write as _;
+
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
@@ -381,24 +383,25 @@ fn eval_table(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let room = area.width.saturating_sub(2) as usize;
     let value_w = (room.saturating_sub(6) / cols.len().max(1)).clamp(7, 9);
     let name_w = room.saturating_sub(value_w * cols.len()).max(6);
-    let header: String = cols
-        .iter()
-        .map(|e| {
-            let label = match e.label.as_str() {
-                "expanded" => "step 0".to_string(),
-                "base" => "base".to_string(),
-                _ => format!("step {}", e.step),
-            };
-            format!("{label:>value_w$}")
-        })
-        .collect();
+    let header = cols.iter().fold(String::new(), |mut out, e| {
+        let label = match e.label.as_str() {
+            "expanded" => "step 0".to_string(),
+            "base" => "base".to_string(),
+            _ => format!("step {}", e.step),
+        };
+        let _ = write!(out, "{label:>value_w$}");
+        out
+    });
     let mut lines = vec![Line::from(Span::styled(
         format!("{:<name_w$}{header}", ""),
         theme.fg("accent"),
     ))];
     for (name, vals) in eval_rows(data) {
         let name: String = clean(&name).chars().take(name_w).collect();
-        let vals: String = vals.iter().map(|v| format!("{v:>value_w$}")).collect();
+        let vals = vals.iter().fold(String::new(), |mut out, v| {
+            let _ = write!(out, "{v:>value_w$}");
+            out
+        });
         lines.push(Line::from(Span::styled(
             format!("{name:<name_w$}{vals}"),
             theme.fg("text"),
