@@ -570,3 +570,52 @@ fn jobs_diff_against_another_experiment_and_live_theme_reload() {
     a.run_command("theme mine");
     assert_eq!(a.theme().name, "mine");
 }
+
+#[test]
+fn importance_bars_and_a_plan_from_them() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    let effects = key(&mut a, KeyCode::Char('i'));
+    assert!(
+        matches!(&effects[..], [Effect::Importance { name, base, .. }] if name == "facts" && base == "tiny")
+    );
+    let view = slayer::tui::app::ImportanceView {
+        experiment: "facts".into(),
+        experiment_path: home.path().join("experiments/facts.toml"),
+        metrics: vec![
+            (
+                "bi".into(),
+                vec![1.0, 0.17, 0.03, 0.04, 0.05, 0.02, 0.03, 0.15],
+            ),
+            (
+                "angular".into(),
+                vec![0.5, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3],
+            ),
+        ],
+        suggestion: home.path().join("importance/facts-suggested.toml"),
+    };
+    a.update(Event::Importance(view));
+    assert!(a.jobs.is_empty());
+    snap("popup_importance", &a);
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(
+        a.popup,
+        Some(Popup::Importance {
+            metric: 1,
+            scroll: 0
+        })
+    );
+    let effects = key(&mut a, KeyCode::Char('p'));
+    assert!(
+        matches!(&effects[..], [Effect::PlanFromSuggestion { name, .. }] if name == "facts-importance")
+    );
+    // Sampling settings go to the chat worker, with a note in the conversation.
+    a.update(Event::Chat(ChatUpdate::Loaded(vec!["m".into()])));
+    typed(&mut a, "/temperature 0");
+    assert_eq!(
+        key(&mut a, KeyCode::Enter),
+        vec![Effect::ChatSend("/temperature 0".into())]
+    );
+    assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("temperature 0")));
+}

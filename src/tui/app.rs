@@ -49,6 +49,19 @@ pub enum Event {
     Chat(ChatUpdate),
     /// The chat transcripts re-read.
     Chats(Vec<ChatSummary>),
+    /// An importance measurement finished.
+    Importance(ImportanceView),
+}
+
+/// Per-block importance of an experiment's base model, per metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportanceView {
+    pub experiment: String,
+    pub experiment_path: PathBuf,
+    /// (metric label, score per block).
+    pub metrics: Vec<(String, Vec<f64>)>,
+    /// The suggested experiment written by `importance --suggest`.
+    pub suggestion: PathBuf,
 }
 
 /// A recorded chat, for lineage.
@@ -110,6 +123,18 @@ pub enum Effect {
     },
     /// Ask the newest job to stop (SIGTERM: it cleans up and exits).
     CancelJob,
+    /// Measure block importance of an experiment's base model (a job), then show it.
+    Importance {
+        name: String,
+        path: PathBuf,
+        base: String,
+    },
+    /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
+    PlanFromSuggestion {
+        from: PathBuf,
+        suggestion: PathBuf,
+        name: String,
+    },
     /// Repaint everything (after a resize or Ctrl-L).
     Redraw,
     Quit {
@@ -190,6 +215,11 @@ pub enum Popup {
     },
     Diff {
         lines: Vec<String>,
+        scroll: u16,
+    },
+    /// The importance bars of [`App::importance`]: which metric, scrolled how far.
+    Importance {
+        metric: usize,
         scroll: u16,
     },
     /// The file changed on disk while the editor had unsaved edits.
@@ -371,6 +401,8 @@ pub struct App {
     pub now: f64,
     /// Recorded chats (lineage: runs → chats).
     pub chats: Vec<ChatSummary>,
+    /// The last importance measurement.
+    pub importance: Option<ImportanceView>,
 }
 
 impl App {
@@ -403,6 +435,7 @@ impl App {
             dirty: true,
             now: 0.0,
             chats: Vec::new(),
+            importance: None,
         }
     }
 
@@ -512,6 +545,19 @@ impl App {
             }
             Event::Chats(chats) => {
                 self.chats = chats;
+                Vec::new()
+            }
+            Event::Importance(view) => {
+                self.jobs.pop();
+                self.say(
+                    true,
+                    format!("importance of {}'s base model", view.experiment),
+                );
+                self.importance = Some(view);
+                self.popup = Some(Popup::Importance {
+                    metric: 0,
+                    scroll: 0,
+                });
                 Vec::new()
             }
         }
@@ -812,6 +858,13 @@ impl App {
                     )));
                     return vec![Effect::ChatSend(text.to_string())];
                 }
+                if let Some(setting) = text.strip_prefix('/') {
+                    self.chat.lines.push(ChatLine::Info(format!(
+                        "({setting}; conversation reset) — settings: /temperature T, /top_p P, \
+                         /top_k K, /max_tokens N, /seed S"
+                    )));
+                    return vec![Effect::ChatSend(text.to_string())];
+                }
                 self.chat.lines.push(ChatLine::User(text.to_string()));
                 self.chat.generating = true;
                 return vec![Effect::ChatSend(text.to_string())];
@@ -853,6 +906,46 @@ impl App {
                 }
             }
             Popup::Error { .. } => {}
+            Popup::Importance { metric, scroll } => {
+                let n = self
+                    .importance
+                    .as_ref()
+                    .map_or(1, |v| v.metrics.len().max(1));
+                match code {
+                    KeyCode::Esc | KeyCode::Char('q') => {}
+                    KeyCode::Char('p') => {
+                        if let Some(v) = &self.importance {
+                            return vec![Effect::PlanFromSuggestion {
+                                from: v.experiment_path.clone(),
+                                suggestion: v.suggestion.clone(),
+                                name: format!("{}-importance", v.experiment),
+                            }];
+                        }
+                    }
+                    KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => {
+                        self.popup = Some(Popup::Importance {
+                            metric: (metric + 1) % n,
+                            scroll,
+                        });
+                    }
+                    KeyCode::BackTab | KeyCode::Left | KeyCode::Char('h') => {
+                        self.popup = Some(Popup::Importance {
+                            metric: (metric + n - 1) % n,
+                            scroll,
+                        });
+                    }
+                    _ => {
+                        let scroll = if down {
+                            scroll + 1
+                        } else if up {
+                            scroll.saturating_sub(1)
+                        } else {
+                            scroll
+                        };
+                        self.popup = Some(Popup::Importance { metric, scroll });
+                    }
+                }
+            }
             Popup::ConfirmQuit { running, choice } => match code {
                 KeyCode::Enter => {
                     if choice == 2 {
@@ -1230,6 +1323,17 @@ impl App {
                             out.display().to_string(),
                             "--force".into(),
                         ],
+                    }];
+                }
+            }
+            Action::Importance => {
+                if let Some(e) = self.current_experiment().cloned() {
+                    self.jobs
+                        .push(format!("measuring block importance for {}", e.name));
+                    return vec![Effect::Importance {
+                        name: e.name,
+                        path: e.path,
+                        base: e.base,
                     }];
                 }
             }

@@ -51,6 +51,7 @@ pub enum Action {
     Expand,
     Export,
     CancelJob,
+    Importance,
 }
 
 impl Action {
@@ -113,6 +114,7 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Expand, "expand"),
     (Action::Export, "export"),
     (Action::CancelJob, "cancel_job"),
+    (Action::Importance, "importance"),
 ];
 
 /// Where a binding applies.
@@ -406,6 +408,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["E"],
         Action::Expand,
         "expand it into <data>/expanded/NAME and verify",
+    ),
+    (
+        Context::Experiments,
+        &["i"],
+        Action::Importance,
+        "block importance of its base model (then p: a plan from it)",
     ),
     (Context::Editor, &["ctrl-s"], Action::Save, "save"),
     (

@@ -379,14 +379,15 @@ fn serve_chat(
     send: &dyn Fn(ChatUpdate),
 ) -> Option<Vec<String>> {
     use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
-    let params = crate::core::generate::SamplingParams {
+    let mut params = crate::core::generate::SamplingParams {
         temperature: 0.7,
         top_p: 0.9,
         top_k: 0,
         seed: 0,
         max_tokens: 256,
     };
-    let new_transcript = |system: Option<String>| {
+    let new_transcript = |system: Option<String>,
+                          params: &crate::core::generate::SamplingParams| {
         Transcript::new(
             models
                 .iter()
@@ -403,7 +404,7 @@ fn serve_chat(
             }),
         )
     };
-    let mut transcript = new_transcript(None);
+    let mut transcript = new_transcript(None, &params);
     let mut sessions = Vec::new();
     for m in models {
         match crate::core::chat::ChatSession::new(&m.model, &m.tokenizer, params.clone()) {
@@ -424,16 +425,56 @@ fn serve_chat(
                 sessions
                     .iter_mut()
                     .for_each(crate::core::chat::ChatSession::reset);
-                transcript = new_transcript(transcript.system.clone());
+                transcript = new_transcript(transcript.system.clone(), &params);
             }
             ChatCommand::Send(text) => {
+                // Sampling settings: a new session (and conversation) with the new values.
+                if let Some((setting, value)) = text
+                    .strip_prefix('/')
+                    .and_then(|t| t.split_once(' '))
+                    .filter(|(s, _)| {
+                        ["temperature", "top_p", "top_k", "max_tokens", "seed"].contains(s)
+                    })
+                {
+                    let parsed = value.trim().parse::<f64>();
+                    match (setting, parsed) {
+                        ("temperature", Ok(v)) if v >= 0.0 => params.temperature = v,
+                        ("top_p", Ok(v)) if v > 0.0 && v <= 1.0 => params.top_p = v,
+                        ("top_k", Ok(v)) if v >= 0.0 => params.top_k = v as usize,
+                        ("max_tokens", Ok(v)) if v >= 1.0 => params.max_tokens = v as usize,
+                        ("seed", Ok(v)) if v >= 0.0 => params.seed = v as u64,
+                        _ => {
+                            send(ChatUpdate::Error(format!(
+                                "/{setting}: bad value {value:?}"
+                            )));
+                            continue;
+                        }
+                    }
+                    let system = transcript.system.clone();
+                    sessions.clear();
+                    for m in models {
+                        match crate::core::chat::ChatSession::new(
+                            &m.model,
+                            &m.tokenizer,
+                            params.clone(),
+                        ) {
+                            Ok(mut s) => {
+                                s.set_system(system.clone());
+                                sessions.push(s);
+                            }
+                            Err(e) => send(ChatUpdate::Error(e.to_string())),
+                        }
+                    }
+                    transcript = new_transcript(system, &params);
+                    continue;
+                }
                 if let Some(rest) = text.strip_prefix("/system") {
                     let rest = rest.trim();
                     let system = (!rest.is_empty()).then(|| rest.to_string());
                     for s in &mut sessions {
                         s.set_system(system.clone());
                     }
-                    transcript = new_transcript(system);
+                    transcript = new_transcript(system, &params);
                     continue;
                 }
                 cancel.store(false, Ordering::SeqCst);
@@ -516,6 +557,17 @@ type Jobs = Arc<std::sync::Mutex<Vec<u32>>>;
 
 /// Runs `slayer ARGS` as a job: registered for cancelling, its last line of output reported.
 fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool, String) {
+    let (ok, message, _) = run_job_output(data_dir, label, args, jobs);
+    (ok, message)
+}
+
+/// As [`run_job`], also returning what the job wrote to stdout.
+fn run_job_output(
+    data_dir: &Path,
+    label: &str,
+    args: &[String],
+    jobs: &Jobs,
+) -> (bool, String, Vec<u8>) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
     let child = std::process::Command::new(exe)
         .arg("--data-dir")
@@ -527,7 +579,7 @@ fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool,
         .spawn();
     let child = match child {
         Ok(c) => c,
-        Err(e) => return (false, format!("{label}: cannot start: {e}")),
+        Err(e) => return (false, format!("{label}: cannot start: {e}"), Vec::new()),
     };
     let pid = child.id();
     if let Ok(mut j) = jobs.lock() {
@@ -548,16 +600,14 @@ fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool,
                 .trim_start_matches("error: ")
                 .to_string();
             let ok = out.status.success();
-            (
-                ok,
-                if ok {
-                    format!("{label}: done. {last}")
-                } else {
-                    format!("{label}: {last}")
-                },
-            )
+            let message = if ok {
+                format!("{label}: done. {last}")
+            } else {
+                format!("{label}: {last}")
+            };
+            (ok, message, out.stdout)
         }
-        Err(e) => (false, format!("{label}: {e}")),
+        Err(e) => (false, format!("{label}: {e}"), Vec::new()),
     }
 }
 
@@ -638,6 +688,28 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
         Effect::Job { label, args } => done(run_job(data_dir, &label, &args, jobs)),
+        Effect::Importance { name, path, base } => {
+            match importance(data_dir, &name, &path, &base, jobs) {
+                Ok(view) => {
+                    let _ = tx.send(Event::Importance(view));
+                }
+                Err(e) => done((false, format!("importance of {name}: {e:#}"))),
+            }
+        }
+        Effect::PlanFromSuggestion {
+            from,
+            suggestion,
+            name,
+        } => {
+            match plan_from_suggestion(data_dir, &from, &suggestion, &name) {
+                Ok(p) => done((
+                    true,
+                    format!("created {} from the importance suggestion", p.display()),
+                )),
+                Err(e) => done((false, format!("{e:#}"))),
+            }
+            let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
         Effect::CancelJob => {
             let newest = jobs.lock().ok().and_then(|j| j.last().copied());
             if let Some(pid) = newest.and_then(|p| i32::try_from(p).ok()) {
@@ -654,6 +726,117 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
         | Effect::Redraw
         | Effect::Quit { .. } => {}
     }
+}
+
+/// Measures block importance of an experiment's base model with `slayer importance` (a job):
+/// the fast metrics (block influence, angular distance) on 16 windows of 128 tokens of the
+/// experiment's training text (or the built-in general prose), with a suggested plan of 4 new
+/// blocks; returns the scores.
+fn importance(
+    data_dir: &Path,
+    name: &str,
+    path: &Path,
+    base: &str,
+    jobs: &Jobs,
+) -> Result<app::ImportanceView> {
+    let dir = data_dir.join("importance");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let corpus = crate::core::experiment::Experiment::load(path)
+        .ok()
+        .and_then(|e| e.data.train.first().cloned())
+        .filter(|p| p.is_file());
+    let corpus = if let Some(c) = corpus {
+        c
+    } else {
+        let general = dir.join("general.txt");
+        std::fs::write(&general, crate::core::synth::GENERAL_TEXT.repeat(4))
+            .with_context(|| format!("cannot write {}", general.display()))?;
+        general
+    };
+    let report = dir.join(format!("{name}.json"));
+    let suggestion = dir.join(format!("{name}-suggested.toml"));
+    let args: Vec<String> = [
+        "importance",
+        base,
+        "--corpus",
+        &corpus.display().to_string(),
+        "--metric",
+        "bi,angular",
+        "--samples",
+        "16",
+        "--seq-len",
+        "128",
+        "--json",
+        "--suggest",
+        "4",
+        "0",
+        "--out",
+        &suggestion.display().to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let label = format!("importance of {name}");
+    let (ok, message, stdout) = run_job_output(data_dir, &label, &args, jobs);
+    if !ok {
+        anyhow::bail!("{message}");
+    }
+    std::fs::write(&report, &stdout)
+        .with_context(|| format!("cannot write {}", report.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&stdout).context("unreadable importance report")?;
+    let metrics = value["metrics"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    (
+                        m["metric"].as_str().unwrap_or("?").to_string(),
+                        m["scores"]
+                            .as_array()
+                            .map(|s| s.iter().filter_map(serde_json::Value::as_f64).collect())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(app::ImportanceView {
+        experiment: name.to_string(),
+        experiment_path: path.to_path_buf(),
+        metrics,
+        suggestion,
+    })
+}
+
+/// A new experiment `name`: `from`'s text with its `[plan]` replaced by the suggestion's.
+fn plan_from_suggestion(
+    data_dir: &Path,
+    from: &Path,
+    suggestion: &Path,
+    name: &str,
+) -> Result<PathBuf> {
+    let read = |p: &Path| -> Result<toml::Table> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        toml::from_str(&text).with_context(|| format!("{} does not parse", p.display()))
+    };
+    let mut exp = read(from)?;
+    let suggested = read(suggestion)?;
+    if let Some(plan) = suggested.get("plan") {
+        exp.insert("plan".into(), plan.clone());
+    }
+    exp.insert("name".into(), toml::Value::String(name.to_string()));
+    let dest = crate::templates::experiments_dir(data_dir).join(format!("{name}.toml"));
+    let text = toml::to_string(&exp).context("cannot write the experiment")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&dest)
+        .with_context(|| format!("cannot create {}", dest.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(dest)
 }
 
 /// The experiment text with its `name` line set to `name`.

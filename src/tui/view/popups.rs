@@ -52,7 +52,7 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                     ]));
                 }
             }
-            ("help — j/k scroll, esc closes".into(), lines, 76, *scroll)
+            ("help — j/k scroll, esc closes".into(), lines, 96, *scroll)
         }
         Popup::ConfirmQuit { running, choice } => (
             "leave slayer".into(),
@@ -183,6 +183,45 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
             50,
             0,
         ),
+        Popup::Importance { metric, scroll } => match &app.importance {
+            None => (
+                "importance".into(),
+                vec![Line::from("no measurement")],
+                60,
+                0,
+            ),
+            Some(v) => {
+                let (label, scores) = v.metrics.get(*metric).cloned().unwrap_or_default();
+                let max = scores.iter().copied().fold(0.0f64, f64::max);
+                let width = 40usize;
+                let mut lines = vec![Line::from(Span::styled(
+                    format!(
+                        "{} — larger = more important; tab next metric, p makes a plan from it",
+                        clean(&label)
+                    ),
+                    theme.fg("dim"),
+                ))];
+                for (i, s) in scores.iter().enumerate() {
+                    let t = if max > 0.0 {
+                        (s / max).clamp(0.0, 1.0)
+                    } else {
+                        0.0
+                    };
+                    let bar = "█".repeat((t * width as f64).round() as usize);
+                    lines.push(Line::from(vec![
+                        Span::styled(format!("{i:>4} "), theme.fg("dim")),
+                        Span::styled(format!("{bar:<width$}"), theme.fg("accent")),
+                        Span::styled(format!(" {s:.4}"), theme.fg("text")),
+                    ]));
+                }
+                (
+                    format!("importance: {}", clean(&v.experiment)),
+                    lines,
+                    70,
+                    *scroll,
+                )
+            }
+        },
         Popup::Error { title, message } => (
             clean(title),
             message
