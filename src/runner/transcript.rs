@@ -108,6 +108,19 @@ impl Transcript {
         }
     }
 
+    /// The runs whose models took part (recorded, or found from the model paths).
+    #[must_use]
+    pub fn runs(&self, data_dir: &Path) -> Vec<String> {
+        self.models
+            .iter()
+            .filter_map(|m| {
+                m.run
+                    .clone()
+                    .or_else(|| run_of_model(data_dir, Path::new(&m.path)))
+            })
+            .collect()
+    }
+
     #[must_use]
     pub fn path(&self, data_dir: &Path) -> PathBuf {
         chats_dir(data_dir).join(format!("{}.json", self.id))

@@ -626,15 +626,7 @@ impl Store {
             id: t.id.clone(),
             started: t.started,
             models: t.models.iter().map(|m| m.label.clone()).collect(),
-            runs: t
-                .models
-                .iter()
-                .filter_map(|m| {
-                    m.run.clone().or_else(|| {
-                        crate::runner::transcript::run_of_model(data_dir, Path::new(&m.path))
-                    })
-                })
-                .collect(),
+            runs: t.runs(data_dir),
             turns: t.turns.len(),
             path: path.display().to_string(),
         };

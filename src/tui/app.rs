@@ -1294,36 +1294,33 @@ impl App {
             Action::Expand => {
                 if let Some(e) = self.current_experiment().cloned() {
                     let out = self.data_dir.join("expanded").join(&e.name);
-                    let label = format!("expanding {} (with verification)", e.name);
-                    self.jobs.push(label.clone());
-                    return vec![Effect::Job {
-                        label,
-                        args: vec![
-                            "expand".into(),
-                            e.path.display().to_string(),
-                            "--out".into(),
-                            out.display().to_string(),
-                            "--verify".into(),
-                            "--force".into(),
+                    let path = e.path.display().to_string();
+                    return self.job(
+                        format!("expanding {} (with verification)", e.name),
+                        &[
+                            "expand",
+                            &path,
+                            "--out",
+                            &out.display().to_string(),
+                            "--verify",
+                            "--force",
                         ],
-                    }];
+                    );
                 }
             }
             Action::Export => {
                 if let Some(r) = self.current_run().cloned() {
                     let out = self.data_dir.join("exports").join(&r.id);
-                    let label = format!("exporting {}", r.id);
-                    self.jobs.push(label.clone());
-                    return vec![Effect::Job {
-                        label,
-                        args: vec![
-                            "export".into(),
-                            r.id.clone(),
-                            "--out".into(),
-                            out.display().to_string(),
-                            "--force".into(),
+                    return self.job(
+                        format!("exporting {}", r.id),
+                        &[
+                            "export",
+                            &r.id,
+                            "--out",
+                            &out.display().to_string(),
+                            "--force",
                         ],
-                    }];
+                    );
                 }
             }
             Action::Importance => {
@@ -1346,6 +1343,15 @@ impl App {
             }
         }
         Vec::new()
+    }
+
+    /// Starts `slayer ARGS` as a background job shown in the status line.
+    fn job(&mut self, label: String, args: &[&str]) -> Vec<Effect> {
+        self.jobs.push(label.clone());
+        vec![Effect::Job {
+            label,
+            args: args.iter().map(ToString::to_string).collect(),
+        }]
     }
 
     fn move_selection(&mut self, action: Action) {

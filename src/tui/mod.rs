@@ -78,15 +78,7 @@ pub fn load_chats(data_dir: &Path) -> Vec<app::ChatSummary> {
         .iter()
         .filter_map(|p| crate::runner::transcript::Transcript::load(p).ok())
         .map(|t| app::ChatSummary {
-            runs: t
-                .models
-                .iter()
-                .filter_map(|m| {
-                    m.run.clone().or_else(|| {
-                        crate::runner::transcript::run_of_model(data_dir, Path::new(&m.path))
-                    })
-                })
-                .collect(),
+            runs: t.runs(data_dir),
             models: t.models.iter().map(|m| m.label.clone()).collect(),
             turns: t.turns.len(),
             id: t.id,
@@ -557,17 +549,20 @@ type Jobs = Arc<std::sync::Mutex<Vec<u32>>>;
 
 /// Runs `slayer ARGS` as a job: registered for cancelling, its last line of output reported.
 fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool, String) {
-    let (ok, message, _) = run_job_output(data_dir, label, args, jobs);
-    (ok, message)
+    let (ok, last, _) = run_slayer(data_dir, args, jobs);
+    (
+        ok,
+        if ok {
+            format!("{label}: done. {last}")
+        } else {
+            format!("{label}: {last}")
+        },
+    )
 }
 
-/// As [`run_job`], also returning what the job wrote to stdout.
-fn run_job_output(
-    data_dir: &Path,
-    label: &str,
-    args: &[String],
-    jobs: &Jobs,
-) -> (bool, String, Vec<u8>) {
+/// Runs `slayer ARGS` (registered in `jobs` while it runs, so it can be cancelled): whether it
+/// succeeded, its last line on stderr, and its stdout.
+fn run_slayer(data_dir: &Path, args: &[String], jobs: &Jobs) -> (bool, String, Vec<u8>) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
     let child = std::process::Command::new(exe)
         .arg("--data-dir")
@@ -579,7 +574,7 @@ fn run_job_output(
         .spawn();
     let child = match child {
         Ok(c) => c,
-        Err(e) => return (false, format!("{label}: cannot start: {e}"), Vec::new()),
+        Err(e) => return (false, format!("cannot run slayer: {e}"), Vec::new()),
     };
     let pid = child.id();
     if let Ok(mut j) = jobs.lock() {
@@ -599,42 +594,18 @@ fn run_job_output(
                 .unwrap_or_default()
                 .trim_start_matches("error: ")
                 .to_string();
-            let ok = out.status.success();
-            let message = if ok {
-                format!("{label}: done. {last}")
-            } else {
-                format!("{label}: {last}")
-            };
-            (ok, message, out.stdout)
+            (out.status.success(), last, out.stdout)
         }
-        Err(e) => (false, format!("{label}: {e}"), Vec::new()),
+        Err(e) => (false, format!("slayer: {e}"), Vec::new()),
     }
 }
 
 fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, jobs: &Jobs) {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
+    // Quick commands (launch, stop, kill, resume): their last line of output is the message.
     let slayer = |args: &[&str]| -> (bool, String) {
-        match std::process::Command::new(&exe)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-        {
-            Ok(out) => {
-                let text = String::from_utf8_lossy(&out.stderr);
-                let last = text
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or_default();
-                (
-                    out.status.success(),
-                    last.trim_start_matches("error: ").to_string(),
-                )
-            }
-            Err(e) => (false, format!("cannot run slayer: {e}")),
-        }
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        let (ok, last, _) = run_slayer(data_dir, &args, jobs);
+        (ok, last)
     };
     let done = |(ok, msg): (bool, String)| {
         let _ = tx.send(Event::JobDone(ok, msg));
@@ -776,8 +747,7 @@ fn importance(
     .iter()
     .map(ToString::to_string)
     .collect();
-    let label = format!("importance of {name}");
-    let (ok, message, stdout) = run_job_output(data_dir, &label, &args, jobs);
+    let (ok, message, stdout) = run_slayer(data_dir, &args, jobs);
     if !ok {
         anyhow::bail!("{message}");
     }
