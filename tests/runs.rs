@@ -651,3 +651,35 @@ fn the_queue_moves_on_when_a_worker_is_killed() {
     let tail = ok(&slayer(home.path(), &["runs", "tail", &a]));
     assert!(tail.contains("killed by SIGKILL"), "{tail}");
 }
+
+/// `slayer eval RUN@STEP`: the run's model at that checkpoint on the run's own sets, recorded in
+/// its events when no worker is writing them.
+#[test]
+fn a_run_checkpoint_is_evaluated_on_its_own_sets() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let exp = tiny_experiment(home.path(), "ev", 4, 2);
+    ok(&slayer(
+        home.path(),
+        &["--device", "cpu", "train", exp.to_str().unwrap()],
+    ));
+    let id = runs(home.path())[0].0.clone();
+    let out = slayer(
+        home.path(),
+        &["--device", "cpu", "eval", &format!("{id}@2"), "--json"],
+    );
+    let record: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(record["label"], "checkpoint");
+    assert_eq!(record["step"], 2);
+    assert!(record["ppl"][0]["perplexity"].as_f64().unwrap() > 1.0);
+    let events = read_events(&home.path().join("runs").join(&id).join("events.jsonl")).unwrap();
+    assert!(
+        matches!(&events.last().unwrap().kind, EventKind::Eval(r) if r.label == "checkpoint" && r.step == 2)
+    );
+    let out = slayer(home.path(), &["eval", &format!("{id}@3")]);
+    assert!(
+        stderr(&out).contains("no checkpoint at step 3"),
+        "{}",
+        stderr(&out)
+    );
+}

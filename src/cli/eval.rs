@@ -44,6 +44,12 @@ pub enum DataCommand {
 }
 
 pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    if args.ppl.is_empty()
+        && args.task.is_empty()
+        && let Some(code) = eval_run_checkpoint(args, data_dir, device)?
+    {
+        return Ok(code);
+    }
     if args.ppl.is_empty() && args.task.is_empty() {
         anyhow::bail!("nothing to evaluate: give --ppl FILE and/or --task FILE.jsonl");
     }
@@ -65,7 +71,59 @@ pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
     let device = device::open(device)?;
     let model = load_model(source.as_ref(), DType::F32, &device)?;
     let record = suite.run(&model, tokenizer, "model", 0)?;
-    if args.json {
+    print_record(&record, args.json)
+}
+
+/// `slayer eval RUN[@STEP]`: a run's trained model at a checkpoint (the newest by default) on
+/// the run's own evaluation sets. The result is printed, and recorded in the run's events
+/// (label `checkpoint`) unless a worker is writing them. `None` when MODEL is not a run.
+fn eval_run_checkpoint(
+    args: &EvalArgs,
+    data_dir: &Path,
+    device: DeviceChoice,
+) -> Result<Option<i32>> {
+    use crate::core::events::{EventKind, EventSink as _};
+    let (run_arg, step) = match args.model.rsplit_once('@') {
+        Some((r, s)) => (
+            r,
+            Some(
+                s.parse::<u64>()
+                    .with_context(|| format!("{}: the part after @ must be a step", args.model))?,
+            ),
+        ),
+        None => (args.model.as_str(), None),
+    };
+    if Path::new(&args.model).exists() {
+        return Ok(None);
+    }
+    let Ok(run) = crate::runner::RunDir::open(data_dir, run_arg) else {
+        return Ok(None);
+    };
+    let device = device::open(device)?;
+    let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, DType::F32, &device)?;
+    let exp = crate::core::experiment::Experiment::load(&run.experiment_path())
+        .map_err(anyhow::Error::msg)?;
+    let paths = crate::core::run::RunPaths::new(&run.path, Some(data_dir.join("cache/tokens")));
+    let (_, suite) = crate::core::run::prepare(&exp, &loaded.tokenizer, &paths)?;
+    let record = suite.run(&loaded.model, &loaded.tokenizer, "checkpoint", step)?;
+    print_record(&record, args.json)?;
+    let busy = run.worker().is_some_and(|w| w.alive());
+    if busy {
+        eprintln!(
+            "(run {} is running: this evaluation is not added to its events)",
+            run.id
+        );
+    } else {
+        let mut log = crate::runner::EventLog::open(&run.events_path())?;
+        log.emit(EventKind::Eval(record))?;
+        log.sync()?;
+        eprintln!("recorded in run {}", run.id);
+    }
+    Ok(Some(0))
+}
+
+fn print_record(record: &crate::core::events::EvalRecord, json: bool) -> Result<i32> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         for p in &record.ppl {

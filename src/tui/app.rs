@@ -1334,6 +1334,11 @@ impl App {
                     }];
                 }
             }
+            Action::Evaluate => {
+                if let Some(r) = self.current_run().cloned() {
+                    return self.job(format!("evaluating {}", r.id), &["eval", &r.id]);
+                }
+            }
             Action::CancelJob => {
                 if self.jobs.is_empty() {
                     self.say(false, "no job is running");

@@ -52,6 +52,7 @@ pub enum Action {
     Export,
     CancelJob,
     Importance,
+    Evaluate,
 }
 
 impl Action {
@@ -115,6 +116,7 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Export, "export"),
     (Action::CancelJob, "cancel_job"),
     (Action::Importance, "importance"),
+    (Action::Evaluate, "eval"),
 ];
 
 /// Where a binding applies.
@@ -465,6 +467,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["X"],
         Action::Export,
         "export its model to <data>/exports/RUN",
+    ),
+    (
+        Context::Runs,
+        &["v"],
+        Action::Evaluate,
+        "evaluate its newest checkpoint on the run's sets",
     ),
     (
         Context::Monitor,
