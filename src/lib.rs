@@ -8,5 +8,6 @@ pub mod core;
 pub mod fetch;
 pub mod runner;
 pub mod store;
+pub mod study;
 pub mod templates;
 pub mod tui;

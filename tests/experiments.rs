@@ -93,3 +93,31 @@ fn shipped_layouts_are_the_described_ones() {
         (30, (0..7).collect::<Vec<_>>())
     );
 }
+
+/// The shipped studies parse, and every cell of their grids is a valid experiment.
+#[test]
+fn shipped_studies_parse_into_valid_grids() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/studies");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let study = slayer::study::Study::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(study.cells().len(), 5 * 2 * 3, "{}", path.display());
+            for cell in study.cells() {
+                let text = study.experiment_text(&cell);
+                let exp = slayer::core::experiment::Experiment::parse(&path, &text).unwrap();
+                let map = plan::resolve(&exp.plan, SMOLLM2_LAYERS).map.unwrap();
+                assert_eq!(
+                    map.trainable_indices().len(),
+                    7,
+                    "equal budgets: {}",
+                    cell.key()
+                );
+                assert_eq!(exp.train.seed, cell.seed);
+            }
+            count += 1;
+        }
+    }
+    assert_eq!(count, 2);
+}

@@ -683,3 +683,75 @@ fn a_run_checkpoint_is_evaluated_on_its_own_sets() {
         stderr(&out)
     );
 }
+
+/// A study on the tiny model (two strategies, one seed, a few steps) end to end through the
+/// queue: the table has every cell filled, and a fresh data directory reproduces its numbers.
+#[test]
+fn a_study_runs_its_grid_and_reproduces() {
+    let run_study = || {
+        let home = tempfile::tempdir().unwrap();
+        let (model, corpus) = tiny_model_dir(home.path());
+        let file = home.path().join("study.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"tiny-study\"\ndescription = \"two layouts\"\nseeds = [7]\n\
+                 [base.model]\nbase = \"{}\"\n[base.train]\nsteps = 4\nbatch_size = 2\nseq_len = 16\n\
+                 [base.eval]\nmax_tokens = 64\n\
+                 [[strategy]]\nname = \"shallow\"\nplan = {{ insert = [{{ after = 0 }}] }}\n\
+                 [[strategy]]\nname = \"deep\"\nplan = {{ insert = [{{ after = 3 }}] }}\n\
+                 [[corpus]]\nname = \"words\"\ndata = {{ train = \"{}\", heldout_fraction = 0.2 }}\n",
+                model.display(),
+                corpus.display()
+            ),
+        )
+        .unwrap();
+        let out = slayer(
+            home.path(),
+            &[
+                "--device",
+                "cpu",
+                "study",
+                "run",
+                file.to_str().unwrap(),
+                "--wait",
+            ],
+        );
+        let table = ok(&out);
+        let again = ok(&slayer(
+            home.path(),
+            &["study", "show", file.to_str().unwrap()],
+        ));
+        assert_eq!(table, again);
+        (home, table)
+    };
+    let (_home, table) = run_study();
+    println!("{table}");
+    assert!(table.contains("## corpus words"), "{table}");
+    for strategy in ["shallow", "deep"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {strategy} ")))
+            .unwrap();
+        assert!(row.ends_with("| 1/1 |"), "{row}");
+        assert!(
+            row.contains("heldout") || table.contains("heldout ppl"),
+            "{table}"
+        );
+        assert!(!row.contains('—'), "every cell filled: {row}");
+    }
+    // Wall time differs between runs; everything else reproduces.
+    let strip = |t: &str| -> Vec<String> {
+        t.lines()
+            .map(|l| {
+                let mut cols: Vec<&str> = l.split('|').collect();
+                if cols.len() > 4 && l.starts_with("| ") && !l.starts_with("| strategy") {
+                    cols[4] = "";
+                }
+                cols.join("|")
+            })
+            .collect()
+    };
+    let (_home2, table2) = run_study();
+    assert_eq!(strip(&table), strip(&table2));
+}

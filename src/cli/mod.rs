@@ -11,6 +11,7 @@ mod plan;
 mod progress;
 mod runs;
 mod store;
+mod study;
 mod train;
 
 use std::path::PathBuf;
@@ -86,6 +87,9 @@ pub enum Command {
     /// The index over run directories: rebuild, sync, status, lineage.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// A grid of strategies × corpora × seeds: run it, compare it.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -119,6 +123,7 @@ pub fn main() -> i32 {
         Command::Runs(cmd) => runs::run(cmd, &data_dir, cli.device),
         Command::Experiments(cmd) => experiments::run(cmd, &data_dir),
         Command::Store(cmd) => store::run(cmd, &data_dir),
+        Command::Study(cmd) => study::run(cmd, &data_dir, cli.device),
     };
     match result {
         Ok(code) => code,

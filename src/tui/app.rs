@@ -151,6 +151,8 @@ pub struct ExperimentItem {
     pub description: String,
     pub base: String,
     pub problem: Option<String>,
+    /// Its expanded model, if `E` (or `slayer expand`) wrote one to `<data>/expanded/NAME`.
+    pub expanded: Option<PathBuf>,
 }
 
 /// A row of the run table.

@@ -54,8 +54,11 @@ pub fn load_experiments(data_dir: &Path) -> Vec<ExperimentItem> {
             let problem = crate::core::experiment::Experiment::load(&path)
                 .err()
                 .map(|e| e.lines().take(3).collect::<Vec<_>>().join(" "));
+            let name = get("name").unwrap_or(stem);
+            let expanded = data_dir.join("expanded").join(&name);
             ExperimentItem {
-                name: get("name").unwrap_or(stem),
+                expanded: expanded.join("config.json").is_file().then_some(expanded),
+                name,
                 description: get("description").unwrap_or_default(),
                 base: table
                     .get("model")

@@ -73,6 +73,12 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     }
     lines.push(Line::default());
     lines.push(Line::from(Span::styled("lineage", theme.fg("accent"))));
+    if let Some(x) = &e.expanded {
+        lines.push(Line::from(Span::styled(
+            format!("  expanded → {}", clean(&x.display().to_string())),
+            theme.fg("text"),
+        )));
+    }
     let runs: Vec<_> = app.runs.iter().filter(|r| r.experiment == e.name).collect();
     if runs.is_empty() {
         lines.push(Line::from(Span::styled(

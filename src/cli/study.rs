@@ -1,0 +1,137 @@
+//! `slayer study run FILE [--wait]`, `slayer study show FILE [--json]`: the grid of strategies ×
+//! corpora × seeds (see [`crate::study`]).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+
+use super::train::device_arg;
+use crate::core::device::DeviceChoice;
+use crate::study::{Study, all_ended, load_cells, results, save_cells, table};
+
+#[derive(Debug, Subcommand)]
+pub enum StudyCommand {
+    /// Queue every cell of the study that has no run yet (they run one at a time per device).
+    Run {
+        file: PathBuf,
+        /// Wait for every cell to end, then print the tables.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The comparison tables, from the cells' runs (written to `results.md` and `.json` too).
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
+    match cmd {
+        StudyCommand::Run { file, wait } => {
+            let study = Study::load(&file)?;
+            let dir = study.dir(data_dir);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut cells = load_cells(&dir);
+            let exe = std::env::current_exe().context("cannot find the slayer executable")?;
+            let mut launched = 0;
+            for cell in study.cells() {
+                if cells
+                    .get(&cell.key())
+                    .is_some_and(|id| crate::runner::RunDir::open(data_dir, id).is_ok())
+                {
+                    continue;
+                }
+                let path = dir.join(format!("{}.toml", cell.key()));
+                std::fs::write(&path, study.experiment_text(&cell))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let out = std::process::Command::new(&exe)
+                    .arg("--data-dir")
+                    .arg(data_dir)
+                    .args(["--device", device_arg(device), "train"])
+                    .arg(&path)
+                    .arg("--detach")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .context("cannot start slayer train")?;
+                if !out.status.success() {
+                    anyhow::bail!(
+                        "cell {}: {}",
+                        cell.key(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                cells.insert(cell.key(), id);
+                save_cells(&dir, &cells)?;
+                launched += 1;
+            }
+            let total = study.cells().len();
+            eprintln!(
+                "study {}: {launched} cells queued, {} already had runs ({total} in all); `slayer runs ls` or the console shows them",
+                study.name,
+                total - launched
+            );
+            if !wait {
+                return Ok(0);
+            }
+            let pb = super::progress::bar(total as u64, "study", "cells");
+            loop {
+                let r = results(&study, data_dir);
+                let ended = r
+                    .iter()
+                    .filter(|c| all_ended(std::slice::from_ref(c)))
+                    .count();
+                pb.set_position(ended as u64);
+                if ended == total {
+                    break;
+                }
+                if super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                    pb.finish_and_clear();
+                    eprintln!(
+                        "stopped waiting; the cells keep running (`slayer study show` later)"
+                    );
+                    return Ok(130);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            pb.finish_and_clear();
+            show(&study, data_dir, false)
+        }
+        StudyCommand::Show { file, json } => {
+            let study = Study::load(&file)?;
+            show(&study, data_dir, json)
+        }
+    }
+}
+
+fn show(study: &Study, data_dir: &Path, json: bool) -> Result<i32> {
+    let r = results(study, data_dir);
+    let mut md = format!("# {}\n\n{}\n", study.name, study.description.trim());
+    for c in &study.corpora {
+        let _ = write!(
+            md,
+            "\n## corpus {}\n\n{}",
+            c.name,
+            table(study, &c.name, &r)
+        );
+    }
+    let dir = study.dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("results.md"), &md)
+        .with_context(|| format!("cannot write {}", dir.join("results.md").display()))?;
+    let value = serde_json::to_value(&r)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&value)?)
+        .with_context(|| format!("cannot write {}", dir.join("results.json").display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{md}");
+        eprintln!("(written to {})", dir.join("results.md").display());
+    }
+    Ok(0)
+}
