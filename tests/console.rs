@@ -619,3 +619,28 @@ fn importance_bars_and_a_plan_from_them() {
     );
     assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("temperature 0")));
 }
+
+/// `:study NAME` overlays the study's runs in the monitor and shows its results table.
+#[test]
+fn a_study_is_compared_in_the_monitor() {
+    let home = fixture();
+    let mut a = app(home.path());
+    assert_eq!(
+        a.run_command("study tiny"),
+        vec![Effect::LoadStudy("tiny".into())]
+    );
+    let table = "# tiny\n\n## corpus words\n\n| strategy | trainable params | steps | wall s | heldout ppl (base → after) | seeds done |\n|---|---|---|---|---|---|\n| shallow | 37.0K | 40 | 12 | 20.00 → 18.10 | 1/1 |\n| deep | 37.0K | 40 | 12 | 20.00 → 19.40 | 1/1 |\n";
+    a.update(Event::Study {
+        name: "tiny".into(),
+        runs: vec![
+            "20260101-000000-facts".into(),
+            "20260102-000000-facts".into(),
+        ],
+        table: Some(table.into()),
+    });
+    assert_eq!(a.screen, Screen::Monitor);
+    assert_eq!(a.overlay.len(), 2);
+    snap("popup_study", &a);
+    key(&mut a, KeyCode::Esc);
+    snap("monitor_study_overlay", &a);
+}

@@ -51,6 +51,12 @@ pub enum Event {
     Chats(Vec<ChatSummary>),
     /// An importance measurement finished.
     Importance(ImportanceView),
+    /// A study's runs (cell order) and its results table (`study show`'s markdown), if written.
+    Study {
+        name: String,
+        runs: Vec<String>,
+        table: Option<String>,
+    },
 }
 
 /// Per-block importance of an experiment's base model, per metric.
@@ -129,6 +135,8 @@ pub enum Effect {
         path: PathBuf,
         base: String,
     },
+    /// Read a study's cell → run map and results table.
+    LoadStudy(String),
     /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
     PlanFromSuggestion {
         from: PathBuf,
@@ -216,6 +224,12 @@ pub enum Popup {
         from: Option<PathBuf>,
     },
     Diff {
+        lines: Vec<String>,
+        scroll: u16,
+    },
+    /// Text to read (a study's results), scrolled.
+    Text {
+        title: String,
         lines: Vec<String>,
         scroll: u16,
     },
@@ -549,6 +563,30 @@ impl App {
                 self.chats = chats;
                 Vec::new()
             }
+            Event::Study { name, runs, table } => {
+                if runs.is_empty() {
+                    self.say(
+                        false,
+                        format!("study {name} has no runs (slayer study run FILE)"),
+                    );
+                    return Vec::new();
+                }
+                self.say(
+                    true,
+                    format!("study {name}: {} runs overlaid in the monitor", runs.len()),
+                );
+                self.monitored = runs.first().cloned();
+                self.overlay = runs;
+                self.screen = Screen::Monitor;
+                if let Some(t) = table {
+                    self.popup = Some(Popup::Text {
+                        title: format!("study {name} (esc shows the overlaid loss curves)"),
+                        lines: t.lines().map(str::to_string).collect(),
+                        scroll: 0,
+                    });
+                }
+                Vec::new()
+            }
             Event::Importance(view) => {
                 self.jobs.pop();
                 self.say(
@@ -782,6 +820,7 @@ impl App {
                 vec![Effect::Redraw]
             }
             "system" => vec![Effect::ChatSend(format!("/system {arg}"))],
+            "study" if !arg.is_empty() => vec![Effect::LoadStudy(arg.to_string())],
             "diff" => {
                 let other = self.experiments.iter().find(|e| e.name == arg).cloned();
                 match (&self.editor, other) {
@@ -905,6 +944,24 @@ impl App {
                         scroll.saturating_sub(1)
                     };
                     self.popup = Some(Popup::Diff { lines, scroll });
+                }
+            }
+            Popup::Text {
+                title,
+                lines,
+                scroll,
+            } => {
+                if down || up {
+                    let scroll = if down {
+                        scroll + 1
+                    } else {
+                        scroll.saturating_sub(1)
+                    };
+                    self.popup = Some(Popup::Text {
+                        title,
+                        lines,
+                        scroll,
+                    });
                 }
             }
             Popup::Error { .. } => {}

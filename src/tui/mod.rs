@@ -670,6 +670,12 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
                 Err(e) => done((false, format!("importance of {name}: {e:#}"))),
             }
         }
+        Effect::LoadStudy(name) => {
+            let dir = data_dir.join("studies").join(&name);
+            let runs = crate::study::load_cells(&dir).into_values().collect();
+            let table = std::fs::read_to_string(dir.join("results.md")).ok();
+            let _ = tx.send(Event::Study { name, runs, table });
+        }
         Effect::PlanFromSuggestion {
             from,
             suggestion,
