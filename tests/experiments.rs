@@ -103,7 +103,9 @@ fn shipped_studies_parse_into_valid_grids() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let study = slayer::study::Study::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
-            assert_eq!(study.cells().len(), 5 * 2 * 3, "{}", path.display());
+            let quick = path.ends_with("smollm2-quick.toml");
+            let cells = if quick { 5 } else { 5 * 2 * 3 };
+            assert_eq!(study.cells().len(), cells, "{}", path.display());
             for cell in study.cells() {
                 let text = study.experiment_text(&cell);
                 let exp = slayer::core::experiment::Experiment::parse(&path, &text).unwrap();
@@ -119,5 +121,5 @@ fn shipped_studies_parse_into_valid_grids() {
             count += 1;
         }
     }
-    assert_eq!(count, 2);
+    assert_eq!(count, 3);
 }

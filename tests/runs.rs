@@ -644,9 +644,19 @@ fn the_queue_moves_on_when_a_worker_is_killed() {
     });
     assert_eq!(status(home.path(), &b), "queued");
     ok(&slayer(home.path(), &["runs", "kill", &a]));
-    wait_until("the queued run to finish", Duration::from_secs(60), || {
-        status(home.path(), &b) == "finished"
-    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while status(home.path(), &b) != "finished" {
+        assert!(
+            Instant::now() < deadline,
+            "the queued run did not finish; runs:\n{}\nlog of {a}:\n{}\nlog of {b}:\n{}",
+            ok(&slayer(home.path(), &["runs", "ls"])),
+            std::fs::read_to_string(home.path().join("runs").join(&a).join("log"))
+                .unwrap_or_default(),
+            std::fs::read_to_string(home.path().join("runs").join(&b).join("log"))
+                .unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(status(home.path(), &a), "lost");
     let tail = ok(&slayer(home.path(), &["runs", "tail", &a]));
     assert!(tail.contains("killed by SIGKILL"), "{tail}");
