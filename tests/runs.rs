@@ -285,6 +285,22 @@ fn detached_run_survives_its_parent_and_a_hangup_of_its_session() {
     assert_eq!(joined(&run).len(), 1500);
 }
 
+/// `slayer train EXP --detach` on the CPU; returns the run id.
+fn launch_detached(home: &Path, exp: &Path) -> String {
+    ok(&slayer(
+        home,
+        &[
+            "--device",
+            "cpu",
+            "train",
+            exp.to_str().unwrap(),
+            "--detach",
+        ],
+    ))
+    .trim()
+    .to_string()
+}
+
 /// Two runs: one finished, one killed and resumed (so its log replaces lost steps).
 fn two_runs(home: &Path) -> Vec<RunDir> {
     tiny_model_dir(home);
@@ -545,20 +561,7 @@ fn queued_runs_survive_their_experiment_file_being_removed() {
     let first = tiny_experiment(home.path(), "first", 800, 400);
     let second = tiny_experiment(home.path(), "second", 4, 2);
     let third = tiny_experiment(home.path(), "third", 4, 2);
-    let launch = |exp: &PathBuf| {
-        ok(&slayer(
-            home.path(),
-            &[
-                "--device",
-                "cpu",
-                "train",
-                exp.to_str().unwrap(),
-                "--detach",
-            ],
-        ))
-        .trim()
-        .to_string()
-    };
+    let launch = |exp: &PathBuf| launch_detached(home.path(), exp);
     let ids: Vec<String> = [&first, &second, &third]
         .iter()
         .map(|e| launch(e))
@@ -623,20 +626,7 @@ fn the_queue_moves_on_when_a_worker_is_killed() {
     tiny_model_dir(home.path());
     let long = tiny_experiment(home.path(), "long", 100_000, 1000);
     let short = tiny_experiment(home.path(), "short", 4, 2);
-    let launch = |exp: &PathBuf| {
-        ok(&slayer(
-            home.path(),
-            &[
-                "--device",
-                "cpu",
-                "train",
-                exp.to_str().unwrap(),
-                "--detach",
-            ],
-        ))
-        .trim()
-        .to_string()
-    };
+    let launch = |exp: &PathBuf| launch_detached(home.path(), exp);
     let (a, b) = (launch(&long), launch(&short));
     wait_until("the first run's steps", Duration::from_secs(30), || {
         std::fs::read_to_string(home.path().join("runs").join(&a).join("events.jsonl"))

@@ -1017,13 +1017,7 @@ impl App {
                 }
                 KeyCode::Esc => {}
                 _ => {
-                    let choice = if down || matches!(code, KeyCode::Right) {
-                        (choice + 1) % 3
-                    } else if up || matches!(code, KeyCode::Left) {
-                        (choice + 2) % 3
-                    } else {
-                        choice
-                    };
+                    let choice = cycle(choice, 3, code, down, up);
                     self.popup = Some(Popup::ConfirmQuit { running, choice });
                 }
             },
@@ -1133,13 +1127,7 @@ impl App {
                 },
                 KeyCode::Esc => {}
                 _ => {
-                    let choice = if down || matches!(code, KeyCode::Right) {
-                        (choice + 1) % 3
-                    } else if up || matches!(code, KeyCode::Left) {
-                        (choice + 2) % 3
-                    } else {
-                        choice
-                    };
+                    let choice = cycle(choice, 3, code, down, up);
                     self.popup = Some(Popup::UnsavedLeave { choice });
                 }
             },
@@ -1438,6 +1426,17 @@ impl App {
             Action::Top => 0,
             _ => len - 1,
         };
+    }
+}
+
+/// The next of `n` choices for a key: down/right forward, up/left back, anything else stays.
+fn cycle(choice: usize, n: usize, code: KeyCode, down: bool, up: bool) -> usize {
+    if down || matches!(code, KeyCode::Right) {
+        (choice + 1) % n
+    } else if up || matches!(code, KeyCode::Left) {
+        (choice + n - 1) % n
+    } else {
+        choice
     }
 }
 
