@@ -144,6 +144,22 @@ impl Study {
         if file.seeds.is_empty() {
             bail!("{}: seeds is empty", path.display());
         }
+        // Names become directory and file names (`studies/NAME/CORPUS-STRATEGY-sSEED.toml`).
+        let names = std::iter::once(("study", &file.name))
+            .chain(file.strategies.iter().map(|s| ("strategy", &s.name)))
+            .chain(file.corpora.iter().map(|c| ("corpus", &c.name)));
+        for (what, name) in names {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "{}: {what} name {name:?}: use letters, digits, '-' and '_'",
+                    path.display()
+                );
+            }
+        }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let mut base = file.base;

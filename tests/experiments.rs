@@ -123,3 +123,19 @@ fn shipped_studies_parse_into_valid_grids() {
     }
     assert_eq!(count, 3);
 }
+
+#[test]
+fn a_study_with_a_path_for_a_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        "name = \"../escape\"\n[base.model]\nbase = \"m\"\n[[strategy]]\nname = \"a\"\nplan = { preset = \"slayer\" }\n",
+    )
+    .unwrap();
+    let err = slayer::study::Study::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("s.toml") && err.contains("\"../escape\""),
+        "{err}"
+    );
+}

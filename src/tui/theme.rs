@@ -90,7 +90,7 @@ enum Spec {
 fn parse_color(s: &str) -> Result<Spec, String> {
     let s = s.trim();
     if let Some(hex) = s.strip_prefix('#') {
-        if hex.len() != 6 {
+        if hex.len() != 6 || !hex.is_ascii() {
             return Err(format!("{s:?}: expected #rrggbb"));
         }
         let byte =
@@ -406,6 +406,8 @@ mod tests {
 
     #[test]
     fn colours_reduce_to_the_depth() {
+        // Six bytes, but not six hex digits: an error, not a slice through a character.
+        assert!(parse_color("#ééé").is_err());
         let t = Theme::parse(BUILT_IN[0].1, ColorDepth::Ansi256).unwrap();
         assert!(matches!(t.color("accent"), Color::Indexed(_)));
         assert_eq!(nearest_256(0xff, 0xff, 0xff), 231);
