@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::core::events::{EvalRecord, EventKind, RunStatus};
@@ -282,10 +282,11 @@ pub fn load_cells(dir: &Path) -> BTreeMap<String, String> {
 }
 
 pub fn save_cells(dir: &Path, cells: &BTreeMap<String, String>) -> Result<()> {
-    let path = dir.join("cells.json");
-    let tmp = dir.join(".cells.json.tmp");
-    crate::core::checkpoint::hf::write_synced(&tmp, &serde_json::to_vec_pretty(cells)?)?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    crate::core::checkpoint::hf::replace_file(
+        &dir.join("cells.json"),
+        &serde_json::to_vec_pretty(cells)?,
+    )?;
+    Ok(())
 }
 
 /// What one finished cell measured.

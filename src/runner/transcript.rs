@@ -126,16 +126,13 @@ impl Transcript {
         chats_dir(data_dir).join(format!("{}.json", self.id))
     }
 
-    /// Writes the transcript (temporary file, fsync, rename).
+    /// Writes the transcript (replacing the previous version in one step).
     pub fn save(&self, data_dir: &Path) -> Result<PathBuf> {
         let dir = chats_dir(data_dir);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = self.path(data_dir);
-        let tmp = dir.join(format!(".{}.json.tmp", self.id));
-        let text = serde_json::to_vec_pretty(self)?;
-        crate::core::checkpoint::hf::write_synced(&tmp, &text)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::core::checkpoint::hf::replace_file(&path, &serde_json::to_vec_pretty(self)?)?;
         Ok(path)
     }
 

@@ -621,11 +621,7 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
         Effect::KillRun(id) => done(slayer(&["runs", "kill", &id])),
         Effect::ResumeRun(id) => done(slayer(&["runs", "resume", &id])),
         Effect::SaveFile { path, text } => {
-            let tmp = path.with_extension("toml.tmp");
-            let r = crate::core::checkpoint::hf::write_synced(&tmp, text.as_bytes())
-                .map_err(anyhow::Error::from)
-                .and_then(|()| std::fs::rename(&tmp, &path).map_err(anyhow::Error::from));
-            if let Err(e) = r {
+            if let Err(e) = crate::core::checkpoint::hf::replace_file(&path, text.as_bytes()) {
                 done((false, format!("cannot save {}: {e:#}", path.display())));
             }
         }

@@ -378,6 +378,23 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     write_synced(path, text.as_bytes())
 }
 
+/// Replaces `path` with `bytes` as one step: a hidden temporary sibling is written and fsynced,
+/// renamed over `path`, and the directory fsynced. A crash leaves the old file or the new one.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_synced(&tmp, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    sync_dir(dir)
+}
+
 /// Writes bytes and fsyncs the file.
 pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
