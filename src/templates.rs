@@ -94,22 +94,7 @@ pub fn create_experiment(data_dir: &Path, name: &str, from: &str) -> Result<Path
     let dir = experiments_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{name}.toml"));
-    // The template's name line becomes the new experiment's name.
-    let text = match t.text.lines().position(|l| l.starts_with("name =")) {
-        Some(i) => t
-            .text
-            .lines()
-            .enumerate()
-            .map(|(n, l)| {
-                if n == i {
-                    format!("name = \"{name}\"\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect(),
-        None => format!("name = \"{name}\"\n{}", t.text),
-    };
+    let text = with_name(t.text, name);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -118,6 +103,37 @@ pub fn create_experiment(data_dir: &Path, name: &str, from: &str) -> Result<Path
     std::io::Write::write_all(&mut file, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
+}
+
+/// An experiment text with its top-level `name` set to `name` (the line replaced, comments and
+/// layout kept; added at the top when there is none).
+#[must_use]
+pub fn with_name(text: &str, name: &str) -> String {
+    let mut out = String::with_capacity(text.len() + name.len());
+    let mut top_level = true;
+    let mut replaced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with('[') {
+            top_level = false;
+        }
+        let is_name = line
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == "name");
+        if top_level && !replaced && is_name {
+            out.push_str("name = \"");
+            out.push_str(name);
+            out.push_str("\"\n");
+            replaced = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if replaced {
+        out
+    } else {
+        format!("name = \"{name}\"\n{out}")
+    }
 }
 
 /// Finds an experiment argument: an existing file, a name in the data directory's experiments,

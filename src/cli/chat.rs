@@ -55,19 +55,7 @@ fn load(
     device: &candle_core::Device,
     dtype: DType,
 ) -> Result<LoadedModel> {
-    let (run_arg, step) = match arg.rsplit_once('@') {
-        Some((run, step)) => (
-            run,
-            Some(
-                step.parse::<u64>()
-                    .with_context(|| format!("{arg}: the part after @ must be a step"))?,
-            ),
-        ),
-        None => (arg, None),
-    };
-    if !Path::new(arg).exists()
-        && let Ok(run) = crate::runner::RunDir::open(data_dir, run_arg)
-    {
+    if let Some((run, step)) = crate::runner::model::run_spec(data_dir, arg)? {
         let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, dtype, device)?;
         eprintln!("loaded run {} at step {step}", run.id);
         return Ok(loaded);

@@ -83,20 +83,7 @@ fn eval_run_checkpoint(
     device: DeviceChoice,
 ) -> Result<Option<i32>> {
     use crate::core::events::{EventKind, EventSink as _};
-    let (run_arg, step) = match args.model.rsplit_once('@') {
-        Some((r, s)) => (
-            r,
-            Some(
-                s.parse::<u64>()
-                    .with_context(|| format!("{}: the part after @ must be a step", args.model))?,
-            ),
-        ),
-        None => (args.model.as_str(), None),
-    };
-    if Path::new(&args.model).exists() {
-        return Ok(None);
-    }
-    let Ok(run) = crate::runner::RunDir::open(data_dir, run_arg) else {
+    let Some((run, step)) = crate::runner::model::run_spec(data_dir, &args.model)? else {
         return Ok(None);
     };
     let device = device::open(device)?;

@@ -57,6 +57,27 @@ pub fn load_path(path: &Path, label: &str, dtype: DType, device: &Device) -> Res
     })
 }
 
+/// The run a model argument names — `RUN` or `RUN@STEP`, when it is not an existing path — with
+/// the step asked for (`None`: the newest checkpoint).
+pub fn run_spec(data_dir: &Path, spec: &str) -> Result<Option<(RunDir, Option<u64>)>> {
+    if Path::new(spec).exists() {
+        return Ok(None);
+    }
+    let (run, step) = spec
+        .rsplit_once('@')
+        .map_or((spec, None), |(r, s)| (r, Some(s)));
+    let Ok(run) = RunDir::open(data_dir, run) else {
+        return Ok(None);
+    };
+    let step = step
+        .map(|s| {
+            s.parse::<u64>()
+                .with_context(|| format!("{spec}: the part after @ must be a step"))
+        })
+        .transpose()?;
+    Ok(Some((run, step)))
+}
+
 /// A run's base model (already in the data directory) and its resolved plan.
 pub fn run_base(
     data_dir: &Path,

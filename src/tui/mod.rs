@@ -525,11 +525,7 @@ fn load_chat_model(
     spec: &str,
     device: &candle_core::Device,
 ) -> Result<crate::runner::model::LoadedModel> {
-    let (run_part, step) = match spec.rsplit_once('@') {
-        Some((r, s)) => (r, s.parse::<u64>().ok()),
-        None => (spec, None),
-    };
-    if let Ok(run) = crate::runner::RunDir::open(data_dir, run_part) {
+    if let Some((run, step)) = crate::runner::model::run_spec(data_dir, spec)? {
         return Ok(crate::runner::model::load_run(
             data_dir,
             &run,
@@ -637,7 +633,7 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
             let r = std::fs::read_to_string(&from)
                 .map_err(anyhow::Error::from)
                 .and_then(|text| {
-                    let text = rename_experiment(&text, &name);
+                    let text = crate::templates::with_name(&text, &name);
                     let mut f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -812,27 +808,6 @@ fn plan_from_suggestion(
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", dest.display()))?;
     Ok(dest)
-}
-
-/// The experiment text with its `name` line set to `name`.
-#[must_use]
-pub fn rename_experiment(text: &str, name: &str) -> String {
-    let mut found = false;
-    let mut out: String = text
-        .lines()
-        .map(|l| {
-            if !found && l.trim_start().starts_with("name") && l.contains('=') {
-                found = true;
-                format!("name = \"{name}\"\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    if !found {
-        out = format!("name = \"{name}\"\n{out}");
-    }
-    out
 }
 
 /// Clears the screen and makes the next frame repaint every cell. (`Terminal::clear` would ask
