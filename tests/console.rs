@@ -423,7 +423,7 @@ fn popups_and_the_status_line() {
     ));
     snap("status_error", &a);
     // Quitting with a running run asks; the default leaves it running.
-    a.runs[0].state = slayer::runner::RunState::Running;
+    a.runs[0].status = slayer::runner::RunState::Running;
     key(&mut a, KeyCode::Char('q'));
     snap("popup_quit", &a);
     assert_eq!(

@@ -306,6 +306,30 @@ mod tests {
         );
     }
 
+    /// The cached table equals a fresh summary after appends, and follows liveness without a
+    /// change to the log.
+    #[test]
+    fn the_run_table_follows_appends_and_liveness() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path(), "t").unwrap();
+        std::fs::write(run.experiment_path(), "name = \"t\"\n").unwrap();
+        let mut log = EventLog::open(&run.events_path()).unwrap();
+        log.emit(start(None)).unwrap();
+        log.emit(step(1)).unwrap();
+        log.sync().unwrap();
+        let mut table = RunTable::default();
+        let first = table.refresh(dir.path());
+        assert_eq!((first[0].status, first[0].step), (RunState::Lost, 1));
+        run.claim_worker().unwrap();
+        assert_eq!(table.refresh(dir.path())[0].status, RunState::Running);
+        log.emit(step(2)).unwrap();
+        log.sync().unwrap();
+        let fresh = summarize(&run);
+        let cached = table.refresh(dir.path());
+        assert_eq!((cached[0].step, cached[0].status), (fresh.step, fresh.status));
+        assert_eq!(cached[0].step, 2);
+    }
+
     #[test]
     fn nan_metrics_survive_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,15 +508,16 @@ impl RunDir {
     /// The run's state from its events and its worker's liveness.
     #[must_use]
     pub fn state(&self, events: &[Event]) -> RunState {
+        self.state_after(deciding_event(events))
+    }
+
+    /// The run's state given its [`deciding_event`] and its worker's liveness.
+    #[must_use]
+    pub fn state_after(&self, last: Option<&Event>) -> RunState {
         let live = self.worker().is_some_and(|w| w.alive());
         if !live && self.path.join("queued").is_file() {
             return RunState::Queued;
         }
-        // The newest start or end decides; a start after an end is a resume.
-        let last = events
-            .iter()
-            .rev()
-            .find(|e| matches!(e.kind, EventKind::End { .. } | EventKind::RunStart { .. }));
         // A worker that wrote its end record is finishing (or already handed its slot on); a
         // worker recorded after the end is a resume that has not logged its start yet.
         let worker_since_end = |end_time: f64| {
@@ -517,6 +542,16 @@ impl RunDir {
     }
 }
 
+/// The event that decides a run's state: the newest start or end (a start after an end is a
+/// resume).
+#[must_use]
+pub fn deciding_event(events: &[Event]) -> Option<&Event> {
+    events
+        .iter()
+        .rev()
+        .find(|e| matches!(e.kind, EventKind::End { .. } | EventKind::RunStart { .. }))
+}
+
 /// The run's step events as one history: a resume from checkpoint `c` replaces every step after
 /// `c` recorded before it (those were lost with the worker), so no step appears twice.
 #[must_use]
@@ -536,7 +571,7 @@ pub fn joined_steps(events: &[Event]) -> Vec<&Event> {
 }
 
 /// One run's summary: what `runs ls` and the console's run table show.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunSummary {
     pub id: String,
     pub experiment: String,
@@ -550,22 +585,31 @@ pub struct RunSummary {
 
 #[must_use]
 pub fn summarize(run: &RunDir) -> RunSummary {
+    let (summary, _) = summarize_with_marker(run);
+    summary
+}
+
+/// The summary, and the event that decides the run's state (kept by [`RunTable`]).
+fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let experiment = crate::core::experiment::Experiment::load(&run.experiment_path())
         .map_or_else(|_| "?".into(), |e| e.name);
     match run.read_events() {
-        Err(e) => RunSummary {
-            id: run.id.clone(),
-            experiment,
-            status: RunState::Lost,
-            step: 0,
-            total_steps: 0,
-            last_loss: None,
-            age_secs: 0.0,
-            problem: Some(e.to_string()),
-        },
+        Err(e) => (
+            RunSummary {
+                id: run.id.clone(),
+                experiment,
+                status: RunState::Lost,
+                step: 0,
+                total_steps: 0,
+                last_loss: None,
+                age_secs: 0.0,
+                problem: Some(e.to_string()),
+            },
+            None,
+        ),
         Ok(events) => {
             let steps = joined_steps(&events);
             let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
@@ -590,16 +634,73 @@ pub fn summarize(run: &RunDir) -> RunSummary {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(now, |d| d.as_secs_f64());
             let started = events.first().map_or(created, |e| e.time);
-            RunSummary {
-                id: run.id.clone(),
-                experiment,
-                status: run.state(&events),
-                step,
-                total_steps,
-                last_loss,
-                age_secs: now - started,
-                problem: None,
-            }
+            let marker = deciding_event(&events).cloned();
+            (
+                RunSummary {
+                    id: run.id.clone(),
+                    experiment,
+                    status: run.state_after(marker.as_ref()),
+                    step,
+                    total_steps,
+                    last_loss,
+                    age_secs: now - started,
+                    problem: None,
+                },
+                marker,
+            )
         }
+    }
+}
+
+/// What identifies a version of a run's files: the event log's length and modification time,
+/// and the experiment file's.
+type Stamp = [Option<(u64, std::time::SystemTime)>; 2];
+
+fn stamp(run: &RunDir) -> Stamp {
+    let of = |p: PathBuf| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    [of(run.events_path()), of(run.experiment_path())]
+}
+
+/// The run table, kept up to date cheaply: a run's log is read again only when it changed; its
+/// state (which also depends on its worker's liveness) and age are recomputed every time.
+#[derive(Default)]
+pub struct RunTable {
+    cached: std::collections::HashMap<String, (Stamp, RunSummary, Option<Event>, f64)>,
+}
+
+impl RunTable {
+    /// Every run under `data_dir`, oldest first.
+    pub fn refresh(&mut self, data_dir: &Path) -> Vec<RunSummary> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let runs = list_runs(data_dir);
+        self.cached.retain(|id, _| runs.iter().any(|r| &r.id == id));
+        runs.iter()
+            .map(|run| {
+                let stamp = stamp(run);
+                match self.cached.get(&run.id) {
+                    Some((s, summary, marker, started)) if *s == stamp => {
+                        let mut summary = summary.clone();
+                        if summary.problem.is_none() {
+                            summary.status = run.state_after(marker.as_ref());
+                        }
+                        summary.age_secs = now - started;
+                        summary
+                    }
+                    _ => {
+                        let (summary, marker) = summarize_with_marker(run);
+                        let started = now - summary.age_secs;
+                        self.cached
+                            .insert(run.id.clone(), (stamp, summary.clone(), marker, started));
+                        summary
+                    }
+                }
+            })
+            .collect()
     }
 }

@@ -163,18 +163,8 @@ pub struct ExperimentItem {
     pub expanded: Option<PathBuf>,
 }
 
-/// A row of the run table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRow {
-    pub id: String,
-    pub experiment: String,
-    pub state: RunState,
-    pub step: u64,
-    pub total_steps: u64,
-    pub last_loss: Option<f64>,
-    pub age_secs: f64,
-    pub problem: Option<String>,
-}
+/// A row of the run table: the summary `runs ls` prints.
+pub use crate::runner::RunSummary as RunRow;
 
 impl RunRow {
     /// What the screens show of the row (with the age to its displayed precision, for the run
@@ -185,7 +175,7 @@ impl RunRow {
             "{} {} {} {}/{} {:?} {} {:?}",
             self.id,
             self.experiment,
-            self.state,
+            self.status,
             self.step,
             self.total_steps,
             self.last_loss.map(|l| format!("{l:.4}")),
@@ -462,7 +452,7 @@ impl App {
             && self.monitored.as_ref().is_some_and(|id| {
                 self.runs
                     .iter()
-                    .any(|r| &r.id == id && r.state == RunState::Running)
+                    .any(|r| &r.id == id && r.status == RunState::Running)
             })
     }
 
@@ -1161,7 +1151,7 @@ impl App {
     fn running_runs(&self) -> usize {
         self.runs
             .iter()
-            .filter(|r| r.state == RunState::Running)
+            .filter(|r| r.status == RunState::Running)
             .count()
     }
 

@@ -94,19 +94,7 @@ pub fn load_chats(data_dir: &Path) -> Vec<app::ChatSummary> {
 pub fn load_runs(data_dir: &Path) -> Vec<RunRow> {
     crate::runner::list_runs(data_dir)
         .iter()
-        .map(|r| {
-            let s = crate::runner::summarize(r);
-            RunRow {
-                id: s.id,
-                experiment: s.experiment,
-                state: s.status,
-                step: s.step,
-                total_steps: s.total_steps,
-                last_loss: s.last_loss,
-                age_secs: s.age_secs,
-                problem: s.problem,
-            }
-        })
+        .map(crate::runner::summarize)
         .collect()
 }
 
@@ -257,6 +245,8 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
             let mut last_try = Instant::now();
             let mut follower = crate::runner::tail::Follower::all(&data_dir);
             let mut last_chats = Vec::new();
+            // Re-read every 2 s for liveness: only changed logs are parsed again.
+            let mut run_table = crate::runner::RunTable::default();
             let mut updates = follower.poll_all();
             let mut last_table = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -288,7 +278,7 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
                 }
                 if runs_changed || last_table.elapsed() > Duration::from_secs(2) {
                     last_table = Instant::now();
-                    let _ = tx.send(Event::Runs(load_runs(&data_dir)));
+                    let _ = tx.send(Event::Runs(run_table.refresh(&data_dir)));
                     let chats = load_chats(&data_dir);
                     if chats != last_chats {
                         last_chats.clone_from(&chats);
@@ -929,7 +919,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
         for r in app
             .runs
             .iter()
-            .filter(|r| r.state == crate::runner::RunState::Running)
+            .filter(|r| r.status == crate::runner::RunState::Running)
         {
             execute_effect(&app.data_dir, Effect::StopRun(r.id.clone()), &tx, &jobs);
         }

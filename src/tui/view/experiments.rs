@@ -89,7 +89,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     for r in runs {
         let mut spans = vec![
             Span::styled(format!("  run {} ", clean(&r.id)), theme.fg("text")),
-            Span::styled(r.state.to_string(), state_style(theme, r.state)),
+            Span::styled(r.status.to_string(), state_style(theme, r.status)),
             Span::styled(
                 format!("  step {}/{}", r.step, r.total_steps),
                 theme.fg("dim"),

@@ -85,12 +85,12 @@ fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let running = app
         .runs
         .iter()
-        .filter(|r| r.state == crate::runner::RunState::Running)
+        .filter(|r| r.status == crate::runner::RunState::Running)
         .count();
     let queued = app
         .runs
         .iter()
-        .filter(|r| r.state == crate::runner::RunState::Queued)
+        .filter(|r| r.status == crate::runner::RunState::Queued)
         .count();
     spans.push(Span::styled(
         format!("   {running} running, {queued} queued   ? help"),

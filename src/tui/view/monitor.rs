@@ -26,7 +26,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     };
     let row = app.runs.iter().find(|r| r.id == data.id);
     let [header, main] = Layout::vertical([Constraint::Length(2), Constraint::Min(8)]).areas(area);
-    let state = row.map_or_else(|| "?".to_string(), |r| r.state.to_string());
+    let state = row.map_or_else(|| "?".to_string(), |r| r.status.to_string());
     let (rate, eta) = data.rate_and_eta().unwrap_or((0.0, f64::NAN));
     let last = data.steps.last();
     let head = vec![
@@ -35,7 +35,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::styled(format!("{} ", clean(&data.experiment)), theme.fg("text")),
             Span::styled(
                 state.clone(),
-                row.map_or(theme.fg("dim"), |r| super::state_style(theme, r.state)),
+                row.map_or(theme.fg("dim"), |r| super::state_style(theme, r.status)),
             ),
         ]),
         Line::from(Span::styled(

@@ -33,15 +33,15 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 .last_loss
                 .map_or_else(|| "—".to_string(), |l| format!("{l:.4}"));
             let mut note = r.problem.as_deref().map(clean).unwrap_or_default();
-            if r.state == crate::runner::RunState::Lost && note.is_empty() {
+            if r.status == crate::runner::RunState::Lost && note.is_empty() {
                 note = "worker died: r resumes from the newest checkpoint".into();
             }
             Row::new(vec![
                 Cell::from(format!("{overlay}{}", clean(&r.id))),
                 Cell::from(clean(&r.experiment)),
                 Cell::from(Span::styled(
-                    r.state.to_string(),
-                    state_style(theme, r.state),
+                    r.status.to_string(),
+                    state_style(theme, r.status),
                 )),
                 Cell::from(format!("{}/{}", r.step, r.total_steps)),
                 Cell::from(loss),
