@@ -326,7 +326,10 @@ mod tests {
         log.sync().unwrap();
         let fresh = summarize(&run);
         let cached = table.refresh(dir.path());
-        assert_eq!((cached[0].step, cached[0].status), (fresh.step, fresh.status));
+        assert_eq!(
+            (cached[0].step, cached[0].status),
+            (fresh.step, fresh.status)
+        );
         assert_eq!(cached[0].step, 2);
     }
 

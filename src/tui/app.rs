@@ -919,7 +919,9 @@ impl App {
         match popup {
             Popup::Help { scroll } => {
                 if down {
-                    self.popup = Some(Popup::Help { scroll: scroll + 1 });
+                    self.popup = Some(Popup::Help {
+                        scroll: scroll.saturating_add(1),
+                    });
                 } else if up {
                     self.popup = Some(Popup::Help {
                         scroll: scroll.saturating_sub(1),
@@ -929,7 +931,7 @@ impl App {
             Popup::Diff { lines, scroll } => {
                 if down || up {
                     let scroll = if down {
-                        scroll + 1
+                        scroll.saturating_add(1)
                     } else {
                         scroll.saturating_sub(1)
                     };
@@ -943,7 +945,7 @@ impl App {
             } => {
                 if down || up {
                     let scroll = if down {
-                        scroll + 1
+                        scroll.saturating_add(1)
                     } else {
                         scroll.saturating_sub(1)
                     };
@@ -985,7 +987,7 @@ impl App {
                     }
                     _ => {
                         let scroll = if down {
-                            scroll + 1
+                            scroll.saturating_add(1)
                         } else if up {
                             scroll.saturating_sub(1)
                         } else {
@@ -1443,6 +1445,15 @@ pub fn base_config(data_dir: &Path, base: &str) -> Option<LlamaConfig> {
 pub fn line_diff(a: &str, b: &str) -> Vec<String> {
     let a: Vec<&str> = a.lines().collect();
     let b: Vec<&str> = b.lines().collect();
+    // The table is |a|·|b| cells: past a few million (files of thousands of lines), show the
+    // texts one after the other rather than allocate gigabytes.
+    if a.len().saturating_mul(b.len()) > 4_000_000 {
+        return a
+            .iter()
+            .map(|l| format!("- {l}"))
+            .chain(b.iter().map(|l| format!("+ {l}")))
+            .collect();
+    }
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
