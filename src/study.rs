@@ -6,9 +6,13 @@
 //! `[[corpus]]` entries (a name and a `data` table, optionally `eval`) and `seeds`. Each cell
 //! becomes an ordinary experiment file under `<data>/studies/<name>/`, launched like any other
 //! run; `cells.json` there maps cells to runs so a study can be resumed and shown later.
+//!
+//! `[scale.NAME]` tables are overlays chosen with `--scale NAME` (a GPU variant: longer runs,
+//! bigger corpora): `seeds` replaces, `base` merges into `[base]`, and `corpus.C` / `strategy.S`
+//! merge into the entry named C / S. The scaled study is named `NAME-SCALE`, so its cells and
+//! results never mix with the default scale's.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -17,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::events::{EvalRecord, EventKind, RunStatus};
 use crate::runner::{RunDir, RunState};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StudyFile {
     name: String,
@@ -30,6 +34,9 @@ struct StudyFile {
     strategies: Vec<Strategy>,
     #[serde(default, rename = "corpus")]
     corpora: Vec<Corpus>,
+    /// `[scale.NAME]` overlays, applied before parsing (see the module docs).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    scale: toml::Table,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -37,22 +44,22 @@ fn default_seeds() -> Vec<u64> {
 }
 
 /// One layout under comparison.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Strategy {
     pub name: String,
     pub plan: toml::Table,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<toml::Table>,
 }
 
 /// One training corpus (with its evaluation sets).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Corpus {
     pub name: String,
     pub data: toml::Table,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<toml::Table>,
 }
 
@@ -66,6 +73,8 @@ pub struct Study {
     base: toml::Table,
     pub strategies: Vec<Strategy>,
     pub corpora: Vec<Corpus>,
+    /// The file's `[scale.NAME]` overlays, by name.
+    pub scales: Vec<String>,
 }
 
 /// One run of the grid.
@@ -121,10 +130,99 @@ fn merge(into: &mut toml::Table, from: &toml::Table) {
     }
 }
 
+/// Applies the overlay `[scale.NAME]` of a study's raw table (and drops every `[scale.*]`).
+fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Result<()> {
+    let scales = match raw.remove("scale") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => bail!(
+            "{}: `scale` must be a table of [scale.NAME] tables",
+            path.display()
+        ),
+        None => toml::Table::new(),
+    };
+    let Some(name) = scale else {
+        return Ok(());
+    };
+    let Some(toml::Value::Table(overlay)) = scales.get(name) else {
+        let known: Vec<&str> = scales.keys().map(String::as_str).collect();
+        bail!(
+            "{}: no [scale.{name}] (scales: {})",
+            path.display(),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    for (key, value) in overlay {
+        match (key.as_str(), value) {
+            ("seeds" | "description", v) => {
+                raw.insert(key.clone(), v.clone());
+            }
+            ("base", toml::Value::Table(t)) => {
+                let entry = raw
+                    .entry("base")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(base) = entry {
+                    merge(base, t);
+                }
+            }
+            (list @ ("corpus" | "strategy"), toml::Value::Table(by_name)) => {
+                for (target, overlay_entry) in by_name {
+                    let toml::Value::Table(overlay_entry) = overlay_entry else {
+                        bail!(
+                            "{}: scale.{name}.{list}.{target} must be a table",
+                            path.display()
+                        );
+                    };
+                    let entry = raw
+                        .get_mut(list)
+                        .and_then(toml::Value::as_array_mut)
+                        .and_then(|items| {
+                            items
+                                .iter_mut()
+                                .filter_map(toml::Value::as_table_mut)
+                                .find(|t| {
+                                    t.get("name").and_then(toml::Value::as_str) == Some(target)
+                                })
+                        });
+                    let Some(entry) = entry else {
+                        bail!(
+                            "{}: scale.{name}.{list}.{target}: there is no {list} named {target:?}",
+                            path.display()
+                        );
+                    };
+                    merge(entry, overlay_entry);
+                }
+            }
+            _ => bail!(
+                "{}: scale.{name}.{key}: a scale sets seeds, description, base, corpus.NAME or strategy.NAME",
+                path.display()
+            ),
+        }
+    }
+    let unscaled = raw
+        .get("name")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("study");
+    raw.insert(
+        "name".into(),
+        toml::Value::String(format!("{unscaled}-{name}")),
+    );
+    Ok(())
+}
+
 impl Study {
+    /// The study at its default scale.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_scaled(path, None)
+    }
+
+    /// The study with the overlay `[scale.NAME]` applied.
+    pub fn load_scaled(path: &Path, scale: Option<&str>) -> Result<Self> {
         let text = crate::core::corpus::read_text(path)?;
-        let file: StudyFile = toml::from_str(&text).map_err(|e| {
+        let syntax = |e: toml::de::Error| {
             let at = e
                 .span()
                 .map(|s| crate::core::plan::line_col(&text, s.start).0);
@@ -134,7 +232,19 @@ impl Study {
                 at.map(|l| format!(" line {l}")).unwrap_or_default(),
                 e.message()
             )
-        })?;
+        };
+        // Without a scale the file is read as written, so errors keep their line numbers.
+        let file: StudyFile = if scale.is_none() {
+            toml::from_str(&text).map_err(syntax)?
+        } else {
+            let mut raw: toml::Table = toml::from_str(&text).map_err(syntax)?;
+            apply_scale(path, &mut raw, scale)?;
+            toml::Value::Table(raw)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    anyhow::anyhow!("{}: {}", path.display(), e.message())
+                })?
+        };
         if file.strategies.is_empty() {
             bail!(
                 "{}: a study needs at least one [[strategy]]",
@@ -193,7 +303,14 @@ impl Study {
             base,
             strategies: file.strategies,
             corpora,
+            scales: file.scale.keys().cloned().collect(),
         };
+        // A scale is checked when its file is, not first when a GPU box runs it.
+        if scale.is_none() {
+            for name in &study.scales {
+                Self::load_scaled(path, Some(name))?;
+            }
+        }
         // Every cell must be a valid experiment before anything runs.
         for cell in study.cells() {
             let text = study.experiment_text(&cell);
@@ -262,14 +379,69 @@ impl Study {
         if let toml::Value::Table(tt) = entry {
             tt.insert("seed".into(), toml::Value::Integer(cell.seed as i64));
         }
+        // Every cell of a corpus starts from the same base model with the same evaluation sets,
+        // and every layout starts as the identity: one base evaluation per corpus (its first
+        // cell's) serves the whole table, unless the study asks for more.
+        let entry = t
+            .entry("eval")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(et) = entry
+            && !et.contains_key("before")
+        {
+            let first = self.strategies.first().map(|s| &s.name) == Some(&cell.strategy)
+                && self.seeds.first() == Some(&cell.seed);
+            let before = if first {
+                vec!["base".into()]
+            } else {
+                Vec::new()
+            };
+            et.insert("before".into(), toml::Value::Array(before));
+        }
         toml::to_string(&t).unwrap_or_default()
     }
 
     /// Where the study keeps its cell experiments and its cell → run map.
     #[must_use]
     pub fn dir(&self, data_dir: &Path) -> PathBuf {
-        data_dir.join("studies").join(&self.name)
+        dir(data_dir, &self.name)
     }
+
+    /// The study as run: its scale applied and its paths absolute, as a study file of its own
+    /// (saved beside the cells, so the console can show a study without its source file).
+    pub fn resolved_text(&self) -> Result<String> {
+        let file = StudyFile {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            seeds: self.seeds.clone(),
+            base: self.base.clone(),
+            strategies: self.strategies.clone(),
+            corpora: self.corpora.clone(),
+            scale: toml::Table::new(),
+        };
+        Ok(toml::to_string(&file)?)
+    }
+
+    /// A study as `study run` saved it in the data directory.
+    pub fn load_saved(data_dir: &Path, name: &str) -> Result<Self> {
+        let path = dir(data_dir, name).join(SAVED_STUDY);
+        if !path.exists() {
+            // What matters first: a status line cuts the path.
+            bail!(
+                "no study {name:?} (`slayer study run FILE` records one) in {}",
+                path.display()
+            );
+        }
+        Self::load(&path)
+    }
+}
+
+/// The file `study run` writes beside the cells: the study as run.
+pub const SAVED_STUDY: &str = "study.toml";
+
+/// The directory of the study `name`.
+#[must_use]
+pub fn dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("studies").join(name)
 }
 
 /// The cell → run map of a study.
@@ -326,6 +498,13 @@ pub fn cell_result(run: &RunDir) -> CellResult {
     };
     let mut segment_start: Option<f64> = None;
     for e in &events {
+        // The base evaluation is the study's, not the layout's: it is left out of wall time.
+        if let EventKind::Eval(r) = &e.kind
+            && r.label == "base"
+            && segment_start.is_some()
+        {
+            segment_start = Some(e.time);
+        }
         match &e.kind {
             EventKind::RunStart {
                 trainable_params,
@@ -352,6 +531,13 @@ pub fn cell_result(run: &RunDir) -> CellResult {
     out
 }
 
+/// Whether a metric measures injection (the held-out probe or held-out domain text) rather than
+/// forgetting.
+#[must_use]
+pub fn is_injection(metric: &str) -> bool {
+    metric == "facts acc" || metric == "heldout ppl"
+}
+
 /// mean ± sample standard deviation (0 for one value).
 fn mean_sd(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
@@ -364,16 +550,40 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, sd)
 }
 
-/// The comparison table of one corpus, as markdown: one row per strategy, mean ± sd over seeds.
+/// A comparison table: a header and rows of formatted cells.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// The table as markdown.
+    #[must_use]
+    pub fn markdown(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut s = line(&self.header);
+        s.push_str(&line(&vec!["---".to_string(); self.header.len()]));
+        for row in &self.rows {
+            s.push_str(&line(row));
+        }
+        s
+    }
+}
+
+/// The comparison of one corpus: a row for the base model, then one per strategy with every
+/// metric after training as mean ± sd over the seeds done.
 #[must_use]
-pub fn table(study: &Study, corpus: &str, results: &[CellResult]) -> String {
+pub fn comparison(study: &Study, corpus: &str, results: &[CellResult]) -> Table {
     let rows: Vec<&CellResult> = results
         .iter()
         .filter(|r| r.cell.as_ref().is_some_and(|c| c.corpus == corpus))
         .collect();
     let mut names: Vec<String> = rows.iter().flat_map(|r| r.after.keys().cloned()).collect();
-    names.sort();
+    // Injection first (the probe, held-out domain text), then forgetting.
+    names.sort_by_key(|n| (!is_injection(n), n.clone()));
     names.dedup();
+    let digits = |n: &str| if n.ends_with("acc") { 3 } else { 2 };
     let fmt = |vals: &[f64], digits: usize| {
         if vals.is_empty() {
             return "—".to_string();
@@ -385,56 +595,64 @@ pub fn table(study: &Study, corpus: &str, results: &[CellResult]) -> String {
             format!("{m:.digits$}")
         }
     };
-    let mut s = format!(
-        "| strategy | trainable params | steps | wall s | {} | seeds done |\n|---|---|---|---|{}---|\n",
-        names
+    let mut table = Table {
+        header: ["strategy", "trainable params", "steps", "wall s"]
             .iter()
-            .map(|n| format!("{n} (base → after)"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(names.len())
-    );
-    // The base model's values are the same for every strategy: show them once per metric.
+            .map(ToString::to_string)
+            .chain(
+                names
+                    .iter()
+                    .map(|n| format!("{n} {}", if n.ends_with("acc") { "↑" } else { "↓" })),
+            )
+            .chain(std::iter::once("seeds done".to_string()))
+            .collect(),
+        rows: Vec::new(),
+    };
+    // The base model is the same for every strategy: one row, from whichever cell evaluated it.
+    if let Some(base) = rows.iter().map(|r| &r.before).find(|b| !b.is_empty()) {
+        let mut row: Vec<String> = ["base model", "—", "0", "—"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        row.extend(names.iter().map(|n| {
+            base.get(n)
+                .map_or("—".into(), |v| format!("{v:.prec$}", prec = digits(n)))
+        }));
+        row.push("—".into());
+        table.rows.push(row);
+    }
     for strategy in &study.strategies {
         let cells: Vec<&&CellResult> = rows
             .iter()
             .filter(|r| r.cell.as_ref().is_some_and(|c| c.strategy == strategy.name))
             .collect();
         let done: Vec<&&&CellResult> = cells.iter().filter(|r| !r.after.is_empty()).collect();
-        let mut line = format!(
-            "| {} | {} | {} | {} |",
-            strategy.name,
-            cells
-                .first()
-                .map_or("—".into(), |r| crate::core::plan::totals::human_count(
-                    r.trainable_params
-                )),
-            cells.first().map_or("—".into(), |r| r.steps.to_string()),
+        let first = cells.iter().find(|r| r.steps > 0);
+        let mut row = vec![
+            strategy.name.clone(),
+            first.map_or("—".into(), |r| {
+                crate::core::plan::totals::human_count(r.trainable_params)
+            }),
+            first.map_or("—".into(), |r| r.steps.to_string()),
             fmt(&done.iter().map(|r| r.wall_secs).collect::<Vec<_>>(), 0),
-        );
+        ];
         for n in &names {
-            let digits = if n.ends_with("acc") { 3 } else { 2 };
-            let before: Vec<f64> = done
-                .iter()
-                .filter_map(|r| r.before.get(n).copied())
-                .collect();
             let after: Vec<f64> = done
                 .iter()
                 .filter_map(|r| r.after.get(n).copied())
                 .collect();
-            let _ = write!(
-                line,
-                " {} → {} |",
-                before
-                    .first()
-                    .map_or("—".into(), |b| format!("{b:.digits$}")),
-                fmt(&after, digits)
-            );
+            row.push(fmt(&after, digits(n)));
         }
-        let _ = writeln!(line, " {}/{} |", done.len(), cells.len());
-        s.push_str(&line);
+        row.push(format!("{}/{}", done.len(), cells.len()));
+        table.rows.push(row);
     }
-    s
+    table
+}
+
+/// The comparison of one corpus as markdown (see [`comparison`]).
+#[must_use]
+pub fn table(study: &Study, corpus: &str, results: &[CellResult]) -> String {
+    comparison(study, corpus, results).markdown()
 }
 
 /// Every cell's result, in grid order (missing runs have an empty result).

@@ -196,10 +196,31 @@ fn snap(name: &str, app: &App) {
     let data = app.data_dir.display().to_string();
     for (w, h) in [(80, 24), (160, 48)] {
         let screen = draw(app, w, h).replace(&data, "<data>");
-        // The path may be cut at the panel edge: redact any prefix of it too.
-        let screen = screen.replace("/tmp/", "<tmp>/");
+        // The path may be cut at the edge of a panel or of the screen: redact its random part
+        // (`/tmp/.tmpXXXXXX`) wherever it starts.
+        let screen = redact_temp_dirs(&screen);
         insta::assert_snapshot!(format!("{name}_{w}x{h}"), screen);
     }
+}
+
+/// `/tmp/.tmp` followed by up to six letters or digits (a tempfile name, whole or cut) becomes
+/// `<data>`.
+fn redact_temp_dirs(screen: &str) -> String {
+    let mut out = String::new();
+    let mut rest = screen;
+    while let Some(at) = rest.find("/tmp/.tmp") {
+        out.push_str(&rest[..at]);
+        out.push_str("<data>");
+        let tail = &rest[at + "/tmp/.tmp".len()..];
+        let random = tail
+            .chars()
+            .take(6)
+            .take_while(char::is_ascii_alphanumeric)
+            .count();
+        rest = &tail[random..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]
@@ -620,27 +641,103 @@ fn importance_bars_and_a_plan_from_them() {
     assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("temperature 0")));
 }
 
-/// `:study NAME` overlays the study's runs in the monitor and shows its results table.
+/// Writes the study `tiny` into the fixture as `study run` would: two layouts on two corpora, the
+/// facts cells mapped to the fixture's runs (one finished, one that died), the words cells not
+/// started.
+fn tiny_study(home: &Path) {
+    let dir = home.join("studies/tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("study.toml"),
+        "name = \"tiny\"\ndescription = \"two layouts\"\nseeds = [0]\n[base.model]\nbase = \"tiny\"\n\
+         [[strategy]]\nname = \"shallow\"\nplan = { insert = [{ after = 1 }] }\n\
+         [[strategy]]\nname = \"deep\"\nplan = { insert = [{ after = 6 }] }\n\
+         [[corpus]]\nname = \"facts\"\ndata = { synth = { entities = 3 } }\n\
+         [[corpus]]\nname = \"words\"\ndata = { train = \"/nonexistent/words.txt\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("cells.json"),
+        r#"{"facts-shallow-s0": "20260101-000000-facts", "facts-deep-s0": "20260102-000000-facts"}"#,
+    )
+    .unwrap();
+}
+
+/// `:study NAME` opens the study screen: the comparison table of each corpus (the base model,
+/// then each strategy) and the strategies' loss curves; enter overlays a strategy's seeds in the
+/// monitor; a change in the run table reads the study again.
 #[test]
-fn a_study_is_compared_in_the_monitor() {
+fn a_study_is_compared_on_its_screen() {
     let home = fixture();
+    tiny_study(home.path());
     let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('5'));
+    assert_eq!(a.screen, Screen::Study);
+    snap("study_none", &a);
     assert_eq!(
         a.run_command("study tiny"),
-        vec![Effect::LoadStudy("tiny".into())]
+        vec![Effect::LoadStudy {
+            name: "tiny".into(),
+            open: true
+        }]
     );
-    let table = "# tiny\n\n## corpus words\n\n| strategy | trainable params | steps | wall s | heldout ppl (base → after) | seeds done |\n|---|---|---|---|---|---|\n| shallow | 37.0K | 40 | 12 | 20.00 → 18.10 | 1/1 |\n| deep | 37.0K | 40 | 12 | 20.00 → 19.40 | 1/1 |\n";
+    let view = slayer::tui::load_study(home.path(), "tiny").unwrap();
+    assert_eq!((view.runs.len(), view.cells), (2, 4));
+    let facts = &view.tables[0].1;
+    assert_eq!(facts.rows[0][0], "base model");
+    let row = |name: &str| facts.rows.iter().find(|r| r[0] == name).unwrap().clone();
+    // The finished run's final evaluation; the dead run has none yet.
+    assert!(
+        row("shallow").contains(&"0.550".to_string()),
+        "{:?}",
+        row("shallow")
+    );
+    assert_eq!(row("shallow").last().unwrap(), "1/1");
+    assert_eq!(row("deep").last().unwrap(), "0/1");
     a.update(Event::Study {
-        name: "tiny".into(),
-        runs: vec![
-            "20260101-000000-facts".into(),
-            "20260102-000000-facts".into(),
-        ],
-        table: Some(table.into()),
+        view: view.clone(),
+        open: true,
     });
+    assert_eq!(a.screen, Screen::Study);
+    snap("study", &a);
+    key(&mut a, KeyCode::Char('c'));
+    assert_eq!(a.study_corpus, 1);
+    snap("study_corpus_not_started", &a);
+    key(&mut a, KeyCode::Char('c'));
+    assert_eq!(a.study_corpus, 0);
+    // Enter on `deep`: its seeds in the monitor.
+    key(&mut a, KeyCode::Down);
+    key(&mut a, KeyCode::Enter);
     assert_eq!(a.screen, Screen::Monitor);
-    assert_eq!(a.overlay.len(), 2);
-    snap("popup_study", &a);
-    key(&mut a, KeyCode::Esc);
-    snap("monitor_study_overlay", &a);
+    assert_eq!(a.overlay, vec!["20260102-000000-facts".to_string()]);
+    // Back on the study screen, a run that moved reads the study again; an unchanged table
+    // does not.
+    key(&mut a, KeyCode::Char('5'));
+    let mut runs = slayer::tui::load_runs(home.path());
+    let row = runs
+        .iter_mut()
+        .find(|r| r.id == "20260102-000000-facts")
+        .unwrap();
+    row.step += 1;
+    assert_eq!(
+        a.update(Event::Runs(runs.clone())),
+        vec![Effect::LoadStudy {
+            name: "tiny".into(),
+            open: false
+        }]
+    );
+    assert!(a.update(Event::Runs(runs)).is_empty());
+    // A refresh keeps the screen and the selection.
+    a.update(Event::Study { view, open: false });
+    assert_eq!((a.screen, a.study_row), (Screen::Study, 1));
+    // A study that was never run is an error on the status line, naming where it looked.
+    let err = slayer::tui::load_study(home.path(), "nope")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("no study \"nope\"") && err.contains("studies/nope/study.toml"),
+        "{err}"
+    );
+    a.update(Event::Status(false, format!("study nope: {err}")));
+    snap("study_error", &a);
 }

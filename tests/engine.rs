@@ -446,6 +446,9 @@ fn fuzz_seeds_parse() {
             assert!(d.span.is_some(), "{}", path.display());
         }
     }
+    for scale in [None, Some("gpu")] {
+        slayer::study::Study::load_scaled(&root.join("study_file/smollm2.toml"), scale).unwrap();
+    }
     let st = std::fs::read(root.join("safetensors_header/tiny.safetensors")).unwrap();
     let header = slayer::core::checkpoint::safetensors::parse_header(&st, st.len() as u64).unwrap();
     assert_eq!(header.tensors.len(), 2);

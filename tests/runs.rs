@@ -723,11 +723,16 @@ fn a_study_runs_its_grid_and_reproduces() {
             &["study", "show", file.to_str().unwrap()],
         ));
         assert_eq!(table, again);
+        // The study as run is saved with its cells: `study show NAME` needs no file.
+        let by_name = ok(&slayer(home.path(), &["study", "show", "tiny-study"]));
+        assert_eq!(table, by_name);
         (home, table)
     };
     let (_home, table) = run_study();
     println!("{table}");
     assert!(table.contains("## corpus words"), "{table}");
+    // One base evaluation serves the table (the first cell's), with its own row.
+    assert!(table.contains("| base model | — | 0 | — |"), "{table}");
     for strategy in ["shallow", "deep"] {
         let row = table
             .lines()

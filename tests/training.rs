@@ -425,7 +425,12 @@ fn multiple_choice_scores_equal_hand_computed_loglikelihoods() {
     let model = llama(&tiny_config(), 7, DType::F32, &Device::Cpu).unwrap();
     let item = McItem {
         context: "Question: capital? Answer: ".into(),
-        choices: vec!["Paris".into(), "Rome".into(), "Marseille".into()],
+        // Continuations of 1, 2 and 3 tokens: the batched scoring pads the shorter ones.
+        choices: vec![
+            "Paris".into(),
+            "Rome Lyon".into(),
+            "Marseille Paris Lyon".into(),
+        ],
         gold: 0,
         target_delimiter: None,
         prefix: None,

@@ -20,22 +20,33 @@ pub enum StudyCommand {
         /// Wait for every cell to end, then print the tables.
         #[arg(long)]
         wait: bool,
+        /// Apply the study's `[scale.NAME]` overlay (for example `gpu`: longer runs, bigger
+        /// corpora); its runs and results are the study `NAME-SCALE`.
+        #[arg(long)]
+        scale: Option<String>,
     },
     /// The comparison tables, from the cells' runs (written to `results.md` and `.json` too).
+    /// FILE may also be the name of a study run before (`<data>/studies/NAME`).
     Show {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        scale: Option<String>,
     },
 }
 
 pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
-        StudyCommand::Run { file, wait } => {
-            let study = Study::load(&file)?;
+        StudyCommand::Run { file, wait, scale } => {
+            let study = Study::load_scaled(&file, scale.as_deref())?;
             let dir = study.dir(data_dir);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
+            // The study as run, for `study show` without the source file and for the console.
+            let saved = dir.join(crate::study::SAVED_STUDY);
+            crate::core::checkpoint::hf::replace_file(&saved, study.resolved_text()?.as_bytes())
+                .with_context(|| format!("cannot write {}", saved.display()))?;
             let mut cells = load_cells(&dir);
             let exe = std::env::current_exe().context("cannot find the slayer executable")?;
             let mut launched = 0;
@@ -102,8 +113,14 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
             pb.finish_and_clear();
             show(&study, data_dir, false)
         }
-        StudyCommand::Show { file, json } => {
-            let study = Study::load(&file)?;
+        StudyCommand::Show { file, json, scale } => {
+            // A name that is not a file is a study already run in the data directory.
+            let study = match file.to_str() {
+                Some(name) if !file.exists() && scale.is_none() && !name.contains('/') => {
+                    Study::load_saved(data_dir, name)?
+                }
+                _ => Study::load_scaled(&file, scale.as_deref())?,
+            };
             show(&study, data_dir, json)
         }
     }

@@ -137,21 +137,42 @@ pub fn score_item(model: &Llama, tokenizer: &Tokenizer, item: &McItem) -> Result
         &mut ctx_cache,
     )?;
     let ctx_row = log_softmax_rows(&ctx_logits)?;
+    // Every choice's continuation after its first token, in one batch: right-padded, so the
+    // causal mask keeps the padding out of the real positions.
+    let longest = pairs.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+    let cont_rows: Vec<Vec<Vec<f32>>> = if longest > 1 {
+        let width = longest - 1;
+        let batch: Vec<u32> = pairs
+            .iter()
+            .flat_map(|(_, c)| {
+                let rest = c.get(..c.len().saturating_sub(1)).unwrap_or_default();
+                rest.iter()
+                    .copied()
+                    .chain(std::iter::repeat(0))
+                    .take(width)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let ids = Tensor::from_vec(batch, (pairs.len(), width), device)?;
+        let mut cache = ctx_cache.repeat_batch(pairs.len())?;
+        let hidden = model.forward_hidden(&ids, Some(&mut cache))?;
+        let logits = model.logits(&hidden)?;
+        (0..pairs.len())
+            .map(|i| log_softmax_rows(&logits.get(i)?))
+            .collect::<Result<_>>()?
+    } else {
+        vec![Vec::new(); pairs.len()]
+    };
     let mut lls = Vec::with_capacity(item.choices.len());
     let mut greedy = Vec::with_capacity(item.choices.len());
-    for (_, cont) in &pairs {
+    for ((_, cont), extra) in pairs.iter().zip(cont_rows) {
         if cont.is_empty() {
             lls.push(0.0);
             greedy.push(true);
             continue;
         }
         let mut rows = ctx_row.clone();
-        if cont.len() > 1 {
-            let mut cache = ctx_cache.clone();
-            let rest = Tensor::new(&cont[..cont.len() - 1], device)?.unsqueeze(0)?;
-            let hidden = model.forward_hidden(&rest, Some(&mut cache))?;
-            rows.extend(log_softmax_rows(&model.logits(&hidden)?.squeeze(0)?)?);
-        }
+        rows.extend(extra.into_iter().take(cont.len() - 1));
         let mut ll = 0.0;
         let mut is_greedy = true;
         for (row, &tok) in rows.iter().zip(cont) {

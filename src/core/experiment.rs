@@ -82,6 +82,28 @@ pub struct EvalConfig {
     pub max_tokens: usize,
     /// Window of the perplexity computation.
     pub window: usize,
+    /// Evaluations before training: of the base model (`base`) and of the expanded model at
+    /// step 0 (`expanded`). A study evaluates the base model once for all its cells.
+    pub before: Vec<Before>,
+}
+
+/// An evaluation before training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Before {
+    Base,
+    Expanded,
+}
+
+impl Before {
+    /// The evaluation's label in the event log.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Base => "base",
+            Self::Expanded => "expanded",
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -92,6 +114,7 @@ impl Default for EvalConfig {
             heldout: true,
             max_tokens: 16_384,
             window: 512,
+            before: vec![Before::Base, Before::Expanded],
         }
     }
 }

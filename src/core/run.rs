@@ -13,7 +13,7 @@ use crate::core::data::{is_heldout, pack, read_documents, tokenize_documents};
 use crate::core::error::{Error, Result};
 use crate::core::eval::{self, McItem};
 use crate::core::events::{EvalRecord, EventKind, EventSink, PplRecord, RunStatus, TaskRecord};
-use crate::core::experiment::Experiment;
+use crate::core::experiment::{Before, Experiment};
 use crate::core::model::Llama;
 use crate::core::plan::LayerMap;
 use crate::core::tokenizer::Tokenizer;
@@ -280,12 +280,15 @@ pub fn execute(
     };
     // A resumed run keeps the evaluations it already recorded.
     let recorded = |evals: &[EvalRecord], label: &str| evals.iter().any(|e| e.label == label);
-    if !recorded(&evals, "base") {
+    let wanted = |evals: &[EvalRecord], b: Before| {
+        exp.eval.before.contains(&b) && !recorded(evals, b.label())
+    };
+    if wanted(&evals, Before::Base) {
         run_eval(&base_model, "base", 0, sink, &mut evals, status)?;
     }
     let model = surgery::apply(&base_model, map)?;
     drop(base_model);
-    if !recorded(&evals, "expanded") {
+    if wanted(&evals, Before::Expanded) {
         run_eval(&model, "expanded", 0, sink, &mut evals, status)?;
     }
     let mut trainer = Trainer::new(&model, exp.train.clone(), &paths.checkpoints)?;

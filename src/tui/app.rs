@@ -25,6 +25,7 @@ pub enum Screen {
     Runs,
     Monitor,
     Chat,
+    Study,
 }
 
 /// Everything that reaches the update function.
@@ -51,12 +52,39 @@ pub enum Event {
     Chats(Vec<ChatSummary>),
     /// An importance measurement finished.
     Importance(ImportanceView),
-    /// A study's runs (cell order) and its results table (`study show`'s markdown), if written.
+    /// A study read from the data directory; `open` shows it (otherwise it refreshes the one
+    /// shown).
     Study {
-        name: String,
-        runs: Vec<String>,
-        table: Option<String>,
+        view: StudyView,
+        open: bool,
     },
+}
+
+/// A study on the study screen: its comparison tables and which run is which cell, re-read
+/// whenever the run table changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyView {
+    pub name: String,
+    pub description: String,
+    pub strategies: Vec<String>,
+    /// (corpus, its comparison table).
+    pub tables: Vec<(String, crate::study::Table)>,
+    /// Every cell that has a run: (cell, run id).
+    pub runs: Vec<(crate::study::Cell, String)>,
+    /// Cells in the grid.
+    pub cells: usize,
+}
+
+impl StudyView {
+    /// The runs of one strategy on one corpus (its seeds).
+    #[must_use]
+    pub fn runs_of(&self, corpus: &str, strategy: &str) -> Vec<&str> {
+        self.runs
+            .iter()
+            .filter(|(c, _)| c.corpus == corpus && c.strategy == strategy)
+            .map(|(_, id)| id.as_str())
+            .collect()
+    }
 }
 
 /// Per-block importance of an experiment's base model, per metric.
@@ -135,8 +163,11 @@ pub enum Effect {
         path: PathBuf,
         base: String,
     },
-    /// Read a study's cell → run map and results table.
-    LoadStudy(String),
+    /// Read a study (its saved grid, cell → run map and the runs' results); `open` shows it.
+    LoadStudy {
+        name: String,
+        open: bool,
+    },
     /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
     PlanFromSuggestion {
         from: PathBuf,
@@ -214,12 +245,6 @@ pub enum Popup {
         from: Option<PathBuf>,
     },
     Diff {
-        lines: Vec<String>,
-        scroll: u16,
-    },
-    /// Text to read (a study's results), scrolled.
-    Text {
-        title: String,
         lines: Vec<String>,
         scroll: u16,
     },
@@ -409,6 +434,10 @@ pub struct App {
     pub chats: Vec<ChatSummary>,
     /// The last importance measurement.
     pub importance: Option<ImportanceView>,
+    /// The study on the study screen, its selected corpus and strategy.
+    pub study: Option<StudyView>,
+    pub study_corpus: usize,
+    pub study_row: usize,
 }
 
 impl App {
@@ -442,6 +471,9 @@ impl App {
             now: 0.0,
             chats: Vec::new(),
             importance: None,
+            study: None,
+            study_corpus: 0,
+            study_row: 0,
         }
     }
 
@@ -487,14 +519,46 @@ impl App {
         self.runs.get(self.selected_run)
     }
 
-    fn context(&self) -> Context {
+    /// The keymap context of the current screen.
+    #[must_use]
+    pub fn context(&self) -> Context {
         match self.screen {
             Screen::Experiments => Context::Experiments,
             Screen::Editor => Context::Editor,
             Screen::Runs => Context::Runs,
             Screen::Monitor => Context::Monitor,
             Screen::Chat => Context::Chat,
+            Screen::Study => Context::Study,
         }
+    }
+
+    /// The selected strategy's runs on the selected corpus (its seeds), overlaid in the monitor.
+    fn monitor_study_strategy(&mut self) {
+        let Some(study) = &self.study else {
+            return;
+        };
+        let (Some((corpus, _)), Some(strategy)) = (
+            study.tables.get(self.study_corpus),
+            study.strategies.get(self.study_row),
+        ) else {
+            return;
+        };
+        let runs: Vec<String> = study
+            .runs_of(corpus, strategy)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if runs.is_empty() {
+            self.say(false, format!("{strategy} has no runs on {corpus} yet"));
+            return;
+        }
+        self.say(
+            true,
+            format!("{strategy} on {corpus}: {} seeds overlaid", runs.len()),
+        );
+        self.monitored = runs.first().cloned();
+        self.overlay = runs;
+        self.screen = Screen::Monitor;
     }
 
     fn say(&mut self, ok: bool, message: impl Into<String>) {
@@ -524,12 +588,22 @@ impl App {
                 let shown = |rows: &[RunRow]| -> Vec<String> {
                     rows.iter().map(|r| r.shown(ages)).collect()
                 };
-                if shown(&rows) == shown(&self.runs) {
+                let changed = shown(&rows) != shown(&self.runs);
+                if !changed {
                     self.dirty = was_dirty;
                 }
                 self.runs = rows;
                 self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
-                Vec::new()
+                // A run of the shown study moved: its tables are read again.
+                match &self.study {
+                    Some(study) if changed && self.screen == Screen::Study => {
+                        vec![Effect::LoadStudy {
+                            name: study.name.clone(),
+                            open: false,
+                        }]
+                    }
+                    _ => Vec::new(),
+                }
             }
             Event::Experiments(items) => {
                 self.experiments = items;
@@ -553,28 +627,26 @@ impl App {
                 self.chats = chats;
                 Vec::new()
             }
-            Event::Study { name, runs, table } => {
-                if runs.is_empty() {
+            Event::Study { view, open } => {
+                if open {
                     self.say(
-                        false,
-                        format!("study {name} has no runs (slayer study run FILE)"),
+                        true,
+                        format!(
+                            "study {}: {} of {} cells have runs",
+                            view.name,
+                            view.runs.len(),
+                            view.cells
+                        ),
                     );
-                    return Vec::new();
+                    self.screen = Screen::Study;
+                    self.study_corpus = 0;
+                    self.study_row = 0;
+                } else if self.study.as_ref() == Some(&view) {
+                    self.dirty = was_dirty;
                 }
-                self.say(
-                    true,
-                    format!("study {name}: {} runs overlaid in the monitor", runs.len()),
-                );
-                self.monitored = runs.first().cloned();
-                self.overlay = runs;
-                self.screen = Screen::Monitor;
-                if let Some(t) = table {
-                    self.popup = Some(Popup::Text {
-                        title: format!("study {name} (esc shows the overlaid loss curves)"),
-                        lines: t.lines().map(str::to_string).collect(),
-                        scroll: 0,
-                    });
-                }
+                self.study_corpus = self.study_corpus.min(view.tables.len().saturating_sub(1));
+                self.study_row = self.study_row.min(view.strategies.len().saturating_sub(1));
+                self.study = Some(view);
                 Vec::new()
             }
             Event::Importance(view) => {
@@ -810,7 +882,10 @@ impl App {
                 vec![Effect::Redraw]
             }
             "system" => vec![Effect::ChatSend(format!("/system {arg}"))],
-            "study" if !arg.is_empty() => vec![Effect::LoadStudy(arg.to_string())],
+            "study" if !arg.is_empty() => vec![Effect::LoadStudy {
+                name: arg.to_string(),
+                open: true,
+            }],
             "diff" => {
                 let other = self.experiments.iter().find(|e| e.name == arg).cloned();
                 match (&self.editor, other) {
@@ -936,24 +1011,6 @@ impl App {
                         scroll.saturating_sub(1)
                     };
                     self.popup = Some(Popup::Diff { lines, scroll });
-                }
-            }
-            Popup::Text {
-                title,
-                lines,
-                scroll,
-            } => {
-                if down || up {
-                    let scroll = if down {
-                        scroll.saturating_add(1)
-                    } else {
-                        scroll.saturating_sub(1)
-                    };
-                    self.popup = Some(Popup::Text {
-                        title,
-                        lines,
-                        scroll,
-                    });
                 }
             }
             Popup::Error { .. } => {}
@@ -1197,7 +1254,7 @@ impl App {
                         self.input = Input::Chat;
                     }
                 }
-                Screen::Experiments | Screen::Runs => {
+                Screen::Experiments | Screen::Runs | Screen::Study => {
                     self.filter.clear();
                     self.status = None;
                 }
@@ -1207,7 +1264,8 @@ impl App {
                     Screen::Experiments => Screen::Runs,
                     Screen::Runs => Screen::Monitor,
                     Screen::Monitor => Screen::Chat,
-                    Screen::Chat | Screen::Editor => Screen::Experiments,
+                    Screen::Chat => Screen::Study,
+                    Screen::Study | Screen::Editor => Screen::Experiments,
                 };
                 if self.screen == Screen::Chat && !self.chat.models.is_empty() {
                     self.input = Input::Chat;
@@ -1221,6 +1279,7 @@ impl App {
                 }
                 self.screen = Screen::Monitor;
             }
+            Action::ScreenStudy => self.screen = Screen::Study,
             Action::ScreenChat => {
                 self.screen = Screen::Chat;
                 if !self.chat.models.is_empty() {
@@ -1270,6 +1329,12 @@ impl App {
                         Action::Kill => Effect::KillRun(id),
                         _ => Effect::ResumeRun(id),
                     }];
+                }
+            }
+            Action::Open if self.screen == Screen::Study => self.monitor_study_strategy(),
+            Action::NextCorpus => {
+                if let Some(study) = &self.study {
+                    self.study_corpus = (self.study_corpus + 1) % study.tables.len().max(1);
                 }
             }
             Action::Open => {
@@ -1405,6 +1470,10 @@ impl App {
                 &mut self.selected_experiment,
             ),
             Screen::Runs => (self.runs.len(), &mut self.selected_run),
+            Screen::Study => (
+                self.study.as_ref().map_or(0, |s| s.strategies.len()),
+                &mut self.study_row,
+            ),
             _ => return,
         };
         if len == 0 {

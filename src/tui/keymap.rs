@@ -28,6 +28,8 @@ pub enum Action {
     ScreenRuns,
     ScreenMonitor,
     ScreenChat,
+    ScreenStudy,
+    NextCorpus,
     NewExperiment,
     DuplicateExperiment,
     DeleteExperiment,
@@ -92,6 +94,8 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::ScreenRuns, "runs"),
     (Action::ScreenMonitor, "monitor"),
     (Action::ScreenChat, "chat_screen"),
+    (Action::ScreenStudy, "study_screen"),
+    (Action::NextCorpus, "next_corpus"),
     (Action::NewExperiment, "new"),
     (Action::DuplicateExperiment, "duplicate"),
     (Action::DeleteExperiment, "delete"),
@@ -129,6 +133,7 @@ pub enum Context {
     Runs,
     Monitor,
     Chat,
+    Study,
 }
 
 impl Context {
@@ -141,6 +146,7 @@ impl Context {
             Self::Runs => "runs",
             Self::Monitor => "run monitor",
             Self::Chat => "chat",
+            Self::Study => "study",
         }
     }
 
@@ -152,6 +158,7 @@ impl Context {
             Self::Runs,
             Self::Monitor,
             Self::Chat,
+            Self::Study,
         ]
         .into_iter()
         .find(|c| c.config_name() == name)
@@ -165,6 +172,7 @@ impl Context {
             Self::Runs => "runs",
             Self::Monitor => "monitor",
             Self::Chat => "chat",
+            Self::Study => "study",
         }
     }
 }
@@ -332,6 +340,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         "run monitor",
     ),
     (Context::Global, &["4"], Action::ScreenChat, "chat"),
+    (
+        Context::Global,
+        &["5"],
+        Action::ScreenStudy,
+        "study (:study NAME opens one)",
+    ),
     (Context::Global, &["k", "up"], Action::Up, "up"),
     (Context::Global, &["j", "down"], Action::Down, "down"),
     (
@@ -494,6 +508,19 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     ),
     (Context::Monitor, &["s"], Action::Stop, "stop the run"),
     (Context::Monitor, &["r"], Action::Resume, "resume the run"),
+    (
+        Context::Study,
+        &["enter"],
+        Action::Open,
+        "monitor the strategy's seeds, overlaid",
+    ),
+    (Context::Study, &["c"], Action::NextCorpus, "next corpus"),
+    (
+        Context::Study,
+        &["l"],
+        Action::LogScale,
+        "loss axis: linear / log",
+    ),
     (Context::Chat, &["enter"], Action::Send, "send the message"),
     (
         Context::Chat,
@@ -548,7 +575,7 @@ impl Keymap {
         for (section, entries) in table {
             let context = Context::from_name(&section).ok_or_else(|| {
                 format!(
-                    "[{section}]: not a context (keys, experiments, editor, runs, monitor, chat)"
+                    "[{section}]: not a context (keys, experiments, editor, runs, monitor, chat, study)"
                 )
             })?;
             for (key, action) in entries {

@@ -652,12 +652,14 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
                 Err(e) => done((false, format!("importance of {name}: {e:#}"))),
             }
         }
-        Effect::LoadStudy(name) => {
-            let dir = data_dir.join("studies").join(&name);
-            let runs = crate::study::load_cells(&dir).into_values().collect();
-            let table = std::fs::read_to_string(dir.join("results.md")).ok();
-            let _ = tx.send(Event::Study { name, runs, table });
-        }
+        Effect::LoadStudy { name, open } => match load_study(data_dir, &name) {
+            Ok(view) => {
+                let _ = tx.send(Event::Study { view, open });
+            }
+            Err(e) => {
+                let _ = tx.send(Event::Status(false, format!("study {name}: {e:#}")));
+            }
+        },
         Effect::PlanFromSuggestion {
             from,
             suggestion,
@@ -771,6 +773,35 @@ fn importance(
 }
 
 /// A new experiment `name`: `from`'s text with its `[plan]` replaced by the suggestion's.
+/// A study saved by `study run` in the data directory, with every cell's result so far.
+pub fn load_study(data_dir: &Path, name: &str) -> anyhow::Result<app::StudyView> {
+    let study = crate::study::Study::load_saved(data_dir, name)?;
+    let results = crate::study::results(&study, data_dir);
+    let cells = crate::study::load_cells(&study.dir(data_dir));
+    let runs = study
+        .cells()
+        .into_iter()
+        .filter_map(|c| cells.get(&c.key()).cloned().map(|id| (c, id)))
+        .collect();
+    Ok(app::StudyView {
+        tables: study
+            .corpora
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    crate::study::comparison(&study, &c.name, &results),
+                )
+            })
+            .collect(),
+        strategies: study.strategies.iter().map(|s| s.name.clone()).collect(),
+        cells: study.cells().len(),
+        runs,
+        description: study.description,
+        name: study.name,
+    })
+}
+
 fn plan_from_suggestion(
     data_dir: &Path,
     from: &Path,

@@ -63,6 +63,24 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The cache of a batch of one, repeated `n` times along the batch axis: `n` sequences
+    /// continuing the same prefix.
+    pub fn repeat_batch(&self, n: usize) -> Result<Self> {
+        let repeat = |t: &Tensor| t.repeat((n, 1, 1, 1));
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| match e {
+                Some((k, v)) => Ok(Some((repeat(k)?, repeat(v)?))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            entries,
+            len: self.len,
+        })
+    }
 }
 
 impl Llama {

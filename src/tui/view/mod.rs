@@ -8,12 +8,13 @@ mod experiments;
 mod monitor;
 mod popups;
 mod runs;
+mod study;
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Widget};
+use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Paragraph, Widget};
 
 use super::app::{App, Input, Screen};
 use super::theme::Theme;
@@ -51,6 +52,7 @@ impl Widget for &App {
             Screen::Runs => runs::render(self, &theme, body, buf),
             Screen::Monitor => monitor::render(self, &theme, body, buf),
             Screen::Chat => chat::render(self, &theme, body, buf),
+            Screen::Study => study::render(self, &theme, body, buf),
         }
         status_line(self, &theme, bottom, buf);
         if let Some(popup) = &self.popup {
@@ -65,12 +67,13 @@ fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         Screen::Runs => 1,
         Screen::Monitor => 2,
         Screen::Chat => 3,
+        Screen::Study => 4,
     };
     let mut spans = vec![Span::styled(
         " slayer ",
         theme.fg("accent").add_modifier(Modifier::BOLD),
     )];
-    for (i, name) in ["experiments", "runs", "monitor", "chat"]
+    for (i, name) in ["experiments", "runs", "monitor", "chat", "study"]
         .iter()
         .enumerate()
     {
@@ -93,9 +96,14 @@ fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .filter(|r| r.status == crate::runner::RunState::Queued)
         .count();
     spans.push(Span::styled(
-        format!("   {running} running, {queued} queued   ? help"),
+        format!("   {running} running, {queued} queued"),
         theme.fg("dim"),
     ));
+    // The help hint only where it fits whole (the help key works everywhere anyway).
+    let hint = "   ? help";
+    if Line::from(spans.clone()).width() + hint.len() <= usize::from(area.width) {
+        spans.push(Span::styled(hint, theme.fg("dim")));
+    }
     Paragraph::new(Line::from(spans)).render(area, buf);
 }
 
@@ -132,14 +140,7 @@ fn status_line(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
 
 /// A few keys for the current screen, from the keymap.
 fn hints(app: &App) -> String {
-    use super::keymap::Context;
-    let context = match app.screen {
-        Screen::Experiments => Context::Experiments,
-        Screen::Editor => Context::Editor,
-        Screen::Runs => Context::Runs,
-        Screen::Monitor => Context::Monitor,
-        Screen::Chat => Context::Chat,
-    };
+    let context = app.context();
     app.keymap
         .bindings
         .iter()
@@ -152,6 +153,53 @@ fn hints(app: &App) -> String {
         .take(7)
         .collect::<Vec<_>>()
         .join("  ")
+}
+
+/// The y bounds of chart values: their range, or a unit range when empty or flat.
+pub(crate) fn y_bounds(values: impl Iterator<Item = f64>) -> [f64; 2] {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+        (a.min(y), b.max(y))
+    });
+    if !lo.is_finite() {
+        return [0.0, 1.0];
+    }
+    if (hi - lo).abs() < 1e-9 {
+        return [lo, lo + 1.0];
+    }
+    [lo, hi]
+}
+
+/// A chart of losses over steps; with `log` the values are log10 losses, labelled as losses.
+pub(crate) fn loss_axes<'a>(
+    datasets: Vec<Dataset<'a>>,
+    title: &'a str,
+    theme: &Theme,
+    focused: bool,
+    x: [f64; 2],
+    y: [f64; 2],
+    log: bool,
+) -> Chart<'a> {
+    let label = |v: f64| {
+        if log {
+            format!("{:.3}", 10f64.powf(v))
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    Chart::new(datasets)
+        .block(panel(title, theme, focused))
+        .x_axis(
+            Axis::default()
+                .style(theme.fg("dim"))
+                .bounds(x)
+                .labels([format!("{:.0}", x[0]), format!("{:.0}", x[1])]),
+        )
+        .y_axis(
+            Axis::default()
+                .style(theme.fg("dim"))
+                .bounds(y)
+                .labels([label(y[0]), label(y[1])]),
+        )
 }
 
 /// Human step counts and durations.

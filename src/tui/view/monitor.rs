@@ -8,9 +8,9 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph, Widget, Wrap};
+use ratatui::widgets::{Dataset, GraphType, Paragraph, Widget, Wrap};
 
-use super::{clean, duration, panel};
+use super::{clean, duration, loss_axes, panel, y_bounds};
 use crate::tui::app::App;
 use crate::tui::run_data::RunData;
 use crate::tui::theme::{ColorDepth, Theme};
@@ -124,15 +124,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
         .iter()
         .chain(overlays.iter().flat_map(|o| o.1.iter()))
         .map(|p| p.1);
-    let (mut y_min, mut y_max) = all_y.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
-        (a.min(y), b.max(y))
-    });
-    if !y_min.is_finite() {
-        (y_min, y_max) = (0.0, 1.0);
-    }
-    if (y_max - y_min).abs() < 1e-9 {
-        y_max = y_min + 1.0;
-    }
+    let y = y_bounds(all_y);
     let mut datasets = vec![
         Dataset::default()
             .name("loss")
@@ -164,13 +156,6 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
                 .data(pts),
         );
     }
-    let label = |v: f64| {
-        if log {
-            format!("{:.3}", 10f64.powf(v))
-        } else {
-            format!("{v:.3}")
-        }
-    };
     let x_max = if app.monitor.recent {
         data.last_step().max(1) as f64
     } else {
@@ -185,21 +170,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
             ""
         }
     );
-    Chart::new(datasets)
-        .block(panel(&title, theme, true))
-        .x_axis(
-            Axis::default()
-                .style(theme.fg("dim"))
-                .bounds([x_min, x_max])
-                .labels([format!("{x_min:.0}"), format!("{x_max:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(theme.fg("dim"))
-                .bounds([y_min, y_max])
-                .labels([label(y_min), label(y_max)]),
-        )
-        .render(area, buf);
+    loss_axes(datasets, &title, theme, true, [x_min, x_max], y, log).render(area, buf);
 }
 
 /// Rows of the heatmap: every final block when they fit, else the trainable ones.

@@ -222,19 +222,6 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 )
             }
         },
-        Popup::Text {
-            title,
-            lines,
-            scroll,
-        } => (
-            clean(title),
-            lines
-                .iter()
-                .map(|l| Line::from(Span::styled(clean(l), theme.fg("text"))))
-                .collect(),
-            150,
-            *scroll,
-        ),
         Popup::Error { title, message } => (
             clean(title),
             message
