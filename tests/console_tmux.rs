@@ -173,3 +173,56 @@ fn drive_the_console_through_a_run_and_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A terminal that goes away (the SSH connection drops: the pty closes) ends the console within
+/// a few seconds, instead of leaving it spinning on a dead terminal.
+#[test]
+fn the_console_leaves_when_its_terminal_goes_away() {
+    let home = tempfile::tempdir().unwrap();
+    // An experiment, so the console opens on it instead of creating the demo (and its model).
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/x.toml"),
+        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
+    )
+    .unwrap();
+    let tmux = Tmux {
+        socket: format!("slayer-hup-{}", std::process::id()),
+    };
+    let pid_file = home.path().join("console.pid");
+    let cmd = format!(
+        "echo $$ > '{}'; SLAYER_HOME='{}' exec '{}'",
+        pid_file.display(),
+        home.path().display(),
+        env!("CARGO_BIN_EXE_slayer")
+    );
+    tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "c",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    tmux.wait_for("the console", |s| {
+        s.contains("experiments") && s.contains('x')
+    });
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let proc_dir = Path::new("/proc").join(&pid);
+    assert!(proc_dir.exists());
+    tmux.cmd(&["kill-server"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the console (pid {pid}) is still running 5 s after its terminal went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

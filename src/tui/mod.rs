@@ -159,6 +159,27 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     result
 }
 
+/// Whether the terminal (standard input) has hung up or is no longer valid; waits up to 250 ms for
+/// it to become readable. `None` while it is fine (or has input waiting).
+fn terminal_hung_up() -> Option<String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(250u16)) {
+        Ok(_) => {
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                Some(format!("the terminal hung up ({revents:?})"))
+            } else {
+                None
+            }
+        }
+        Err(nix::errno::Errno::EINTR) => None,
+        Err(e) => Some(format!("cannot poll the terminal: {e}")),
+    }
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -171,8 +192,20 @@ fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("input".into())
         .spawn(move || {
+            // crossterm reads a hung-up terminal in an endless loop: where the terminal is
+            // standard input (as crossterm reads it), look first and wait there instead.
+            let watch_stdin = std::io::IsTerminal::is_terminal(&std::io::stdin());
             while !stop.load(Ordering::Relaxed) {
-                match cevent::poll(Duration::from_millis(250)) {
+                let wait = if watch_stdin {
+                    if let Some(why) = terminal_hung_up() {
+                        let _ = tx.send(Event::TerminalGone(why));
+                        return;
+                    }
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(250)
+                };
+                match cevent::poll(wait) {
                     Ok(false) => {
                         if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
                             let _ = tx
@@ -856,7 +889,14 @@ async fn event_loop(mut app: App) -> Result<i32> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if tx.send(Event::Tick).is_err() {
+                // A hang-up or termination signal ends the console even when the input thread
+                // is stuck in the terminal library (which spins on a closed terminal).
+                let event = if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
+                    Event::TerminalGone("hang-up or termination signal".into())
+                } else {
+                    Event::Tick
+                };
+                if tx.send(event).is_err() {
                     break;
                 }
             }
