@@ -4,8 +4,9 @@
 #   requests/  Python sources of requests 2.32.3 (Apache-2.0): the CPU study's domain corpus
 #   django/    Python sources of Django 5.1.4 (BSD-3-Clause): the GPU scale's domain corpus
 #   general/lee-background.txt  the Lee background corpus, 300 news articles of the Australian
-#              Broadcasting Corporation shipped as test data in gensim 4.4.0 (LGPL-2.1-only):
-#              general prose, for forgetting
+#              Broadcasting Corporation shipped as test data in gensim 4.4.0 (a package under
+#              LGPL-2.1-only; the articles are the ABC's): general prose, scored for forgetting
+#              only, never trained on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=experiments/studies/corpora

@@ -400,6 +400,31 @@ impl Study {
         toml::to_string(&t).unwrap_or_default()
     }
 
+    /// Files the cells read (training data, evaluation sets) that do not exist, with the cell
+    /// that needs them first: checked before anything is queued.
+    #[must_use]
+    pub fn missing_files(&self) -> Vec<(String, PathBuf)> {
+        let mut missing: Vec<(String, PathBuf)> = Vec::new();
+        for cell in self.cells() {
+            let text = self.experiment_text(&cell);
+            let Ok(exp) = crate::core::experiment::Experiment::parse(&self.path, &text) else {
+                continue;
+            };
+            let files = exp
+                .data
+                .train
+                .iter()
+                .chain(&exp.eval.ppl)
+                .chain(&exp.eval.tasks);
+            for path in files {
+                if !path.exists() && !missing.iter().any(|(_, p)| p == path) {
+                    missing.push((cell.key(), path.clone()));
+                }
+            }
+        }
+        missing
+    }
+
     /// Where the study keeps its cell experiments and its cell → run map.
     #[must_use]
     pub fn dir(&self, data_dir: &Path) -> PathBuf {

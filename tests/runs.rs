@@ -760,3 +760,30 @@ fn a_study_runs_its_grid_and_reproduces() {
     let (_home2, table2) = run_study();
     assert_eq!(strip(&table), strip(&table2));
 }
+
+/// A study reading a file that is not there (its corpora not fetched yet) is refused before
+/// anything is queued, naming the file and the cell.
+#[test]
+fn a_study_with_a_missing_corpus_queues_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let (model, _) = tiny_model_dir(home.path());
+    let file = home.path().join("study.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"gap\"\n[base.model]\nbase = \"{}\"\n\
+             [[strategy]]\nname = \"a\"\nplan = {{ insert = [{{ after = 0 }}] }}\n\
+             [[corpus]]\nname = \"code\"\ndata = {{ train = \"corpora/absent\" }}\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let out = slayer(home.path(), &["study", "run", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("study.toml") && err.contains("corpora/absent") && err.contains("code-a-s0"),
+        "{err}"
+    );
+    assert!(slayer::runner::list_runs(home.path()).is_empty());
+}

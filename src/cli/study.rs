@@ -40,6 +40,19 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
     match cmd {
         StudyCommand::Run { file, wait, scale } => {
             let study = Study::load_scaled(&file, scale.as_deref())?;
+            // Thirty runs failing one after another on a missing corpus helps no one.
+            let missing = study.missing_files();
+            if !missing.is_empty() {
+                let list: Vec<String> = missing
+                    .iter()
+                    .map(|(cell, path)| format!("  {} (cell {cell})", path.display()))
+                    .collect();
+                anyhow::bail!(
+                    "{}: files the study reads do not exist (the study file says where they come from):\n{}",
+                    file.display(),
+                    list.join("\n")
+                );
+            }
             let dir = study.dir(data_dir);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
