@@ -495,6 +495,9 @@ pub struct CellResult {
     pub trainable_params: u64,
     pub steps: u64,
     pub wall_secs: f64,
+    /// When the run first started and last ended (seconds since the epoch), if it did.
+    pub started: Option<f64>,
+    pub ended: Option<f64>,
     /// Metric name (`facts acc`, `general ppl`, …) → value after training.
     pub after: BTreeMap<String, f64>,
     /// The same metrics of the base model.
@@ -539,6 +542,7 @@ pub fn cell_result(run: &RunDir) -> CellResult {
                 out.trainable_params = *trainable_params;
                 out.steps = *total_steps;
                 segment_start = Some(e.time);
+                out.started.get_or_insert(e.time);
             }
             EventKind::Eval(r) if r.label == "base" => out.before = metrics(r),
             EventKind::Eval(r) if r.label == "final" => out.after = metrics(r),
@@ -546,6 +550,7 @@ pub fn cell_result(run: &RunDir) -> CellResult {
                 if let Some(s) = segment_start.take() {
                     out.wall_secs += e.time - s;
                 }
+                out.ended = Some(e.time);
                 if *status != RunStatus::Finished {
                     out.after.clear();
                 }
@@ -702,6 +707,19 @@ pub fn results(study: &Study, data_dir: &Path) -> Vec<CellResult> {
             r
         })
         .collect()
+}
+
+/// How long the grid took: from the first run's start to the last run's end, with the number of
+/// runs that ended. `None` before any run ended.
+#[must_use]
+pub fn elapsed(results: &[CellResult]) -> Option<(f64, usize)> {
+    let start = results
+        .iter()
+        .filter_map(|r| r.started)
+        .fold(f64::INFINITY, f64::min);
+    let ended: Vec<f64> = results.iter().filter_map(|r| r.ended).collect();
+    let end = ended.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (start.is_finite() && end.is_finite()).then_some((end - start, ended.len()))
 }
 
 /// Whether every cell's run has ended (finished, failed or stopped).

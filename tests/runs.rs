@@ -745,9 +745,11 @@ fn a_study_runs_its_grid_and_reproduces() {
         );
         assert!(!row.contains('—'), "every cell filled: {row}");
     }
+    assert!(table.contains("2 of 2 runs ended; from the first start to the last end: "));
     // Wall time differs between runs; everything else reproduces.
     let strip = |t: &str| -> Vec<String> {
         t.lines()
+            .filter(|l| !l.contains("runs ended"))
             .map(|l| {
                 let mut cols: Vec<&str> = l.split('|').collect();
                 if cols.len() > 4 && l.starts_with("| ") && !l.starts_with("| strategy") {

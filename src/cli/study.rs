@@ -150,6 +150,14 @@ fn show(study: &Study, data_dir: &Path, json: bool) -> Result<i32> {
             table(study, &c.name, &r)
         );
     }
+    if let Some((secs, ended)) = crate::study::elapsed(&r) {
+        let _ = write!(
+            md,
+            "\n{ended} of {} runs ended; from the first start to the last end: {}\n",
+            r.len(),
+            crate::core::text::duration(secs)
+        );
+    }
     let dir = study.dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("results.md"), &md)

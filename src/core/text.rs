@@ -47,6 +47,18 @@ pub fn utc_stamp_of(secs: u64) -> String {
     )
 }
 
+/// A duration for people: `42s`, `3m07s`, `2h05m`, `1d03h`.
+#[must_use]
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +69,14 @@ mod tests {
             sanitize_for_terminal("a\x1b[31mb\x07c\u{9b}d\ne\tf\r"),
             "a[31mbcd\ne\tf"
         );
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        let shown: Vec<String> = [42.0, 187.0, 7500.0, 97_200.0, -1.0]
+            .into_iter()
+            .map(duration)
+            .collect();
+        assert_eq!(shown, ["42s", "3m07s", "2h05m", "1d03h", "0s"]);
     }
 }

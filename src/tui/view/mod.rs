@@ -202,17 +202,7 @@ pub(crate) fn loss_axes<'a>(
         )
 }
 
-/// Human step counts and durations.
-#[must_use]
-pub fn duration(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
-    }
-}
+pub use crate::core::text::duration;
 
 /// The style of a run state.
 pub(crate) fn state_style(theme: &Theme, state: crate::runner::RunState) -> Style {
