@@ -19,6 +19,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::core::events::{EvalRecord, EventKind, RunStatus};
+use crate::core::experiment::Before;
 use crate::runner::{RunDir, RunState};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -391,7 +392,7 @@ impl Study {
             let first = self.strategies.first().map(|s| &s.name) == Some(&cell.strategy)
                 && self.seeds.first() == Some(&cell.seed);
             let before = if first {
-                vec!["base".into()]
+                vec![Before::Base.label().into()]
             } else {
                 Vec::new()
             };
@@ -528,7 +529,7 @@ pub fn cell_result(run: &RunDir) -> CellResult {
     for e in &events {
         // The base evaluation is the study's, not the layout's: it is left out of wall time.
         if let EventKind::Eval(r) = &e.kind
-            && r.label == "base"
+            && r.label == Before::Base.label()
             && segment_start.is_some()
         {
             segment_start = Some(e.time);
@@ -544,7 +545,7 @@ pub fn cell_result(run: &RunDir) -> CellResult {
                 segment_start = Some(e.time);
                 out.started.get_or_insert(e.time);
             }
-            EventKind::Eval(r) if r.label == "base" => out.before = metrics(r),
+            EventKind::Eval(r) if r.label == Before::Base.label() => out.before = metrics(r),
             EventKind::Eval(r) if r.label == "final" => out.after = metrics(r),
             EventKind::End { status, .. } => {
                 if let Some(s) = segment_start.take() {
