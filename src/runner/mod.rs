@@ -5,7 +5,7 @@
 //! (generated corpora) and `log`.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,59 +113,177 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>> {
     Ok(batch.events)
 }
 
-/// Appends events to `events.jsonl`: sequence numbers continue across resumes; a background
-/// thread flushes buffered lines at least once a second, and `sync` flushes and fsyncs.
+/// Appends events to `events.jsonl`. Several processes may write one run's log (the worker, the
+/// supervisor that records a killed worker, `runs resume`, `eval`), so sequence numbers are given
+/// when lines are written, under an exclusive lock on the file, following whatever the file ends
+/// with: each writer's events keep their order and every line's number is greater than the one
+/// before it. A background thread writes pending events at least once a second; `sync` writes
+/// and fsyncs.
 pub struct EventLog {
-    path: PathBuf,
-    writer: Arc<Mutex<BufWriter<File>>>,
-    next_seq: u64,
+    shared: Arc<Mutex<Pending>>,
     stop: Arc<AtomicBool>,
     flusher: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Events emitted but not yet written, and where this writer left the file.
+struct Pending {
+    path: PathBuf,
+    file: File,
+    events: Vec<(f64, EventKind)>,
+    /// The file's length after this writer's last write: a different length means another
+    /// writer appended (or a writer died mid-line) and the last sequence number is read again.
+    end: u64,
+    next_seq: u64,
+}
+
 impl EventLog {
     pub fn open(path: &Path) -> Result<Self> {
-        let next_seq = read_events(path)?.last().map_or(0, |e| e.seq + 1);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let writer = Arc::new(Mutex::new(BufWriter::new(file)));
+        let pending = Pending {
+            path: path.to_path_buf(),
+            file,
+            events: Vec::new(),
+            // Never a real length after a write: the first write reads the file's last line.
+            end: u64::MAX,
+            next_seq: 0,
+        };
+        let shared = Arc::new(Mutex::new(pending));
         let stop = Arc::new(AtomicBool::new(false));
         let flusher = {
-            let (writer, stop) = (Arc::clone(&writer), Arc::clone(&stop));
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("event-log-flush".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(250));
-                        if let Ok(mut w) = writer.lock() {
-                            // A failed flush is retried; the trainer sees errors on `sync`.
-                            let _ = w.flush();
+                        if let Ok(mut p) = shared.lock() {
+                            // A failed write keeps the events and is retried; the trainer sees
+                            // errors on `sync`.
+                            let _ = p.write_out();
                         }
                     }
                 })
                 .with_context(|| "cannot start the event-log flusher")?
         };
         Ok(Self {
-            path: path.to_path_buf(),
-            writer,
-            next_seq,
+            shared,
             stop,
             flusher: Some(flusher),
         })
     }
 
-    fn with_writer<T>(
+    fn with_pending<T>(
         &self,
-        f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<T>,
+        f: impl FnOnce(&mut Pending) -> crate::core::Result<T>,
     ) -> crate::core::Result<T> {
-        let mut w = self
-            .writer
+        let mut p = self
+            .shared
             .lock()
             .map_err(|_| crate::core::Error::Invalid("event log lock poisoned".into()))?;
-        f(&mut w).map_err(|e| io_err(&self.path, e))
+        f(&mut p)
+    }
+}
+
+impl Pending {
+    /// Writes the pending events as whole lines in one append, numbered after the file's last
+    /// line, holding the file's lock.
+    fn write_out(&mut self) -> crate::core::Result<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let io = |e| io_err(&path, e);
+        self.file.lock().map_err(io)?;
+        let written = self.append_locked();
+        let unlocked = self.file.unlock().map_err(io);
+        written.and(unlocked)
+    }
+
+    fn append_locked(&mut self) -> crate::core::Result<()> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&self.path, e))?
+            .len();
+        if len != self.end {
+            let (complete, last_seq) =
+                last_line(&mut self.file).map_err(|e| io_err(&self.path, e))?;
+            if complete < len {
+                // A writer died mid-line (no writer holds the lock): the torn line is dropped so
+                // the next line does not run into it.
+                self.file
+                    .set_len(complete)
+                    .map_err(|e| io_err(&self.path, e))?;
+            }
+            if let Some(seq) = last_seq {
+                self.next_seq = self.next_seq.max(seq + 1);
+            }
+        }
+        let mut text = String::new();
+        for (i, (time, kind)) in self.events.iter().enumerate() {
+            let event = Event {
+                seq: self.next_seq + i as u64,
+                time: *time,
+                kind: kind.clone(),
+            };
+            let line = serde_json::to_string(&event)
+                .map_err(|e| crate::core::Error::Invalid(e.to_string()))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|e| io_err(&self.path, e))?;
+        self.next_seq += self.events.len() as u64;
+        self.events.clear();
+        self.end = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&self.path, e))?
+            .len();
+        Ok(())
+    }
+}
+
+/// The length of `file` up to its last newline, and the sequence number of its last complete
+/// line (`None` for an empty file or a last line that is not an event).
+fn last_line(file: &mut File) -> std::io::Result<(u64, Option<u64>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    #[derive(serde::Deserialize)]
+    struct Numbered {
+        seq: u64,
+    }
+    let len = file.metadata()?.len();
+    // Read backwards in growing chunks until the last complete line is whole.
+    let mut chunk = 4096_u64;
+    loop {
+        let start = len.saturating_sub(chunk);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        Read::by_ref(file)
+            .take(len - start)
+            .read_to_end(&mut tail)?;
+        let Some(last_newline) = tail.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                return Ok((0, None));
+            }
+            chunk *= 4;
+            continue;
+        };
+        let complete = start + last_newline as u64 + 1;
+        let line_start = tail[..last_newline].iter().rposition(|&b| b == b'\n');
+        if line_start.is_none() && start > 0 {
+            chunk *= 4;
+            continue;
+        }
+        let line = &tail[line_start.map_or(0, |i| i + 1)..last_newline];
+        let seq = serde_json::from_slice::<Numbered>(line).ok().map(|n| n.seq);
+        return Ok((complete, seq));
     }
 }
 
@@ -181,22 +299,16 @@ impl EventSink for EventLog {
         let time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let event = Event {
-            seq: self.next_seq,
-            time,
-            kind,
-        };
-        let line = serde_json::to_string(&event)
-            .map_err(|e| crate::core::Error::Invalid(e.to_string()))?;
-        self.with_writer(|w| writeln!(w, "{line}"))?;
-        self.next_seq += 1;
-        Ok(())
+        self.with_pending(|p| {
+            p.events.push((time, kind));
+            Ok(())
+        })
     }
 
     fn sync(&mut self) -> crate::core::Result<()> {
-        self.with_writer(|w| {
-            w.flush()?;
-            w.get_ref().sync_data()
+        self.with_pending(|p| {
+            p.write_out()?;
+            p.file.sync_data().map_err(|e| io_err(&p.path, e))
         })
     }
 }
@@ -207,7 +319,7 @@ impl Drop for EventLog {
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
-        let _ = self.with_writer(Write::flush);
+        let _ = self.with_pending(Pending::write_out);
     }
 }
 
@@ -386,6 +498,68 @@ mod tests {
             .write_all(b"{\"seq\":2,\"ti")
             .unwrap();
         assert_eq!(read_events(&path).unwrap().len(), 2);
+    }
+
+    fn warning(message: &str) -> EventKind {
+        EventKind::Warning {
+            message: message.into(),
+        }
+    }
+
+    /// A supervisor that records a killed worker while the resumed worker already writes: each
+    /// writer's events are numbered after the file's last line when written, so no event of
+    /// either is taken for a duplicate.
+    #[test]
+    fn two_writers_never_reuse_a_sequence_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut worker = EventLog::open(&path).unwrap();
+        worker.emit(start(None)).unwrap();
+        worker.sync().unwrap();
+        let mut supervisor = EventLog::open(&path).unwrap();
+        worker.emit(step(1)).unwrap();
+        supervisor.emit(warning("killed")).unwrap();
+        supervisor.sync().unwrap();
+        worker.emit(step(2)).unwrap();
+        worker.sync().unwrap();
+        supervisor.emit(warning("again")).unwrap();
+        drop(supervisor);
+        let events = read_events(&path).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+        let steps: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Step { step, .. } => Some(step),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, vec![1, 2], "the worker's steps in order");
+    }
+
+    /// A writer killed in the middle of a line leaves it torn; the next writer drops the torn
+    /// part rather than running its first line into it, and numbers after the last whole line
+    /// (found past a line longer than one read-back chunk).
+    #[test]
+    fn a_torn_last_line_is_dropped_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut log = EventLog::open(&path).unwrap();
+        log.emit(start(None)).unwrap();
+        log.emit(warning(&"x".repeat(20_000))).unwrap();
+        drop(log);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":2,\"ti")
+            .unwrap();
+        let mut log = EventLog::open(&path).unwrap();
+        log.emit(step(1)).unwrap();
+        log.sync().unwrap();
+        let seqs: Vec<u64> = read_events(&path).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![0, 1, 2]);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("}\n"));
     }
 }
 
