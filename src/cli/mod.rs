@@ -1,6 +1,7 @@
 //! The headless command line: argument parsing, logging set-up and dispatch. Human-readable text
 //! by default, `--json` where a machine reads the output.
 
+mod bench;
 mod chat;
 mod eval;
 mod expand;
@@ -90,6 +91,9 @@ pub enum Command {
     /// A grid of strategies × corpora × seeds: run it, compare it.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// Training and decoding throughput and peak memory for a model shape (random weights).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Parses arguments and runs the command; returns the process exit code.
@@ -124,6 +128,7 @@ pub fn main() -> i32 {
         Command::Experiments(cmd) => experiments::run(cmd, &data_dir),
         Command::Store(cmd) => store::run(cmd, &data_dir),
         Command::Study(cmd) => study::run(cmd, &data_dir, cli.device),
+        Command::Bench(cmd) => bench::run(cmd, cli.device),
     };
     match result {
         Ok(code) => code,

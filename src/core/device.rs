@@ -61,3 +61,84 @@ pub fn default_dtype(device: &Device) -> candle_core::DType {
         candle_core::DType::F32
     }
 }
+
+/// Peak memory since the last [`reset_peak_memory`]: on CUDA, the high-water mark of memory in
+/// use in the device's default pool (where candle allocates; the analogue of PyTorch's
+/// `max_memory_allocated`); on the CPU, the process's peak resident set. `None` where it cannot
+/// be read.
+#[must_use]
+pub fn peak_memory(device: &Device) -> Option<u64> {
+    match device {
+        Device::Cpu => cpu_peak_rss(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => cuda_pool::used_high(d),
+        _ => None,
+    }
+}
+
+/// Starts a new peak-memory window (best effort: where it cannot be reset, the peak keeps
+/// counting from the process's start).
+pub fn reset_peak_memory(device: &Device) {
+    match device {
+        // Writing 5 to clear_refs resets VmHWM (Linux 4.0+).
+        Device::Cpu => {
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => cuda_pool::reset_used_high(d),
+        _ => {}
+    }
+}
+
+fn cpu_peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The default memory pool's counters (cudarc allocates stream-ordered from it).
+#[cfg(feature = "cuda")]
+#[expect(unsafe_code, reason = "CUDA driver calls on the device's own context")]
+mod cuda_pool {
+    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::cuda_backend::cudarc::driver::sys;
+
+    fn pool(device: &CudaDevice) -> Option<sys::CUmemoryPool> {
+        let stream = device.cuda_stream();
+        let ctx = stream.context();
+        ctx.bind_to_thread().ok()?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the context is current on this thread and `pool` is a valid out-pointer.
+        let r = unsafe { sys::cuDeviceGetDefaultMemPool(&raw mut pool, ctx.cu_device()) };
+        (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+    }
+
+    pub fn used_high(device: &CudaDevice) -> Option<u64> {
+        let pool = pool(device)?;
+        device.cuda_stream().synchronize().ok()?;
+        let mut value: u64 = 0;
+        // SAFETY: the attribute is a cuuint64_t, written through a valid pointer.
+        let r = unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&raw mut value).cast(),
+            )
+        };
+        (r == sys::CUresult::CUDA_SUCCESS).then_some(value)
+    }
+
+    pub fn reset_used_high(device: &CudaDevice) {
+        let Some(pool) = pool(device) else { return };
+        let mut zero: u64 = 0;
+        // SAFETY: as above; the driver accepts only zero for the high-water marks.
+        let _ = unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&raw mut zero).cast(),
+            )
+        };
+    }
+}

@@ -286,7 +286,8 @@ pub fn execute(
     if wanted(&evals, Before::Base) {
         run_eval(&base_model, "base", 0, sink, &mut evals, status)?;
     }
-    let model = surgery::apply(&base_model, map)?;
+    let mut model = surgery::apply(&base_model, map)?;
+    model.recompute = exp.train.recompute;
     drop(base_model);
     if wanted(&evals, Before::Expanded) {
         run_eval(&model, "expanded", 0, sink, &mut evals, status)?;

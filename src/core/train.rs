@@ -68,6 +68,9 @@ pub struct TrainConfig {
     pub max_nonfinite: u32,
     /// Per-block gradient norm, weight norm and update ratio on logging steps.
     pub block_stats: bool,
+    /// Recompute frozen blocks above the first trainable one during backward instead of keeping
+    /// their activations: much less memory for long sequences, for one more forward of them.
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -94,6 +97,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             max_nonfinite: 5,
             block_stats: true,
+            recompute: false,
         }
     }
 }
@@ -383,8 +387,7 @@ fn train_loop(
         }
         let started = Instant::now();
         let lr = cfg.lr_at(state.step);
-        let mut grads: Vec<Option<Tensor>> = vec![None; optimizer.params().len()];
-        let mut loss_sum = 0.0;
+        let mut batches = Vec::with_capacity(cfg.grad_accum);
         for _ in 0..cfg.grad_accum {
             let mut rows = Vec::with_capacity(cfg.batch_size * (cfg.seq_len + 1));
             for _ in 0..cfg.batch_size {
@@ -396,33 +399,25 @@ fn train_loop(
                 rows.extend_from_slice(&data[order[state.cursor]]);
                 state.cursor += 1;
             }
-            let batch = Tensor::from_vec(rows, (cfg.batch_size, cfg.seq_len + 1), &device)?;
-            let loss = model.loss(&batch)?;
-            loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-            let store = loss.backward()?;
-            for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
-                if let Some(g) = store.get(var) {
-                    let g = g.to_dtype(DType::F32)?;
-                    *slot = Some(match slot.take() {
-                        Some(acc) => (acc + g)?,
-                        None => g,
-                    });
-                }
-            }
+            batches.push(Tensor::from_vec(
+                rows,
+                (cfg.batch_size, cfg.seq_len + 1),
+                &device,
+            )?);
         }
-        let accum = cfg.grad_accum as f64;
-        let loss = loss_sum / accum;
-        // Squared gradient norms per parameter, of the averaged gradient.
-        let mut sq: Vec<f64> = Vec::with_capacity(grads.len());
-        for g in &grads {
-            sq.push(match g {
-                Some(g) => f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?) / (accum * accum),
-                None => 0.0,
-            });
-        }
-        let grad_norm = sq.iter().sum::<f64>().sqrt();
+        let logging =
+            (state.step + 1).is_multiple_of(cfg.log_every.max(1)) || state.step + 1 == cfg.steps;
+        let report = optimizer_step(
+            model,
+            optimizer,
+            cfg,
+            &batches,
+            lr,
+            logging && cfg.block_stats,
+        )?;
+        let (loss, grad_norm) = (report.loss, report.grad_norm);
         state.tokens += (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as u64;
-        if !(loss.is_finite() && grad_norm.is_finite()) {
+        let Some(sq_updates) = report.sq_updates else {
             state.step += 1;
             state.nonfinite_streak += 1;
             sink.emit(EventKind::SkippedStep {
@@ -436,21 +431,13 @@ fn train_loop(
                 )));
             }
             continue;
-        }
-        state.nonfinite_streak = 0;
-        let clip_scale = if cfg.clip > 0.0 && grad_norm > cfg.clip {
-            cfg.clip / grad_norm
-        } else {
-            1.0
         };
-        let logging =
-            (state.step + 1).is_multiple_of(cfg.log_every.max(1)) || state.step + 1 == cfg.steps;
+        state.nonfinite_streak = 0;
         let with_stats = logging && cfg.block_stats;
-        let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg, with_stats)?;
         state.step += 1;
         if logging {
             let blocks = if with_stats {
-                block_stats(optimizer, &sq, &sq_updates)?
+                block_stats(optimizer, &report.sq_grads, &sq_updates)?
             } else {
                 Vec::new()
             };
@@ -462,7 +449,7 @@ fn train_loop(
                 tokens: state.tokens,
                 tokens_per_sec: (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64 / elapsed,
                 grad_norm,
-                clipped: clip_scale < 1.0,
+                clipped: report.clipped,
                 blocks,
             })?;
         }
@@ -479,6 +466,83 @@ fn train_loop(
     }
     save_checkpoint(checkpoints, optimizer, state, cfg, sink)?;
     Ok(Outcome::Finished)
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Mean loss over the micro-batches.
+    pub loss: f64,
+    /// Global norm of the averaged gradient (before clipping).
+    pub grad_norm: f64,
+    /// Squared norm of each parameter's averaged gradient, aligned with the optimizer's params.
+    pub sq_grads: Vec<f64>,
+    /// ‖Δw‖² per parameter (zeros unless asked for); `None` when the loss or gradient was not
+    /// finite and the weights were left as they were.
+    pub sq_updates: Option<Vec<f64>>,
+    pub clipped: bool,
+}
+
+/// One optimizer step over `batches` (micro-batches of `seq_len + 1` tokens per row): forward
+/// and backward of each, gradients accumulated in f32 and averaged, global-norm clipping, then
+/// AdamW at `lr` unless the loss or gradient is not finite. The training loop and `slayer bench
+/// train` both take their steps here.
+pub fn optimizer_step(
+    model: &Llama,
+    optimizer: &mut AdamW,
+    cfg: &TrainConfig,
+    batches: &[Tensor],
+    lr: f64,
+    update_norms: bool,
+) -> Result<StepReport> {
+    let mut grads: Vec<Option<Tensor>> = vec![None; optimizer.params().len()];
+    let mut loss_sum = 0.0;
+    for batch in batches {
+        let loss = model.loss(batch)?;
+        loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let store = loss.backward()?;
+        for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
+            if let Some(g) = store.get(var) {
+                let g = g.to_dtype(DType::F32)?;
+                *slot = Some(match slot.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                });
+            }
+        }
+    }
+    let accum = batches.len().max(1) as f64;
+    let loss = loss_sum / accum;
+    let mut sq_grads: Vec<f64> = Vec::with_capacity(grads.len());
+    for g in &grads {
+        sq_grads.push(match g {
+            Some(g) => f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?) / (accum * accum),
+            None => 0.0,
+        });
+    }
+    let grad_norm = sq_grads.iter().sum::<f64>().sqrt();
+    if !(loss.is_finite() && grad_norm.is_finite()) {
+        return Ok(StepReport {
+            loss,
+            grad_norm,
+            sq_grads,
+            sq_updates: None,
+            clipped: false,
+        });
+    }
+    let clip_scale = if cfg.clip > 0.0 && grad_norm > cfg.clip {
+        cfg.clip / grad_norm
+    } else {
+        1.0
+    };
+    let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg, update_norms)?;
+    Ok(StepReport {
+        loss,
+        grad_norm,
+        sq_grads,
+        sq_updates: Some(sq_updates),
+        clipped: clip_scale < 1.0,
+    })
 }
 
 fn block_stats(optimizer: &AdamW, sq_grads: &[f64], sq_updates: &[f64]) -> Result<Vec<BlockStats>> {

@@ -30,6 +30,9 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// `None` when the head is tied to the embedding.
     pub lm_head: Option<Param>,
+    /// Recompute frozen blocks above a trainable one in backward instead of keeping their
+    /// activations ([`Block::forward_recomputed`]); training only.
+    pub recompute: bool,
     rotary: Rotary,
     dtype: DType,
     device: Device,
@@ -138,6 +141,7 @@ impl Llama {
             blocks,
             norm,
             lm_head,
+            recompute: false,
             rotary,
             dtype,
             device: device.clone(),
@@ -229,6 +233,10 @@ impl Llama {
         }
         let (mut x, mask) = self.embed(ids, offset)?;
         for (i, block) in self.blocks.iter().enumerate() {
+            if self.recompute && cache.is_none() && x.track_op() && !block.is_trainable() {
+                x = block.forward_recomputed(&x, &self.rotary, mask.as_ref())?;
+                continue;
+            }
             let entry = cache.as_deref_mut().map(|c| &mut c.entries[i]);
             x = block.forward(&x, &self.rotary, offset, mask.as_ref(), entry)?;
         }
@@ -388,6 +396,30 @@ pub mod random {
             Ok(Tensor::from_vec(values, shape, &Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(device)?)
+        })
+    }
+
+    /// The same distribution drawn by the device's own generator (cuRAND on CUDA): seconds
+    /// rather than minutes for billions of weights, but the values depend on the device, so
+    /// comparisons across devices use [`llama`]. The CPU, which cannot be seeded, takes [`llama`].
+    pub fn llama_on_device(
+        config: &LlamaConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> crate::core::Result<Llama> {
+        if device.is_cpu() {
+            return llama(config, seed, dtype, device);
+        }
+        device.set_seed(seed)?;
+        Llama::from_tensors(config.clone(), dtype, device, |name| {
+            let shape = Llama::expected_shape(config, name).unwrap_or_default();
+            let t = if name.ends_with("norm.weight") {
+                (Tensor::randn(0f32, 0.1, shape, device)? + 1.0)?
+            } else {
+                Tensor::randn(0f32, 0.02, shape, device)?
+            };
+            Ok(t.to_dtype(dtype)?)
         })
     }
 
