@@ -64,8 +64,11 @@ for entry in $shapes; do
   fi
 done
 
-# 3. Chat decoding at batch 1 on the largest shape.
-last="${shapes##* }"; last="${last%%:*}"
+# 3. The largest shape again with frozen blocks recomputed in backward (memory against speed).
+last_entry="${shapes##* }"; last="${last_entry%%:*}"
+measure "slayer-train-$last-recompute" slayer bench train --shape "$last" --batch "${last_entry##*:}" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --recompute --json
+
+# 4. Chat decoding at batch 1 on the largest shape.
 measure "torch-decode-$last" reference decode "$out/$last.describe.json" --prompt-len 128 --tokens 128
 measure "slayer-decode-$last" slayer bench decode --shape "$last" --prompt-len 128 --tokens 128 --json
 

@@ -75,6 +75,13 @@ def main():
             f"| {shape}{note} | {batch} × {seq} | {t_tps or 0:,.0f} | {o_tps or 0:,.0f} | {ratio} | "
             f"{gib(torch_r and torch_r['peak_bytes'])} | {gib(ours and ours['peak_bytes'])} | {losses} |"
         )
+        recomputed = results.get(f"slayer-train-{shape}-recompute")
+        if recomputed:
+            r_tps = recomputed["tokens_per_sec"]
+            lines.append(
+                f"| {shape}, slayer --recompute | {recomputed['batch']} × {recomputed['seq_len']} | | {r_tps:,.0f} | "
+                f"{f'{r_tps / t_tps:.2f}×' if t_tps else '—'} | | {gib(recomputed['peak_bytes'])} | |"
+            )
 
     decodes = sorted(k for k in results if k.startswith("slayer-decode-"))
     for key in decodes:

@@ -657,3 +657,55 @@ fn recomputed_blocks_give_the_same_gradients() {
         );
     }
 }
+
+/// The whole backward (hand-written attention, norm, chunked loss and recomputation included)
+/// against central differences of the loss, in f64 on a tiny model: the reference needs no
+/// autograd at all. Tolerance 1e-5 relative (differences of h = 1e-5 in f64 are good to ~1e-9).
+#[test]
+fn gradients_match_central_differences() {
+    let mut model = llama(&tiny_config(), 5, DType::F64, &Device::Cpu).unwrap();
+    model.set_block_trainable(1, true).unwrap();
+    let ids = Tensor::new(
+        &[[7u32, 200, 3, 3, 41, 90, 18, 255, 0, 64, 12, 5]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss_of = |model: &Llama| model.loss(&ids).unwrap().to_scalar::<f64>().unwrap();
+    for recompute in [false, true] {
+        model.recompute = recompute;
+        let store = model.loss(&ids).unwrap().backward().unwrap();
+        for (name, var) in model.trainable_vars() {
+            let grad: Vec<f64> = store
+                .get(&var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let original = var.as_tensor().copy().unwrap();
+            let values: Vec<f64> = original.flatten_all().unwrap().to_vec1().unwrap();
+            // The largest-gradient entry of each tensor and one fixed entry.
+            let largest = (0..grad.len())
+                .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+                .unwrap();
+            for i in [largest, grad.len() / 3] {
+                let h = 1e-5;
+                let at = |delta: f64| {
+                    let mut v = values.clone();
+                    v[i] += delta;
+                    var.set(&Tensor::from_vec(v, original.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss_of(&model)
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                var.set(&original).unwrap();
+                let scale = grad[largest].abs().max(1e-12);
+                assert!(
+                    (numeric - grad[i]).abs() <= 1e-5 * scale,
+                    "{name}[{i}] recompute={recompute}: autograd {} vs numeric {numeric}",
+                    grad[i]
+                );
+            }
+        }
+    }
+}

@@ -170,7 +170,7 @@ pub struct Store {
     chats: sled::Tree,
     /// `plan hash \0 run` → ().
     plans: sled::Tree,
-    _lock: File,
+    lock_file: File,
 }
 
 /// The store directory of a data directory.
@@ -288,7 +288,7 @@ impl Store {
             plans: tree("plans")?,
             path: db_path.clone(),
             db,
-            _lock: lock,
+            lock_file: lock,
         };
         match store.meta.get("format").map_err(|e| store.db_err(e))? {
             None => {
@@ -765,6 +765,10 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.db.flush();
+        // Unlocking the open file description, not only closing this descriptor, also releases
+        // the copy a child process holds between fork and exec (the console spawns workers):
+        // otherwise the next opener can find the store still "in use" by this process.
+        let _ = self.lock_file.unlock();
     }
 }
 

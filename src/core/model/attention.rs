@@ -1,6 +1,6 @@
 //! Grouped-query self-attention with a causal mask and an optional KV cache.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::linear::{Param, linear};
 use super::rope::Rotary;
@@ -54,19 +54,9 @@ impl Attention {
         let k = repeat_kv(&k, h / kvh)?;
         let v = repeat_kv(&v, h / kvh)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let dtype = scores.dtype();
-        let scores = scores.to_dtype(DType::F32)?;
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let out = probs.to_dtype(dtype)?.matmul(&v)?;
+        let scores = q.contiguous()?.matmul(&k.t()?)?;
+        let probs = super::autograd::attention_probs(&scores, scale, mask)?;
+        let out = probs.matmul(&v)?;
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
         linear(&out, &self.o_proj)
     }

@@ -1,7 +1,6 @@
 //! One transformer block: pre-norm attention and pre-norm MLP, each with a residual connection.
 
-use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use super::attention::{Attention, KvEntry};
 use super::linear::Param;
@@ -57,14 +56,16 @@ impl Block {
     ) -> Result<Tensor> {
         debug_assert!(!self.is_trainable(), "only frozen blocks are recomputed");
         let y = self.forward(&x.detach(), rotary, 0, mask, None)?;
-        x.apply_op2(
-            &y,
-            Recompute {
-                block: self.clone(),
-                rotary: rotary.clone(),
-                mask: mask.cloned(),
-            },
-        )
+        let (block, rotary, mask) = (self.clone(), rotary.clone(), mask.cloned());
+        super::autograd::attach(x, y, move |x, _, grad| {
+            let input = Var::from_tensor(x)?;
+            let out = block.forward(input.as_tensor(), &rotary, 0, mask.as_ref(), None)?;
+            // d/d(out) of sum(out ⊙ grad) is grad: this surrogate's backward yields Jᵀ·grad.
+            let grads = (out * grad.detach())?.sum_all()?.backward()?;
+            grads.get(input.as_tensor()).cloned().ok_or_else(|| {
+                candle_core::Error::Msg("recomputed block: no gradient reached its input".into())
+            })
+        })
     }
 
     /// The block's parameters paired with their names relative to `model.layers.{i}.`.
@@ -114,66 +115,5 @@ impl Block {
             };
         }
         Ok(())
-    }
-}
-
-/// The node [`Block::forward_recomputed`] puts in the graph: inputs (x, y) where y is the block's
-/// output computed without a graph; forward copies y, backward recomputes the block from x.
-struct Recompute {
-    block: Block,
-    rotary: Rotary,
-    mask: Option<Tensor>,
-}
-
-/// A contiguous copy of `s` as laid out by `l` (the op's output must own its storage).
-fn copy_of<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
-where
-    S: BackendStorage,
-    S::Device: BackendDevice<Storage = S>,
-{
-    let mut out = s.device().zeros_impl(l.shape(), s.dtype())?;
-    s.copy_strided_src(&mut out, 0, l)?;
-    Ok((out, l.shape().clone()))
-}
-
-impl CustomOp2 for Recompute {
-    fn name(&self) -> &'static str {
-        "recompute-block"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _xl: &Layout,
-        y: &CpuStorage,
-        yl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        copy_of(y, yl)
-    }
-
-    fn cuda_fwd(
-        &self,
-        _x: &CudaStorage,
-        _xl: &Layout,
-        y: &CudaStorage,
-        yl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        copy_of(y, yl)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let input = Var::from_tensor(x)?;
-        let out =
-            self.block
-                .forward(input.as_tensor(), &self.rotary, 0, self.mask.as_ref(), None)?;
-        // d/d(out) of sum(out * grad) is grad: backward of this surrogate yields grad's J^T.
-        let grads = (out * grad.detach())?.sum_all()?.backward()?;
-        Ok((grads.get(input.as_tensor()).cloned(), None))
     }
 }

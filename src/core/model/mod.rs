@@ -5,6 +5,7 @@
 //! tensors; trainable ones are `Var`s (see [`linear::Param`]).
 
 pub mod attention;
+pub mod autograd;
 pub mod block;
 pub mod linear;
 pub mod mlp;
@@ -301,8 +302,16 @@ impl Llama {
     /// Mean next-token cross-entropy of `ids` (batch, seq) predicting their own shift.
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if !head.is_trainable() {
+            let hidden = self
+                .norm
+                .forward(&self.forward_hidden(&ids.narrow(1, 0, t - 1)?, None)?)?;
+            let rows = hidden.reshape((b * (t - 1), self.config.hidden_size))?;
+            return autograd::cross_entropy_frozen_head(&rows, head.tensor(), &targets);
+        }
+        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
         let logits = logits
             .reshape((b * (t - 1), self.config.vocab_size))?
             .to_dtype(DType::F32)?;

@@ -14,14 +14,17 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.tensor();
-        if !x.track_op() && !self.weight.is_trainable() && x.dtype() == DType::F32 {
-            // The fused kernel has no backward; only valid with nothing to differentiate.
-            return candle_nn::ops::rms_norm(&x.contiguous()?, w, self.eps as f32);
+        if !self.weight.is_trainable() {
+            if !x.track_op() && x.dtype() == DType::F32 {
+                // The fused kernel has no backward; only valid with nothing to differentiate.
+                return candle_nn::ops::rms_norm(&x.contiguous()?, w, self.eps as f32);
+            }
+            return super::autograd::rms_norm_frozen(x, w, self.eps);
         }
         let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x32.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        let wide = x.to_dtype(super::autograd::wide(dtype))?;
+        let var = wide.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = wide.broadcast_div(&(var + self.eps)?.sqrt()?)?;
         normed.to_dtype(dtype)?.broadcast_mul(w)
     }
 }
