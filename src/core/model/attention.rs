@@ -20,8 +20,9 @@ pub struct Attention {
 pub type KvEntry = Option<(Tensor, Tensor)>;
 
 impl Attention {
-    /// `x`: (batch, seq, hidden); `offset`: position of `x`'s first token; `mask`: additive
-    /// (seq, offset + seq) mask or `None` when a single token attends to everything.
+    /// `x`: (batch, seq, hidden); `offset`: position of `x`'s first token; `mask`: the additive
+    /// causal (seq, offset + seq) mask, or `None` when a single token attends to everything
+    /// (with `offset` 0 the chunked path applies causality itself and ignores it).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -51,9 +52,14 @@ impl Attention {
             }
             *entry = Some((k.clone(), v.clone()));
         }
+        let scale = 1.0 / (d as f64).sqrt();
+        if offset == 0 && t > 1 {
+            // A sequence from its start: causal attention by query chunks (`mask` is implied).
+            let out = super::autograd::causal_attention(&q, &k, &v, scale)?;
+            return linear(&out.transpose(1, 2)?.reshape((b, t, h * d))?, &self.o_proj);
+        }
         let k = repeat_kv(&k, h / kvh)?;
         let v = repeat_kv(&v, h / kvh)?;
-        let scale = 1.0 / (d as f64).sqrt();
         let scores = q.contiguous()?.matmul(&k.t()?)?;
         let probs = super::autograd::attention_probs(&scores, scale, mask)?;
         let out = probs.matmul(&v)?;

@@ -121,6 +121,133 @@ pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Re
     })
 }
 
+/// Query rows per chunk of [`causal_attention`]: the scores held at once are
+/// `batch × heads × ATTENTION_CHUNK × seq`, not `seq × seq`.
+pub const ATTENTION_CHUNK: usize = 256;
+
+/// Causal grouped-query attention over a whole sequence (no cache before it),
+/// `softmax(q kᵀ · scale + causal) v`, a chunk of queries at a time: a chunk meets only the keys up
+/// to its own last position (half the work of the full square on average), and neither forward
+/// nor backward holds more than one chunk's scores. Backward recomputes each chunk's
+/// probabilities from q and k (flash attention's scheme, with candle's kernels). Scores are
+/// rounded as in the unchunked path: product and scale in the input dtype, softmax in f32,
+/// probabilities cast back.
+///
+/// `q`: (batch, heads, seq, head_dim); `k`, `v`: (batch, kv_heads, seq, head_dim) with heads a
+/// multiple of kv_heads (query head `i` reads kv head `i / groups`). Returns q's shape.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let groups = h / kvh;
+    let q5 = q.reshape((b, kvh, groups, t, d))?;
+    let track = q.track_op() || k.track_op() || v.track_op();
+    let out =
+        attention_forward(&q5.detach(), &k.detach(), &v.detach(), scale)?.reshape((b, h, t, d))?;
+    if !track {
+        return Ok(out);
+    }
+    // One input carrying q, k and v, so a single node returns all three gradients.
+    let qkv = Tensor::cat(&[&q5, &k.unsqueeze(2)?, &v.unsqueeze(2)?], 2)?;
+    attach(&qkv, out, move |qkv, _, grad| {
+        let q5 = qkv.narrow(2, 0, groups)?;
+        let k = qkv.narrow(2, groups, 1)?.squeeze(2)?;
+        let v = qkv.narrow(2, groups + 1, 1)?.squeeze(2)?;
+        let grad = grad.reshape((b, kvh, groups, t, d))?;
+        let (dq, dk, dv) = attention_backward(&q5, &k, &v, &grad, scale)?;
+        Tensor::cat(&[&dq, &dk.unsqueeze(2)?, &dv.unsqueeze(2)?], 2)
+    })
+}
+
+/// The query chunks of a sequence of `t` positions: (start, length).
+fn chunks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(ATTENTION_CHUNK)
+        .map(move |s| (s, ATTENTION_CHUNK.min(t - s)))
+}
+
+/// One chunk's probabilities (f32, (b, kvh, g, n, s + n)) and its queries as rows
+/// ((b, kvh, g·n, d), contiguous) for queries `s..s + n` of `q5` (b, kvh, g, t, d).
+fn chunk_probs(
+    q5: &Tensor,
+    k: &Tensor,
+    s: usize,
+    n: usize,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (b, kvh, groups, _, d) = q5.dims5()?;
+    let e = s + n;
+    let rows = q5
+        .narrow(3, s, n)?
+        .contiguous()?
+        .reshape((b, kvh, groups * n, d))?;
+    let keys = k.narrow(2, 0, e)?;
+    let scores = (rows.matmul(&keys.t()?)? * scale)?.reshape((b, kvh, groups, n, e))?;
+    let mask = super::attention::causal_mask(n, s, scores.dtype(), scores.device())?;
+    let wide = wide(scores.dtype());
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?.to_dtype(wide)?)?;
+    Ok((probs, rows))
+}
+
+fn attention_forward(q5: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, kvh, groups, t, d) = q5.dims5()?;
+    let dtype = q5.dtype();
+    let mut outs = Vec::new();
+    for (s, n) in chunks(t) {
+        let (probs, _) = chunk_probs(q5, k, s, n, scale)?;
+        let p = probs
+            .to_dtype(dtype)?
+            .reshape((b, kvh, groups * n, s + n))?;
+        let out = p.matmul(&v.narrow(2, 0, s + n)?.contiguous()?)?;
+        outs.push(out.reshape((b, kvh, groups, n, d))?);
+    }
+    Tensor::cat(&outs, 3)
+}
+
+/// Gradients of q5, k and v given the output gradient `grad` (b, kvh, g, t, d).
+fn attention_backward(
+    q5: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grad: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, kvh, groups, t, d) = q5.dims5()?;
+    let dtype = q5.dtype();
+    let wide = wide(dtype);
+    let mut dk = Tensor::zeros((b, kvh, t, d), wide, q5.device())?;
+    let mut dv = Tensor::zeros((b, kvh, t, d), wide, q5.device())?;
+    let mut dqs = Vec::new();
+    for (s, n) in chunks(t) {
+        let e = s + n;
+        let (probs, rows) = chunk_probs(q5, k, s, n, scale)?;
+        let keys = k.narrow(2, 0, e)?.contiguous()?;
+        let values = v.narrow(2, 0, e)?.contiguous()?;
+        let g = grad
+            .narrow(3, s, n)?
+            .contiguous()?
+            .reshape((b, kvh, groups * n, d))?;
+        let p = probs.to_dtype(dtype)?.reshape((b, kvh, groups * n, e))?;
+        let dv_chunk = p.t()?.matmul(&g)?.to_dtype(wide)?;
+        let dp = g
+            .matmul(&values.t()?)?
+            .to_dtype(wide)?
+            .reshape((b, kvh, groups, n, e))?;
+        let dot = (&dp * &probs)?.sum_keepdim(D::Minus1)?;
+        let ds = ((dp.broadcast_sub(&dot)? * probs)? * scale)?
+            .to_dtype(dtype)?
+            .reshape((b, kvh, groups * n, e))?;
+        dqs.push(ds.matmul(&keys)?.reshape((b, kvh, groups, n, d))?);
+        let dk_chunk = ds.t()?.matmul(&rows)?.to_dtype(wide)?;
+        dk = (dk + dk_chunk.pad_with_zeros(2, 0, t - e)?)?;
+        dv = (dv + dv_chunk.pad_with_zeros(2, 0, t - e)?)?;
+    }
+    Ok((
+        Tensor::cat(&dqs, 3)?,
+        dk.to_dtype(dtype)?,
+        dv.to_dtype(dtype)?,
+    ))
+}
+
 /// RMSNorm with a frozen weight as HF computes it: `x / rms(x)` in f32, cast to `x`'s dtype,
 /// times `w`. The graph keeps `x` only; backward is `(w ⊙ g − x̂ · mean(w ⊙ g ⊙ x̂)) / rms` with
 /// `x̂ = x / rms`, in f32.
@@ -296,6 +423,48 @@ mod tests {
                 rel_diff(&ours, &reference) <= tolerance(dtype),
                 "{dtype:?} forward"
             );
+            let d = rel_diff(&our_grad, &ref_grad);
+            assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
+        }
+    }
+
+    /// Three query chunks (the last one partial), grouped heads, against the full square:
+    /// repeated k/v, scores, the causal mask, candle's differentiable softmax.
+    #[test]
+    fn chunked_causal_attention_matches_the_full_square() {
+        let t = 2 * ATTENTION_CHUNK + 37;
+        let mask =
+            crate::core::model::attention::causal_mask(t, 0, DType::F32, &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let qkv = randn(&[1, 2, 4, t, 8], dtype);
+            let g = randn(&[1, 4, t, 8], dtype);
+            let split = |qkv: &Tensor| {
+                let q = qkv.narrow(2, 0, 2).unwrap().reshape((1, 4, t, 8)).unwrap();
+                let k = qkv.narrow(2, 2, 1).unwrap().squeeze(2).unwrap();
+                let v = qkv.narrow(2, 3, 1).unwrap().squeeze(2).unwrap();
+                (q, k, v)
+            };
+            let (ours, our_grad) = value_and_grad(&qkv, &g, |qkv| {
+                let (q, k, v) = split(qkv);
+                causal_attention(&q, &k, &v, 0.35)
+            });
+            let mask = mask.to_dtype(dtype).unwrap();
+            let (reference, ref_grad) = value_and_grad(&qkv, &g, |qkv| {
+                let (q, k, v) = split(qkv);
+                let repeat = |x: &Tensor| {
+                    x.unsqueeze(2)?
+                        .broadcast_as((1, 2, 2, t, 8))?
+                        .reshape((1, 4, t, 8))
+                };
+                let (k, v) = (repeat(&k)?, repeat(&v)?);
+                let s =
+                    ((q.matmul(&k.t()?)? * 0.35)?.broadcast_add(&mask)?).to_dtype(DType::F32)?;
+                candle_nn::ops::softmax(&s, D::Minus1)?
+                    .to_dtype(dtype)?
+                    .matmul(&v)
+            });
+            let d = rel_diff(&ours, &reference);
+            assert!(d <= tolerance(dtype), "{dtype:?} forward: {d}");
             let d = rel_diff(&our_grad, &ref_grad);
             assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
         }
