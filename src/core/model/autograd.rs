@@ -227,7 +227,7 @@ fn attention_backward(
             .contiguous()?
             .reshape((b, kvh, groups * n, d))?;
         let p = probs.to_dtype(dtype)?.reshape((b, kvh, groups * n, e))?;
-        let dv_chunk = p.t()?.matmul(&g)?.to_dtype(wide)?;
+        let value_grad = p.t()?.matmul(&g)?.to_dtype(wide)?;
         let dp = g
             .matmul(&values.t()?)?
             .to_dtype(wide)?
@@ -237,9 +237,9 @@ fn attention_backward(
             .to_dtype(dtype)?
             .reshape((b, kvh, groups * n, e))?;
         dqs.push(ds.matmul(&keys)?.reshape((b, kvh, groups, n, d))?);
-        let dk_chunk = ds.t()?.matmul(&rows)?.to_dtype(wide)?;
-        dk = (dk + dk_chunk.pad_with_zeros(2, 0, t - e)?)?;
-        dv = (dv + dv_chunk.pad_with_zeros(2, 0, t - e)?)?;
+        let key_grad = ds.t()?.matmul(&rows)?.to_dtype(wide)?;
+        dk = (dk + key_grad.pad_with_zeros(2, 0, t - e)?)?;
+        dv = (dv + value_grad.pad_with_zeros(2, 0, t - e)?)?;
     }
     Ok((
         Tensor::cat(&dqs, 3)?,
