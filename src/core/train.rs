@@ -500,9 +500,10 @@ pub fn optimizer_step(
     for batch in batches {
         let loss = model.loss(batch)?;
         loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
-        let store = loss.backward()?;
+        let mut store = loss.backward()?;
         for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
-            if let Some(g) = store.get(var) {
+            // Taken out of the store, so each 16-bit gradient is freed once its f32 copy exists.
+            if let Some(g) = store.remove(var) {
                 let g = g.to_dtype(DType::F32)?;
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
