@@ -51,6 +51,8 @@ if [ "$device" != cpu ]; then
   measure check-gpu slayer "${common[@]}"
   measure check-cpu timeout "$limit" "$here/scripts/gpu-run.sh" "$bin" --device cpu "${common[@]}"
 fi
+# Every hand-written op on this device against the CPU in f32 (NaN-poisoned buffers).
+for dtype in f32 bf16; do measure "ops-$dtype" slayer bench ops --dtype "$dtype" --json; done
 
 # 2. Training throughput and memory, PyTorch then slayer, per shape.
 for entry in $shapes; do

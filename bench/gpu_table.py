@@ -48,6 +48,23 @@ def main():
             lines.append("Correctness: FAIL (a run did not finish; see check-*.err)")
         lines.append("")
 
+    for dtype in ("f32", "bf16"):
+        ops = results.get(f"ops-{dtype}")
+        if ops is None:
+            if (out / f"ops-{dtype}.err").exists():
+                ok = False
+                lines += [f"Ops in {dtype}: FAIL (see ops-{dtype}.err)", ""]
+            continue
+        passed = all(c["finite"] and max(c["forward_error"], c["gradient_error"]) <= c["tolerance"] for c in ops)
+        ok &= passed
+        lines.append(f"Ops in {dtype} against the CPU in f32: {'PASS' if passed else 'FAIL'}")
+        lines += ["", "| op | forward error | gradient error | tolerance | finite |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {c['op']} | {c['forward_error']:.1e} | {c['gradient_error']:.1e} | {c['tolerance']:.0e} | {c['finite']} |"
+            for c in ops
+        ]
+        lines.append("")
+
     lines += [
         "| shape | batch × seq | PyTorch tokens/s | slayer tokens/s | slayer ÷ PyTorch | PyTorch peak GiB | slayer peak GiB | losses (PyTorch; slayer) |",
         "|---|---|---|---|---|---|---|---|",

@@ -30,6 +30,18 @@ pub enum BenchCommand {
     Train(TrainBenchArgs),
     /// Greedy KV-cached decoding at batch 1 (as in chat): tokens/s.
     Decode(DecodeBenchArgs),
+    /// Every hand-written forward/backward op on this device in a dtype against the CPU in f32:
+    /// relative errors, pass or fail (exit 1 on a failure).
+    Ops(OpsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The model measured: a named shape or a `config.json`, expanded by a plan.
@@ -143,7 +155,38 @@ pub fn run(cmd: BenchCommand, device: DeviceChoice) -> Result<i32> {
     match cmd {
         BenchCommand::Train(args) => bench_train(&args, device),
         BenchCommand::Decode(args) => bench_decode(&args, device),
+        BenchCommand::Ops(args) => bench_ops(&args, device),
     }
+}
+
+fn bench_ops(args: &OpsArgs, choice: DeviceChoice) -> Result<i32> {
+    let device = device::open(choice)?;
+    let dtype = parse_dtype(Some(&args.dtype), &device)?;
+    let checks = crate::core::model::op_check::check_ops(&device, dtype)?;
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    if args.json {
+        println!("{}", serde_json::to_string(&checks)?);
+    } else {
+        println!(
+            "{} against the CPU in f32, {}:",
+            device_name(&device),
+            args.dtype
+        );
+        println!("| op | forward error | gradient error | tolerance | finite | result |");
+        println!("|---|---|---|---|---|---|");
+        for c in &checks {
+            println!(
+                "| {} | {:.2e} | {:.2e} | {:.0e} | {} | {} |",
+                c.op,
+                c.forward_error,
+                c.gradient_error,
+                c.tolerance,
+                if c.finite { "yes" } else { "NO" },
+                if c.passed() { "pass" } else { "FAIL" }
+            );
+        }
+    }
+    Ok(i32::from(failed > 0))
 }
 
 /// A named benchmark shape: the base architecture and its benchmark plan (new, pruned).

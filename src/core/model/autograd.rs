@@ -52,7 +52,7 @@ impl Attached {
 }
 
 /// A contiguous copy of `s` as laid out by `l` (an op's output must own its storage).
-pub(super) fn copy_of<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
+fn copy_of<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
 where
     S: BackendStorage,
     S::Device: BackendDevice<Storage = S>,

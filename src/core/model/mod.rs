@@ -10,6 +10,7 @@ pub mod block;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
+pub mod op_check;
 pub mod rope;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
