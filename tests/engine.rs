@@ -110,7 +110,7 @@ fn two_steps_reach_every_trainable_tensor_and_move_no_frozen_one() {
 #[test]
 fn kv_cached_decoding_matches_the_full_forward() {
     let model = llama(&tiny_config(), 3, DType::F32, &Device::Cpu).unwrap();
-    let x = ids(1, 10, 5);
+    let x = ids(1, 13, 5);
     let full = model.forward(&x).unwrap().squeeze(0).unwrap();
     let mut cache = KvCache::new(model.blocks.len());
     let first = model
@@ -124,6 +124,12 @@ fn kv_cached_decoding_matches_the_full_forward() {
         let d = max_abs_diff(&step.squeeze(0).unwrap(), &full.get(p).unwrap());
         assert!(d < 1e-5, "position {p}: {d}");
     }
+    // A multi-token continuation (a chat turn after earlier ones): the masked grouped path.
+    let turn = model
+        .forward_step(&x.narrow(1, 10, 3).unwrap(), &mut cache)
+        .unwrap();
+    let d = max_abs_diff(&turn.squeeze(0).unwrap(), &full.get(12).unwrap());
+    assert!(d < 1e-5, "continuation: {d}");
 }
 
 fn save(model: &Llama, dir: &std::path::Path, opts: &SaveOptions) {

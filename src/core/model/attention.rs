@@ -58,25 +58,20 @@ impl Attention {
             let out = super::autograd::causal_attention(&q, &k, &v, scale)?;
             return linear(&out.transpose(1, 2)?.reshape((b, t, h * d))?, &self.o_proj);
         }
-        let k = repeat_kv(&k, h / kvh)?;
-        let v = repeat_kv(&v, h / kvh)?;
-        let scores = q.contiguous()?.matmul(&k.t()?)?;
+        // Continuing a cache: each kv head serves its group of query heads as extra rows, so
+        // the cached keys and values are read in place, never repeated per query head.
+        let groups = h / kvh;
+        let len = k.dim(2)?;
+        let rows = q.contiguous()?.reshape((b, kvh, groups * t, d))?;
+        let scores = rows.matmul(&k.t()?)?.reshape((b, kvh, groups, t, len))?;
         let probs = super::autograd::attention_probs(&scores, scale, mask)?;
-        let out = probs.matmul(&v)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let out = probs.reshape((b, kvh, groups * t, len))?.matmul(&v)?;
+        let out = out
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
         linear(&out, &self.o_proj)
     }
-}
-
-/// Repeats each key/value head `groups` times along the head axis.
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kvh, s, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kvh, groups, s, d))?
-        .reshape((b, kvh * groups, s, d))
 }
 
 /// The additive causal mask for `seq` new tokens after `offset` cached ones.
