@@ -503,11 +503,13 @@ pub fn optimizer_step(
         let mut store = loss.backward()?;
         for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
             // Taken out of the store, so each 16-bit gradient is freed once its f32 copy exists.
+            // A single micro-batch keeps its gradients as they are: AdamW widens each tensor in
+            // turn, and an f32 copy of every gradient at once would cost twice their memory.
             if let Some(g) = store.remove(var) {
-                let g = g.to_dtype(DType::F32)?;
                 *slot = Some(match slot.take() {
-                    Some(acc) => (acc + g)?,
-                    None => g,
+                    Some(acc) => (acc + g.to_dtype(DType::F32)?)?,
+                    None if batches.len() == 1 => g,
+                    None => g.to_dtype(DType::F32)?,
                 });
             }
         }
@@ -517,7 +519,10 @@ pub fn optimizer_step(
     let mut sq_grads: Vec<f64> = Vec::with_capacity(grads.len());
     for g in &grads {
         sq_grads.push(match g {
-            Some(g) => f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?) / (accum * accum),
+            Some(g) => {
+                f64::from(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?)
+                    / (accum * accum)
+            }
             None => 0.0,
         });
     }
