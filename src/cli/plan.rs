@@ -34,6 +34,9 @@ pub enum PlanCommand {
         /// Memory estimate: bytes per weight and activation (bf16 = 2, f32 = 4).
         #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
         dtype: String,
+        /// Memory estimate: frozen blocks recomputed in backward (`[train] recompute`).
+        #[arg(long)]
+        recompute: bool,
     },
     /// Compare two plans block by block.
     Diff {
@@ -155,12 +158,14 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
             batch,
             seq_len,
             dtype,
+            recompute,
         } => {
             let loaded = load_plan(&file, model.as_deref(), data_dir)?;
             let mem = MemoryParams {
                 batch,
                 seq_len,
                 element_bytes: element_bytes(&dtype),
+                recompute,
             };
             let totals = loaded
                 .resolution
@@ -380,10 +385,15 @@ pub fn render_totals(t: &Totals, dtype: &str) -> String {
     let m = &t.memory;
     let _ = writeln!(
         s,
-        "memory       {} total for training ({dtype} weights, batch {} × {}): weights {}, gradients {}, AdamW {}, activations {}",
+        "memory       {} total for training ({dtype} weights, batch {} × {}{}): weights {}, gradients {}, AdamW {}, activations {}",
         human_bytes(m.total),
         t.assumptions.batch,
         t.assumptions.seq_len,
+        if t.assumptions.recompute {
+            ", recomputed"
+        } else {
+            ""
+        },
         human_bytes(m.weights),
         human_bytes(m.gradients),
         human_bytes(m.optimizer),

@@ -520,8 +520,12 @@ pub fn optimizer_step(
     for g in &grads {
         sq_grads.push(match g {
             Some(g) => {
-                f64::from(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?)
-                    / (accum * accum)
+                f64::from(
+                    g.to_dtype(DType::F32)?
+                        .sqr()?
+                        .sum_all()?
+                        .to_scalar::<f32>()?,
+                ) / (accum * accum)
             }
             None => 0.0,
         });

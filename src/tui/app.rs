@@ -317,6 +317,7 @@ impl Analysis {
                         batch: exp.train.batch_size,
                         seq_len: exp.train.seq_len,
                         element_bytes: 4,
+                        recompute: exp.train.recompute,
                     };
                     out.totals = Some(Totals::compute(&map, config, mem));
                     out.map = Some(map);

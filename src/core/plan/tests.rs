@@ -346,6 +346,25 @@ fn totals_for_the_paper_layout() {
     );
     assert_eq!(t.memory.weights, t.params * 2);
     assert_eq!(t.memory.optimizer, t.trainable_params * 12);
+    // Chunked attention: kept activations grow with the sequence, not its square (the transient
+    // chunk of scores grows linearly too), and recomputation keeps only the frozen blocks'
+    // inputs and outputs.
+    let at = |seq_len, recompute| {
+        Totals::compute(
+            &m,
+            &config,
+            MemoryParams {
+                seq_len,
+                recompute,
+                ..MemoryParams::default()
+            },
+        )
+        .memory
+        .activations
+    };
+    let (short, long) = (at(2048, false), at(4096, false));
+    assert!(long < short * 21 / 10, "{short} → {long}");
+    assert!(at(2048, true) < short / 2, "{} vs {short}", at(2048, true));
 }
 
 #[test]

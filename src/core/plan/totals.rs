@@ -12,6 +12,9 @@ pub struct MemoryParams {
     pub seq_len: usize,
     /// Bytes per weight and activation element (4 for f32, 2 for bf16).
     pub element_bytes: usize,
+    /// Frozen blocks above the first trainable one are recomputed in backward (`[train]
+    /// recompute`).
+    pub recompute: bool,
 }
 
 impl Default for MemoryParams {
@@ -20,6 +23,7 @@ impl Default for MemoryParams {
             batch: 1,
             seq_len: 2048,
             element_bytes: 2,
+            recompute: false,
         }
     }
 }
@@ -28,11 +32,13 @@ impl Default for MemoryParams {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MemoryEstimate {
     pub weights: u64,
-    /// f32 gradients of the trainable blocks.
+    /// Gradients of the trainable blocks, in the weights' dtype (one micro-batch).
     pub gradients: u64,
     /// AdamW moments in f32, plus f32 master weights when weights are 16-bit.
     pub optimizer: u64,
-    /// Activations kept for backward, from the lowest trainable block up, plus the logits.
+    /// Activations kept for backward from the lowest trainable block up, plus the largest
+    /// transient: one attention chunk's scores, one loss chunk's logits, and with
+    /// recomputation one block's activations.
     pub activations: u64,
     pub total: u64,
 }
@@ -63,26 +69,44 @@ impl Totals {
         let trainable_params = trainable_blocks * block;
         let e = mem.element_bytes as u64;
         let weights = params * e;
-        let gradients = trainable_params * 4;
+        let gradients = trainable_params * e;
         let optimizer = trainable_params * 4 * 2 + if e < 4 { trainable_params * 4 } else { 0 };
-        // Activations per block and token, as our autograd keeps them: the block input, two norm
-        // outputs, q/k/v and their rotated and head-repeated forms, the attention output, the
-        // residual, gate/up/SiLU/product; the attention scores and probabilities are f32 (b·h·t²).
+        // Activations per block and token, as the engine keeps them (core::model::autograd):
+        // the block input, the norms' inputs and outputs, q/k/v before and after rotation and
+        // joined for attention, the attention output and its contiguous copy, the residual,
+        // gate/up/SiLU/product. No seq × seq scores: attention runs by query chunks.
         let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
         let q = (config.num_attention_heads * config.head_dim) as u64;
         let kv = (config.num_key_value_heads * config.head_dim) as u64;
         let (b, t) = (mem.batch as u64, mem.seq_len as u64);
-        let per_token = (5 * h + 3 * q + 2 * kv + 2 * q + 4 * i) * e;
-        let attention = 2 * config.num_attention_heads as u64 * t * t * 4;
-        let per_block = b * t * per_token + b * attention;
+        let per_block = b * t * (5 * h + 5 * q + 6 * kv + 4 * i) * e;
         let lowest = map
             .layers
             .iter()
             .position(|l| l.trainable)
             .unwrap_or(map.layers.len());
-        let tracked_blocks = (map.layers.len() - lowest) as u64;
-        let logits = b * t * config.vocab_size as u64 * 4 * 2;
-        let activations = tracked_blocks * per_block + logits;
+        let tracked = &map.layers[lowest..];
+        let trainable_tracked = tracked.iter().filter(|l| l.trainable).count() as u64;
+        let frozen_tracked = tracked.len() as u64 - trainable_tracked;
+        let kept = if mem.recompute {
+            // A recomputed block keeps its input and output; one block's activations exist at
+            // a time while backward recomputes it.
+            trainable_tracked * per_block + frozen_tracked * b * t * 2 * h * e + per_block
+        } else {
+            tracked.len() as u64 * per_block
+        };
+        // Transients: one chunk of attention scores (product, probabilities in f32 and back, and
+        // backward's f32 terms), one chunk of the loss's f32 logits (five live terms), and the
+        // loss gradient for the hidden states.
+        let chunk = crate::core::model::autograd::ATTENTION_CHUNK.min(mem.seq_len) as u64;
+        let attention_chunk = b * config.num_attention_heads as u64 * chunk * t * (e + 4 * 3);
+        let ce_rows = (crate::core::model::autograd::CE_CHUNK_ROWS as u64).min(b * t);
+        let loss = ce_rows * config.vocab_size as u64 * 4 * 5 + b * t * h * 4;
+        let activations = if tracked.is_empty() {
+            0
+        } else {
+            kept + attention_chunk + loss
+        };
         Self {
             base_params,
             params,
