@@ -371,20 +371,29 @@ fn device_name(device: &Device) -> String {
     }
 }
 
+/// The device and the model of a benchmark, or `None` after `--describe` printed the shape.
+fn prepare(shape: &ShapeArgs, choice: DeviceChoice) -> Result<Option<(Device, Built)>> {
+    if describe(shape)? {
+        return Ok(None);
+    }
+    let device = device::open(choice)?;
+    let built = build_model(shape, &device)?;
+    Ok(Some((device, built)))
+}
+
 fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
     if args.steps == 0 || args.batch == 0 || args.seq_len == 0 {
         bail!("--steps, --batch and --seq-len must be at least 1");
     }
-    if describe(&args.shape)? {
+    let Some((device, built)) = prepare(&args.shape, choice)? else {
         return Ok(0);
-    }
-    let device = device::open(choice)?;
+    };
     let Built {
         mut model,
         plan: label,
         dtype,
         trainable_blocks,
-    } = build_model(&args.shape, &device)?;
+    } = built;
     model.recompute = args.recompute;
     let vars = model.trainable_vars();
     let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
@@ -460,16 +469,15 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     if args.tokens < 2 || args.prompt_len == 0 {
         bail!("--tokens must be at least 2 and --prompt-len at least 1");
     }
-    if describe(&args.shape)? {
+    let Some((device, built)) = prepare(&args.shape, choice)? else {
         return Ok(0);
-    }
-    let device = device::open(choice)?;
+    };
     let Built {
         mut model,
         plan: label,
         dtype,
         ..
-    } = build_model(&args.shape, &device)?;
+    } = built;
     model.freeze_all()?;
     if args.prompt_len + args.tokens >= model.max_positions() {
         bail!(

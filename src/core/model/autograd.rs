@@ -358,6 +358,14 @@ mod tests {
         if dtype == DType::F32 { 1e-5 } else { 2e-2 }
     }
 
+    /// Output and gradient within the dtype's tolerance of the reference's.
+    fn assert_close(dtype: DType, ours: (&Tensor, &Tensor), reference: (&Tensor, &Tensor)) {
+        let d = rel_diff(ours.0, reference.0);
+        assert!(d <= tolerance(dtype), "{dtype:?} forward: {d}");
+        let d = rel_diff(ours.1, reference.1);
+        assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
+    }
+
     /// Output and input gradient of `f` under a random output gradient.
     fn value_and_grad(
         x0: &Tensor,
@@ -395,12 +403,7 @@ mod tests {
                 let s = (s * 0.3)?.broadcast_add(&mask)?.to_dtype(DType::F32)?;
                 candle_nn::ops::softmax(&s, D::Minus1)?.to_dtype(dtype)
             });
-            assert!(
-                rel_diff(&ours, &reference) <= tolerance(dtype),
-                "{dtype:?} forward"
-            );
-            let d = rel_diff(&our_grad, &ref_grad);
-            assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
+            assert_close(dtype, (&ours, &our_grad), (&reference, &ref_grad));
         }
     }
 
@@ -419,12 +422,7 @@ mod tests {
                 let rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + 1e-5)?.sqrt()?;
                 x32.broadcast_div(&rms)?.to_dtype(dtype)?.broadcast_mul(&w)
             });
-            assert!(
-                rel_diff(&ours, &reference) <= tolerance(dtype),
-                "{dtype:?} forward"
-            );
-            let d = rel_diff(&our_grad, &ref_grad);
-            assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
+            assert_close(dtype, (&ours, &our_grad), (&reference, &ref_grad));
         }
     }
 
@@ -463,10 +461,7 @@ mod tests {
                     .to_dtype(dtype)?
                     .matmul(&v)
             });
-            let d = rel_diff(&ours, &reference);
-            assert!(d <= tolerance(dtype), "{dtype:?} forward: {d}");
-            let d = rel_diff(&our_grad, &ref_grad);
-            assert!(d <= tolerance(dtype), "{dtype:?} gradient: {d}");
+            assert_close(dtype, (&ours, &our_grad), (&reference, &ref_grad));
         }
     }
 
