@@ -32,8 +32,11 @@ def build(describe_path, dtype, device, seed):
     config = LlamaConfig(**raw)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
+    # Built directly in the dtype on the device: an f32 copy of 8.9B weights would not fit beside.
+    torch.set_default_dtype(dtype)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
+        model = LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
     return model, described
 
 
