@@ -8,7 +8,9 @@
 #
 # SLAYER_BINARY is a `--features cuda` build (scripts/build-cuda.sh). The Python that holds torch
 # and transformers runs the reference (PYTHON, default python3); the CUDA 13 libraries come from
-# its `nvidia` package (scripts/gpu-run.sh). The 8B shape needs an H200's memory for slayer today.
+# its `nvidia` package (scripts/gpu-run.sh). Memory: `slayer plan check` counts ~58 GB for the 8B
+# shape at batch 1 × 2048 in bf16 (f32 master weights and AdamW moments are 21 GB of it), so an
+# H100 should hold it; an H200 leaves room. Everything takes about 5 minutes.
 # Environment overrides, for a dry run of the plumbing on a CPU box:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SEQ=64 GPU_CHECK_STEPS=1 GPU_CHECK_SHAPES="smollm2-135m:1"
 set -uo pipefail
