@@ -6,7 +6,8 @@
 #
 #     bash bench/gpu-check.sh SLAYER_BINARY [OUT_DIR]
 #
-# SLAYER_BINARY is a `--features cuda` build (scripts/build-cuda.sh). The Python that holds torch
+# SLAYER_BINARY is a `--features cuda` build, or its `.xz` as scripts/build-cuda.sh leaves it in
+# gpu-bin/ (unpacked here into a temporary directory). The Python that holds torch
 # and transformers runs the reference (PYTHON, default python3); the CUDA 13 libraries come from
 # its `nvidia` package (scripts/gpu-run.sh). Memory: `slayer plan check` counts ~58 GB for the 8B
 # shape at batch 1 × 2048 in bf16 (f32 master weights and AdamW moments are 21 GB of it), so an
@@ -19,6 +20,12 @@ bin="$(realpath "$1")"
 out="${2:-${OUT:-gpu-check-out}}"
 mkdir -p "$out"
 py="${PYTHON:-python3}"
+if [[ "$bin" == *.xz ]]; then
+  unpacked="$(mktemp -d)/slayer"
+  "$py" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$bin" "$unpacked"
+  chmod +x "$unpacked"
+  bin="$unpacked"
+fi
 device="${GPU_CHECK_DEVICE:-cuda}"
 seq="${GPU_CHECK_SEQ:-2048}"
 steps="${GPU_CHECK_STEPS:-10}"
