@@ -22,7 +22,7 @@ pub type KvEntry = Option<(Tensor, Tensor)>;
 impl Attention {
     /// `x`: (batch, seq, hidden); `offset`: position of `x`'s first token; `mask`: the additive
     /// causal (seq, offset + seq) mask, or `None` when a single token attends to everything
-    /// (with `offset` 0 the chunked path applies causality itself and ignores it).
+    /// (built once per forward and shared by the blocks; made here when missing).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -54,8 +54,15 @@ impl Attention {
         }
         let scale = 1.0 / (d as f64).sqrt();
         if offset == 0 && t > 1 {
-            // A sequence from its start: causal attention by query chunks (`mask` is implied).
-            let out = super::autograd::causal_attention(&q, &k, &v, scale)?;
+            // A sequence from its start: causal attention by query chunks.
+            let built;
+            let mask = if let Some(m) = mask {
+                m
+            } else {
+                built = causal_mask(t, 0, q.dtype(), q.device())?;
+                &built
+            };
+            let out = super::autograd::causal_attention(&q, &k, &v, scale, mask)?;
             return linear(&out.transpose(1, 2)?.reshape((b, t, h * d))?, &self.o_proj);
         }
         // Continuing a cache: each kv head serves its group of query heads as extra rows, so

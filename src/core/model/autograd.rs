@@ -134,15 +134,27 @@ pub const ATTENTION_CHUNK: usize = 256;
 /// probabilities cast back.
 ///
 /// `q`: (batch, heads, seq, head_dim); `k`, `v`: (batch, kv_heads, seq, head_dim) with heads a
-/// multiple of kv_heads (query head `i` reads kv head `i / groups`). Returns q's shape.
-pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// multiple of kv_heads (query head `i` reads kv head `i / groups`); `mask`: the additive
+/// (seq, seq) causal mask in q's dtype on q's device, built once per forward and shared by every
+/// block (each chunk reads its slice). Returns q's shape.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
+    if mask.dims() != [t, t] {
+        candle_core::bail!("causal attention: mask {:?} for {t} positions", mask.dims());
+    }
+    let mask = mask.clone();
     let kvh = k.dim(1)?;
     let groups = h / kvh;
     let q5 = q.reshape((b, kvh, groups, t, d))?;
     let track = q.track_op() || k.track_op() || v.track_op();
-    let out =
-        attention_forward(&q5.detach(), &k.detach(), &v.detach(), scale)?.reshape((b, h, t, d))?;
+    let out = attention_forward(&q5.detach(), &k.detach(), &v.detach(), &mask, scale)?
+        .reshape((b, h, t, d))?;
     if !track {
         return Ok(out);
     }
@@ -153,7 +165,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
         let k = qkv.narrow(2, groups, 1)?.squeeze(2)?;
         let v = qkv.narrow(2, groups + 1, 1)?.squeeze(2)?;
         let grad = grad.reshape((b, kvh, groups, t, d))?;
-        let (dq, dk, dv) = attention_backward(&q5, &k, &v, &grad, scale)?;
+        let (dq, dk, dv) = attention_backward(&q5, &k, &v, &grad, &mask, scale)?;
         Tensor::cat(&[&dq, &dk.unsqueeze(2)?, &dv.unsqueeze(2)?], 2)
     })
 }
@@ -170,6 +182,7 @@ fn chunks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 fn chunk_probs(
     q5: &Tensor,
     k: &Tensor,
+    mask: &Tensor,
     s: usize,
     n: usize,
     scale: f64,
@@ -182,18 +195,24 @@ fn chunk_probs(
         .reshape((b, kvh, groups * n, d))?;
     let keys = k.narrow(2, 0, e)?;
     let scores = (rows.matmul(&keys.t()?)? * scale)?.reshape((b, kvh, groups, n, e))?;
-    let mask = super::attention::causal_mask(n, s, scores.dtype(), scores.device())?;
+    let mask = mask.narrow(0, s, n)?.narrow(1, 0, e)?;
     let wide = wide(scores.dtype());
     let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?.to_dtype(wide)?)?;
     Ok((probs, rows))
 }
 
-fn attention_forward(q5: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+fn attention_forward(
+    q5: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, kvh, groups, t, d) = q5.dims5()?;
     let dtype = q5.dtype();
     let mut outs = Vec::new();
     for (s, n) in chunks(t) {
-        let (probs, _) = chunk_probs(q5, k, s, n, scale)?;
+        let (probs, _) = chunk_probs(q5, k, mask, s, n, scale)?;
         let p = probs
             .to_dtype(dtype)?
             .reshape((b, kvh, groups * n, s + n))?;
@@ -209,6 +228,7 @@ fn attention_backward(
     k: &Tensor,
     v: &Tensor,
     grad: &Tensor,
+    mask: &Tensor,
     scale: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, kvh, groups, t, d) = q5.dims5()?;
@@ -219,7 +239,7 @@ fn attention_backward(
     let mut dqs = Vec::new();
     for (s, n) in chunks(t) {
         let e = s + n;
-        let (probs, rows) = chunk_probs(q5, k, s, n, scale)?;
+        let (probs, rows) = chunk_probs(q5, k, mask, s, n, scale)?;
         let keys = k.narrow(2, 0, e)?.contiguous()?;
         let values = v.narrow(2, 0, e)?.contiguous()?;
         let g = grad
@@ -442,11 +462,11 @@ mod tests {
                 let v = qkv.narrow(2, 3, 1).unwrap().squeeze(2).unwrap();
                 (q, k, v)
             };
+            let mask = mask.to_dtype(dtype).unwrap();
             let (ours, our_grad) = value_and_grad(&qkv, &g, |qkv| {
                 let (q, k, v) = split(qkv);
-                causal_attention(&q, &k, &v, 0.35)
+                causal_attention(&q, &k, &v, 0.35, &mask)
             });
-            let mask = mask.to_dtype(dtype).unwrap();
             let (reference, ref_grad) = value_and_grad(&qkv, &g, |qkv| {
                 let (q, k, v) = split(qkv);
                 let repeat = |x: &Tensor| {

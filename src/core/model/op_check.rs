@@ -78,13 +78,14 @@ pub fn check_ops(device: &candle_core::Device, dtype: DType) -> Result<Vec<OpChe
         (
             "causal attention (3 chunks)",
             vec![1, 2, 4, 2 * ATTENTION_CHUNK + 40, 32],
-            Box::new(|_, _| {
-                Ok(Box::new(|qkv: &Tensor| {
+            Box::new(|dev, dt| {
+                let mask = super::attention::causal_mask(2 * ATTENTION_CHUNK + 40, 0, dt, dev)?;
+                Ok(Box::new(move |qkv: &Tensor| {
                     let (b, kvh, _, t, d) = qkv.dims5()?;
                     let q = qkv.narrow(2, 0, 2)?.reshape((b, kvh * 2, t, d))?;
                     let k = qkv.narrow(2, 2, 1)?.squeeze(2)?;
                     let v = qkv.narrow(2, 3, 1)?.squeeze(2)?;
-                    causal_attention(&q, &k, &v, 0.177)
+                    causal_attention(&q, &k, &v, 0.177, &mask)
                 }) as Op)
             }),
         ),
