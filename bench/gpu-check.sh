@@ -68,16 +68,16 @@ for entry in $shapes; do
   shape="${entry%%:*}"; batch="${entry##*:}"
   "$bin" bench train --shape "$shape" --describe >"$out/$shape.describe.json"
   measure "torch-train-$shape" reference train "$out/$shape.describe.json" --batch "$batch" --seq-len "$seq" --steps "$steps" --warmup "$warmup"
-  measure "slayer-train-$shape" slayer bench train --shape "$shape" --batch "$batch" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --json
+  measure "slayer-train-$shape" slayer bench train --shape "$shape" --batch "$batch" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --profile --json
   if [ ! -s "$out/slayer-train-$shape.json" ] && [ "$batch" -gt 1 ]; then
     half=$((batch / 2))
-    measure "slayer-train-$shape-b$half" slayer bench train --shape "$shape" --batch "$half" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --json
+    measure "slayer-train-$shape-b$half" slayer bench train --shape "$shape" --batch "$half" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --profile --json
   fi
 done
 
 # 3. The largest shape again with frozen blocks recomputed in backward (memory against speed).
 last_entry="${shapes##* }"; last="${last_entry%%:*}"
-measure "slayer-train-$last-recompute" slayer bench train --shape "$last" --batch "${last_entry##*:}" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --recompute --json
+measure "slayer-train-$last-recompute" slayer bench train --shape "$last" --batch "${last_entry##*:}" --seq-len "$seq" --steps "$steps" --warmup "$warmup" --recompute --profile --json
 
 # 4. Chat decoding at batch 1 on the largest shape.
 measure "torch-decode-$last" reference decode "$out/$last.describe.json" --prompt-len 128 --tokens 128

@@ -24,6 +24,12 @@ def gib(value):
     return "—" if value is None else f"{value / 2**30:.1f}"
 
 
+def phases(result):
+    if not result or "phase_ms" not in result:
+        return "—"
+    return " / ".join(f"{v:.0f}" for v in result["phase_ms"])
+
+
 def main():
     out = pathlib.Path(sys.argv[1])
     results = {p.stem: load(p) for p in sorted(out.glob("*.json")) if p.name != "results.json"}
@@ -66,8 +72,8 @@ def main():
         lines.append("")
 
     lines += [
-        "| shape | batch × seq | PyTorch tokens/s | slayer tokens/s | slayer ÷ PyTorch | PyTorch peak GiB | slayer peak GiB | losses (PyTorch; slayer) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | batch × seq | PyTorch tokens/s | slayer tokens/s | slayer ÷ PyTorch | PyTorch peak GiB | slayer peak GiB | slayer fwd / bwd / opt ms | losses (PyTorch; slayer) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for describe in sorted(out.glob("*.describe.json")):
         shape = describe.name.removesuffix(".describe.json")
@@ -90,14 +96,14 @@ def main():
         )
         lines.append(
             f"| {shape}{note} | {batch} × {seq} | {t_tps or 0:,.0f} | {o_tps or 0:,.0f} | {ratio} | "
-            f"{gib(torch_r and torch_r['peak_bytes'])} | {gib(ours and ours['peak_bytes'])} | {losses} |"
+            f"{gib(torch_r and torch_r['peak_bytes'])} | {gib(ours and ours['peak_bytes'])} | {phases(ours)} | {losses} |"
         )
         recomputed = results.get(f"slayer-train-{shape}-recompute")
         if recomputed:
             r_tps = recomputed["tokens_per_sec"]
             lines.append(
                 f"| {shape}, slayer --recompute | {recomputed['batch']} × {recomputed['seq_len']} | | {r_tps:,.0f} | "
-                f"{f'{r_tps / t_tps:.2f}×' if t_tps else '—'} | | {gib(recomputed['peak_bytes'])} | |"
+                f"{f'{r_tps / t_tps:.2f}×' if t_tps else '—'} | | {gib(recomputed['peak_bytes'])} | {phases(recomputed)} | |"
             )
 
     decodes = sorted(k for k in results if k.startswith("slayer-decode-"))

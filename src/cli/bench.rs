@@ -97,6 +97,10 @@ pub struct TrainBenchArgs {
     /// (`[train] recompute`).
     #[arg(long)]
     pub recompute: bool,
+    /// Wait for the device between forward, backward and optimizer, and report each phase
+    /// (slightly slower steps; the split is exact).
+    #[arg(long)]
+    pub profile: bool,
     /// Steps run first and not measured (allocator and kernel warm-up).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -140,6 +144,10 @@ struct Measurement {
     losses: Vec<f64>,
     trainable_blocks: Vec<usize>,
     recompute: bool,
+    /// Mean ms per step in forward, backward and the optimizer (training; exact with
+    /// `--profile`).
+    phase_ms: [f64; 3],
+    profiled: bool,
 }
 
 /// The model a benchmark builds, without building it.
@@ -421,19 +429,27 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
             &device,
         )?)
     };
+    let opts = train::StepOptions {
+        update_norms: false,
+        profile: args.profile,
+    };
     let progress = super::progress::bar((args.warmup + args.steps) as u64, "bench train", "steps");
     for _ in 0..args.warmup {
-        train::optimizer_step(&model, &mut optimizer, &cfg, &[batch()?], cfg.lr, false)?;
+        train::optimizer_step(&model, &mut optimizer, &cfg, &[batch()?], cfg.lr, opts)?;
         device.synchronize()?;
         progress.inc(1);
     }
     device::reset_peak_memory(&device);
     let mut losses = Vec::with_capacity(args.steps);
+    let mut phase_secs = [0.0; 3];
     let started = Instant::now();
     for _ in 0..args.steps {
         let input = batch()?;
-        let report = train::optimizer_step(&model, &mut optimizer, &cfg, &[input], cfg.lr, false)?;
+        let report = train::optimizer_step(&model, &mut optimizer, &cfg, &[input], cfg.lr, opts)?;
         losses.push(report.loss);
+        for (total, phase) in phase_secs.iter_mut().zip(report.phase_secs) {
+            *total += phase;
+        }
         progress.inc(1);
         if super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
             bail!("interrupted");
@@ -460,6 +476,8 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         losses,
         trainable_blocks,
         recompute: args.recompute,
+        phase_ms: phase_secs.map(|s| s * 1e3 / args.steps as f64),
+        profiled: args.profile,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -527,6 +545,8 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         losses: Vec::new(),
         trainable_blocks: Vec::new(),
         recompute: false,
+        phase_ms: [0.0; 3],
+        profiled: false,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -562,6 +582,15 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
     if !m.losses.is_empty() {
         let shown: Vec<String> = m.losses.iter().map(|l| format!("{l:.4}")).collect();
         eprintln!("losses: {}", shown.join(" "));
+        let [forward, backward, optimizer] = m.phase_ms;
+        eprintln!(
+            "per step: forward {forward:.1} ms, backward {backward:.1} ms, optimizer {optimizer:.1} ms{}",
+            if m.profiled {
+                ""
+            } else {
+                " (approximate on a GPU without --profile)"
+            }
+        );
     }
     Ok(())
 }

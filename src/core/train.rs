@@ -413,7 +413,10 @@ fn train_loop(
             cfg,
             &batches,
             lr,
-            logging && cfg.block_stats,
+            StepOptions {
+                update_norms: logging && cfg.block_stats,
+                profile: false,
+            },
         )?;
         let (loss, grad_norm) = (report.loss, report.grad_norm);
         state.tokens += (cfg.batch_size * cfg.grad_accum * cfg.seq_len) as u64;
@@ -481,6 +484,19 @@ pub struct StepReport {
     /// finite and the weights were left as they were.
     pub sq_updates: Option<Vec<f64>>,
     pub clipped: bool,
+    /// Seconds in forward, backward (with gradient collection and norms) and the optimizer; the
+    /// device is synchronised between phases only when profiling, so otherwise the split is
+    /// approximate on a GPU (the total is not).
+    pub phase_secs: [f64; 3],
+}
+
+/// What [`optimizer_step`] does besides the step itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOptions {
+    /// Also return ‖Δw‖² per parameter (per-block statistics).
+    pub update_norms: bool,
+    /// Wait for the device at each phase boundary, so `phase_secs` is exact.
+    pub profile: bool,
 }
 
 /// One optimizer step over `batches` (micro-batches of `seq_len + 1` tokens per row): forward
@@ -493,13 +509,25 @@ pub fn optimizer_step(
     cfg: &TrainConfig,
     batches: &[Tensor],
     lr: f64,
-    update_norms: bool,
+    opts: StepOptions,
 ) -> Result<StepReport> {
     let mut grads: Vec<Option<Tensor>> = vec![None; optimizer.params().len()];
     let mut loss_sum = 0.0;
+    let mut phase_secs = [0.0; 3];
+    let mut clock = Instant::now();
+    let mut lap = |phase: usize| -> Result<()> {
+        if opts.profile {
+            model.device().synchronize()?;
+        }
+        phase_secs[phase] += clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+        Ok(())
+    };
     for batch in batches {
         let loss = model.loss(batch)?;
+        // Reading the loss waits for the forward.
         loss_sum += f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        lap(0)?;
         let mut store = loss.backward()?;
         for (slot, (_, var)) in grads.iter_mut().zip(optimizer.params()) {
             // Taken out of the store, so each 16-bit gradient is freed once its f32 copy exists.
@@ -513,6 +541,7 @@ pub fn optimizer_step(
                 });
             }
         }
+        lap(1)?;
     }
     let accum = batches.len().max(1) as f64;
     let loss = loss_sum / accum;
@@ -531,6 +560,7 @@ pub fn optimizer_step(
         });
     }
     let grad_norm = sq_grads.iter().sum::<f64>().sqrt();
+    lap(1)?;
     if !(loss.is_finite() && grad_norm.is_finite()) {
         return Ok(StepReport {
             loss,
@@ -538,6 +568,7 @@ pub fn optimizer_step(
             sq_grads,
             sq_updates: None,
             clipped: false,
+            phase_secs,
         });
     }
     let clip_scale = if cfg.clip > 0.0 && grad_norm > cfg.clip {
@@ -545,13 +576,15 @@ pub fn optimizer_step(
     } else {
         1.0
     };
-    let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg, update_norms)?;
+    let sq_updates = optimizer.step(&grads, lr, clip_scale / accum, cfg, opts.update_norms)?;
+    lap(2)?;
     Ok(StepReport {
         loss,
         grad_norm,
         sq_grads,
         sq_updates: Some(sq_updates),
         clipped: clip_scale < 1.0,
+        phase_secs,
     })
 }
 
