@@ -490,12 +490,8 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     let Some((device, built)) = prepare(&args.shape, choice)? else {
         return Ok(0);
     };
-    let Built {
-        mut model,
-        plan: label,
-        dtype,
-        ..
-    } = built;
+    let (label, dtype) = (built.plan, built.dtype);
+    let mut model = built.model;
     model.freeze_all()?;
     if args.prompt_len + args.tokens >= model.max_positions() {
         bail!(

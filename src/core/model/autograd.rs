@@ -272,12 +272,24 @@ fn attention_backward(
 /// times `w`. The graph keeps `x` only; backward is `(w ⊙ g − x̂ · mean(w ⊙ g ⊙ x̂)) / rms` with
 /// `x̂ = x / rms`, in f32.
 pub fn rms_norm_frozen(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    rms_norm_attached(x, Some(weight), eps)
+}
+
+/// `x / rms(x)` in f32, cast to `x`'s dtype, with the backward of [`rms_norm_frozen`]: a
+/// trainable norm multiplies this by its weight with candle's product, which yields the weight's
+/// gradient while the normalisation keeps only `x`.
+pub fn rms_unit(x: &Tensor, eps: f64) -> Result<Tensor> {
+    rms_norm_attached(x, None, eps)
+}
+
+fn rms_norm_attached(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let wide = wide(dtype);
     let x_wide = x.detach().to_dtype(wide)?.contiguous()?;
-    let w_wide = weight.to_dtype(wide)?;
+    let w_wide = weight.map(|w| w.to_dtype(wide)).transpose()?;
+    let hidden = x.dim(D::Minus1)?;
     let unit = if wide == DType::F32 {
-        let ones = Tensor::ones(w_wide.dims(), wide, x.device())?;
+        let ones = Tensor::ones(hidden, wide, x.device())?;
         #[expect(
             clippy::cast_possible_truncation,
             reason = "epsilon is tiny; f32 holds it"
@@ -287,13 +299,20 @@ pub fn rms_norm_frozen(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
         // candle's fused kernel has no f64.
         x_wide.broadcast_div(&(x_wide.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?
     };
-    let normed = unit.to_dtype(dtype)?.broadcast_mul(weight)?;
+    let unit = unit.to_dtype(dtype)?;
+    let normed = match weight {
+        Some(w) => unit.broadcast_mul(w)?,
+        None => unit,
+    };
     attach(x, normed, move |x, _, g| {
         let x = x.to_dtype(wide)?;
         let g = g.to_dtype(wide)?;
         let inv_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
         let x_hat = x.broadcast_mul(&inv_rms)?;
-        let wg = g.broadcast_mul(&w_wide)?;
+        let wg = match &w_wide {
+            Some(w) => g.broadcast_mul(w)?,
+            None => g,
+        };
         let dot = (&wg * &x_hat)?.mean_keepdim(D::Minus1)?;
         (wg - x_hat.broadcast_mul(&dot)?)?
             .broadcast_mul(&inv_rms)?

@@ -1,6 +1,7 @@
-//! RMSNorm, computed in f32 as HF does, differentiable when anything is trainable.
+//! RMSNorm, computed in f32 as HF does (normalise, cast, scale), with the hand-written backward of
+//! `autograd` when anything is differentiated.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::linear::Param;
 
@@ -21,10 +22,8 @@ impl RmsNorm {
             }
             return super::autograd::rms_norm_frozen(x, w, self.eps);
         }
-        let dtype = x.dtype();
-        let wide = x.to_dtype(super::autograd::wide(dtype))?;
-        let var = wide.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = wide.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(w)
+        // Trainable: the normalisation keeps only `x`; candle's product gives the weight's
+        // gradient.
+        super::autograd::rms_unit(x, self.eps)?.broadcast_mul(w)
     }
 }
