@@ -229,18 +229,27 @@ impl AdamW {
                 sq_updates.push(0.0);
                 continue;
             };
-            let g = (g.to_dtype(DType::F32)? * grad_scale)?;
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let m_hat = (&self.m[i] / c1)?;
-            let v_hat = (&self.v[i] / c2)?;
-            let update = (m_hat / (v_hat.sqrt()? + cfg.eps)?)?;
+            // Each operation below is a pass over the tensor (memory-bound on a GPU), so the
+            // gradient scale is folded into the moments' coefficients and the bias corrections
+            // into one factor, as PyTorch arranges it:
+            // lr·m̂/(√v̂ + ε) = m·(lr·√c2/c1) / (√v + ε·√c2).
+            let g = g.to_dtype(DType::F32)?;
+            self.m[i] = ((&self.m[i] * b1)? + (&g * ((1.0 - b1) * grad_scale))?)?;
+            self.v[i] =
+                ((&self.v[i] * b2)? + (g.sqr()? * ((1.0 - b2) * grad_scale * grad_scale))?)?;
+            let denominator = (self.v[i].sqrt()? + cfg.eps * c2.sqrt())?;
+            let step = ((&self.m[i] * (lr * c2.sqrt() / c1))? / denominator)?;
             let w = match &self.master[i] {
                 Some(master) => master.clone(),
                 None => var.as_tensor().to_dtype(DType::F32)?,
             };
             let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
-            let new_w = ((&w * (1.0 - lr * wd))? - (update * lr)?)?;
+            let decayed = if wd > 0.0 {
+                (&w * (1.0 - lr * wd))?
+            } else {
+                w.clone()
+            };
+            let new_w = (decayed - step)?;
             sq_updates.push(if update_norms {
                 f64::from((&new_w - &w)?.sqr()?.sum_all()?.to_scalar::<f32>()?)
             } else {
@@ -764,6 +773,65 @@ pub fn load_checkpoint(path: &Path, optimizer: &mut AdamW) -> Result<CheckpointS
 #[allow(clippy::float_cmp, reason = "exact values are the point")]
 mod tests {
     use super::*;
+
+    /// Three AdamW steps against the algorithm as PyTorch documents it (`torch.optim.AdamW`:
+    /// decoupled decay, bias-corrected moments, ε added to √v̂), computed element by element in
+    /// f64, with a gradient scale (clipping × averaging) and decay on one tensor only. Tolerance
+    /// 1e-6 relative (f32 arithmetic).
+    #[test]
+    fn adamw_follows_the_documented_algorithm() {
+        let cfg = TrainConfig {
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            ..TrainConfig::default()
+        };
+        let w0 = [0.5f32, -1.25, 2.0, 0.001];
+        let decayed = Var::from_slice(&w0, 4, &candle_core::Device::Cpu).unwrap();
+        let norm = Var::from_slice(&w0, 4, &candle_core::Device::Cpu).unwrap();
+        let mut opt = AdamW::new(
+            vec![
+                ("model.layers.0.mlp.up_proj.weight".into(), decayed.clone()),
+                ("model.layers.0.input_layernorm.weight".into(), norm.clone()),
+            ],
+            false,
+        )
+        .unwrap();
+        let grads = [
+            [0.3f32, -0.2, 0.05, 4.0],
+            [-0.1, 0.6, 0.0, -2.0],
+            [0.2, 0.2, -0.3, 1.0],
+        ];
+        let (lr, scale) = (1e-2, 0.5);
+        // (w, m, v) per element, for the decayed tensor and the norm.
+        let mut reference = w0.map(|w| [f64::from(w), 0.0, 0.0]);
+        let mut reference_norm = reference;
+        for (t, g) in grads.iter().enumerate() {
+            let gt = Tensor::new(g, &candle_core::Device::Cpu).unwrap();
+            opt.step(&[Some(gt.clone()), Some(gt)], lr, scale, &cfg, false)
+                .unwrap();
+            let t = i32::try_from(t + 1).unwrap();
+            for (state, wd) in [(&mut reference, 0.1), (&mut reference_norm, 0.0)] {
+                for (e, &gi) in state.iter_mut().zip(g) {
+                    let gi = f64::from(gi) * scale;
+                    e[0] *= 1.0 - lr * wd;
+                    e[1] = 0.9 * e[1] + 0.1 * gi;
+                    e[2] = 0.95 * e[2] + 0.05 * gi * gi;
+                    let m_hat = e[1] / (1.0 - 0.9f64.powi(t));
+                    let v_hat = e[2] / (1.0 - 0.95f64.powi(t));
+                    e[0] -= lr * m_hat / (v_hat.sqrt() + 1e-8);
+                }
+            }
+        }
+        for (var, state) in [(&decayed, &reference), (&norm, &reference_norm)] {
+            let got: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+            for (g, e) in got.iter().zip(state.iter()) {
+                let rel = (f64::from(*g) - e[0]).abs() / e[0].abs();
+                assert!(rel < 1e-6, "{got:?} vs {state:?}");
+            }
+        }
+    }
 
     #[test]
     fn schedule_values_at_chosen_steps() {
