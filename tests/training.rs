@@ -590,6 +590,22 @@ fn bench_train_measures_the_planned_model() {
     assert!(m["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(m["peak_bytes"].as_u64().unwrap() > 0);
 
+    // The device check, as the GPU script runs it (here the CPU in bf16 against itself in f32).
+    let out = common::slayer(
+        dir.path(),
+        &[
+            "--device", "cpu", "bench", "ops", "--dtype", "bf16", "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checks.len(), 5);
+    assert!(checks.iter().all(|c| c["finite"] == true), "{checks:?}");
+
     let plan = dir.path().join("bad-plan.toml");
     std::fs::write(&plan, "[plan]\ninsert = [{ after = 99 }]\n").unwrap();
     let out = common::slayer(
