@@ -16,6 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::model::parse_dtype;
+use crate::core::checkpoint::hf::torch_dtype_name;
 use crate::core::config::{LlamaConfig, RopeScaling};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{Sampler, SamplingParams, StopConditions, generate};
@@ -38,8 +40,8 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct OpsArgs {
     /// f32, bf16 or f16.
-    #[arg(long, default_value = "bf16")]
-    pub dtype: String,
+    #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
+    pub dtype: DType,
     #[arg(long)]
     pub json: bool,
 }
@@ -61,8 +63,8 @@ pub struct ShapeArgs {
     #[arg(long, conflicts_with_all = ["new_blocks", "prune_last"])]
     pub plan: Option<PathBuf>,
     /// f32, bf16 or f16 (default: bf16 on CUDA, f32 on the CPU).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<DType>,
     /// Seed of the random weights and data.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -169,8 +171,7 @@ pub fn run(cmd: BenchCommand, device: DeviceChoice) -> Result<i32> {
 
 fn bench_ops(args: &OpsArgs, choice: DeviceChoice) -> Result<i32> {
     let device = device::open(choice)?;
-    let dtype = parse_dtype(Some(&args.dtype), &device)?;
-    let checks = crate::core::model::op_check::check_ops(&device, dtype)?;
+    let checks = crate::core::model::op_check::check_ops(&device, args.dtype)?;
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if args.json {
         println!("{}", serde_json::to_string(&checks)?);
@@ -178,7 +179,7 @@ fn bench_ops(args: &OpsArgs, choice: DeviceChoice) -> Result<i32> {
         println!(
             "{} against the CPU in f32, {}:",
             device_name(&device),
-            args.dtype
+            dtype_name(args.dtype)
         );
         println!("| op | forward error | gradient error | tolerance | finite | result |");
         println!("|---|---|---|---|---|---|");
@@ -314,14 +315,9 @@ fn resolve_shape(args: &ShapeArgs) -> Result<(LlamaConfig, LayerMap, String)> {
     Ok((expanded_config(&base, &map), map, label))
 }
 
-fn parse_dtype(name: Option<&str>, device: &Device) -> Result<DType> {
-    Ok(match name {
-        None => device::default_dtype(device),
-        Some("f32") => DType::F32,
-        Some("bf16") => DType::BF16,
-        Some("f16") => DType::F16,
-        Some(other) => bail!("unknown dtype `{other}` (f32, bf16, f16)"),
-    })
+/// The short name the tables and JSON use (`f32`, `bf16`, `f16`).
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
 }
 
 /// A benchmark's model: random weights of the expanded shape, the plan's trainable blocks
@@ -339,10 +335,9 @@ fn describe(args: &ShapeArgs) -> Result<bool> {
         return Ok(false);
     }
     let (config, map, plan) = resolve_shape(args)?;
-    let dtype = args.dtype.as_deref().unwrap_or("bfloat16");
     let d = Description {
         plan,
-        config: config.to_json(None, dtype),
+        config: config.to_json(None, torch_dtype_name(args.dtype.unwrap_or(DType::BF16))),
         trainable_blocks: map.trainable_indices(),
         params: config.total_params(),
     };
@@ -352,7 +347,7 @@ fn describe(args: &ShapeArgs) -> Result<bool> {
 
 fn build_model(args: &ShapeArgs, device: &Device) -> Result<Built> {
     let (config, map, plan) = resolve_shape(args)?;
-    let dtype = parse_dtype(args.dtype.as_deref(), device)?;
+    let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(device));
     let mut model = match args.init {
         Init::Device => random::llama_on_device(&config, args.seed, dtype, device)?,
         Init::Host => random::llama(&config, args.seed, dtype, device)?,
@@ -466,7 +461,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         params: model.param_count(),
         trainable,
         device: device_name(&device),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: dtype_name(dtype),
         batch: args.batch,
         seq_len: args.seq_len,
         steps: args.steps,
@@ -531,7 +526,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         params: model.param_count(),
         trainable: 0,
         device: device_name(&device),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: dtype_name(dtype),
         batch: 1,
         seq_len: args.prompt_len + args.tokens,
         steps: stats.generated_tokens,
