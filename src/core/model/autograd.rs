@@ -52,12 +52,19 @@ impl Attached {
 }
 
 /// A contiguous copy of `s` as laid out by `l` (an op's output must own its storage).
+#[expect(
+    unsafe_code,
+    reason = "an allocation the copy fills entirely, instead of zeroing first"
+)]
 fn copy_of<S>(s: &S, l: &Layout) -> Result<(S, Shape)>
 where
     S: BackendStorage,
     S::Device: BackendDevice<Storage = S>,
 {
-    let mut out = s.device().zeros_impl(l.shape(), s.dtype())?;
+    // SAFETY: `copy_strided_src` writes every one of the `l.shape()` elements allocated here
+    // before anything reads them (this runs on every attached op, so a zeroing pass would cost
+    // a full write of the output each time).
+    let mut out = unsafe { s.device().alloc_uninit(l.shape(), s.dtype())? };
     s.copy_strided_src(&mut out, 0, l)?;
     Ok((out, l.shape().clone()))
 }
@@ -178,10 +185,11 @@ fn chunks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// One chunk's probabilities (f32, (b, kvh, g, n, s + n)) and its queries as rows
-/// ((b, kvh, g·n, d), contiguous) for queries `s..s + n` of `q5` (b, kvh, g, t, d).
+/// ((b, kvh, g·n, d), contiguous) for queries `s..s + n` of `q5` (b, kvh, g, t, d), given the
+/// keys of positions `..s + n`.
 fn chunk_probs(
     q5: &Tensor,
-    k: &Tensor,
+    keys: &Tensor,
     mask: &Tensor,
     s: usize,
     n: usize,
@@ -193,7 +201,6 @@ fn chunk_probs(
         .narrow(3, s, n)?
         .contiguous()?
         .reshape((b, kvh, groups * n, d))?;
-    let keys = k.narrow(2, 0, e)?;
     let scores = (rows.matmul(&keys.t()?)? * scale)?.reshape((b, kvh, groups, n, e))?;
     let mask = mask.narrow(0, s, n)?.narrow(1, 0, e)?;
     let wide = wide(scores.dtype());
@@ -212,7 +219,7 @@ fn attention_forward(
     let dtype = q5.dtype();
     let mut outs = Vec::new();
     for (s, n) in chunks(t) {
-        let (probs, _) = chunk_probs(q5, k, mask, s, n, scale)?;
+        let (probs, _) = chunk_probs(q5, &k.narrow(2, 0, s + n)?, mask, s, n, scale)?;
         let p = probs
             .to_dtype(dtype)?
             .reshape((b, kvh, groups * n, s + n))?;
@@ -239,8 +246,8 @@ fn attention_backward(
     let mut dqs = Vec::new();
     for (s, n) in chunks(t) {
         let e = s + n;
-        let (probs, rows) = chunk_probs(q5, k, mask, s, n, scale)?;
         let keys = k.narrow(2, 0, e)?.contiguous()?;
+        let (probs, rows) = chunk_probs(q5, &keys, mask, s, n, scale)?;
         let values = v.narrow(2, 0, e)?.contiguous()?;
         let g = grad
             .narrow(3, s, n)?
@@ -334,7 +341,6 @@ pub fn cross_entropy_frozen_head(
     targets: &Tensor,
 ) -> Result<Tensor> {
     let (rows, _) = hidden.dims2()?;
-    let vocab = head.dim(0)?;
     let dtype = hidden.dtype();
     let wide = wide(dtype);
     let detached = hidden.detach();
@@ -344,21 +350,18 @@ pub fn cross_entropy_frozen_head(
     for start in (0..rows).step_by(CE_CHUNK_ROWS) {
         let len = CE_CHUNK_ROWS.min(rows - start);
         let h = detached.narrow(0, start, len)?;
-        let t = targets.narrow(0, start, len)?;
+        let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
         let logits = h.matmul(&head.t()?)?.to_dtype(wide)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
         let exp = shifted.exp()?;
         let sum = exp.sum_keepdim(D::Minus1)?;
-        let target_logit = shifted.gather(&t.unsqueeze(1)?, 1)?;
+        let target_logit = shifted.gather(&t, 1)?;
         loss_sum = (loss_sum + (sum.log()? - target_logit)?.sum_all()?)?;
         if track {
-            let onehot = Tensor::zeros((len, vocab), wide, hidden.device())?.scatter_add(
-                &t.unsqueeze(1)?,
-                &Tensor::ones((len, 1), wide, hidden.device())?,
-                1,
-            )?;
-            let dlogits = (exp.broadcast_div(&sum)? - onehot)?;
+            // softmax − one-hot: 1 taken from each row's target in place of a one-hot tensor.
+            let minus_one = Tensor::full(-1f32, (len, 1), hidden.device())?.to_dtype(wide)?;
+            let dlogits = exp.broadcast_div(&sum)?.scatter_add(&t, &minus_one, 1)?;
             grad_chunks.push(dlogits.to_dtype(dtype)?.matmul(head)?);
         }
     }

@@ -47,7 +47,7 @@ impl Block {
     /// Forward of a frozen block whose input is differentiated (a trainable block sits below),
     /// keeping for backward nothing but its input: backward runs the block again, this time
     /// with a graph, and takes dX from it. One more forward of the block buys back all its
-    /// intermediates (attention's seq × seq scores above all) for the length of the step.
+    /// intermediates (norms, q/k/v, the MLP's four wide tensors) for the length of the step.
     pub fn forward_recomputed(
         &self,
         x: &Tensor,
