@@ -129,7 +129,8 @@ pub struct EventLog {
 struct Pending {
     path: PathBuf,
     file: File,
-    events: Vec<(f64, EventKind)>,
+    /// Their sequence numbers are given when written.
+    events: Vec<Event>,
     /// The file's length after this writer's last write: a different length means another
     /// writer appended (or a writer died mid-line) and the last sequence number is read again.
     end: u64,
@@ -225,13 +226,9 @@ impl Pending {
             }
         }
         let mut text = String::new();
-        for (i, (time, kind)) in self.events.iter().enumerate() {
-            let event = Event {
-                seq: self.next_seq + i as u64,
-                time: *time,
-                kind: kind.clone(),
-            };
-            let line = serde_json::to_string(&event)
+        for (i, event) in self.events.iter_mut().enumerate() {
+            event.seq = self.next_seq + i as u64;
+            let line = serde_json::to_string(event)
                 .map_err(|e| crate::core::Error::Invalid(e.to_string()))?;
             text.push_str(&line);
             text.push('\n');
@@ -300,7 +297,7 @@ impl EventSink for EventLog {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.with_pending(|p| {
-            p.events.push((time, kind));
+            p.events.push(Event { seq: 0, time, kind });
             Ok(())
         })
     }
