@@ -590,6 +590,32 @@ fn bench_train_measures_the_planned_model() {
     assert!(m["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(m["peak_bytes"].as_u64().unwrap() > 0);
 
+    // Sizes beyond the shape or beyond memory's arithmetic are refused before anything is built.
+    for (args, expected) in [
+        (
+            ["--seq-len", "99999"],
+            "99999 positions exceed the 256 positions",
+        ),
+        (
+            ["--batch", "18446744073709551615"],
+            "--batch × --seq-len is too large",
+        ),
+    ] {
+        let mut all = vec![
+            "--device",
+            "cpu",
+            "bench",
+            "train",
+            "--shape",
+            config.to_str().unwrap(),
+        ];
+        all.extend(args);
+        let out = common::slayer(dir.path(), &all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
+
     // The device check, as the GPU script runs it (here the CPU in bf16 against itself in f32).
     let out = common::slayer(
         dir.path(),

@@ -345,8 +345,15 @@ fn describe(args: &ShapeArgs) -> Result<bool> {
     Ok(true)
 }
 
-fn build_model(args: &ShapeArgs, device: &Device) -> Result<Built> {
+fn build_model(args: &ShapeArgs, positions: usize, device: &Device) -> Result<Built> {
     let (config, map, plan) = resolve_shape(args)?;
+    if positions > config.max_position_embeddings {
+        bail!(
+            "{positions} positions exceed the {} positions of {} (--seq-len, or --prompt-len + --tokens)",
+            config.max_position_embeddings,
+            args.shape
+        );
+    }
     let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(device));
     let mut model = match args.init {
         Init::Device => random::llama_on_device(&config, args.seed, dtype, device)?,
@@ -374,13 +381,18 @@ fn device_name(device: &Device) -> String {
     }
 }
 
-/// The device and the model of a benchmark, or `None` after `--describe` printed the shape.
-fn prepare(shape: &ShapeArgs, choice: DeviceChoice) -> Result<Option<(Device, Built)>> {
+/// The device and the model of a benchmark that needs `positions` positions, or `None` after
+/// `--describe` printed the shape.
+fn prepare(
+    shape: &ShapeArgs,
+    positions: usize,
+    choice: DeviceChoice,
+) -> Result<Option<(Device, Built)>> {
     if describe(shape)? {
         return Ok(None);
     }
     let device = device::open(choice)?;
-    let built = build_model(shape, &device)?;
+    let built = build_model(shape, positions, &device)?;
     Ok(Some((device, built)))
 }
 
@@ -388,7 +400,12 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
     if args.steps == 0 || args.batch == 0 || args.seq_len == 0 {
         bail!("--steps, --batch and --seq-len must be at least 1");
     }
-    let Some((device, built)) = prepare(&args.shape, choice)? else {
+    let tokens_per_batch = args
+        .seq_len
+        .checked_add(1)
+        .and_then(|row| row.checked_mul(args.batch))
+        .context("--batch × --seq-len is too large")?;
+    let Some((device, built)) = prepare(&args.shape, args.seq_len, choice)? else {
         return Ok(0);
     };
     let Built {
@@ -410,7 +427,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
     let mut rng_state = args.shape.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut batch = || -> Result<Tensor> {
         // xorshift: random token ids, different each step, the same for every run of a seed.
-        let ids: Vec<u32> = (0..args.batch * (args.seq_len + 1))
+        let ids: Vec<u32> = (0..tokens_per_batch)
             .map(|_| {
                 rng_state ^= rng_state << 13;
                 rng_state ^= rng_state >> 7;
@@ -482,13 +499,17 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     if args.tokens < 2 || args.prompt_len == 0 {
         bail!("--tokens must be at least 2 and --prompt-len at least 1");
     }
-    let Some((device, built)) = prepare(&args.shape, choice)? else {
+    let positions = args
+        .prompt_len
+        .checked_add(args.tokens)
+        .context("--prompt-len + --tokens is too large")?;
+    let Some((device, built)) = prepare(&args.shape, positions, choice)? else {
         return Ok(0);
     };
     let (label, dtype) = (built.plan, built.dtype);
     let mut model = built.model;
     model.freeze_all()?;
-    if args.prompt_len + args.tokens >= model.max_positions() {
+    if positions >= model.max_positions() {
         bail!(
             "prompt and tokens exceed the model's {} positions",
             model.max_positions()
@@ -528,7 +549,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         device: device_name(&device),
         dtype: dtype_name(dtype),
         batch: 1,
-        seq_len: args.prompt_len + args.tokens,
+        seq_len: positions,
         steps: stats.generated_tokens,
         tokens_per_sec: stats.decode_tokens_per_sec(),
         step_ms: stats.decode_secs * 1e3 / (stats.generated_tokens.max(2) - 1) as f64,
