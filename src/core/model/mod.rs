@@ -433,6 +433,15 @@ pub mod random {
         })
     }
 
+    /// N(0, std²) samples of `shape` on the host from `seed`: the same values on every machine
+    /// and for every device they are copied to.
+    pub fn normal(shape: &[usize], seed: u64, std: f32) -> candle_core::Result<Tensor> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| std * gaussian(&mut rng)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)
+    }
+
     /// A standard normal sample (Box–Muller).
     fn gaussian(rng: &mut StdRng) -> f32 {
         let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);

@@ -7,6 +7,7 @@ use super::autograd::{
     ATTENTION_CHUNK, CE_CHUNK_ROWS, attention_probs, causal_attention, cross_entropy_frozen_head,
     rms_norm_frozen,
 };
+use super::random::normal;
 
 /// One hand-written op checked on a device against the CPU.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,21 +39,6 @@ fn device_tolerance(dtype: DType) -> f32 {
         DType::F16 => 1e-2,
         _ => 4e-2,
     }
-}
-
-/// Normal samples drawn on the host from `seed`: the same values for every device.
-fn host_randn(shape: &[usize], seed: u64, std: f32) -> Result<Tensor> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
-            let u2: f32 = rng.random();
-            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
 }
 
 /// Runs every hand-written op of this module (and the rotary embedding) on `device` in `dtype`
@@ -93,7 +79,7 @@ pub fn check_ops(device: &candle_core::Device, dtype: DType) -> Result<Vec<OpChe
             "rms norm (frozen weight)",
             vec![2, 37, 320],
             Box::new(|dev, dt| {
-                let w = (host_randn(&[320], 1, 0.1)? + 1.0)?
+                let w = (normal(&[320], 1, 0.1)? + 1.0)?
                     .to_dtype(dt)?
                     .to_device(dev)?;
                 Ok(Box::new(move |x: &Tensor| rms_norm_frozen(x, &w, 1e-5)) as Op)
@@ -112,9 +98,7 @@ pub fn check_ops(device: &candle_core::Device, dtype: DType) -> Result<Vec<OpChe
             "cross-entropy (chunked)",
             vec![2 * CE_CHUNK_ROWS + 21, 64],
             Box::new(|dev, dt| {
-                let head = host_randn(&[777, 64], 2, 0.5)?
-                    .to_dtype(dt)?
-                    .to_device(dev)?;
+                let head = normal(&[777, 64], 2, 0.5)?.to_dtype(dt)?.to_device(dev)?;
                 let targets: Vec<u32> = (0..(2 * CE_CHUNK_ROWS + 21) as u32)
                     .map(|i| (i * 13 + 5) % 777)
                     .collect();
@@ -124,14 +108,14 @@ pub fn check_ops(device: &candle_core::Device, dtype: DType) -> Result<Vec<OpChe
         ),
     ];
     for (name, shape, make) in cases {
-        let input = host_randn(&shape, 3, 1.0)?;
+        let input = normal(&shape, 3, 1.0)?;
         let run = |dev: &Device, dt: DType| -> Result<(Tensor, Tensor)> {
             let op = make(dev, dt)?;
             // Poison: fill the device's pool with NaN first, so unwritten output shows.
             drop(Tensor::full(f32::NAN, (1 << 20,), dev)?.to_dtype(dt)?);
             let x = Var::from_tensor(&input.to_dtype(dt)?.to_device(dev)?)?;
             let y = op(x.as_tensor())?;
-            let g = host_randn(y.dims(), 4, 1.0)?;
+            let g = normal(y.dims(), 4, 1.0)?;
             let surrogate = (y.to_dtype(DType::F32)? * g.to_device(dev)?)?.sum_all()?;
             let grads = surrogate.backward()?;
             let dx = grads
