@@ -165,7 +165,13 @@ pub fn import(
         out,
         &contents,
         opts,
-        |name| src.load(name),
+        |name| {
+            // A damaged weight is refused here, before it is copied into a model that would
+            // load silently and answer garbage.
+            let tensor = src.load(name)?;
+            crate::core::checkpoint::check_finite(&tensor, src.location(), name)?;
+            Ok(tensor)
+        },
         progress,
         cancel,
     )?;

@@ -40,6 +40,9 @@ struct StudyFile {
     scale: toml::Table,
 }
 
+/// The most cells (runs) one study may hold.
+pub const MAX_CELLS: usize = 10_000;
+
 fn default_seeds() -> Vec<u64> {
     vec![0]
 }
@@ -222,7 +225,7 @@ impl Study {
 
     /// The study with the overlay `[scale.NAME]` applied.
     pub fn load_scaled(path: &Path, scale: Option<&str>) -> Result<Self> {
-        let text = crate::core::corpus::read_text(path)?;
+        let text = crate::core::corpus::read_settings(path, "study")?;
         let syntax = |e: toml::de::Error| {
             let at = e
                 .span()
@@ -254,6 +257,22 @@ impl Study {
         }
         if file.seeds.is_empty() {
             bail!("{}: seeds is empty", path.display());
+        }
+        // The grid is a product: a short file can name a billion cells. Each is a training run,
+        // so a study far past this is a typo, and refusing it keeps the grid in memory small.
+        let cells = file
+            .strategies
+            .len()
+            .saturating_mul(file.corpora.len().max(1))
+            .saturating_mul(file.seeds.len());
+        if cells > MAX_CELLS {
+            bail!(
+                "{}: {} strategies × {} corpora × {} seeds is {cells} runs, more than the {MAX_CELLS} a study may hold",
+                path.display(),
+                file.strategies.len(),
+                file.corpora.len().max(1),
+                file.seeds.len()
+            );
         }
         // Names become directory and file names (`studies/NAME/CORPUS-STRATEGY-sSEED.toml`).
         let names = std::iter::once(("study", &file.name))
@@ -322,7 +341,7 @@ impl Study {
         Ok(study)
     }
 
-    /// Every cell: corpus × strategy × seed.
+    /// Every cell: corpus × strategy × seed (at most [`MAX_CELLS`]).
     #[must_use]
     pub fn cells(&self) -> Vec<Cell> {
         let mut out = Vec::new();
@@ -424,6 +443,40 @@ impl Study {
             }
         }
         missing
+    }
+
+    /// Cells whose plan does not resolve against its base model (a model not fetched yet is not
+    /// checked: the run fetches it), with the plan's first error.
+    #[must_use]
+    pub fn unresolved_plans(&self, data_dir: &Path) -> Vec<(String, String)> {
+        let mut depths: std::collections::HashMap<String, Option<usize>> =
+            std::collections::HashMap::new();
+        let mut bad = Vec::new();
+        for cell in self.cells() {
+            let text = self.experiment_text(&cell);
+            let Ok(exp) = crate::core::experiment::Experiment::parse(&self.path, &text) else {
+                continue;
+            };
+            let Some(base) = exp.model.as_ref().map(|m| m.base.clone()) else {
+                continue;
+            };
+            let depth = *depths.entry(base.clone()).or_insert_with(|| {
+                let path = crate::fetch::resolve_model_path(data_dir, &base);
+                crate::core::checkpoint::open_source(&path)
+                    .ok()
+                    .map(|s| s.config().num_hidden_layers)
+            });
+            let Some(depth) = depth else { continue };
+            let resolution = crate::core::plan::resolve(&exp.plan, depth);
+            if let Some(d) = resolution
+                .diagnostics
+                .iter()
+                .find(|d| d.severity == crate::core::plan::Severity::Error)
+            {
+                bad.push((cell.key(), d.message.clone()));
+            }
+        }
+        bad
     }
 
     /// Where the study keeps its cell experiments and its cell → run map.

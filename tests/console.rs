@@ -407,6 +407,32 @@ fn chat_streams_side_by_side_and_ctrl_c_cancels() {
     assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("no checkpoint")));
 }
 
+/// Keys typed while the chat models load go to the chat input, and a message entered then is
+/// sent once they are loaded (it used to go to the screen's keymap and be lost).
+#[test]
+fn a_message_typed_while_the_model_loads_is_sent_once_it_has_loaded() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('4'));
+    a.run_command("chat run-a");
+    assert_eq!(a.input, Input::Chat, "typing starts at once");
+    typed(&mut a, "qj:Who founded Veloria?");
+    assert_eq!(a.screen, Screen::Chat, "q, j and : are text here");
+    assert_eq!(key(&mut a, KeyCode::Enter), Vec::<Effect>::new());
+    assert!(
+        matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("once the model has loaded"))
+    );
+    let effects = a.update(Event::Chat(ChatUpdate::Loaded(vec!["run-a@40".into()])));
+    assert_eq!(
+        effects,
+        vec![Effect::ChatSend("qj:Who founded Veloria?".into())]
+    );
+    assert!(a.chat.generating);
+    assert!(
+        matches!(a.chat.lines.last(), Some(ChatLine::User(t)) if t == "qj:Who founded Veloria?")
+    );
+}
+
 #[test]
 fn popups_and_the_status_line() {
     let home = fixture();

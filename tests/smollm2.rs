@@ -240,6 +240,30 @@ fn tokenizer_round_trips_and_renders_chatml() {
     assert!(rendered.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
 }
 
+/// A corpus longer than one encoding piece is encoded piece by piece (bounded memory) to exactly
+/// the ids of one whole encoding, on the real byte-level BPE: prose, code, digits, blank lines,
+/// runs of spaces, and a long run without any newline.
+#[test]
+fn long_texts_encode_by_pieces_to_the_same_ids() {
+    let source = HfDir::open(&smollm2().0).unwrap();
+    let tokenizer = source.tokenizer().unwrap();
+    let paragraph = "The river Veloria, founded in 1742, flows 312 km past the old mill.\n\n\
+        def f(x):\n    return x ** 2  # squares\n\n  Indented   text,   spaced out!\n";
+    let mut text = paragraph.repeat(9000);
+    text.push_str(&"word ".repeat(300_000));
+    text.push_str(paragraph);
+    assert!(text.len() > 2 * slayer::core::tokenizer::ENCODE_PIECE_BYTES);
+    let whole = tokenizer.encode(&text, false).unwrap();
+    let pieces = tokenizer.encode_long(&text, usize::MAX).unwrap();
+    assert_eq!(pieces.len(), whole.len());
+    assert!(pieces == whole, "the ids differ");
+    assert_eq!(
+        tokenizer.encode_long(&text, 1000).unwrap(),
+        whole[..1000],
+        "a limit stops early"
+    );
+}
+
 #[test]
 fn chat_command_answers_paris() {
     let (dir, _) = smollm2();

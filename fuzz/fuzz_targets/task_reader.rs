@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match parse_task(text) {
         Ok(items) => {
-            for item in items {
+            for (_, item) in items {
                 assert!(item.gold < item.choices.len());
                 assert!(item.choices.len() >= 2);
             }

@@ -174,17 +174,17 @@ fn bench_ops(args: &OpsArgs, choice: DeviceChoice) -> Result<i32> {
     let checks = crate::core::model::op_check::check_ops(&device, args.dtype)?;
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if args.json {
-        println!("{}", serde_json::to_string(&checks)?);
+        outln!("{}", serde_json::to_string(&checks)?)?;
     } else {
-        println!(
+        outln!(
             "{} against the CPU in f32, {}:",
             device_name(&device),
             dtype_name(args.dtype)
-        );
-        println!("| op | forward error | gradient error | tolerance | finite | result |");
-        println!("|---|---|---|---|---|---|");
+        )?;
+        outln!("| op | forward error | gradient error | tolerance | finite | result |")?;
+        outln!("|---|---|---|---|---|---|")?;
         for c in &checks {
-            println!(
+            outln!(
                 "| {} | {:.2e} | {:.2e} | {:.0e} | {} | {} |",
                 c.op,
                 c.forward_error,
@@ -192,7 +192,7 @@ fn bench_ops(args: &OpsArgs, choice: DeviceChoice) -> Result<i32> {
                 c.tolerance,
                 if c.finite { "yes" } else { "NO" },
                 if c.passed() { "pass" } else { "FAIL" }
-            );
+            )?;
         }
     }
     Ok(i32::from(failed > 0))
@@ -341,7 +341,7 @@ fn describe(args: &ShapeArgs) -> Result<bool> {
         trainable_blocks: map.trainable_indices(),
         params: config.total_params(),
     };
-    println!("{}", serde_json::to_string(&d)?);
+    outln!("{}", serde_json::to_string(&d)?)?;
     Ok(true)
 }
 
@@ -566,18 +566,18 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
 
 fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(m)?);
+        outln!("{}", serde_json::to_string(m)?)?;
         return Ok(());
     }
     let peak = m.peak_bytes.map_or_else(
         || "?".into(),
         |b| format!("{:.1}", b as f64 / f64::from(1 << 30)),
     );
-    println!(
+    outln!(
         "| shape | plan | layers | params | trainable | device | dtype | batch × seq | tokens/s | step ms | peak GiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    println!(
+    )?;
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|")?;
+    outln!(
         "| {} | {} | {} | {:.3}B | {:.3}B | {} | {} | {} × {} | {:.0} | {:.1} | {peak} |",
         m.shape,
         m.plan,
@@ -590,12 +590,12 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
         m.seq_len,
         m.tokens_per_sec,
         m.step_ms
-    );
+    )?;
     if !m.losses.is_empty() {
         let shown: Vec<String> = m.losses.iter().map(|l| format!("{l:.4}")).collect();
-        eprintln!("losses: {}", shown.join(" "));
+        errln!("losses: {}", shown.join(" "));
         let [forward, backward, optimizer] = m.phase_ms;
-        eprintln!(
+        errln!(
             "per step: forward {forward:.1} ms, backward {backward:.1} ms, optimizer {optimizer:.1} ms{}",
             if m.profiled {
                 ""

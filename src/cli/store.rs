@@ -53,7 +53,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
             let started = std::time::Instant::now();
             let (store, stats) = Store::rebuild(data_dir, &holder(), &extra_experiment_dirs())?;
             store.flush()?;
-            eprintln!(
+            errln!(
                 "rebuilt {} from {} runs ({} events), {} experiment versions, {} chats in {:.2} s",
                 store.path().display(),
                 stats.runs,
@@ -69,9 +69,12 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
             let store = Store::open(data_dir, &holder())?;
             let stats = store.ingest_all(data_dir, &extra_experiment_dirs())?;
             store.flush()?;
-            eprintln!(
+            errln!(
                 "{} new events from {} runs, {} new experiment versions, {} chats updated",
-                stats.events, stats.runs, stats.experiments, stats.chats
+                stats.events,
+                stats.runs,
+                stats.experiments,
+                stats.chats
             );
             report_problems(&store)?;
             Ok(0)
@@ -82,7 +85,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
             let experiments = store.experiments()?;
             let chats = store.chats()?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "path": store.path(),
@@ -90,15 +93,15 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
                         "experiment_versions": experiments.len(),
                         "chats": chats,
                     }))?
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "{}: {} runs, {} experiment versions, {} chats",
                     store.path().display(),
                     runs.len(),
                     experiments.len(),
                     chats.len()
-                );
+                )?;
                 report_problems(&store)?;
             }
             Ok(0)
@@ -110,11 +113,11 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
                 .lineage(&id)?
                 .ok_or_else(|| anyhow::anyhow!("run {id} has no events yet"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&lineage)?);
+                outln!("{}", serde_json::to_string_pretty(&lineage)?)?;
                 return Ok(0);
             }
             let p = &lineage.plan;
-            println!(
+            outln!(
                 "experiment  {} (version {})\nbase model  {}\nplan        {} → {} blocks; new {:?}; trains {:?}; pruned {:?} (plan {})\nrun         {}\ncheckpoints {:?}",
                 sanitize_for_terminal(&lineage.experiment),
                 lineage.experiment_version,
@@ -127,15 +130,15 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
                 p.hash,
                 lineage.run,
                 lineage.checkpoints
-            );
+            )?;
             if !lineage.same_plan.is_empty() {
-                println!("same plan   {}", lineage.same_plan.join(", "));
+                outln!("same plan   {}", lineage.same_plan.join(", "))?;
             }
             for (label, step) in &lineage.evals {
-                println!("eval        {label} at step {step}");
+                outln!("eval        {label} at step {step}")?;
             }
             for chat in &lineage.chats {
-                println!("chat        {chat}");
+                outln!("chat        {chat}")?;
             }
             Ok(0)
         }
@@ -145,7 +148,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
 fn report_problems(store: &Store) -> Result<()> {
     for r in store.runs()? {
         if let Some(p) = r.problem {
-            eprintln!("run {}: {}", r.id, sanitize_for_terminal(&p));
+            errln!("run {}: {}", r.id, sanitize_for_terminal(&p));
         }
     }
     Ok(())

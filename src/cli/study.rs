@@ -53,6 +53,19 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                     list.join("\n")
                 );
             }
+            // Likewise a plan that cannot resolve: say so for every cell before queueing any.
+            let unresolved = study.unresolved_plans(data_dir);
+            if !unresolved.is_empty() {
+                let list: Vec<String> = unresolved
+                    .iter()
+                    .map(|(cell, why)| format!("  cell {cell}: {why}"))
+                    .collect();
+                anyhow::bail!(
+                    "{}: plans that do not resolve against their base model:\n{}",
+                    file.display(),
+                    list.join("\n")
+                );
+            }
             let dir = study.dir(data_dir);
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -95,7 +108,7 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 launched += 1;
             }
             let total = study.cells().len();
-            eprintln!(
+            errln!(
                 "study {}: {launched} cells queued, {} already had runs ({total} in all); `slayer runs ls` or the console shows them",
                 study.name,
                 total - launched
@@ -116,9 +129,7 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 }
                 if super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
                     pb.finish_and_clear();
-                    eprintln!(
-                        "stopped waiting; the cells keep running (`slayer study show` later)"
-                    );
+                    errln!("stopped waiting; the cells keep running (`slayer study show` later)");
                     return Ok(130);
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -166,10 +177,10 @@ fn show(study: &Study, data_dir: &Path, json: bool) -> Result<i32> {
     std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(&value)?)
         .with_context(|| format!("cannot write {}", dir.join("results.json").display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
-        print!("{md}");
-        eprintln!("(written to {})", dir.join("results.md").display());
+        out!("{md}")?;
+        errln!("(written to {})", dir.join("results.md").display());
     }
     Ok(0)
 }

@@ -54,15 +54,23 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-/// Prints a readable line per step to stderr while passing every event on.
+/// Prints a readable line per step to stderr while passing every event on, and remembers the
+/// last step reached (a failure is recorded at it).
 struct ConsoleSink<'a> {
     inner: &'a mut EventLog,
     every: u64,
     total: u64,
+    last_step: u64,
 }
 
 impl EventSink for ConsoleSink<'_> {
     fn emit(&mut self, kind: EventKind) -> crate::core::Result<()> {
+        match &kind {
+            EventKind::Step { step, .. } | EventKind::SkippedStep { step, .. } => {
+                self.last_step = *step;
+            }
+            _ => {}
+        }
         match &kind {
             EventKind::Step {
                 step,
@@ -73,16 +81,16 @@ impl EventSink for ConsoleSink<'_> {
                 clipped,
                 ..
             } if step % self.every.max(1) == 0 || *step == self.total => {
-                eprintln!(
+                errln!(
                     "step {step:>6}/{}  loss {loss:.4}  lr {lr:.2e}  grad {grad_norm:.3}{}  {tokens_per_sec:.0} tok/s",
                     self.total,
                     if *clipped { " (clipped)" } else { "" }
                 );
             }
-            EventKind::SkippedStep { step, reason } => eprintln!("step {step}: skipped: {reason}"),
-            EventKind::Checkpoint { step, path } => eprintln!("checkpoint at step {step}: {path}"),
-            EventKind::Eval(r) => eprintln!("{}", crate::runner::describe::eval_line(r)),
-            EventKind::Warning { message } => eprintln!("warning: {message}"),
+            EventKind::SkippedStep { step, reason } => errln!("step {step}: skipped: {reason}"),
+            EventKind::Checkpoint { step, path } => errln!("checkpoint at step {step}: {path}"),
+            EventKind::Eval(r) => errln!("{}", crate::runner::describe::eval_line(r)),
+            EventKind::Warning { message } => errln!("warning: {message}"),
             _ => {}
         }
         self.inner.emit(kind)
@@ -110,7 +118,7 @@ fn resolve(
     let base = open_source(&resolve_or_fetch(data_dir, &base_arg)?)?;
     let resolution = plan::resolve(&exp.plan, base.config().num_hidden_layers);
     for d in &resolution.diagnostics {
-        eprintln!(
+        errln!(
             "{}",
             sanitize_for_terminal(&d.render(&exp.path.display().to_string(), &exp.text))
         );
@@ -195,7 +203,6 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         // A session of its own: no controlling terminal, so no hang-up reaches it.
         let _ = nix::unistd::setsid();
     }
-    let device = device::open(device_choice)?;
     let (run_dir, exp, resume) = if let Some(id) = &args.resume {
         let run_dir = RunDir::open(data_dir, id)?;
         let exp = Experiment::load(&run_dir.experiment_path()).map_err(anyhow::Error::msg)?;
@@ -216,23 +223,25 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         .with_context(|| format!("cannot write {}", run_dir.experiment_path().display()))?;
         (run_dir, exp, false)
     };
-    let (base_arg, base, map) = resolve(&exp, args.model.as_deref(), data_dir)?;
-    std::fs::write(
-        run_dir.path.join("plan.json"),
-        serde_json::to_vec_pretty(&map)?,
-    )?;
     if args.detach {
-        crate::runner::queue::enqueue(&run_dir, device_arg(device_choice))?;
-        let started =
-            crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
-        println!("{}", run_dir.id);
-        if started.contains(&run_dir.id) {
-            eprintln!(
+        // The plan is checked here, where the user sees the answer, not in the worker.
+        let (_, _, map) = resolve(&exp, args.model.as_deref(), data_dir)?;
+        write_plan(&run_dir, &map)?;
+        let submitted = crate::runner::queue::submit(
+            data_dir,
+            &run_dir,
+            device_arg(device_choice),
+            &|r, d| spawn_worker(r, data_dir, d),
+        )?;
+        outln!("{}", run_dir.id)?;
+        if submitted == crate::runner::queue::Submitted::Started {
+            errln!(
                 "run {} started in the background; follow it with: slayer runs tail {} --follow",
-                run_dir.id, run_dir.id
+                run_dir.id,
+                run_dir.id
             );
         } else {
-            eprintln!(
+            errln!(
                 "run {} is queued: it starts when a {} slot frees up",
                 run_dir.id,
                 device_arg(device_choice)
@@ -250,84 +259,155 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
     }
     run_dir.claim_worker()?;
     let mut log = EventLog::open(&run_dir.events_path())?;
-    let earlier: Vec<EvalRecord> = if resume {
-        run_dir
-            .read_events()?
-            .into_iter()
-            .filter_map(|e| {
-                if let EventKind::Eval(r) = e.kind {
-                    Some(r)
-                } else {
-                    None
-                }
-            })
-            .collect()
-    } else {
-        Vec::new()
+    // Where the run stands before this worker trains: a failure is recorded at the step reached.
+    let reached = crate::runner::joined_steps(&run_dir.read_events()?)
+        .last()
+        .map_or(0, |e| match e.kind {
+            EventKind::Step { step, .. } => step,
+            _ => 0,
+        });
+    let mut sink = ConsoleSink {
+        inner: &mut log,
+        every: args.print_every,
+        total: 0,
+        last_step: reached,
     };
-    let resumed_from = if resume {
-        train::list_checkpoints(&run_dir.path.join("checkpoints"))?
-            .last()
-            .map(|(s, _)| *s)
+    let result = train_claimed(
+        args,
+        data_dir,
+        device_choice,
+        &run_dir,
+        &exp,
+        resume,
+        &mut sink,
+    );
+    if let Err(e) = &result {
+        // Whatever stopped this worker is said in the run's own log, at the step it reached, so
+        // the run shows why it ended (a worker's stderr is only in the run's `log` file).
+        let interrupted = e.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<crate::core::Error>(),
+                Some(crate::core::Error::Interrupted)
+            )
+        });
+        let _ = sink.inner.emit(EventKind::End {
+            status: if interrupted {
+                RunStatus::Stopped
+            } else {
+                RunStatus::Failed
+            },
+            step: sink.last_step,
+            message: format!("{e:#}"),
+        });
+        let _ = sink.inner.sync();
+    }
+    if args.worker {
+        // Hand the slot to the next queued run, whatever the outcome of this one (its end is
+        // recorded first).
+        let _ = crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d));
+    }
+    let summary = result.with_context(|| format!("run {} failed", run_dir.id))?;
+    outln!("{}", run::summary_table(&summary.evals))?;
+    match summary.status {
+        RunStatus::Stopped => errln!(
+            "stopped; continue with: slayer train --resume {}",
+            run_dir.id
+        ),
+        _ => errln!("run {} finished: {}", run_dir.id, run_dir.path.display()),
+    }
+    Ok(0)
+}
+
+fn write_plan(run_dir: &RunDir, map: &LayerMap) -> Result<()> {
+    let path = run_dir.path.join("plan.json");
+    crate::core::checkpoint::hf::write_synced(&path, &serde_json::to_vec_pretty(map)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The run, once this process is its recorded worker: everything from opening the device to the
+/// end of training, reported through `sink`.
+fn train_claimed(
+    args: &TrainArgs,
+    data_dir: &Path,
+    device_choice: DeviceChoice,
+    run_dir: &RunDir,
+    exp: &Experiment,
+    resume: bool,
+    sink: &mut ConsoleSink<'_>,
+) -> Result<run::Summary> {
+    let device = device::open(device_choice)?;
+    let (base_arg, base, map) = resolve(exp, args.model.as_deref(), data_dir)?;
+    write_plan(run_dir, &map)?;
+    let resume = if resume {
+        let point = train::newest_intact_checkpoint(&run_dir.path.join("checkpoints"))?;
+        Some((point, earlier_evals(run_dir)?))
     } else {
         None
     };
     let trainable = map.layers.iter().filter(|l| l.trainable).count() as u64
         * base.config().block_params() as u64;
-    log.emit(EventKind::RunStart {
+    sink.total = exp.train.steps;
+    sink.emit(EventKind::RunStart {
         run: run_dir.id.clone(),
         experiment: exp.text.clone(),
         plan: serde_json::to_value(&map)?,
         config: serde_json::json!({ "base_model": base_arg, "train": exp.train, "device": format!("{device:?}") }),
         trainable_params: trainable,
         total_steps: exp.train.steps,
-        resumed_from,
+        resumed_from: resume
+            .as_ref()
+            .and_then(|(p, _)| p.checkpoint.as_ref().map(|c| c.0)),
         environment: serde_json::json!({ "slayer": env!("CARGO_PKG_VERSION"), "threads": std::thread::available_parallelism().map_or(0, std::num::NonZero::get) }),
     })?;
-    eprintln!("run {} in {}", run_dir.id, run_dir.path.display());
-    let paths = RunPaths::new(&run_dir.path, Some(data_dir.join("cache/tokens")));
-    let mut sink = ConsoleSink {
-        inner: &mut log,
-        every: args.print_every,
-        total: exp.train.steps,
+    let resume = match resume {
+        Some((point, earlier_evals)) => {
+            for message in &point.damaged {
+                sink.emit(EventKind::Warning {
+                    message: format!("{message}; resuming from the newest intact checkpoint"),
+                })?;
+            }
+            if point.checkpoint.is_none() && !point.damaged.is_empty() {
+                sink.emit(EventKind::Warning {
+                    message: "no intact checkpoint is left: training starts again from step 0"
+                        .into(),
+                })?;
+            }
+            sink.last_step = point.checkpoint.as_ref().map_or(0, |c| c.0);
+            Some(run::Resume {
+                checkpoint: point.checkpoint.map(|c| c.1),
+                earlier_evals,
+            })
+        }
+        None => None,
     };
-    let result = run::execute(
-        &exp,
+    errln!("run {} in {}", run_dir.id, run_dir.path.display());
+    let paths = RunPaths::new(&run_dir.path, Some(data_dir.join("cache/tokens")));
+    Ok(run::execute(
+        exp,
         base.as_ref(),
         &map,
         &paths,
         &device,
-        &mut sink,
+        sink,
         &INTERRUPTED,
         resume,
-        earlier,
-        &mut |m| eprintln!("{m}"),
-    );
-    if args.worker {
-        // Hand the slot to the next queued run, whatever the outcome of this one.
-        let _ = crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d));
-    }
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = log.emit(EventKind::End {
-                status: RunStatus::Failed,
-                step: 0,
-                message: e.to_string(),
-            });
-            let _ = log.sync();
-            return Err(e).with_context(|| format!("run {} failed", run_dir.id));
-        }
-    };
-    println!("{}", run::summary_table(&summary.evals));
-    match summary.status {
-        RunStatus::Stopped => eprintln!(
-            "stopped; continue with: slayer train --resume {}",
-            run_dir.id
-        ),
-        _ => eprintln!("run {} finished: {}", run_dir.id, run_dir.path.display()),
-    }
-    Ok(0)
+        &mut |m| errln!("{m}"),
+    )?)
+}
+
+/// The evaluations a run recorded before it is resumed.
+fn earlier_evals(run_dir: &RunDir) -> Result<Vec<EvalRecord>> {
+    Ok(run_dir
+        .read_events()?
+        .into_iter()
+        .filter_map(|e| {
+            if let EventKind::Eval(r) = e.kind {
+                Some(r)
+            } else {
+                None
+            }
+        })
+        .collect())
 }
 
 /// The experiment text with its relative data paths made absolute (for the run's copy).
@@ -390,6 +470,9 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
         DType::F32,
         &candle_core::Device::Cpu,
     )?;
+    for w in &loaded.warnings {
+        errln!("warning: {w}");
+    }
     let model = loaded.model;
     let opts = SaveOptions {
         dtype: args.dtype.unwrap_or_else(|| base.stored_dtype()),
@@ -409,7 +492,7 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
         &args.out.join(crate::runner::transcript::LINEAGE_FILE),
         &serde_json::json!({ "run": run_dir.id, "step": step, "experiment": exp.name }),
     )?;
-    eprintln!(
+    errln!(
         "exported run {} at step {step} to {}",
         run_dir.id,
         args.out.display()

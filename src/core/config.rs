@@ -99,7 +99,7 @@ fn default_max_positions() -> usize {
 
 /// Sanity bounds: a config outside them is corrupt, and accepting it would mean huge allocations.
 const MAX_DIM: usize = 1 << 20;
-const MAX_LAYERS: usize = 4096;
+pub const MAX_LAYERS: usize = 4096;
 
 impl LlamaConfig {
     /// Parses and validates `config.json` text. `path` is used in messages only.
@@ -123,6 +123,24 @@ impl LlamaConfig {
         }
         let raw: RawConfig = serde_json::from_value(value.clone())
             .map_err(|e| Error::format(path, format!("config: {e}")))?;
+        // A Llama `model_type` beside another architecture's class is a contradiction (an edited
+        // or mislabelled config): loading it as Llama would compute something else.
+        if let Some(archs) = &raw.architectures
+            && !archs.is_empty()
+            && !archs.iter().any(|a| a == "LlamaForCausalLM")
+        {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "`architectures` is {archs:?} but slayer loads LlamaForCausalLM only{}",
+                    if raw.model_type.is_some() {
+                        " (`model_type` says llama: the config contradicts itself)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if raw.model_type.is_none()
             && !raw
                 .architectures
@@ -174,7 +192,7 @@ impl LlamaConfig {
 
     /// Reads `config.json` from a file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::core::corpus::read_settings(path, "config")?;
         Self::from_json_str(&text, path)
     }
 

@@ -95,7 +95,7 @@ pub fn tokenize_documents(
     }
     let ids = docs
         .iter()
-        .map(|d| tokenizer.encode(d, false))
+        .map(|d| tokenizer.encode_long(d, usize::MAX))
         .collect::<Result<Vec<_>>>()?;
     if let (Some(f), Some(dir)) = (&cache_file, cache_dir) {
         // A cache write failure only costs time next run.

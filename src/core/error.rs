@@ -5,12 +5,12 @@ use std::path::PathBuf;
 /// Errors raised by the core library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS error is part of the message and is not
+    /// also given as the error's source: a report that prints the chain would say it twice.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file exists but its content is malformed.
     #[error("{path}: {message}")]
@@ -49,7 +49,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

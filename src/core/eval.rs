@@ -7,7 +7,7 @@
 //! with the context tokenised alone. `acc` takes the choice of largest summed log-likelihood,
 //! `acc_norm` of largest log-likelihood per character of the choice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -34,14 +34,66 @@ pub struct McItem {
     pub id: Option<String>,
 }
 
-/// Reads a task file: one JSON item per line (blank lines allowed). Errors name `file:line`.
-pub fn read_task(path: &Path) -> Result<Vec<McItem>> {
-    let text = crate::core::corpus::read_text(path)?;
-    parse_task(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))
+/// A multiple-choice set to evaluate: its name in reports, and where each item came from, so a
+/// failure while scoring an item names its file and line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSet {
+    pub name: String,
+    /// The task file, when the items were read from one.
+    pub source: Option<PathBuf>,
+    /// (1-based line in `source`, item).
+    pub items: Vec<(usize, McItem)>,
 }
 
-/// Parses task JSONL text; errors carry the 1-based line.
-pub fn parse_task(text: &str) -> std::result::Result<Vec<McItem>, (usize, String)> {
+impl TaskSet {
+    /// A generated set (no file behind it): items are numbered from 1.
+    #[must_use]
+    pub fn generated(name: &str, items: &[McItem]) -> Self {
+        Self {
+            name: name.to_string(),
+            source: None,
+            items: items
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, m)| (i + 1, m))
+                .collect(),
+        }
+    }
+
+    /// `e`, raised while scoring the item at `line`, with the place it came from.
+    fn locate(&self, line: usize, e: &Error) -> Error {
+        match &self.source {
+            Some(path) => Error::format(path, format!("line {line}: {e}")),
+            None => Error::Invalid(format!("task `{}` item {line}: {e}", self.name)),
+        }
+    }
+}
+
+/// Reads a task file: one JSON item per line (blank lines allowed). Errors name `file:line`.
+pub fn read_task(path: &Path, name: &str) -> Result<TaskSet> {
+    // Task sets can be large (a whole benchmark): no settings-file limit.
+    let text = crate::core::corpus::read_text_file(path, "task file", None)?;
+    let items = parse_task(&text)
+        .map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
+    Ok(TaskSet {
+        name: name.to_string(),
+        source: Some(path.to_path_buf()),
+        items,
+    })
+}
+
+/// Scores every item of `set`; an item that cannot be scored (longer than the model's context,
+/// say) is an error naming its file and line.
+pub fn score_set(model: &Llama, tokenizer: &Tokenizer, set: &TaskSet) -> Result<Vec<ItemScore>> {
+    set.items
+        .iter()
+        .map(|(line, item)| score_item(model, tokenizer, item).map_err(|e| set.locate(*line, &e)))
+        .collect()
+}
+
+/// Parses task JSONL text into (1-based line, item); errors carry the 1-based line.
+pub fn parse_task(text: &str) -> std::result::Result<Vec<(usize, McItem)>, (usize, String)> {
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -64,7 +116,7 @@ pub fn parse_task(text: &str) -> std::result::Result<Vec<McItem>, (usize, String
                 ),
             ));
         }
-        items.push(item);
+        items.push((i + 1, item));
     }
     if items.is_empty() {
         return Err((1, "no items".into()));
@@ -109,6 +161,17 @@ pub struct McResult {
 
 fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec2()?)
+}
+
+/// The log-probability of `token` in a row of the model's output; a token beyond the row (a
+/// tokenizer larger than the model, which loading refuses) is an error, not a panic.
+fn logprob(row: &[f32], token: u32) -> Result<f32> {
+    row.get(token as usize).copied().ok_or_else(|| {
+        Error::Invalid(format!(
+            "token id {token} is outside the model's vocabulary of {}",
+            row.len()
+        ))
+    })
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -176,7 +239,7 @@ pub fn score_item(model: &Llama, tokenizer: &Tokenizer, item: &McItem) -> Result
         let mut ll = 0.0;
         let mut is_greedy = true;
         for (row, &tok) in rows.iter().zip(cont) {
-            ll += f64::from(row[tok as usize]);
+            ll += f64::from(logprob(row, tok)?);
             is_greedy &= argmax(row) == tok as usize;
         }
         lls.push(ll);
@@ -243,7 +306,7 @@ pub fn perplexity(
     text: &str,
     max_len: usize,
 ) -> Result<PplResult> {
-    let ids = tokenizer.encode(text, false)?;
+    let ids = tokenizer.encode_long(text, usize::MAX)?;
     perplexity_ids(model, tokenizer, &ids, text.len(), max_len)
 }
 
@@ -270,7 +333,7 @@ pub fn perplexity_ids(
         let input = Tensor::new(&seq[pos..end], model.device())?.unsqueeze(0)?;
         let rows = log_softmax_rows(&model.forward(&input)?.squeeze(0)?)?;
         for (row, &tok) in rows.iter().zip(&seq[pos + 1..=end]) {
-            nll -= f64::from(row[tok as usize]);
+            nll -= f64::from(logprob(row, tok)?);
         }
         pos = end;
     }

@@ -106,6 +106,33 @@ impl Before {
     }
 }
 
+impl EvalConfig {
+    /// Refuses settings that cannot evaluate anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window == 0 {
+            return Err("eval.window must be at least 1 token".into());
+        }
+        if self.max_tokens == 0 {
+            return Err("eval.max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl DataConfig {
+    /// Refuses a generated corpus too large to hold (see [`crate::core::synth::MAX_ENTITIES`]).
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.synth {
+            Some(s) if s.entities > crate::core::synth::MAX_ENTITIES => Err(format!(
+                "data.synth.entities = {} exceeds the limit of {}",
+                s.entities,
+                crate::core::synth::MAX_ENTITIES
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for EvalConfig {
     fn default() -> Self {
         Self {
@@ -163,7 +190,12 @@ impl Experiment {
             message: e.message().trim().to_string(),
             span: e.span(),
         })?;
-        if let Err(message) = file.train.validate() {
+        if let Err(message) = file
+            .train
+            .validate()
+            .and_then(|()| file.eval.validate())
+            .and_then(|()| file.data.validate())
+        {
             return Err(Diagnostic {
                 severity: plan::Severity::Error,
                 message,
@@ -209,7 +241,8 @@ impl Experiment {
 
     /// Reads and parses an experiment file.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = crate::core::corpus::read_text(path).map_err(|e| e.to_string())?;
-        Self::parse(path, &text).map_err(|d| d.render(&path.display().to_string(), &text))
+        let text =
+            crate::core::corpus::read_settings(path, "experiment").map_err(|e| e.to_string())?;
+        Self::parse(path, &text).map_err(|d| d.locate(&path.display().to_string(), &text))
     }
 }

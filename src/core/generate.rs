@@ -42,20 +42,32 @@ pub struct Sampler {
     rng: StdRng,
 }
 
-impl Sampler {
-    pub fn new(params: SamplingParams) -> Result<Self> {
-        if !(params.temperature.is_finite() && params.temperature >= 0.0) {
+impl SamplingParams {
+    /// Refuses settings that cannot sample (checked before a model is loaded, so a typo costs
+    /// nothing).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return Err(Error::Invalid(format!(
                 "temperature {} must be >= 0",
-                params.temperature
+                self.temperature
             )));
         }
-        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::Invalid(format!(
                 "top-p {} must be in (0, 1]",
-                params.top_p
+                self.top_p
             )));
         }
+        if self.max_tokens == 0 {
+            return Err(Error::Invalid("max tokens must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
         let rng = StdRng::seed_from_u64(params.seed);
         Ok(Self { params, rng })
     }

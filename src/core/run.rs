@@ -48,7 +48,7 @@ impl RunPaths {
 pub struct EvalSuite {
     /// (name, token ids, byte length of the scored text).
     pub ppl: Vec<(String, Vec<u32>, usize)>,
-    pub tasks: Vec<(String, Vec<McItem>)>,
+    pub tasks: Vec<eval::TaskSet>,
     pub window: usize,
 }
 
@@ -61,8 +61,7 @@ impl EvalSuite {
         tokenizer: &Tokenizer,
         max_tokens: usize,
     ) -> Result<()> {
-        let mut ids = tokenizer.encode(text, false)?;
-        ids.truncate(max_tokens);
+        let ids = tokenizer.encode_long(text, max_tokens)?;
         let bytes = tokenizer.decode(&ids, false)?.len();
         if !ids.is_empty() {
             self.ppl.push((name.to_string(), ids, bytes));
@@ -89,14 +88,11 @@ impl EvalSuite {
             });
         }
         let mut tasks = Vec::new();
-        for (name, items) in &self.tasks {
-            let scores = items
-                .iter()
-                .map(|i| eval::score_item(model, tokenizer, i))
-                .collect::<Result<Vec<_>>>()?;
+        for set in &self.tasks {
+            let scores = eval::score_set(model, tokenizer, set)?;
             let r = eval::summarize(&scores);
             tasks.push(TaskRecord {
-                name: name.clone(),
+                name: set.name.clone(),
                 items: r.items,
                 acc: r.acc,
                 acc_norm: r.acc_norm,
@@ -135,8 +131,12 @@ pub fn prepare(
         let facts = synth::generate(s.entities, s.seed);
         write_synth(&facts, &paths.data)?;
         docs.extend(facts.train.iter().cloned());
-        suite.tasks.push(("facts".into(), facts.probe.clone()));
-        suite.tasks.push(("control".into(), facts.control.clone()));
+        suite
+            .tasks
+            .push(eval::TaskSet::generated("facts", &facts.probe));
+        suite
+            .tasks
+            .push(eval::TaskSet::generated("control", &facts.control));
         suite.add_text("general", &facts.general, tokenizer, exp.eval.max_tokens)?;
     }
     for path in &exp.data.train {
@@ -162,7 +162,7 @@ pub fn prepare(
         suite.add_text(&file_label(path), &text, tokenizer, exp.eval.max_tokens)?;
     }
     for path in &exp.eval.tasks {
-        suite.tasks.push((file_label(path), eval::read_task(path)?));
+        suite.tasks.push(eval::read_task(path, &file_label(path))?);
     }
     let separator = tokenizer.eos_ids().first().copied().unwrap_or(0);
     let seqs = pack(&train_docs, separator, exp.train.seq_len + 1);
@@ -219,8 +219,16 @@ pub struct Summary {
     pub evals: Vec<EvalRecord>,
 }
 
-/// Runs an experiment end to end (or resumes it from its newest checkpoint when `resume`).
-/// `earlier_evals` are evaluations a resumed run already recorded.
+/// Where a resumed run continues: the checkpoint the caller chose (see
+/// [`train::newest_intact_checkpoint`]; `None` when the run died before its first one) and the
+/// evaluations it already recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    pub checkpoint: Option<PathBuf>,
+    pub earlier_evals: Vec<EvalRecord>,
+}
+
+/// Runs an experiment end to end, or continues it (`resume`).
 #[expect(
     clippy::too_many_arguments,
     reason = "the run's inputs; grouping them adds a type for one caller"
@@ -233,8 +241,7 @@ pub fn execute(
     device: &Device,
     sink: &mut dyn EventSink,
     cancel: &AtomicBool,
-    resume: bool,
-    earlier_evals: Vec<EvalRecord>,
+    resume: Option<Resume>,
     status: &mut dyn FnMut(&str),
 ) -> Result<Summary> {
     let tokenizer = base.tokenizer().ok_or_else(|| {
@@ -262,7 +269,13 @@ pub fn execute(
             base_model.max_positions() - 1
         )));
     }
-    let mut evals = earlier_evals;
+    let (checkpoint, mut evals) = match resume {
+        Some(r) => {
+            train::remove_partial_checkpoints(&paths.checkpoints);
+            (r.checkpoint, r.earlier_evals)
+        }
+        None => (None, Vec::new()),
+    };
     let run_eval = |model: &Llama,
                     label: &str,
                     step: u64,
@@ -293,12 +306,9 @@ pub fn execute(
         run_eval(&model, "expanded", 0, sink, &mut evals, status)?;
     }
     let mut trainer = Trainer::new(&model, exp.train.clone(), &paths.checkpoints)?;
-    if resume {
-        train::remove_partial_checkpoints(&paths.checkpoints);
-    }
-    if resume && let Some((_, latest)) = train::list_checkpoints(&paths.checkpoints)?.pop() {
-        status(&format!("resuming from {}", latest.display()));
-        trainer.resume_from(&latest)?;
+    if let Some(checkpoint) = &checkpoint {
+        status(&format!("resuming from {}", checkpoint.display()));
+        trainer.resume_from(checkpoint)?;
     }
     status("training");
     let mut evaluate = |m: &Llama, step: u64, sink: &mut dyn EventSink| -> Result<()> {

@@ -134,6 +134,10 @@ fn unique_words(
     out
 }
 
+/// The most entities generated: each costs a few kilobytes of text, and a corpus this size is
+/// far beyond what the probe needs.
+pub const MAX_ENTITIES: usize = 100_000;
+
 /// Generates `entities` entities (split evenly over people, cities and organisations) from `seed`.
 #[must_use]
 pub fn generate(entities: usize, seed: u64) -> SynthFacts {

@@ -1,13 +1,22 @@
 //! Text that came from outside (model output, file names, metadata) made safe for a terminal.
 
-/// Removes control characters and escape-sequence introducers, keeping newlines and tabs.
+/// Removes control characters (C0, DEL, C1: every escape-sequence introducer) and the
+/// bidirectional overrides that make a terminal show text in another order than it is, keeping
+/// newlines and tabs. Borrows when there is nothing to remove (the common case).
 #[must_use]
-pub fn sanitize_for_terminal(s: &str) -> String {
-    s.chars()
-        .filter(|&c| {
-            c == '\n' || c == '\t' || !(c.is_control() || ('\u{80}'..='\u{9f}').contains(&c))
-        })
-        .collect()
+pub fn sanitize_for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c != '\n'
+            && c != '\t'
+            && (c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c))
+    };
+    if s.chars().any(unsafe_char) {
+        std::borrow::Cow::Owned(s.chars().filter(|&c| !unsafe_char(c)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -66,9 +75,13 @@ mod tests {
     #[test]
     fn escapes_and_controls_are_removed() {
         assert_eq!(
-            sanitize_for_terminal("a\x1b[31mb\x07c\u{9b}d\ne\tf\r"),
-            "a[31mbcd\ne\tf"
+            sanitize_for_terminal("a\x1b[31mb\x07c\u{9b}d\ne\tf\r\u{7f}\u{202e}g\u{2066}"),
+            "a[31mbcd\ne\tfg"
         );
+        assert!(matches!(
+            sanitize_for_terminal("plain text"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

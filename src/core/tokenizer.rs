@@ -50,6 +50,40 @@ fn pre_tokenizer(pre: &str, path: &Path) -> Result<PreTokenizerWrapper> {
     }
 }
 
+/// Refuses a tokenizer that can produce an id the model has no embedding row for (its vocabulary
+/// is larger than the config's `vocab_size`): every such token would fail deep inside the model.
+fn check_ids_fit(
+    tokenizer: &tokenizers::Tokenizer,
+    config: &LlamaConfig,
+    tokenizer_path: &Path,
+    config_path: &Path,
+) -> Result<()> {
+    let Some((token, id)) = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .max_by_key(|(_, id)| *id)
+    else {
+        return Ok(());
+    };
+    if (id as usize) < config.vocab_size {
+        return Ok(());
+    }
+    let config_path = if config_path == tokenizer_path {
+        "its metadata".to_string()
+    } else {
+        config_path.display().to_string()
+    };
+    Err(Error::format(
+        tokenizer_path,
+        format!(
+            "the tokenizer has token id {id} (`{token}`), but the model's vocabulary ends at {} \
+             (`vocab_size` = {} in {config_path}): the tokenizer does not belong to this model",
+            config.vocab_size - 1,
+            config.vocab_size
+        ),
+    ))
+}
+
 /// A tokenizer with its special tokens and chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -95,8 +129,7 @@ impl Tokenizer {
             .map_err(|e| Error::format(&path, format!("invalid tokenizer: {e}")))?;
         let config_path = dir.join("tokenizer_config.json");
         let tokenizer_config = if config_path.is_file() {
-            let text =
-                std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let text = crate::core::corpus::read_settings(&config_path, "tokenizer config")?;
             serde_json::from_str(&text)
                 .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?
         } else {
@@ -113,11 +146,11 @@ impl Tokenizer {
         };
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.is_file() {
-            chat_template =
-                Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?);
+            chat_template = Some(crate::core::corpus::read_settings(&jinja, "chat template")?);
         }
         let bos_token = token_string(tokenizer_config.get("bos_token"));
         let eos_token = token_string(tokenizer_config.get("eos_token"));
+        check_ids_fit(&inner, config, &path, &dir.join("config.json"))?;
         Ok(Some(Self::assemble(
             inner,
             bos_token,
@@ -164,18 +197,44 @@ impl Tokenizer {
         }
         let pre = get("pre").and_then(GgufValue::as_str).unwrap_or("default");
         let strings = |k: &str| -> Result<Vec<&str>> {
-            get(k)
+            Ok(get(k)
                 .and_then(GgufValue::as_array)
                 .ok_or_else(|| Error::format(path, format!("no `tokenizer.ggml.{k}` array")))?
+                .as_strings()
+                .ok_or_else(|| {
+                    Error::format(
+                        path,
+                        format!("`tokenizer.ggml.{k}` is not an array of strings"),
+                    )
+                })?
                 .iter()
-                .map(|v| {
-                    v.as_str().ok_or_else(|| {
-                        Error::format(path, format!("`tokenizer.ggml.{k}` holds a non-string"))
-                    })
-                })
-                .collect()
+                .collect())
         };
         let tokens = strings("tokens")?;
+        // Bounds before the vocabulary is built (it costs ~100 bytes a token): the tokens fit the
+        // model's embedding, and each merge makes one token, so there are fewer merges than tokens.
+        if tokens.len() > config.vocab_size {
+            return Err(Error::format(
+                path,
+                format!(
+                    "`tokenizer.ggml.tokens` has {} tokens, more than the model's vocabulary of {}",
+                    tokens.len(),
+                    config.vocab_size
+                ),
+            ));
+        }
+        let merge_count = get("merges")
+            .and_then(GgufValue::as_array)
+            .map_or(0, super::checkpoint::gguf::GgufArray::len);
+        if merge_count > tokens.len() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "`tokenizer.ggml.merges` has {merge_count} merges for {} tokens: a BPE vocabulary has fewer merges than tokens",
+                    tokens.len()
+                ),
+            ));
+        }
         let merges: Vec<(String, String)> = strings("merges")?
             .iter()
             .map(|m| {
@@ -198,7 +257,7 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let types: Vec<u64> = get("token_type")
             .and_then(GgufValue::as_array)
-            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .map(|a| (0..a.len()).map(|i| a.u64_at(i).unwrap_or(1)).collect())
             .unwrap_or_default();
         let (mut special, mut user) = (Vec::new(), Vec::new());
         for (i, ty) in types.iter().enumerate() {
@@ -238,6 +297,7 @@ impl Tokenizer {
             .get("tokenizer.chat_template")
             .and_then(GgufValue::as_str)
             .map(str::to_string);
+        check_ids_fit(&inner, config, path, path)?;
         let tokenizer_config = serde_json::json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": bos_token,
@@ -279,6 +339,25 @@ impl Tokenizer {
             .encode(text, add_special_tokens)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Token ids of a long text (a corpus), at most `max_tokens` of them, encoded a piece of at
+    /// most [`ENCODE_PIECE_BYTES`] at a time. The tokenizers crate keeps ~100–400 bytes per token
+    /// while it encodes (the token strings, offsets and masks beside the ids), so a 9 MB text
+    /// encoded in one call peaked near 1 GB; by pieces, memory is the ids plus one piece.
+    /// Pieces end after a newline that a non-space follows, or else before a space between a
+    /// word and a word, where pre-tokenizers split anyway; a text of one piece is encoded
+    /// exactly as [`Self::encode`] does.
+    pub fn encode_long(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() && ids.len() < max_tokens {
+            let end = piece_end(rest, ENCODE_PIECE_BYTES);
+            ids.extend(self.encode(&rest[..end], false)?);
+            rest = &rest[end..];
+        }
+        ids.truncate(max_tokens);
+        Ok(ids)
     }
 
     /// Text of `ids`.
@@ -337,6 +416,45 @@ impl Tokenizer {
     }
 }
 
+/// The longest text [`Tokenizer::encode_long`] encodes in one call.
+pub const ENCODE_PIECE_BYTES: usize = 1 << 20;
+
+/// Where the first piece of `text` (at most `max` bytes) ends; see [`Tokenizer::encode_long`].
+fn piece_end(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    let mut limit = max;
+    while !text.is_char_boundary(limit) {
+        limit -= 1;
+    }
+    let window = &text[..limit];
+    let floor = limit / 2;
+    let next_char = |i: usize| text[i..].chars().next();
+    let after_newline = window
+        .rmatch_indices('\n')
+        .map(|(i, _)| i + 1)
+        .take_while(|&i| i > floor)
+        .find(|&i| next_char(i).is_some_and(|c| !c.is_whitespace()));
+    if let Some(end) = after_newline {
+        return end;
+    }
+    let between_words = window
+        .rmatch_indices(' ')
+        .map(|(i, _)| i)
+        .take_while(|&i| i > floor)
+        .find(|&i| {
+            window[..i]
+                .chars()
+                .next_back()
+                .is_some_and(char::is_alphanumeric)
+                && next_char(i + 1).is_some_and(char::is_alphabetic)
+        });
+    // A text with neither (a megabyte without spaces) is cut at a character: tokens may differ
+    // there, once a megabyte.
+    between_words.unwrap_or(limit)
+}
+
 /// Turns a growing list of token ids into text deltas, holding back incomplete UTF-8.
 #[derive(Debug, Default)]
 pub struct TextStream {
@@ -374,5 +492,27 @@ impl TextStream {
             (now.len() > before.len() && now.is_char_boundary(before.len()))
                 .then(|| now[before.len()..].to_string()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::piece_end;
+
+    #[test]
+    fn pieces_end_where_pre_tokenizers_split() {
+        // After a newline that a word follows.
+        let text = format!("{}\nword and more", "a".repeat(90));
+        assert_eq!(piece_end(&text, 100), 91);
+        // A newline followed by space is passed over for a space between two words.
+        let text = format!("{} then\n x{}", "b".repeat(80), "c".repeat(50));
+        assert_eq!(&text[piece_end(&text, 95)..][..5], " then");
+        // Within the limit: the whole text.
+        assert_eq!(piece_end("short", 100), 5);
+        // Nowhere to split: at the limit, on a character boundary.
+        let text = "é".repeat(100);
+        let end = piece_end(&text, 51);
+        assert_eq!(end, 50);
+        assert!(text.is_char_boundary(end));
     }
 }

@@ -102,6 +102,13 @@ impl Default for TrainConfig {
     }
 }
 
+/// Largest batch size and gradient accumulation accepted.
+const MAX_BATCH: usize = 1 << 16;
+/// Longest sequence accepted (longer than any model slayer loads can attend over).
+const MAX_SEQ_LEN: usize = 1 << 20;
+/// Most tokens in one micro-batch.
+const MAX_STEP_TOKENS: usize = 1 << 26;
+
 impl TrainConfig {
     /// Checks ranges; messages name the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -115,6 +122,23 @@ impl TrainConfig {
             if v < 1.0 {
                 return Err(format!("train.{name} must be at least 1"));
             }
+        }
+        // Upper bounds before anything is sized from them: a typo of a few digits must be an
+        // error, not an allocation of terabytes.
+        for (name, v, max) in [
+            ("batch_size", self.batch_size, MAX_BATCH),
+            ("grad_accum", self.grad_accum, MAX_BATCH),
+            ("seq_len", self.seq_len, MAX_SEQ_LEN),
+        ] {
+            if v > max {
+                return Err(format!("train.{name} = {v} exceeds the limit of {max}"));
+            }
+        }
+        if self.batch_size * (self.seq_len + 1) > MAX_STEP_TOKENS {
+            return Err(format!(
+                "train.batch_size × (seq_len + 1) = {} tokens in one micro-batch exceeds the limit of {MAX_STEP_TOKENS}",
+                self.batch_size * (self.seq_len + 1)
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("train.lr = {} must be positive", self.lr));
@@ -735,11 +759,56 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Reads a checkpoint through without loading it into a model: `state.json` parses, both
+/// safetensors files have valid headers covering their data, and every tensor is finite.
+pub fn verify_checkpoint(path: &Path) -> Result<CheckpointState> {
+    let state_path = path.join("state.json");
+    let text = crate::core::corpus::read_settings(&state_path, "checkpoint state")?;
+    let record: CheckpointState =
+        serde_json::from_str(&text).map_err(|e| Error::format(&state_path, e.to_string()))?;
+    for file in ["trainable.safetensors", "optimizer.safetensors"] {
+        let tensors = MappedSafetensors::open(&path.join(file))?;
+        for name in tensors.header().tensors.keys() {
+            let t = tensors.tensor(name, &candle_core::Device::Cpu)?;
+            crate::core::checkpoint::check_finite(&t, tensors.path(), name)?;
+        }
+    }
+    Ok(record)
+}
+
+/// The checkpoint a resumed run continues from, and what was wrong with newer ones.
+#[derive(Debug, Default)]
+pub struct ResumePoint {
+    /// The newest intact checkpoint (step, directory); `None` when there is none.
+    pub checkpoint: Option<(u64, PathBuf)>,
+    /// One message per damaged checkpoint newer than it (left in place, not used).
+    pub damaged: Vec<String>,
+}
+
+/// The newest checkpoint that passes [`verify_checkpoint`], newest first: a damaged newest
+/// checkpoint (a bad disk, a copy cut short) falls back to the one before instead of failing
+/// the resume, and is named in [`ResumePoint::damaged`].
+pub fn newest_intact_checkpoint(dir: &Path) -> Result<ResumePoint> {
+    let mut point = ResumePoint::default();
+    for (step, path) in list_checkpoints(dir)?.into_iter().rev() {
+        match verify_checkpoint(&path) {
+            Ok(_) => {
+                point.checkpoint = Some((step, path));
+                break;
+            }
+            Err(e) => point
+                .damaged
+                .push(format!("checkpoint step-{step} is damaged: {e}")),
+        }
+    }
+    Ok(point)
+}
+
 /// Loads a checkpoint's trainable weights into the optimizer's variables and its moments and
 /// state; returns the state to continue from.
 pub fn load_checkpoint(path: &Path, optimizer: &mut AdamW) -> Result<CheckpointState> {
     let state_path = path.join("state.json");
-    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let text = crate::core::corpus::read_settings(&state_path, "checkpoint state")?;
     let record: CheckpointState =
         serde_json::from_str(&text).map_err(|e| Error::format(&state_path, e.to_string()))?;
     let weights = MappedSafetensors::open(&path.join("trainable.safetensors"))?;

@@ -64,25 +64,34 @@ impl RunDir {
         bail!("cannot find a free run id under {}", runs.display())
     }
 
-    /// Opens a run by id (under `data_dir/runs`) or by path.
-    pub fn open(data_dir: &Path, id_or_path: &str) -> Result<Self> {
-        let as_path = PathBuf::from(id_or_path);
-        let path = if is_run_dir(&as_path) {
-            as_path
-        } else {
-            data_dir.join("runs").join(id_or_path)
+    /// Opens a run by its id. An id is a name under `<data>/runs/`, never a path: anything that
+    /// could reach outside that directory (a separator, `..`, a symbolic link) is refused, so
+    /// no command that takes a run id can read, write or remove anything else.
+    pub fn open(data_dir: &Path, id: &str) -> Result<Self> {
+        let runs = data_dir.join("runs");
+        check_run_id(id)?;
+        let path = runs.join(id);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("{id}: no such run (looked in {})", runs.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        if !is_run_dir(&path) {
+        if meta.file_type().is_symlink() {
             bail!(
-                "{id_or_path}: no such run (looked in {})",
-                data_dir.join("runs").display()
+                "{}: a symbolic link, not a run directory (runs are directories under {})",
+                path.display(),
+                runs.display()
             );
         }
-        let id = path.file_name().map_or_else(
-            || id_or_path.to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        Ok(Self { id, path })
+        if !meta.is_dir() || !is_run_dir(&path) {
+            bail!("{id}: no such run (looked in {})", runs.display());
+        }
+        Ok(Self {
+            id: id.to_string(),
+            path,
+        })
     }
 
     #[must_use]
@@ -95,22 +104,72 @@ impl RunDir {
         self.path.join("events.jsonl")
     }
 
-    /// Every complete event; a half-written last line is ignored (it is still being written).
+    /// Every complete event; a half-written last line is ignored (it is still being written)
+    /// and lines that are not events are skipped ([`read_event_log`] says which).
     pub fn read_events(&self) -> Result<Vec<Event>> {
         read_events(&self.events_path())
     }
+
+    /// The event log with the lines it skipped.
+    pub fn read_event_log(&self) -> Result<EventLogRead> {
+        read_event_log(&self.events_path())
+    }
+}
+
+/// An event log as read: its events, and the complete lines that were not events.
+#[derive(Debug, Default)]
+pub struct EventLogRead {
+    pub path: PathBuf,
+    pub events: Vec<Event>,
+    pub skipped: Vec<tail::BadLine>,
+}
+
+impl EventLogRead {
+    /// One warning naming the file and the first skipped line, when lines were skipped.
+    #[must_use]
+    pub fn warning(&self) -> Option<String> {
+        skipped_lines_warning(&self.path, &self.skipped)
+    }
+}
+
+/// "`path` line N: why; skipped (and K more lines)": one warning for a log's bad lines, shared
+/// by every reader (the CLI, the store, the console).
+#[must_use]
+pub fn skipped_lines_warning(path: &Path, skipped: &[tail::BadLine]) -> Option<String> {
+    let first = skipped.first()?;
+    let more = match skipped.len() {
+        1 => String::new(),
+        n => format!(" (and {} more bad lines)", n - 1),
+    };
+    Some(format!(
+        "{} line {}: {}; skipped{more}",
+        path.display(),
+        first.line,
+        first.message
+    ))
 }
 
 /// Reads the complete event lines of `path` (a missing file has none; a half-written last line
-/// is left for later); a line that is not an event is an error naming the file and line.
-pub fn read_events(path: &Path) -> Result<Vec<Event>> {
+/// is left for later). A line that is not an event — a torn write, a stray edit — is skipped and
+/// recorded: one bad line never hides the rest of a run.
+pub fn read_event_log(path: &Path) -> Result<EventLogRead> {
     let batch = tail::LogTail::new(path)
         .poll()
         .with_context(|| format!("cannot read {}", path.display()))?;
-    if let Some(bad) = batch.bad_lines.first() {
-        bail!("{} line {}: {}", path.display(), bad.line, bad.message);
+    let read = EventLogRead {
+        path: path.to_path_buf(),
+        events: batch.events,
+        skipped: batch.bad_lines,
+    };
+    if let Some(w) = read.warning() {
+        tracing::warn!("{w}");
     }
-    Ok(batch.events)
+    Ok(read)
+}
+
+/// The events of `path`, bad lines skipped (see [`read_event_log`]).
+pub fn read_events(path: &Path) -> Result<Vec<Event>> {
+    Ok(read_event_log(path)?.events)
 }
 
 /// Appends events to `events.jsonl`. Several processes may write one run's log (the worker, the
@@ -285,10 +344,7 @@ fn last_line(file: &mut File) -> std::io::Result<(u64, Option<u64>)> {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> crate::core::Error {
-    crate::core::Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
+    crate::core::Error::io(path, e)
 }
 
 impl EventSink for EventLog {
@@ -560,6 +616,30 @@ mod tests {
     }
 }
 
+/// Refuses a run id that is not a plain name: empty, `.`, `..`, a path separator, a NUL or
+/// another control character, or longer than a file name may be.
+pub fn check_run_id(id: &str) -> Result<()> {
+    let problem = if id.is_empty() {
+        Some("is empty")
+    } else if id == "." || id == ".." {
+        Some("names a directory, not a run")
+    } else if id.contains('/') || id.contains('\\') {
+        Some("is a path")
+    } else if id.chars().any(char::is_control) {
+        Some("holds control characters")
+    } else if id.len() > 255 {
+        Some("is longer than a file name can be")
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => bail!(
+            "`{id}` {why}: a run id is the name of a run under <data>/runs (see `slayer runs ls`)"
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Whether `path` looks like a run directory (a damaged one included: it is listed, with its
 /// problem, rather than hidden).
 fn is_run_dir(path: &Path) -> bool {
@@ -576,7 +656,9 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunDir> {
     };
     let mut out: Vec<RunDir> = entries
         .filter_map(std::result::Result::ok)
-        .filter(|e| is_run_dir(&e.path()))
+        // A symbolic link is not a run (`RunDir::open` refuses it too): whatever it points to
+        // is not ours to show or remove.
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && is_run_dir(&e.path()))
         .map(|e| RunDir {
             id: e.file_name().to_string_lossy().into_owned(),
             path: e.path(),
@@ -663,9 +745,18 @@ impl RunDir {
     /// Records this process as the run's worker.
     pub fn claim_worker(&self) -> Result<()> {
         let w = Worker::current().context("cannot read this process's start time from /proc")?;
+        self.record_worker(w)
+    }
+
+    /// Records `worker` as the run's worker, replacing `worker.pid` in one rename: a reader (the
+    /// queue counting busy slots) sees the old worker or the new one, never an empty file.
+    pub fn record_worker(&self, worker: Worker) -> Result<()> {
         let path = self.path.join("worker.pid");
-        std::fs::write(&path, format!("{} {}\n", w.pid, w.start_ticks))
-            .with_context(|| format!("cannot write {}", path.display()))
+        crate::core::checkpoint::hf::replace_file(
+            &path,
+            format!("{} {}\n", worker.pid, worker.start_ticks).as_bytes(),
+        )
+        .with_context(|| format!("cannot record the worker of run {}", self.id))
     }
 
     /// The recorded worker, if any.
@@ -677,6 +768,29 @@ impl RunDir {
             pid: parts.next()?.parse().ok()?,
             start_ticks: parts.next()?.parse().ok()?,
         })
+    }
+
+    /// Why a run whose worker wrote no event ended: the last line of its output (`log`).
+    fn silent_worker_problem(&self) -> String {
+        use std::io::{Read as _, Seek as _};
+        let path = self.path.join("log");
+        let last = std::fs::File::open(&path).ok().and_then(|mut f| {
+            // The end of the file is enough; a log may be large.
+            let len = f.metadata().ok()?.len();
+            f.seek(std::io::SeekFrom::Start(len.saturating_sub(4096)))
+                .ok()?;
+            let mut tail = Vec::new();
+            f.read_to_end(&mut tail).ok()?;
+            String::from_utf8_lossy(&tail)
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        });
+        match last {
+            Some(line) => format!("the worker wrote no event; its output ends: {line}"),
+            None => format!("the worker wrote no event (see {})", path.display()),
+        }
     }
 
     /// The run's state from its events and its worker's liveness.
@@ -710,6 +824,9 @@ impl RunDir {
                 }
             }
             _ if live => RunState::Running,
+            // A worker was recorded but wrote nothing (a full disk, a crash at start): it is
+            // not waiting for anything.
+            None if self.path.join("worker.pid").exists() => RunState::Lost,
             None => RunState::Queued,
             _ => RunState::Lost,
         }
@@ -759,32 +876,49 @@ pub struct RunSummary {
 
 #[must_use]
 pub fn summarize(run: &RunDir) -> RunSummary {
-    let (summary, _) = summarize_with_marker(run);
+    let (summary, _, _) = summarize_with_marker(run);
     summary
 }
 
-/// The summary, and the event that decides the run's state (kept by [`RunTable`]).
-fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>) {
+/// The state of a run whose log cannot be read: running while its worker lives, else lost.
+fn unreadable_state(run: &RunDir) -> RunState {
+    match run.state_after(None) {
+        RunState::Running => RunState::Running,
+        _ => RunState::Lost,
+    }
+}
+
+/// The summary, the event that decides the run's state, and whether the log could be read
+/// (kept by [`RunTable`]).
+fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let experiment = crate::core::experiment::Experiment::load(&run.experiment_path())
         .map_or_else(|_| "?".into(), |e| e.name);
-    match run.read_events() {
+    match run.read_event_log() {
+        // An unreadable log (permissions, I/O) still leaves the worker to ask: a run whose
+        // worker lives is running, whatever its log says.
         Err(e) => (
             RunSummary {
                 id: run.id.clone(),
                 experiment,
-                status: RunState::Lost,
+                status: unreadable_state(run),
                 step: 0,
                 total_steps: 0,
                 last_loss: None,
                 age_secs: 0.0,
-                problem: Some(e.to_string()),
+                problem: Some(format!("{e:#}")),
             },
             None,
+            false,
         ),
-        Ok(events) => {
+        Ok(log) => {
+            let mut problem = log.warning();
+            let events = log.events;
+            if events.is_empty() && problem.is_none() && run.state_after(None) == RunState::Lost {
+                problem = Some(run.silent_worker_problem());
+            }
             let steps = joined_steps(&events);
             let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
                 EventKind::Step { step, loss, .. } => (step, Some(loss)),
@@ -818,9 +952,10 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>) {
                     total_steps,
                     last_loss,
                     age_secs: now - started,
-                    problem: None,
+                    problem,
                 },
                 marker,
+                true,
             )
         }
     }
@@ -843,7 +978,7 @@ fn stamp(run: &RunDir) -> Stamp {
 /// state (which also depends on its worker's liveness) and age are recomputed every time.
 #[derive(Default)]
 pub struct RunTable {
-    cached: std::collections::HashMap<String, (Stamp, RunSummary, Option<Event>, f64)>,
+    cached: std::collections::HashMap<String, (Stamp, RunSummary, Option<Event>, bool, f64)>,
 }
 
 impl RunTable {
@@ -858,19 +993,23 @@ impl RunTable {
             .map(|run| {
                 let stamp = stamp(run);
                 match self.cached.get(&run.id) {
-                    Some((s, summary, marker, started)) if *s == stamp => {
+                    Some((s, summary, marker, readable, started)) if *s == stamp => {
                         let mut summary = summary.clone();
-                        if summary.problem.is_none() {
-                            summary.status = run.state_after(marker.as_ref());
-                        }
+                        summary.status = if *readable {
+                            run.state_after(marker.as_ref())
+                        } else {
+                            unreadable_state(run)
+                        };
                         summary.age_secs = now - started;
                         summary
                     }
                     _ => {
-                        let (summary, marker) = summarize_with_marker(run);
+                        let (summary, marker, readable) = summarize_with_marker(run);
                         let started = now - summary.age_secs;
-                        self.cached
-                            .insert(run.id.clone(), (stamp, summary.clone(), marker, started));
+                        self.cached.insert(
+                            run.id.clone(),
+                            (stamp, summary.clone(), marker, readable, started),
+                        );
                         summary
                     }
                 }

@@ -20,14 +20,19 @@ pub struct LoadedModel {
     pub path: PathBuf,
     pub model: Llama,
     pub tokenizer: Tokenizer,
+    /// What the user should know about how it was loaded (a damaged checkpoint passed over).
+    pub warnings: Vec<String>,
 }
 
 /// The tokenizer of `source`, with the eos ids of its generation config added.
 pub fn tokenizer_of(source: &dyn WeightSource, path: &Path) -> Result<Tokenizer> {
-    let mut tokenizer = source
-        .tokenizer()
-        .cloned()
-        .with_context(|| format!("{}: no tokenizer.json", path.display()))?;
+    let mut tokenizer = source.tokenizer().cloned().with_context(|| {
+        format!(
+            "{}: cannot chat or evaluate without a tokenizer: {}",
+            path.display(),
+            source.tokenizer_problem()
+        )
+    })?;
     if let Some(eos) = source
         .generation_config()
         .and_then(|g| g.get("eos_token_id"))
@@ -54,6 +59,7 @@ pub fn load_path(path: &Path, label: &str, dtype: DType, device: &Device) -> Res
         path: path.to_path_buf(),
         model,
         tokenizer,
+        warnings: source.warnings(),
     })
 }
 
@@ -112,15 +118,46 @@ pub fn load_run(
     device: &Device,
 ) -> Result<(LoadedModel, u64)> {
     let (exp, base, map) = run_base(data_dir, run)?;
-    let checkpoints = train::list_checkpoints(&run.path.join("checkpoints"))?;
+    let dir = run.path.join("checkpoints");
+    let mut warnings = Vec::new();
     let (step, checkpoint) = match step {
-        None => checkpoints.last().cloned(),
-        Some(s) => checkpoints.iter().find(|c| c.0 == s).cloned(),
-    }
-    .with_context(|| match step {
-        None => format!("run {} has no checkpoint yet", run.id),
-        Some(s) => format!("run {} has no checkpoint at step {s}", run.id),
-    })?;
+        // The newest intact one: a damaged newest checkpoint is passed over, with a warning.
+        None => {
+            let point = train::newest_intact_checkpoint(&dir)?;
+            if point.checkpoint.is_none()
+                && let Some(damaged) = point.damaged.first()
+            {
+                bail!(
+                    "run {}: {damaged}, and no older checkpoint is intact",
+                    run.id
+                );
+            }
+            warnings.extend(
+                point
+                    .damaged
+                    .into_iter()
+                    .map(|d| format!("run {}: {d}; using the newest intact one", run.id)),
+            );
+            point
+                .checkpoint
+                .with_context(|| format!("run {} has no checkpoint yet", run.id))?
+        }
+        Some(s) => {
+            let all = train::list_checkpoints(&dir)?;
+            all.iter().find(|c| c.0 == s).cloned().with_context(|| {
+                let steps: Vec<String> = all.iter().map(|c| c.0.to_string()).collect();
+                format!(
+                    "run {} has no checkpoint at step {s} (it has: {})",
+                    run.id,
+                    if steps.is_empty() {
+                        "none".to_string()
+                    } else {
+                        steps.join(", ")
+                    }
+                )
+            })?
+        }
+    };
     let tokenizer = tokenizer_of(base.as_ref(), &run.path)?;
     let base_model = load_model(base.as_ref(), dtype, device)?;
     let mut model = crate::core::surgery::apply(&base_model, &map)?;
@@ -135,6 +172,7 @@ pub fn load_run(
             path: checkpoint,
             model,
             tokenizer,
+            warnings,
         },
         step,
     ))

@@ -45,13 +45,19 @@ pub enum StoreError {
          directories"
     )]
     Damaged { path: PathBuf, message: String },
-    #[error("{path}: {source}")]
+    #[error(
+        "cannot rebuild the store {path}: {cause}. The index there is as it was; once the cause \
+         is mended (free space, say), `slayer store rebuild` again"
+    )]
+    RebuildFailed { path: PathBuf, cause: String },
+    // The cause is in the message, not also the source (a printed chain would repeat it).
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("store {path}: {source}")]
-    Db { path: PathBuf, source: sled::Error },
+    #[error("store {path}: {cause}")]
+    Db { path: PathBuf, cause: sled::Error },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -170,7 +176,9 @@ pub struct Store {
     chats: sled::Tree,
     /// `plan hash \0 run` → ().
     plans: sled::Tree,
-    lock_file: File,
+    /// The lock this store holds (`None` for the new index a rebuild writes under its caller's
+    /// lock).
+    lock_file: Option<File>,
 }
 
 /// The store directory of a data directory.
@@ -180,9 +188,9 @@ pub fn store_dir(data_dir: &Path) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |cause| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -259,11 +267,11 @@ impl Store {
     pub fn open(data_dir: &Path, holder: &str) -> Result<Self> {
         let dir = store_dir(data_dir);
         let lock = lock(&dir, holder)?;
-        Self::open_locked(&dir, lock)
+        Self::open_at(&dir.join("db"), Some(lock))
     }
 
-    fn open_locked(dir: &Path, lock: File) -> Result<Self> {
-        let db_path = dir.join("db");
+    fn open_at(db_path: &Path, lock: Option<File>) -> Result<Self> {
+        let db_path = db_path.to_path_buf();
         let db = sled::Config::new()
             .path(&db_path)
             .open()
@@ -272,9 +280,9 @@ impl Store {
                 message: e.to_string(),
             })?;
         let tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StoreError::Db {
+            db.open_tree(name).map_err(|cause| StoreError::Db {
                 path: db_path.clone(),
-                source,
+                cause,
             })
         };
         let store = Self {
@@ -315,8 +323,10 @@ impl Store {
         Ok(store)
     }
 
-    /// Throws the index away and recreates it from the run directories, experiment files and
-    /// transcripts under `data_dir` (works on a damaged or newer-format store too).
+    /// Recreates the index from the run directories, experiment files and transcripts under
+    /// `data_dir` (works on a damaged or newer-format store too). The new index is built beside
+    /// the old one and replaces it only once complete: a rebuild that fails (a full disk) leaves
+    /// the old index as it was.
     pub fn rebuild(
         data_dir: &Path,
         holder: &str,
@@ -325,18 +335,41 @@ impl Store {
         let dir = store_dir(data_dir);
         let lock = lock(&dir, holder)?;
         let db_path = dir.join("db");
-        if db_path.exists() {
-            std::fs::remove_dir_all(&db_path).map_err(io(&db_path))?;
+        let fresh_path = dir.join("db.rebuild");
+        let old_path = dir.join("db.old");
+        for leftover in [&fresh_path, &old_path] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).map_err(io(leftover))?;
+            }
         }
-        let store = Self::open_locked(&dir, lock)?;
-        let stats = store.ingest_all(data_dir, experiment_dirs)?;
-        Ok((store, stats))
+        let built = (|| -> Result<IngestStats> {
+            let fresh = Self::open_at(&fresh_path, None)?;
+            let stats = fresh.ingest_all(data_dir, experiment_dirs)?;
+            fresh.db.flush().map_err(|e| fresh.db_err(e))?;
+            Ok(stats)
+        })();
+        let stats = match built {
+            Ok(stats) => stats,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&fresh_path);
+                return Err(StoreError::RebuildFailed {
+                    path: db_path,
+                    cause: e.to_string(),
+                });
+            }
+        };
+        if db_path.exists() {
+            std::fs::rename(&db_path, &old_path).map_err(io(&db_path))?;
+        }
+        std::fs::rename(&fresh_path, &db_path).map_err(io(&db_path))?;
+        let _ = std::fs::remove_dir_all(&old_path);
+        Ok((Self::open_at(&db_path, Some(lock))?, stats))
     }
 
-    fn db_err(&self, source: sled::Error) -> StoreError {
+    fn db_err(&self, cause: sled::Error) -> StoreError {
         StoreError::Db {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
@@ -408,19 +441,7 @@ impl Store {
                 return Ok(0);
             }
         };
-        let problem = batch.bad_lines.first().map(|b| {
-            format!(
-                "{} line {}: {}{}",
-                run.events_path().display(),
-                b.line,
-                b.message,
-                if batch.bad_lines.len() > 1 {
-                    format!(" (and {} more bad lines)", batch.bad_lines.len() - 1)
-                } else {
-                    String::new()
-                }
-            )
-        });
+        let problem = crate::runner::skipped_lines_warning(&run.events_path(), &batch.bad_lines);
         let n = batch.events.len();
         self.apply(&run.id, batch.reset, &batch.events, problem)?;
         let cursor = serde_json::to_vec(tail.cursor()).unwrap_or_default();
@@ -768,7 +789,9 @@ impl Drop for Store {
         // Unlocking the open file description, not only closing this descriptor, also releases
         // the copy a child process holds between fork and exec (the console spawns workers):
         // otherwise the next opener can find the store still "in use" by this process.
-        let _ = self.lock_file.unlock();
+        if let Some(lock) = &self.lock_file {
+            let _ = lock.unlock();
+        }
     }
 }
 

@@ -379,6 +379,8 @@ pub struct ChatView {
     pub loading: Option<String>,
     pub lines: Vec<ChatLine>,
     pub input: String,
+    /// A message sent while the models were loading: it goes out once they are loaded.
+    pub queued: Option<String>,
     pub generating: bool,
     /// Last reply's (tokens, tokens/s) per model.
     pub stats: BTreeMap<usize, (usize, f64)>,
@@ -620,10 +622,7 @@ impl App {
                 self.say(ok, message);
                 Vec::new()
             }
-            Event::Chat(u) => {
-                self.chat_update(u);
-                Vec::new()
-            }
+            Event::Chat(u) => self.chat_update(u),
             Event::Chats(chats) => {
                 self.chats = chats;
                 Vec::new()
@@ -730,7 +729,7 @@ impl App {
         }
     }
 
-    fn chat_update(&mut self, u: ChatUpdate) {
+    fn chat_update(&mut self, u: ChatUpdate) -> Vec<Effect> {
         match u {
             ChatUpdate::Loading(what) => self.chat.loading = Some(what),
             ChatUpdate::Loaded(models) => {
@@ -741,6 +740,9 @@ impl App {
                 )));
                 self.chat.models = models;
                 self.input = Input::Chat;
+                if let Some(text) = self.chat.queued.take() {
+                    return self.submit_chat(&text);
+                }
             }
             ChatUpdate::Token { model, text } => match self.chat.lines.last_mut() {
                 Some(ChatLine::Model { model: m, text: t }) if *m == model => t.push_str(&text),
@@ -776,9 +778,11 @@ impl App {
             ChatUpdate::Error(e) => {
                 self.chat.loading = None;
                 self.chat.generating = false;
+                self.chat.queued = None;
                 self.chat.lines.push(ChatLine::Info(format!("error: {e}")));
             }
         }
+        Vec::new()
     }
 
     fn key(&mut self, key: KeyEvent) -> Vec<Effect> {
@@ -943,38 +947,27 @@ impl App {
             }
             KeyCode::Esc => self.input = Input::None,
             KeyCode::Enter => {
-                let text = std::mem::take(&mut self.chat.input);
-                let text = text.trim();
-                if text.is_empty() || self.chat.generating || self.chat.models.is_empty() {
+                if self.chat.generating {
                     return Vec::new();
                 }
-                if text == "/reset" {
-                    self.chat
-                        .lines
-                        .push(ChatLine::Info("(conversation reset)".into()));
-                    return vec![Effect::ChatReset];
+                let text = std::mem::take(&mut self.chat.input);
+                let text = text.trim();
+                if text.is_empty() {
+                    return Vec::new();
                 }
-                if let Some(rest) = text.strip_prefix("/system") {
-                    self.chat.lines.push(ChatLine::Info(format!(
-                        "(system prompt {}; conversation reset)",
-                        if rest.trim().is_empty() {
-                            "cleared"
-                        } else {
-                            "set"
-                        }
-                    )));
-                    return vec![Effect::ChatSend(text.to_string())];
+                if self.chat.models.is_empty() {
+                    // Still loading: nothing typed is lost, it goes out once the model is ready.
+                    if self.chat.loading.is_some() && self.chat.queued.is_none() {
+                        self.chat.lines.push(ChatLine::Info(format!(
+                            "(\"{text}\" is sent once the model has loaded)"
+                        )));
+                        self.chat.queued = Some(text.to_string());
+                    } else {
+                        self.chat.input = text.to_string();
+                    }
+                    return Vec::new();
                 }
-                if let Some(setting) = text.strip_prefix('/') {
-                    self.chat.lines.push(ChatLine::Info(format!(
-                        "({setting}; conversation reset) — settings: /temperature T, /top_p P, \
-                         /top_k K, /max_tokens N, /seed S"
-                    )));
-                    return vec![Effect::ChatSend(text.to_string())];
-                }
-                self.chat.lines.push(ChatLine::User(text.to_string()));
-                self.chat.generating = true;
-                return vec![Effect::ChatSend(text.to_string())];
+                return self.submit_chat(text);
             }
             KeyCode::Backspace => {
                 self.chat.input.pop();
@@ -983,6 +976,37 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// A chat line entered (typed, or queued while loading): a message or a `/` command.
+    fn submit_chat(&mut self, text: &str) -> Vec<Effect> {
+        if text == "/reset" {
+            self.chat
+                .lines
+                .push(ChatLine::Info("(conversation reset)".into()));
+            return vec![Effect::ChatReset];
+        }
+        if let Some(rest) = text.strip_prefix("/system") {
+            self.chat.lines.push(ChatLine::Info(format!(
+                "(system prompt {}; conversation reset)",
+                if rest.trim().is_empty() {
+                    "cleared"
+                } else {
+                    "set"
+                }
+            )));
+            return vec![Effect::ChatSend(text.to_string())];
+        }
+        if let Some(setting) = text.strip_prefix('/') {
+            self.chat.lines.push(ChatLine::Info(format!(
+                "({setting}; conversation reset) — settings: /temperature T, /top_p P, \
+                 /top_k K, /max_tokens N, /seed S"
+            )));
+            return vec![Effect::ChatSend(text.to_string())];
+        }
+        self.chat.lines.push(ChatLine::User(text.to_string()));
+        self.chat.generating = true;
+        vec![Effect::ChatSend(text.to_string())]
     }
 
     fn popup_key(&mut self, key: KeyEvent) -> Vec<Effect> {
@@ -1205,6 +1229,8 @@ impl App {
             loading: Some(specs.join(" vs ")),
             ..ChatView::default()
         };
+        // Typing can start at once: keys go to the chat input while the models load.
+        self.input = Input::Chat;
         vec![Effect::ChatLoad(specs)]
     }
 

@@ -616,8 +616,13 @@ impl Keymap {
     #[must_use]
     pub fn load(data_dir: &Path) -> (Self, Option<String>) {
         let path = data_dir.join("keymap.toml");
-        match std::fs::read_to_string(&path) {
-            Err(_) => (Self::default(), None),
+        // No file, or an empty one: no overrides.
+        if std::fs::metadata(&path).map_or(true, |m| m.is_file() && m.len() == 0) {
+            return (Self::default(), None);
+        }
+        // An unreadable file (not UTF-8, a directory, too large) is said, not silently ignored.
+        match crate::core::corpus::read_settings(&path, "keymap") {
+            Err(e) => (Self::default(), Some(e.to_string())),
             Ok(text) => match Self::with_overrides(&text) {
                 Ok(map) => (map, None),
                 Err(e) => (Self::default(), Some(format!("{}: {e}", path.display()))),

@@ -113,10 +113,10 @@ fn restore_terminal() {
 pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     use std::io::IsTerminal as _;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        eprintln!(
+        crate::cli::out::stderr(
             "slayer's console needs a terminal. Without one, use the commands: `slayer runs ls`, \
              `slayer train EXPERIMENT --detach`, `slayer runs tail RUN --follow`, `slayer chat \
-             MODEL --prompt TEXT` (`slayer --help` lists them all)."
+             MODEL --prompt TEXT` (`slayer --help` lists them all).\n",
         );
         return Ok(2);
     }
@@ -137,10 +137,10 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
-        eprintln!(
-            "slayer's console crashed; the log is {}",
+        crate::cli::out::stderr(&format!(
+            "slayer's console crashed; the log is {}\n",
             log_path.display()
-        );
+        ));
         default_hook(info);
     }));
     terminal::enable_raw_mode().context("cannot put the terminal in raw mode")?;

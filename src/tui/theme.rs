@@ -356,15 +356,16 @@ pub fn load_all(data_dir: &Path, depth: ColorDepth) -> (Vec<Theme>, Vec<String>)
         .unwrap_or_default();
     files.sort();
     for path in files {
-        match std::fs::read_to_string(&path)
+        match crate::core::corpus::read_settings(&path, "theme")
             .map_err(|e| e.to_string())
-            .and_then(|t| Theme::parse(&t, depth))
+            .and_then(|t| Theme::parse(&t, depth).map_err(|e| format!("{}: {e}", path.display())))
         {
             Ok(theme) => {
                 themes.retain(|t| t.name != theme.name);
                 themes.push(theme);
             }
-            Err(e) => problems.push(format!("{}: {e}", path.display())),
+            // Both kinds of message name the file already.
+            Err(e) => problems.push(e),
         }
     }
     (themes, problems)

@@ -3,6 +3,10 @@
 //!
 //! candle's own `gguf_file` reader trusts the file's lengths (a huge string length allocates
 //! before failing; a short tensor is read out of bounds), so untrusted files go through this one.
+//! Memory stays proportional to the file: every count is checked against the bytes left before
+//! anything is allocated, and metadata arrays are stored packed by element type (a u8 array
+//! costs a byte an element, a string array its text and one offset a string), never as one enum
+//! value per element (which cost 32 bytes for each byte of a u8 array).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,7 +29,112 @@ pub enum GgufValue {
     F64(f64),
     Bool(bool),
     String(String),
-    Array(Vec<GgufValue>),
+    Array(GgufArray),
+}
+
+/// A metadata array, packed by element type. Arrays of arrays are refused by the reader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufArray {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bool(Vec<bool>),
+    String(StringArray),
+}
+
+/// Strings stored end to end in one buffer, with the end offset of each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringArray {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl StringArray {
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `i`-th string.
+    #[must_use]
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+}
+
+impl GgufArray {
+    /// Number of elements.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::U8(v) => v.len(),
+            Self::I8(v) => v.len(),
+            Self::U16(v) => v.len(),
+            Self::I16(v) => v.len(),
+            Self::U32(v) => v.len(),
+            Self::I32(v) => v.len(),
+            Self::U64(v) => v.len(),
+            Self::I64(v) => v.len(),
+            Self::F32(v) => v.len(),
+            Self::F64(v) => v.len(),
+            Self::Bool(v) => v.len(),
+            Self::String(v) => v.len(),
+        }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th element as an unsigned integer, when it is a non-negative integer.
+    #[must_use]
+    pub fn u64_at(&self, i: usize) -> Option<u64> {
+        match self {
+            Self::U8(v) => v.get(i).map(|&x| x.into()),
+            Self::U16(v) => v.get(i).map(|&x| x.into()),
+            Self::U32(v) => v.get(i).map(|&x| x.into()),
+            Self::U64(v) => v.get(i).copied(),
+            Self::I8(v) => v.get(i).and_then(|&x| u64::try_from(x).ok()),
+            Self::I16(v) => v.get(i).and_then(|&x| u64::try_from(x).ok()),
+            Self::I32(v) => v.get(i).and_then(|&x| u64::try_from(x).ok()),
+            Self::I64(v) => v.get(i).and_then(|&x| u64::try_from(x).ok()),
+            _ => None,
+        }
+    }
+
+    /// The strings, when this is a string array.
+    #[must_use]
+    pub fn as_strings(&self) -> Option<&StringArray> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 impl GgufValue {
@@ -66,7 +175,7 @@ impl GgufValue {
 
     /// The value as an array.
     #[must_use]
-    pub fn as_array(&self) -> Option<&[GgufValue]> {
+    pub fn as_array(&self) -> Option<&GgufArray> {
         match self {
             Self::Array(a) => Some(a),
             _ => None,
@@ -95,7 +204,6 @@ pub struct GgufFile {
 }
 
 const MAX_DIMS: u32 = 8;
-const MAX_ARRAY_DEPTH: u32 = 4;
 
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -160,7 +268,77 @@ impl<'a> Cursor<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| format!("{what} is not valid UTF-8"))
     }
 
-    fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<GgufValue, String> {
+    /// `n` elements of a fixed size, decoded by `f` (the count was checked against the file).
+    fn packed<T, const N: usize>(
+        &mut self,
+        n: usize,
+        key: &str,
+        f: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, String> {
+        let bytes = self.take(n * N, key)?;
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect())
+    }
+
+    fn array_value(&mut self, key: &str) -> Result<GgufArray, String> {
+        let elem_ty = self.u32(key)?;
+        // Each element takes at least its own width (a string at least its 8-byte length).
+        let width = match elem_ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 | 10..=12 => 8,
+            9 => return Err(format!("metadata `{key}`: nested arrays are not supported")),
+            t => return Err(format!("metadata `{key}`: unknown array element type {t}")),
+        };
+        let n = self.count(key, width)?;
+        Ok(match elem_ty {
+            0 => GgufArray::U8(self.take(n, key)?.to_vec()),
+            1 => GgufArray::I8(self.packed(n, key, i8::from_le_bytes)?),
+            2 => GgufArray::U16(self.packed(n, key, u16::from_le_bytes)?),
+            3 => GgufArray::I16(self.packed(n, key, i16::from_le_bytes)?),
+            4 => GgufArray::U32(self.packed(n, key, u32::from_le_bytes)?),
+            5 => GgufArray::I32(self.packed(n, key, i32::from_le_bytes)?),
+            6 => GgufArray::F32(self.packed(n, key, f32::from_le_bytes)?),
+            7 => {
+                let bytes = self.take(n, key)?;
+                let mut out = Vec::with_capacity(n);
+                for &b in bytes {
+                    out.push(match b {
+                        0 => false,
+                        1 => true,
+                        b => return Err(format!("metadata `{key}`: bool byte {b}")),
+                    });
+                }
+                GgufArray::Bool(out)
+            }
+            8 => {
+                let mut strings = StringArray {
+                    text: String::new(),
+                    ends: Vec::with_capacity(n),
+                };
+                for _ in 0..n {
+                    let len = self.count(key, 1)?;
+                    let bytes = self.take(len, key)?;
+                    let s = std::str::from_utf8(bytes)
+                        .map_err(|_| format!("metadata `{key}`: a string is not valid UTF-8"))?;
+                    strings.push(s);
+                }
+                GgufArray::String(strings)
+            }
+            10 => GgufArray::U64(self.packed(n, key, u64::from_le_bytes)?),
+            11 => GgufArray::I64(self.packed(n, key, i64::from_le_bytes)?),
+            _ => GgufArray::F64(self.packed(n, key, f64::from_le_bytes)?),
+        })
+    }
+
+    fn value(&mut self, ty: u32, key: &str) -> Result<GgufValue, String> {
         Ok(match ty {
             0 => GgufValue::U8(self.array::<1>(key)?[0]),
             1 => GgufValue::I8(i8::from_le_bytes(self.array(key)?)),
@@ -175,18 +353,7 @@ impl<'a> Cursor<'a> {
                 b => return Err(format!("metadata `{key}`: bool byte {b}")),
             },
             8 => GgufValue::String(self.string(key)?),
-            9 => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(format!("metadata `{key}`: arrays nested too deeply"));
-                }
-                let elem_ty = self.u32(key)?;
-                let n = self.count(key, 1)?;
-                let mut items = Vec::with_capacity(n.min(1 << 16));
-                for _ in 0..n {
-                    items.push(self.value(elem_ty, key, depth + 1)?);
-                }
-                GgufValue::Array(items)
-            }
+            9 => GgufValue::Array(self.array_value(key)?),
             10 => GgufValue::U64(self.u64(key)?),
             11 => GgufValue::I64(i64::from_le_bytes(self.array(key)?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.array(key)?)),
@@ -236,15 +403,31 @@ impl GgufFile {
         let tensor_count = c.count("tensor count", 24)?;
         let kv_count = c.count("metadata count", 13)?;
         let mut metadata = BTreeMap::new();
-        for _ in 0..kv_count {
-            let key = c.string("metadata key")?;
+        for i in 0..kv_count {
+            let key = c.string("metadata key").map_err(|m| {
+                format!(
+                    "metadata entry {} of {kv_count}: {m}; is the metadata count right?",
+                    i + 1
+                )
+            })?;
             let ty = c.u32(&key)?;
-            let value = c.value(ty, &key, 0)?;
-            metadata.insert(key, value);
+            let value = c.value(ty, &key)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(format!("metadata `{key}` appears twice"));
+            }
         }
         let mut raw = Vec::with_capacity(tensor_count);
-        for _ in 0..tensor_count {
-            let name = c.string("tensor name")?;
+        let mut names = std::collections::HashSet::with_capacity(tensor_count);
+        for i in 0..tensor_count {
+            let name = c.string("tensor name").map_err(|m| {
+                format!(
+                    "tensor description {} of {tensor_count}: {m}; is the tensor count right?",
+                    i + 1
+                )
+            })?;
+            if !names.insert(name.clone()) {
+                return Err(format!("tensor `{name}` appears twice"));
+            }
             let n_dims = c.u32(&name)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
                 return Err(format!("tensor `{name}`: {n_dims} dimensions"));

@@ -98,6 +98,12 @@ impl WeightSource for GgufSource {
         self.tokenizer.as_ref()
     }
 
+    fn tokenizer_problem(&self) -> String {
+        self.tokenizer_problem
+            .clone()
+            .unwrap_or_else(|| "no tokenizer in the GGUF metadata".into())
+    }
+
     fn warnings(&self) -> Vec<String> {
         self.tokenizer_problem
             .iter()
@@ -168,7 +174,7 @@ fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaC
         None => file
             .get("tokenizer.ggml.tokens")
             .and_then(GgufValue::as_array)
-            .map(<[GgufValue]>::len)
+            .map(super::gguf::GgufArray::len)
             .ok_or_else(|| Error::format(path, "no vocabulary size"))?,
     };
     let tie = file.tensor_info("output.weight").is_none();

@@ -29,7 +29,7 @@ pub struct HfDir {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::core::corpus::read_settings(path, "JSON file")?;
     serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
@@ -386,7 +386,8 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // The process id keeps two processes replacing one file from sharing a temporary.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     write_synced(&tmp, bytes)?;
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);

@@ -39,6 +39,10 @@ pub trait WeightSource {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Why [`Self::tokenizer`] is `None`, in words.
+    fn tokenizer_problem(&self) -> String {
+        "no tokenizer.json".into()
+    }
 }
 
 /// Opens a model from a path: an HF directory or a `.gguf` file.
@@ -59,12 +63,59 @@ pub fn open_source(path: &Path) -> Result<Box<dyn WeightSource>> {
 }
 
 /// Builds a [`Llama`] from a source, converting to `dtype` on `device`. Every weight starts
-/// frozen; callers mark blocks trainable.
+/// frozen; callers mark blocks trainable. A weight holding NaN or infinity is refused, naming
+/// the tensor: such a model would answer garbage and evaluate to NaN without saying why.
 pub fn load_model(source: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Llama> {
     let config = source.config().clone();
     Llama::from_tensors(config, dtype, device, |name| {
-        Ok(source.load(name)?.to_dtype(dtype)?.to_device(device)?)
+        let tensor = source.load(name)?;
+        check_finite(&tensor, source.location(), name)?;
+        Ok(tensor.to_dtype(dtype)?.to_device(device)?)
     })
+}
+
+/// Refuses a floating-point tensor that holds NaN or infinity, naming the file, the tensor and
+/// the first such element. Reads the tensor in chunks of a million elements, so checking costs
+/// one pass and no copy of the whole tensor.
+pub fn check_finite(tensor: &Tensor, path: &Path, name: &str) -> Result<()> {
+    fn first_bad<T: Copy>(values: &[T], finite: impl Fn(T) -> bool) -> Option<(usize, T)> {
+        values
+            .iter()
+            .position(|&v| !finite(v))
+            .map(|i| (i, values[i]))
+    }
+    const CHUNK: usize = 1 << 20;
+    let flat = tensor.flatten_all()?;
+    let n = flat.elem_count();
+    let mut start = 0;
+    while start < n {
+        let len = CHUNK.min(n - start);
+        let chunk = flat.narrow(0, start, len)?;
+        let bad: Option<(usize, f64)> = match tensor.dtype() {
+            DType::F32 => {
+                first_bad(&chunk.to_vec1::<f32>()?, f32::is_finite).map(|(i, v)| (i, f64::from(v)))
+            }
+            DType::F64 => first_bad(&chunk.to_vec1::<f64>()?, f64::is_finite),
+            DType::BF16 => first_bad(&chunk.to_vec1::<half::bf16>()?, half::bf16::is_finite)
+                .map(|(i, v)| (i, v.to_f64())),
+            DType::F16 => first_bad(&chunk.to_vec1::<half::f16>()?, half::f16::is_finite)
+                .map(|(i, v)| (i, v.to_f64())),
+            // Integer tensors cannot hold NaN.
+            _ => return Ok(()),
+        };
+        if let Some((i, v)) = bad {
+            return Err(Error::tensor(
+                path,
+                name,
+                format!(
+                    "holds a non-finite value ({v}) at element {}: the weights are damaged",
+                    start + i
+                ),
+            ));
+        }
+        start += len;
+    }
+    Ok(())
 }
 
 /// Checks a tensor's shape against what the config implies.

@@ -144,6 +144,11 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
     let mut last_original: i64 = -1;
     let mut inserts = Vec::new();
     let mut max_layer: i64 = -1;
+    // Ranges are checked against the base's depth (or the largest depth a config may declare)
+    // before they are walked, and so is the depth they add up to: a range of 10^11 layers in a
+    // 50-byte file is refused, not expanded.
+    let depth_limit = base_layers.unwrap_or(crate::core::config::MAX_LAYERS) as i64;
+    let mut expanded: i64 = 0;
     for (n, slice) in config.slices.iter().enumerate() {
         let [src] = slice.sources.as_slice() else {
             return Err(format!(
@@ -165,6 +170,23 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
         if a < 0 || b <= a {
             return Err(format!(
                 "slice {n}: layer_range [{a}, {b}] is empty or negative"
+            ));
+        }
+        if b > depth_limit {
+            return Err(match base_layers {
+                Some(layers) => format!(
+                    "slice {n}: layer_range [{a}, {b}] reaches past the base model's {layers} layers"
+                ),
+                None => format!(
+                    "slice {n}: layer_range [{a}, {b}] reaches past {depth_limit} layers, more than any model slayer loads"
+                ),
+            });
+        }
+        expanded += b - a;
+        if expanded > crate::core::config::MAX_LAYERS as i64 {
+            return Err(format!(
+                "slice {n}: the slices add up to more than {} layers",
+                crate::core::config::MAX_LAYERS
             ));
         }
         let zero = scale_filters(src.parameters.as_ref(), n)?;

@@ -70,6 +70,19 @@ impl Diagnostic {
         }
     }
 
+    /// `file:line:col: message`, for a diagnostic returned as an error (whose printer says
+    /// "error:" itself).
+    #[must_use]
+    pub fn locate(&self, file: &str, source: &str) -> String {
+        match &self.span {
+            Some(span) => {
+                let (line, col) = line_col(source, span.start);
+                format!("{file}:{line}:{col}: {}", self.message)
+            }
+            None => format!("{file}: {}", self.message),
+        }
+    }
+
     /// 1-based line and column of the span's start, when it has one.
     #[must_use]
     pub fn position(&self, source: &str) -> Option<(usize, usize)> {

@@ -22,7 +22,7 @@ use super::theme::Theme;
 /// Untrusted text made inert: control and escape sequences stripped.
 #[must_use]
 pub fn clean(s: &str) -> String {
-    crate::core::text::sanitize_for_terminal(s)
+    crate::core::text::sanitize_for_terminal(s).into_owned()
 }
 
 /// A bordered block, highlighted when focused.
