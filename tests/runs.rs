@@ -9,68 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{slayer, tiny_experiment, tiny_model_dir};
+use common::{
+    joined, ok, runs, slayer, status, stderr, tiny_experiment, tiny_model_dir, wait_until,
+};
 use slayer::core::events::EventKind;
-use slayer::runner::{RunDir, joined_steps, read_events};
+use slayer::runner::{RunDir, read_events};
 use slayer::store::{Store, StoreError};
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `runs ls --json` as (id, status, problem).
-fn runs(home: &Path) -> Vec<(String, String, Option<String>)> {
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&slayer(home, &["runs", "ls", "--json"]))).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["status"].as_str().unwrap().to_string(),
-                r["problem"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-fn status(home: &Path, id: &str) -> String {
-    runs(home)
-        .into_iter()
-        .find(|r| r.0 == id)
-        .map(|r| r.1)
-        .unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Steps of the joined history, and their losses.
-fn joined(run: &Path) -> Vec<(u64, f64)> {
-    let events = read_events(&run.join("events.jsonl")).unwrap();
-    joined_steps(&events)
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::Step { step, loss, .. } => Some((step, loss)),
-            _ => None,
-        })
-        .collect()
-}
 
 fn complete_checkpoints(run: &Path) -> Vec<u64> {
     slayer::core::train::list_checkpoints(&run.join("checkpoints"))

@@ -1,6 +1,5 @@
 //! `slayer runs ls|show|tail|stop|kill|resume|rm|export`: runs as their directories record them.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -159,29 +158,26 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         RunsCommand::Tail { run, follow } => {
             let dir = RunDir::open(data_dir, &run)?;
             let mut follower = crate::runner::tail::Follower::runs(std::slice::from_ref(&dir));
-            let mut out = std::io::stdout();
             let mut updates = follower.poll_all();
             loop {
                 for update in updates {
                     match update {
                         Update::Events { reset, events, .. } => {
                             if reset {
-                                writeln!(
-                                    out,
+                                outln!(
                                     "(the event log was truncated or replaced; reading it from the start)"
                                 )?;
                             }
                             for e in &events {
-                                writeln!(out, "{}", describe(e))?;
+                                outln!("{}", describe(e))?;
                             }
                         }
                         Update::Problem { message, .. } => {
-                            errln!("warning: {}", sanitize_for_terminal(&message));
+                            errln!("warning: {message}");
                         }
                         Update::Experiment(_) => {}
                     }
                 }
-                out.flush()?;
                 if !follow || super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
@@ -191,7 +187,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                     for update in follower.poll_all() {
                         if let Update::Events { events, .. } = update {
                             for e in &events {
-                                writeln!(out, "{}", describe(e))?;
+                                outln!("{}", describe(e))?;
                             }
                         }
                     }
@@ -333,22 +329,29 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
     nix::unistd::setsid().context("cannot start a session for the background run")?;
     let dir = RunDir::open(data_dir, run)?;
     let mut child = super::train::spawn_training(&dir, data_dir, device_arg(device))?;
+    let child_pid = i32::try_from(child.id()).ok();
     let mut forwarded = false;
     let status = loop {
         if let Some(status) = child.try_wait().context("cannot wait for the worker")? {
             break status;
         }
-        // `runs stop` that reached the supervisor before the worker recorded itself.
-        if !forwarded && super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // `runs stop` that reached the supervisor before the worker recorded itself: passed on
+        // once the worker has (it records itself after its signal handler is in place, so the
+        // stop checkpoints and ends the run instead of killing a process still starting up).
+        let recorded = dir.worker().is_some_and(|w| Some(w.pid) == child_pid);
+        if !forwarded
+            && recorded
+            && super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(pid) = child_pid
+        {
             forwarded = true;
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
-        std::thread::sleep(Duration::from_millis(500));
+        // Quick while the worker starts (a stop may be waiting for it), then twice a second.
+        std::thread::sleep(Duration::from_millis(if recorded { 500 } else { 50 }));
     };
     if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
         let events = read_events(&dir.events_path()).unwrap_or_default();

@@ -142,3 +142,67 @@ pub fn slayer(home: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// The command's stdout, after asserting it succeeded (its stderr is the failure message).
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `runs ls --json` as (id, status, problem).
+pub fn runs(home: &Path) -> Vec<(String, String, Option<String>)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&slayer(home, &["runs", "ls", "--json"]))).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["problem"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+/// A run's status as `runs ls` shows it.
+pub fn status(home: &Path, id: &str) -> String {
+    runs(home)
+        .into_iter()
+        .find(|r| r.0 == id)
+        .map(|r| r.1)
+        .unwrap_or_default()
+}
+
+/// Polls `done` until it holds; fails after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Steps of the joined history, and their losses.
+pub fn joined(run: &Path) -> Vec<(u64, f64)> {
+    let events = slayer::runner::read_events(&run.join("events.jsonl")).unwrap();
+    slayer::runner::joined_steps(&events)
+        .iter()
+        .filter_map(|e| match e.kind {
+            slayer::core::events::EventKind::Step { step, loss, .. } => Some((step, loss)),
+            _ => None,
+        })
+        .collect()
+}

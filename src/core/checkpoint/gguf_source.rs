@@ -143,7 +143,9 @@ impl WeightSource for GgufSource {
     }
 }
 
-fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaConfig> {
+/// The model configuration a GGUF file's metadata describes (`bytes` are the file's, for the
+/// `rope_freqs` tensor; `path` names it in errors). Public for the fuzz target of the metadata path.
+pub fn config_from_gguf(file: &GgufFile, bytes: &[u8], path: &Path) -> Result<LlamaConfig> {
     let arch = file
         .get("general.architecture")
         .and_then(GgufValue::as_str)
