@@ -37,7 +37,7 @@ pub enum DataCommand {
     SynthFacts {
         #[arg(long)]
         out: PathBuf,
-        /// Entities to invent (at most 100000).
+        /// Entities to invent (at most 2000).
         #[arg(long, default_value_t = 60, value_parser = entity_count)]
         entities: usize,
         #[arg(long, default_value_t = 0)]
@@ -157,6 +157,8 @@ pub fn data(cmd: DataCommand) -> Result<i32> {
             seed,
         } => {
             let facts = synth::generate(entities, seed);
+            // Ctrl-C during generation (a second at the largest size) writes nothing.
+            crate::core::checkpoint::check_cancel(Some(&super::INTERRUPTED))?;
             write_synth(&facts, &out)?;
             errln!(
                 "wrote {} entities, {} training documents, {} probe and {} control questions to {}",

@@ -125,7 +125,15 @@ pub fn main() -> i32 {
         .clone()
         .unwrap_or_else(crate::fetch::default_data_dir);
     init_logging(&data_dir);
-    install_interrupt_handler();
+    // A background run's worker and supervisor are stopped by SIGTERM (`runs stop`, the
+    // console's `s`); a second stop must not kill one mid-checkpoint, so only interactive
+    // commands exit at a second signal.
+    let background = matches!(
+        &cli.command,
+        Some(Command::Train(train::TrainArgs { worker: true, .. }))
+            | Some(Command::Runs(runs::RunsCommand::Supervise { .. }))
+    );
+    install_interrupt_handler(!background);
     let Some(command) = cli.command else {
         return match console(&cli, &data_dir) {
             Ok(code) => code,
@@ -218,11 +226,12 @@ fn init_logging(data_dir: &std::path::Path) {
         .try_init();
 }
 
-/// First Ctrl-C asks the running operation to stop; a second one exits at once.
-fn install_interrupt_handler() {
-    let _ = ctrlc::set_handler(|| {
+/// First Ctrl-C asks the running operation to stop; a second one exits at once when
+/// `second_exits` (interactive commands), else it asks again.
+fn install_interrupt_handler(second_exits: bool) {
+    let _ = ctrlc::set_handler(move || {
         INTERRUPTED.store(true, Ordering::SeqCst);
-        if INTERRUPT_COUNT.fetch_add(1, Ordering::SeqCst) >= 1 {
+        if INTERRUPT_COUNT.fetch_add(1, Ordering::SeqCst) >= 1 && second_exits {
             std::process::exit(130);
         }
     });

@@ -820,6 +820,7 @@ pub fn load_checkpoint(path: &Path, optimizer: &mut AdamW) -> Result<CheckpointS
     for i in 0..optimizer.params.len() {
         let (name, var) = &optimizer.params[i];
         let w = weights.tensor(name, &device)?;
+        crate::core::checkpoint::check_finite(&w, weights.path(), name)?;
         if w.dims() != var.dims() {
             return Err(Error::tensor(
                 weights.path(),

@@ -27,11 +27,13 @@ pub struct LoadedModel {
 /// The tokenizer of `source`, with the eos ids of its generation config added.
 pub fn tokenizer_of(source: &dyn WeightSource, path: &Path) -> Result<Tokenizer> {
     let mut tokenizer = source.tokenizer().cloned().with_context(|| {
-        format!(
-            "{}: cannot chat or evaluate without a tokenizer: {}",
-            path.display(),
-            source.tokenizer_problem()
-        )
+        let (problem, at) = (source.tokenizer_problem(), path.display().to_string());
+        // The problem names its file; the path is said once when it is the same one.
+        if problem.starts_with(&at) {
+            format!("cannot chat or evaluate without a tokenizer: {problem}")
+        } else {
+            format!("{at}: cannot chat or evaluate without a tokenizer: {problem}")
+        }
     })?;
     if let Some(eos) = source
         .generation_config()

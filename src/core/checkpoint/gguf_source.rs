@@ -99,9 +99,9 @@ impl WeightSource for GgufSource {
     }
 
     fn tokenizer_problem(&self) -> String {
-        self.tokenizer_problem
-            .clone()
-            .unwrap_or_else(|| "no tokenizer in the GGUF metadata".into())
+        self.tokenizer_problem.clone().unwrap_or_else(|| {
+            format!("{}: no tokenizer in the GGUF metadata", self.path.display())
+        })
     }
 
     fn warnings(&self) -> Vec<String> {

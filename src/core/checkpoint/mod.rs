@@ -39,9 +39,9 @@ pub trait WeightSource {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Why [`Self::tokenizer`] is `None`, in words.
+    /// Why [`Self::tokenizer`] is `None`, in words, naming the file.
     fn tokenizer_problem(&self) -> String {
-        "no tokenizer.json".into()
+        format!("{}: no tokenizer.json", self.location().display())
     }
 }
 
