@@ -2015,24 +2015,14 @@ fn console_cases(c: &mut Corpus) -> Vec<(String, PathBuf, String)> {
 /// (the file it could not use), quits with `q`; returns what is wrong, if anything.
 fn run_console(home: &Path, mention: &str) -> Option<String> {
     use std::io::Write as _;
-    let size = nix::libc::winsize {
-        ws_row: 30,
-        ws_col: 120,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(&size, None).unwrap();
-    let terminal = std::fs::File::from(pty.slave);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slayer"))
-        .args(["--device", "cpu"])
-        .env("SLAYER_HOME", home)
-        .env("NO_COLOR", "1")
-        .stdin(terminal.try_clone().unwrap())
-        .stdout(terminal.try_clone().unwrap())
-        .stderr(terminal)
-        .spawn()
-        .unwrap();
-    let mut master = std::fs::File::from(pty.master);
+    let (mut child, mut master) = common::spawn_in_pty(
+        Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(["--device", "cpu"])
+            .env("SLAYER_HOME", home)
+            .env("NO_COLOR", "1"),
+        30,
+        120,
+    );
     let mut reader = master.try_clone().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {

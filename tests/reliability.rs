@@ -113,17 +113,13 @@ fn runs_rm_asks_at_a_terminal_before_removing_checkpoints() {
     let home = root.path().join("home");
     let id = train(&home, &quick_experiment(root.path(), "ask", 2, 1, 2));
     for (answer, kept) in [("n\n", true), ("y\n", false)] {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        let terminal = std::fs::File::from(pty.slave);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slayer"))
-            .args(["runs", "rm", &id])
-            .env("SLAYER_HOME", &home)
-            .stdin(terminal.try_clone().unwrap())
-            .stdout(terminal.try_clone().unwrap())
-            .stderr(terminal)
-            .spawn()
-            .unwrap();
-        let mut master = std::fs::File::from(pty.master);
+        let (mut child, mut master) = common::spawn_in_pty(
+            Command::new(env!("CARGO_BIN_EXE_slayer"))
+                .args(["runs", "rm", &id])
+                .env("SLAYER_HOME", &home),
+            24,
+            80,
+        );
         let mut seen = Vec::new();
         let mut buf = [0u8; 512];
         while !String::from_utf8_lossy(&seen).contains("[y/N]") {
@@ -679,6 +675,24 @@ ls {disk}/home/runs/*/checkpoints
 // ---------------------------------------------------------------------------------------------
 // 10. Messages that say what is wrong, once
 
+/// A copy of the model directory `model` at `to`, with the JSON file `file` edited.
+fn edited_copy(
+    model: &Path,
+    to: &Path,
+    file: &str,
+    edit: &dyn Fn(&mut serde_json::Value),
+) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        std::fs::copy(model.join(f), to.join(f)).unwrap();
+    }
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join(file)).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(to.join(file), json.to_string()).unwrap();
+    to.to_path_buf()
+}
+
 #[test]
 fn messages_name_the_problem_once() {
     let root = tempfile::tempdir().unwrap();
@@ -720,15 +734,14 @@ fn messages_name_the_problem_once() {
     assert_eq!(e.matches("error").count(), 1, "{e}");
     assert!(e.contains("bad.toml:5:1"), "{e}");
     // A config that contradicts itself.
-    let qwen = root.path().join("qwen");
-    std::fs::create_dir_all(&qwen).unwrap();
-    for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(model.join(f), qwen.join(f)).unwrap();
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
-    config["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
-    std::fs::write(qwen.join("config.json"), config.to_string()).unwrap();
+    let qwen = edited_copy(
+        &model,
+        &root.path().join("qwen"),
+        "config.json",
+        &|config| {
+            config["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+        },
+    );
     let e = run(&["model", "info", &qwen.display().to_string()]);
     assert!(
         e.contains("Qwen2ForCausalLM") && e.contains("config.json"),
@@ -775,16 +788,14 @@ fn messages_name_the_problem_once() {
     ]);
     assert!(e.contains("long.jsonl: line 2"), "{e}");
     // A tokenizer larger than the model names both files.
-    let big = root.path().join("big");
-    std::fs::create_dir_all(&big).unwrap();
-    for f in ["model.safetensors", "config.json"] {
-        std::fs::copy(model.join(f), big.join(f)).unwrap();
-    }
-    let mut tokenizer: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("tokenizer.json")).unwrap())
-            .unwrap();
-    tokenizer["model"]["vocab"]["far"] = 9690.into();
-    std::fs::write(big.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let big = edited_copy(
+        &model,
+        &root.path().join("big"),
+        "tokenizer.json",
+        &|tokenizer| {
+            tokenizer["model"]["vocab"]["far"] = 9690.into();
+        },
+    );
     let e = run(&[
         "--device",
         "cpu",

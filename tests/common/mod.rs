@@ -206,3 +206,27 @@ pub fn joined(run: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// Starts `command` on a new pseudo-terminal of `rows` × `cols` (its stdin, stdout and stderr);
+/// returns the child and the terminal's master side, to read what it shows and type into it.
+pub fn spawn_in_pty(
+    command: &mut std::process::Command,
+    rows: u16,
+    cols: u16,
+) -> (std::process::Child, std::fs::File) {
+    let size = nix::libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).unwrap();
+    let terminal = std::fs::File::from(pty.slave);
+    let child = command
+        .stdin(terminal.try_clone().unwrap())
+        .stdout(terminal.try_clone().unwrap())
+        .stderr(terminal)
+        .spawn()
+        .unwrap();
+    (child, std::fs::File::from(pty.master))
+}
