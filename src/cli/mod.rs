@@ -130,8 +130,10 @@ pub fn main() -> i32 {
     // commands exit at a second signal.
     let background = matches!(
         &cli.command,
-        Some(Command::Train(train::TrainArgs { worker: true, .. }))
-            | Some(Command::Runs(runs::RunsCommand::Supervise { .. }))
+        Some(
+            Command::Train(train::TrainArgs { worker: true, .. })
+                | Command::Runs(runs::RunsCommand::Supervise { .. })
+        )
     );
     install_interrupt_handler(!background);
     let Some(command) = cli.command else {
