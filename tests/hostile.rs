@@ -2159,6 +2159,13 @@ fn every_reader_survives_hostile_input() {
             failures.push(format!("{} was removed", path.display()));
         }
     }
+    let mut groups: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for case in &c.cases {
+        let group = case.name.split([' ', ':']).next().unwrap_or_default();
+        *groups.entry(group).or_default() += 1;
+    }
+    groups.insert("console", console.len());
+    eprintln!("  cases by reader: {groups:?}");
     let total = c.cases.len() + console.len();
     eprintln!(
         "hostile inputs: {total} cases in {:.0} s, {} failed; largest peak resident memory {} MiB ({worst_case})",
