@@ -13,7 +13,9 @@ use slayer::core::events::{
     BlockStats, EvalRecord, EventKind, EventSink, PplRecord, RunStatus, TaskRecord,
 };
 use slayer::runner::EventLog;
-use slayer::tui::app::{App, ChatLine, ChatUpdate, Effect, Event, Input, Popup, Screen};
+use slayer::tui::app::{
+    App, ChatLine, ChatUpdate, Effect, Event, Input, JobId, Popup, Screen, Work,
+};
 use slayer::tui::keymap::Keymap;
 use slayer::tui::theme::{self, ColorDepth};
 
@@ -284,7 +286,9 @@ fn plan_editor_updates_the_layer_map_as_you_type_and_saves() {
     snap("popup_diff", &a);
     key(&mut a, KeyCode::Esc);
     let effects = ctrl(&mut a, 's');
-    assert!(matches!(&effects[..], [Effect::SaveFile { text, .. }] if text.contains("prune = []")));
+    assert!(
+        matches!(&effects[..], [Effect::Job { work: Work::SaveFile { text, .. }, .. }] if text.contains("prune = []"))
+    );
     key(&mut a, KeyCode::Esc);
     assert_eq!(a.screen, Screen::Experiments);
 }
@@ -336,14 +340,14 @@ fn runs_monitor_and_their_actions() {
     key(&mut a, KeyCode::Char('j'));
     key(&mut a, KeyCode::Char('o'));
     assert_eq!(a.overlay, vec!["20260102-000000-facts".to_string()]);
-    assert_eq!(
-        key(&mut a, KeyCode::Char('r')),
-        vec![Effect::ResumeRun("20260102-000000-facts".into())]
-    );
-    assert_eq!(
-        key(&mut a, KeyCode::Char('K')),
-        vec![Effect::KillRun("20260102-000000-facts".into())]
-    );
+    assert!(matches!(
+        &key(&mut a, KeyCode::Char('r'))[..],
+        [Effect::Job { work: Work::ResumeRun(id), .. }] if id == "20260102-000000-facts"
+    ));
+    assert!(matches!(
+        &key(&mut a, KeyCode::Char('K'))[..],
+        [Effect::Job { work: Work::KillRun(id), .. }] if id == "20260102-000000-facts"
+    ));
     let empty = tempfile::tempdir().unwrap();
     let mut e = app(empty.path());
     key(&mut e, KeyCode::Char('2'));
@@ -433,6 +437,66 @@ fn a_message_typed_while_the_model_loads_is_sent_once_it_has_loaded() {
     );
 }
 
+/// Jobs have identities: an end names its job, so stopping a run while an expansion runs ends
+/// the stop, not the expansion; `C` cancels the newest job that has a process, and says so when
+/// there is none.
+#[test]
+fn jobs_end_by_identity() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    let [Effect::Job { id: expand, .. }] = key(&mut a, KeyCode::Char('E'))[..] else {
+        panic!("no expand job");
+    };
+    key(&mut a, KeyCode::Char('2'));
+    let [
+        Effect::Job {
+            id: stop,
+            work: Work::StopRun(_),
+        },
+    ] = key(&mut a, KeyCode::Char('s'))[..]
+    else {
+        panic!("no stop job");
+    };
+    assert_ne!(expand, stop);
+    assert_eq!(a.jobs.len(), 2);
+    a.update(Event::JobStarted {
+        id: expand,
+        pid: 100,
+    });
+    a.update(Event::JobStarted { id: stop, pid: 200 });
+    a.update(Event::JobDone {
+        id: stop,
+        ok: true,
+        message: "run stopped".into(),
+    });
+    let labels: Vec<&str> = a.jobs.iter().map(|j| j.label.as_str()).collect();
+    assert_eq!(labels.len(), 1);
+    assert!(labels[0].starts_with("expanding"), "{labels:?}");
+    assert_eq!(
+        key(&mut a, KeyCode::Char('C')),
+        vec![Effect::CancelJob {
+            id: expand,
+            pid: 100
+        }]
+    );
+    // An end for a job the console does not know changes nothing.
+    a.update(Event::JobDone {
+        id: JobId(999),
+        ok: true,
+        message: "stray".into(),
+    });
+    assert_eq!(a.jobs.len(), 1);
+    a.update(Event::JobDone {
+        id: expand,
+        ok: false,
+        message: "interrupted".into(),
+    });
+    assert!(a.jobs.is_empty());
+    key(&mut a, KeyCode::Char('C'));
+    assert!(matches!(&a.status, Some((false, m)) if m == "no job is running"));
+}
+
 #[test]
 fn popups_and_the_status_line() {
     let home = fixture();
@@ -446,18 +510,39 @@ fn popups_and_the_status_line() {
     typed(&mut a, "mine");
     snap("popup_name", &a);
     let effects = key(&mut a, KeyCode::Enter);
-    assert_eq!(
-        effects,
-        vec![Effect::CreateExperiment {
-            name: "mine".into(),
-            template: "smollm2-slayer".into()
-        }]
-    );
+    let [
+        Effect::Job {
+            id: create,
+            work: Work::CreateExperiment { name, template },
+        },
+    ] = &effects[..]
+    else {
+        panic!("{effects:?}");
+    };
+    assert!(name == "mine" && template == "smollm2-slayer");
+    a.update(Event::JobDone {
+        id: *create,
+        ok: true,
+        message: "created mine".into(),
+    });
     key(&mut a, KeyCode::Char('D'));
     snap("popup_delete", &a);
-    assert!(
-        matches!(&key(&mut a, KeyCode::Char('y'))[..], [Effect::DeleteExperiment(p)] if p.ends_with("broken.toml"))
-    );
+    let effects = key(&mut a, KeyCode::Char('y'));
+    let [
+        Effect::Job {
+            id: delete,
+            work: Work::DeleteExperiment(p),
+        },
+    ] = &effects[..]
+    else {
+        panic!("{effects:?}");
+    };
+    assert!(p.ends_with("broken.toml"));
+    a.update(Event::JobDone {
+        id: *delete,
+        ok: true,
+        message: "deleted broken".into(),
+    });
     a.popup = Some(Popup::Error {
         title: "cannot load".into(),
         message: "runs/x/events.jsonl line 3: not a slayer event".into(),
@@ -577,20 +662,40 @@ fn jobs_diff_against_another_experiment_and_live_theme_reload() {
     // Expand the selected experiment as a cancellable job.
     key(&mut a, KeyCode::Char('j'));
     let effects = key(&mut a, KeyCode::Char('E'));
-    assert!(
-        matches!(&effects[..], [Effect::Job { args, .. }] if args[0] == "expand" && args.contains(&"--verify".to_string()))
-    );
+    let [
+        Effect::Job {
+            id: expand,
+            work: Work::Slayer { args, .. },
+        },
+    ] = &effects[..]
+    else {
+        panic!("{effects:?}");
+    };
+    assert!(args[0] == "expand" && args.contains(&"--verify".to_string()));
+    let expand = *expand;
     snap("job_running", &a);
-    assert_eq!(key(&mut a, KeyCode::Char('C')), vec![Effect::CancelJob]);
-    a.update(Event::JobDone(
-        false,
-        "expanding facts (with verification): interrupted".into(),
-    ));
+    a.update(Event::JobStarted {
+        id: expand,
+        pid: 4242,
+    });
+    assert_eq!(
+        key(&mut a, KeyCode::Char('C')),
+        vec![Effect::CancelJob {
+            id: expand,
+            pid: 4242
+        }]
+    );
+    a.update(Event::JobDone {
+        id: expand,
+        ok: false,
+        message: "expanding facts (with verification): interrupted".into(),
+    });
     assert!(a.jobs.is_empty());
+    assert!(matches!(&a.status, Some((false, m)) if m.starts_with("cancelled")));
     // Export a run.
     key(&mut a, KeyCode::Char('2'));
     assert!(
-        matches!(&key(&mut a, KeyCode::Char('X'))[..], [Effect::Job { args, .. }] if args[0] == "export")
+        matches!(&key(&mut a, KeyCode::Char('X'))[..], [Effect::Job { work: Work::Slayer { args, .. }, .. }] if args[0] == "export")
     );
     // :diff compares the editor with another experiment.
     key(&mut a, KeyCode::Char('1'));
@@ -624,9 +729,17 @@ fn importance_bars_and_a_plan_from_them() {
     let mut a = app(home.path());
     key(&mut a, KeyCode::Char('j'));
     let effects = key(&mut a, KeyCode::Char('i'));
-    assert!(
-        matches!(&effects[..], [Effect::Importance { name, base, .. }] if name == "facts" && base == "tiny")
-    );
+    let [
+        Effect::Job {
+            id,
+            work: Work::Importance { name, base, .. },
+        },
+    ] = &effects[..]
+    else {
+        panic!("{effects:?}");
+    };
+    assert!(name == "facts" && base == "tiny");
+    let id = *id;
     let view = slayer::tui::app::ImportanceView {
         experiment: "facts".into(),
         experiment_path: home.path().join("experiments/facts.toml"),
@@ -642,7 +755,7 @@ fn importance_bars_and_a_plan_from_them() {
         ],
         suggestion: home.path().join("importance/facts-suggested.toml"),
     };
-    a.update(Event::Importance(view));
+    a.update(Event::Importance { id, view });
     assert!(a.jobs.is_empty());
     snap("popup_importance", &a);
     key(&mut a, KeyCode::Tab);
@@ -655,7 +768,7 @@ fn importance_bars_and_a_plan_from_them() {
     );
     let effects = key(&mut a, KeyCode::Char('p'));
     assert!(
-        matches!(&effects[..], [Effect::PlanFromSuggestion { name, .. }] if name == "facts-importance")
+        matches!(&effects[..], [Effect::Job { work: Work::PlanFromSuggestion { name, .. }, .. }] if name == "facts-importance")
     );
     // Sampling settings go to the chat worker, with a note in the conversation.
     a.update(Event::Chat(ChatUpdate::Loaded(vec!["m".into()])));

@@ -174,6 +174,52 @@ fn drive_the_console_through_a_run_and_back() {
     }
 }
 
+/// A paste of 1,000 characters (20 lines) reaches the plan editor at once: keys that arrive
+/// together are drained together (they once came through at about 4 a second, so this paste
+/// took minutes). The time is printed; bench/RESULTS.md has the latency measurements.
+#[test]
+fn a_paste_lands_in_the_editor_at_once() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/x.toml"),
+        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
+    )
+    .unwrap();
+    let tmux = Tmux {
+        socket: format!("slayer-paste-{}", std::process::id()),
+    };
+    tmux.start(home.path());
+    tmux.wait_for("the experiment list", |s| s.contains("lineage"));
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the editor", |s| s.contains("x.toml"));
+    let lines: Vec<String> = (1..=20)
+        .map(|i| format!("# paste-{i:02} {}", "x".repeat(38)))
+        .collect();
+    let text = lines.join("\n") + "\n";
+    assert_eq!(text.chars().count(), 1000);
+    tmux.cmd(&["set-buffer", "-b", "p", &text]);
+    let pasted = Instant::now();
+    tmux.cmd(&["paste-buffer", "-b", "p", "-t", "c"]);
+    let screen = tmux.wait_for("the whole paste", |s| s.contains("# paste-20"));
+    let elapsed = pasted.elapsed();
+    for line in &lines {
+        assert!(screen.contains(line.as_str()), "missing {line}:\n{screen}");
+    }
+    eprintln!(
+        "1,000 pasted characters on screen {} ms after the paste",
+        elapsed.as_millis()
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "the paste took {elapsed:?} to show"
+    );
+    tmux.keys(&["C-s", "Escape", "q"]);
+    tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
+    let saved = std::fs::read_to_string(home.path().join("experiments/x.toml")).unwrap();
+    assert!(saved.starts_with(&text), "{saved}");
+}
+
 /// A terminal that goes away (the SSH connection drops: the pty closes) ends the console within
 /// a few seconds, instead of leaving it spinning on a dead terminal.
 #[test]

@@ -1228,6 +1228,13 @@ fn experiment_text(c: &Corpus, train: &str, extra: &str) -> String {
 fn experiment_cases(c: &mut Corpus) {
     let valid = experiment_text(c, "", "");
     let hostile = PAYLOAD.escape_default().to_string();
+    let empty_dir = c.dir("corpus-dirs");
+    let latin1_dir = c.dir("corpus-dirs");
+    std::fs::write(
+        latin1_dir.join("notes.txt"),
+        b"caf\xe9 au lait\n\nna\xefve\n",
+    )
+    .unwrap();
     let mut variants: Vec<(String, String, Expect)> = vec![
         ("valid".into(), valid.clone(), Expect::Survive),
         (
@@ -1293,9 +1300,21 @@ fn experiment_cases(c: &mut Corpus) {
             ),
             Expect::Refuse,
         ),
+        // Directories the test owns: a shared one such as /tmp may hold text files of its own.
         (
-            "corpus is a directory".into(),
-            valid.replace(&c.text.display().to_string(), "/tmp"),
+            "corpus is an empty directory".into(),
+            valid.replace(
+                &c.text.display().to_string(),
+                &empty_dir.display().to_string(),
+            ),
+            Expect::Refuse,
+        ),
+        (
+            "corpus directory holds a non-UTF-8 file".into(),
+            valid.replace(
+                &c.text.display().to_string(),
+                &latin1_dir.display().to_string(),
+            ),
             Expect::Refuse,
         ),
         (
@@ -1328,7 +1347,7 @@ fn experiment_cases(c: &mut Corpus) {
         ),
         (
             "eval ppl a directory".into(),
-            experiment_text(c, "", "ppl = [\"/tmp\"]"),
+            experiment_text(c, "", &format!("ppl = [\"{}\"]", empty_dir.display())),
             Expect::Refuse,
         ),
         (
@@ -1370,7 +1389,7 @@ fn experiment_cases(c: &mut Corpus) {
                 "exp.toml",
                 "/nonexistent/",
                 "/dev/zero",
-                "/tmp",
+                "corpus-dirs",
                 "tiny-corpus",
                 "tiny-model",
             ],
@@ -1653,9 +1672,10 @@ fn corpus_cases(c: &mut Corpus) {
             &["corpus.txt"],
         );
     }
+    let empty_dir = c.dir("corpus-dirs").display().to_string();
     for (what, path) in [
         ("missing", "/nonexistent/corpus.txt"),
-        ("a directory", "/tmp"),
+        ("an empty directory", empty_dir.as_str()),
         ("a device", "/dev/zero"),
     ] {
         c.add(

@@ -250,6 +250,17 @@ pub fn execute(
             base.location().display()
         ))
     })?;
+    // Checked before the corpus is tokenised: a long corpus would be read for nothing.
+    let positions = crate::core::model::rope::Rotary::positions_of(base.config());
+    if exp.train.seq_len + 1 > positions {
+        return Err(Error::Invalid(format!(
+            "{}: train.seq_len = {} exceeds the context of the base model {} (at most {})",
+            exp.path.display(),
+            exp.train.seq_len,
+            base.location().display(),
+            positions - 1
+        )));
+    }
     status("preparing data");
     let (seqs, suite) = prepare(exp, tokenizer, paths)?;
     status(&format!(
@@ -261,14 +272,6 @@ pub fn execute(
     // loss and reductions (see train::AdamW and the model's f32 norms and softmax).
     let dtype = crate::core::device::default_dtype(device);
     let base_model = load_model(base, dtype, device)?;
-    if exp.train.seq_len + 1 > base_model.max_positions() {
-        return Err(Error::Invalid(format!(
-            "{}: train.seq_len = {} exceeds the model's context of {} positions",
-            exp.path.display(),
-            exp.train.seq_len,
-            base_model.max_positions() - 1
-        )));
-    }
     let (checkpoint, mut evals) = match resume {
         Some(r) => {
             train::remove_partial_checkpoints(&paths.checkpoints);

@@ -43,15 +43,27 @@ pub enum Event {
     Runs(Vec<RunRow>),
     /// The experiments re-read from the data directory.
     Experiments(Vec<ExperimentItem>),
-    /// A background job's outcome: (ok, message).
-    JobDone(bool, String),
+    /// A job's process started (so it can be cancelled).
+    JobStarted {
+        id: JobId,
+        pid: u32,
+    },
+    /// A job ended: whether it succeeded, and what to say.
+    JobDone {
+        id: JobId,
+        ok: bool,
+        message: String,
+    },
     /// A message for the status line: (ok, message).
     Status(bool, String),
     Chat(ChatUpdate),
     /// The chat transcripts re-read.
     Chats(Vec<ChatSummary>),
-    /// An importance measurement finished.
-    Importance(ImportanceView),
+    /// An importance measurement (job `id`) finished.
+    Importance {
+        id: JobId,
+        view: ImportanceView,
+    },
     /// A study read from the data directory; `open` shows it (otherwise it refreshes the one
     /// shown).
     Study {
@@ -125,9 +137,27 @@ pub enum ChatUpdate {
     Error(String),
 }
 
-/// What the runtime is asked to do.
+/// A job's identity: every piece of background work the console starts is a job, and what
+/// comes back (its process, its end) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+/// A job the console has started and not yet seen end: the one registry of background work
+/// (the status line shows it, `C` cancels it, leaving the console stops its process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub label: String,
+    /// Its `slayer` process, once started (jobs without one finish at once).
+    pub pid: Option<u32>,
+    /// A cancel was sent.
+    pub cancelling: bool,
+}
+
+/// Background work, carried out off the event loop; its outcome returns as
+/// [`Event::JobDone`] with its [`JobId`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub enum Work {
     LaunchRun(PathBuf),
     StopRun(String),
     KillRun(String),
@@ -145,34 +175,47 @@ pub enum Effect {
         name: String,
     },
     DeleteExperiment(PathBuf),
-    /// Load models to chat with: run ids (newest checkpoint) or model names.
-    ChatLoad(Vec<String>),
-    ChatSend(String),
-    ChatCancel,
-    ChatReset,
-    /// A long CLI operation in the background (`slayer ARGS`), cancellable.
-    Job {
+    /// A long CLI operation (`slayer ARGS`), cancellable.
+    Slayer {
         label: String,
         args: Vec<String>,
     },
-    /// Ask the newest job to stop (SIGTERM: it cleans up and exits).
-    CancelJob,
-    /// Measure block importance of an experiment's base model (a job), then show it.
+    /// Measure block importance of an experiment's base model, then show it.
     Importance {
         name: String,
         path: PathBuf,
         base: String,
-    },
-    /// Read a study (its saved grid, cell → run map and the runs' results); `open` shows it.
-    LoadStudy {
-        name: String,
-        open: bool,
     },
     /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
     PlanFromSuggestion {
         from: PathBuf,
         suggestion: PathBuf,
         name: String,
+    },
+}
+
+/// What the runtime is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start job `id`.
+    Job {
+        id: JobId,
+        work: Work,
+    },
+    /// Ask job `id`'s process to stop (SIGTERM: it cleans up and exits).
+    CancelJob {
+        id: JobId,
+        pid: u32,
+    },
+    /// Load models to chat with: run ids (newest checkpoint) or model names.
+    ChatLoad(Vec<String>),
+    ChatSend(String),
+    ChatCancel,
+    ChatReset,
+    /// Read a study (its saved grid, cell → run map and the runs' results); `open` shows it.
+    LoadStudy {
+        name: String,
+        open: bool,
     },
     /// Repaint everything (after a resize or Ctrl-L).
     Redraw,
@@ -427,7 +470,10 @@ pub struct App {
     /// Braille in charts unless the terminal lacks the glyphs.
     pub plain_glyphs: bool,
     pub status: Option<(bool, String)>,
-    pub jobs: Vec<String>,
+    /// Jobs started and not yet ended, oldest first.
+    pub jobs: Vec<Job>,
+    /// The next job's id.
+    pub next_job: u64,
     pub should_quit: Option<bool>,
     /// Whether the next frame must be drawn.
     pub dirty: bool,
@@ -469,6 +515,7 @@ impl App {
             plain_glyphs,
             status: None,
             jobs: Vec::new(),
+            next_job: 1,
             should_quit: None,
             dirty: true,
             now: 0.0,
@@ -613,9 +660,19 @@ impl App {
                 self.clamp_experiment();
                 Vec::new()
             }
-            Event::JobDone(ok, message) => {
-                self.jobs.pop();
-                self.say(ok, message);
+            Event::JobStarted { id, pid } => {
+                if let Some(job) = self.jobs.iter_mut().find(|j| j.id == id) {
+                    job.pid = Some(pid);
+                }
+                Vec::new()
+            }
+            Event::JobDone { id, ok, message } => {
+                let cancelled = self.end_job(id).is_some_and(|j| j.cancelling);
+                if cancelled && !ok {
+                    self.say(false, format!("cancelled: {message}"));
+                } else {
+                    self.say(ok, message);
+                }
                 Vec::new()
             }
             Event::Status(ok, message) => {
@@ -649,8 +706,8 @@ impl App {
                 self.study = Some(view);
                 Vec::new()
             }
-            Event::Importance(view) => {
-                self.jobs.pop();
+            Event::Importance { id, view } => {
+                self.end_job(id);
                 self.say(
                     true,
                     format!("importance of {}'s base model", view.experiment),
@@ -1048,11 +1105,13 @@ impl App {
                     KeyCode::Esc | KeyCode::Char('q') => {}
                     KeyCode::Char('p') => {
                         if let Some(v) = &self.importance {
-                            return vec![Effect::PlanFromSuggestion {
+                            let name = format!("{}-importance", v.experiment);
+                            let work = Work::PlanFromSuggestion {
                                 from: v.experiment_path.clone(),
                                 suggestion: v.suggestion.clone(),
-                                name: format!("{}-importance", v.experiment),
-                            }];
+                                name: name.clone(),
+                            };
+                            return self.start_job(format!("creating {name}"), work);
                         }
                     }
                     KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => {
@@ -1097,8 +1156,8 @@ impl App {
             },
             Popup::ConfirmDelete { path, name } => match code {
                 KeyCode::Char('y') | KeyCode::Enter => {
-                    self.say(true, format!("deleted {name}"));
-                    return vec![Effect::DeleteExperiment(path)];
+                    return self
+                        .start_job(format!("deleting {name}"), Work::DeleteExperiment(path));
                 }
                 KeyCode::Esc | KeyCode::Char('n') => {}
                 _ => self.popup = Some(Popup::ConfirmDelete { path, name }),
@@ -1136,13 +1195,17 @@ impl App {
             } => match code {
                 KeyCode::Esc => {}
                 KeyCode::Enter if !input.is_empty() => {
+                    let label = format!("creating {input}");
                     return match (template, from) {
-                        (Some(template), _) => vec![Effect::CreateExperiment {
-                            name: input,
-                            template,
-                        }],
+                        (Some(template), _) => self.start_job(
+                            label,
+                            Work::CreateExperiment {
+                                name: input,
+                                template,
+                            },
+                        ),
                         (None, Some(from)) => {
-                            vec![Effect::DuplicateExperiment { from, name: input }]
+                            self.start_job(label, Work::DuplicateExperiment { from, name: input })
                         }
                         (None, None) => Vec::new(),
                     };
@@ -1216,8 +1279,10 @@ impl App {
         let text = editor.text();
         editor.saved.clone_from(&text);
         let path = editor.path.clone();
-        self.say(true, format!("saved {}", path.display()));
-        vec![Effect::SaveFile { path, text }]
+        self.start_job(
+            format!("saving {}", path.display()),
+            Work::SaveFile { path, text },
+        )
     }
 
     fn start_chat(&mut self, specs: Vec<String>) -> Vec<Effect> {
@@ -1340,9 +1405,8 @@ impl App {
             }
             Action::Train => {
                 if let Some(e) = self.current_experiment() {
-                    let path = e.path.clone();
-                    self.jobs.push(format!("launching {}", e.name));
-                    return vec![Effect::LaunchRun(path)];
+                    let (label, path) = (format!("launching {}", e.name), e.path.clone());
+                    return self.start_job(label, Work::LaunchRun(path));
                 }
             }
             Action::Stop | Action::Kill | Action::Resume => {
@@ -1351,11 +1415,12 @@ impl App {
                     _ => self.current_run().map(|r| r.id.clone()),
                 };
                 if let Some(id) = id {
-                    return vec![match action {
-                        Action::Stop => Effect::StopRun(id),
-                        Action::Kill => Effect::KillRun(id),
-                        _ => Effect::ResumeRun(id),
-                    }];
+                    let (label, work) = match action {
+                        Action::Stop => (format!("stopping {id}"), Work::StopRun(id)),
+                        Action::Kill => (format!("killing {id}"), Work::KillRun(id)),
+                        _ => (format!("resuming {id}"), Work::ResumeRun(id)),
+                    };
+                    return self.start_job(label, work);
                 }
             }
             Action::Open if self.screen == Screen::Study => self.monitor_study_strategy(),
@@ -1456,13 +1521,14 @@ impl App {
             }
             Action::Importance => {
                 if let Some(e) = self.current_experiment().cloned() {
-                    self.jobs
-                        .push(format!("measuring block importance for {}", e.name));
-                    return vec![Effect::Importance {
-                        name: e.name,
-                        path: e.path,
-                        base: e.base,
-                    }];
+                    return self.start_job(
+                        format!("measuring block importance for {}", e.name),
+                        Work::Importance {
+                            name: e.name,
+                            path: e.path,
+                            base: e.base,
+                        },
+                    );
                 }
             }
             Action::Evaluate => {
@@ -1471,10 +1537,16 @@ impl App {
                 }
             }
             Action::CancelJob => {
-                if self.jobs.is_empty() {
-                    self.say(false, "no job is running");
-                } else {
-                    return vec![Effect::CancelJob];
+                // The newest job that has a process to stop.
+                match self.jobs.iter_mut().rev().find(|j| j.pid.is_some()) {
+                    Some(job) => {
+                        job.cancelling = true;
+                        let (id, pid) = (job.id, job.pid.unwrap_or_default());
+                        let label = job.label.clone();
+                        self.say(true, format!("cancelling {label}"));
+                        return vec![Effect::CancelJob { id, pid }];
+                    }
+                    None => self.say(false, "no job is running"),
                 }
             }
         }
@@ -1483,11 +1555,30 @@ impl App {
 
     /// Starts `slayer ARGS` as a background job shown in the status line.
     fn job(&mut self, label: String, args: &[&str]) -> Vec<Effect> {
-        self.jobs.push(label.clone());
-        vec![Effect::Job {
-            label,
+        let work = Work::Slayer {
+            label: label.clone(),
             args: args.iter().map(ToString::to_string).collect(),
-        }]
+        };
+        self.start_job(label, work)
+    }
+
+    /// Registers a job and asks the runtime to start it.
+    fn start_job(&mut self, label: String, work: Work) -> Vec<Effect> {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.jobs.push(Job {
+            id,
+            label,
+            pid: None,
+            cancelling: false,
+        });
+        vec![Effect::Job { id, work }]
+    }
+
+    /// Removes job `id` from the registry (its end arrived); returns it.
+    fn end_job(&mut self, id: JobId) -> Option<Job> {
+        let index = self.jobs.iter().position(|j| j.id == id)?;
+        Some(self.jobs.remove(index))
     }
 
     fn move_selection(&mut self, action: Action) {

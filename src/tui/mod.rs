@@ -21,7 +21,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::{event as cevent, execute, terminal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use app::{App, ChatUpdate, Effect, Event, ExperimentItem, RunRow};
+use app::{App, ChatUpdate, Effect, Event, ExperimentItem, JobId, RunRow, Work};
 
 /// Console options.
 #[derive(Debug, Clone, Default)]
@@ -188,65 +188,73 @@ fn now() -> f64 {
 
 /// Reads terminal input on a thread of its own; an ended or failing input (hang-up, EOF, a
 /// dead terminal) ends the console instead of spinning.
+///
+/// crossterm reads the terminal in chunks and keeps what it has parsed: a paste or a burst of
+/// keys arrives in one read and waits in crossterm's buffer, not on standard input. So every
+/// event crossterm already holds is taken at once, and only when it holds none does the thread
+/// wait on standard input itself, where a hang-up shows (crossterm reads a hung-up terminal in
+/// an endless loop).
 fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("input".into())
         .spawn(move || {
-            // crossterm reads a hung-up terminal in an endless loop: where the terminal is
-            // standard input (as crossterm reads it), look first and wait there instead.
             let watch_stdin = std::io::IsTerminal::is_terminal(&std::io::stdin());
             while !stop.load(Ordering::Relaxed) {
-                let wait = if watch_stdin {
-                    if let Some(why) = terminal_hung_up() {
-                        let _ = tx.send(Event::TerminalGone(why));
-                        return;
-                    }
-                    Duration::ZERO
-                } else {
-                    Duration::from_millis(250)
-                };
-                match cevent::poll(wait) {
-                    Ok(false) => {
-                        if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
-                            let _ = tx
-                                .send(Event::TerminalGone("hang-up or termination signal".into()));
-                            return;
-                        }
-                    }
-                    Ok(true) => match cevent::read() {
-                        Ok(cevent::Event::Key(k)) => {
-                            if tx.send(Event::Key(k)).is_err() {
+                loop {
+                    match cevent::poll(Duration::ZERO) {
+                        Ok(true) => match cevent::read() {
+                            Ok(event) => {
+                                if !forward_input(&tx, &event) {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Event::TerminalGone(e.to_string()));
                                 return;
                             }
-                        }
-                        Ok(cevent::Event::Resize(_, _)) => {
-                            let _ = tx.send(Event::Resize);
-                        }
-                        // Only delivered with --mouse: the wheel moves like the arrow keys.
-                        Ok(cevent::Event::Mouse(m)) => {
-                            let code = match m.kind {
-                                cevent::MouseEventKind::ScrollUp => Some(cevent::KeyCode::Up),
-                                cevent::MouseEventKind::ScrollDown => Some(cevent::KeyCode::Down),
-                                _ => None,
-                            };
-                            if let Some(code) = code {
-                                let key = cevent::KeyEvent::new(code, cevent::KeyModifiers::NONE);
-                                let _ = tx.send(Event::Key(key));
-                            }
-                        }
-                        Ok(_) => {}
+                        },
+                        Ok(false) => break,
                         Err(e) => {
                             let _ = tx.send(Event::TerminalGone(e.to_string()));
                             return;
                         }
-                    },
-                    Err(e) => {
-                        let _ = tx.send(Event::TerminalGone(e.to_string()));
+                    }
+                }
+                if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
+                    let _ = tx.send(Event::TerminalGone("hang-up or termination signal".into()));
+                    return;
+                }
+                // Nothing buffered: wait (up to 250 ms) for input or a hang-up.
+                if watch_stdin {
+                    if let Some(why) = terminal_hung_up() {
+                        let _ = tx.send(Event::TerminalGone(why));
                         return;
                     }
+                } else if let Err(e) = cevent::poll(Duration::from_millis(250)) {
+                    let _ = tx.send(Event::TerminalGone(e.to_string()));
+                    return;
                 }
             }
         });
+}
+
+/// Sends one terminal event to the console; `false` once the console has gone.
+fn forward_input(tx: &UnboundedSender<Event>, event: &cevent::Event) -> bool {
+    let event = match *event {
+        cevent::Event::Key(k) => Event::Key(k),
+        cevent::Event::Resize(_, _) => Event::Resize,
+        // Only delivered with --mouse: the wheel moves like the arrow keys.
+        cevent::Event::Mouse(m) => {
+            let code = match m.kind {
+                cevent::MouseEventKind::ScrollUp => cevent::KeyCode::Up,
+                cevent::MouseEventKind::ScrollDown => cevent::KeyCode::Down,
+                _ => return true,
+            };
+            Event::Key(cevent::KeyEvent::new(code, cevent::KeyModifiers::NONE))
+        }
+        _ => return true,
+    };
+    tx.send(event).is_ok()
 }
 
 /// Follows every run's event log and the experiment files; re-reads the run table when runs
@@ -565,13 +573,16 @@ fn load_chat_model(
     crate::runner::model::load_path(&path, spec, candle_core::DType::F32, device)
 }
 
-/// Carries out an effect off the async workers; results come back as events.
-/// The process ids of running jobs, newest last (for cancelling).
-type Jobs = Arc<std::sync::Mutex<Vec<u32>>>;
-
-/// Runs `slayer ARGS` as a job: registered for cancelling, its last line of output reported.
-fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool, String) {
-    let (ok, last, _) = run_slayer(data_dir, args, jobs);
+/// Runs `slayer ARGS` as job `id`: its process reported as it starts (so it can be cancelled),
+/// its last line of output the message.
+fn run_job(
+    data_dir: &Path,
+    id: JobId,
+    label: &str,
+    args: &[String],
+    tx: &UnboundedSender<Event>,
+) -> (bool, String) {
+    let (ok, last, _) = run_slayer(data_dir, args, id, tx);
     (
         ok,
         if ok {
@@ -582,9 +593,14 @@ fn run_job(data_dir: &Path, label: &str, args: &[String], jobs: &Jobs) -> (bool,
     )
 }
 
-/// Runs `slayer ARGS` (registered in `jobs` while it runs, so it can be cancelled): whether it
+/// Runs `slayer ARGS` for job `id` (its pid sent as [`Event::JobStarted`]): whether it
 /// succeeded, its last line on stderr, and its stdout.
-fn run_slayer(data_dir: &Path, args: &[String], jobs: &Jobs) -> (bool, String, Vec<u8>) {
+fn run_slayer(
+    data_dir: &Path,
+    args: &[String],
+    id: JobId,
+    tx: &UnboundedSender<Event>,
+) -> (bool, String, Vec<u8>) {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
     let child = std::process::Command::new(exe)
         .arg("--data-dir")
@@ -598,15 +614,11 @@ fn run_slayer(data_dir: &Path, args: &[String], jobs: &Jobs) -> (bool, String, V
         Ok(c) => c,
         Err(e) => return (false, format!("cannot run slayer: {e}"), Vec::new()),
     };
-    let pid = child.id();
-    if let Ok(mut j) = jobs.lock() {
-        j.push(pid);
-    }
-    let out = child.wait_with_output();
-    if let Ok(mut j) = jobs.lock() {
-        j.retain(|p| *p != pid);
-    }
-    match out {
+    let _ = tx.send(Event::JobStarted {
+        id,
+        pid: child.id(),
+    });
+    match child.wait_with_output() {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stderr);
             let last = text
@@ -622,36 +634,41 @@ fn run_slayer(data_dir: &Path, args: &[String], jobs: &Jobs) -> (bool, String, V
     }
 }
 
-fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, jobs: &Jobs) {
+/// Carries out job `id` off the async workers; its end comes back as [`Event::JobDone`] (or
+/// [`Event::Importance`]), always exactly once.
+fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Event>) {
     // Quick commands (launch, stop, kill, resume): their last line of output is the message.
     let slayer = |args: &[&str]| -> (bool, String) {
         let args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        let (ok, last, _) = run_slayer(data_dir, &args, jobs);
+        let (ok, last, _) = run_slayer(data_dir, &args, id, tx);
         (ok, last)
     };
-    let done = |(ok, msg): (bool, String)| {
-        let _ = tx.send(Event::JobDone(ok, msg));
+    let done = |(ok, message): (bool, String)| {
+        let _ = tx.send(Event::JobDone { id, ok, message });
     };
-    match effect {
-        Effect::LaunchRun(path) => {
+    match work {
+        Work::LaunchRun(path) => {
             done(slayer(&["train", &path.display().to_string(), "--detach"]));
         }
-        Effect::StopRun(id) => done(slayer(&["runs", "stop", &id])),
-        Effect::KillRun(id) => done(slayer(&["runs", "kill", &id])),
-        Effect::ResumeRun(id) => done(slayer(&["runs", "resume", &id])),
-        Effect::SaveFile { path, text } => {
-            if let Err(e) = crate::core::checkpoint::hf::replace_file(&path, text.as_bytes()) {
-                done((false, format!("cannot save {}: {e:#}", path.display())));
-            }
+        Work::StopRun(run) => done(slayer(&["runs", "stop", &run])),
+        Work::KillRun(run) => done(slayer(&["runs", "kill", &run])),
+        Work::ResumeRun(run) => done(slayer(&["runs", "resume", &run])),
+        Work::SaveFile { path, text } => {
+            done(
+                match crate::core::checkpoint::hf::replace_file(&path, text.as_bytes()) {
+                    Ok(()) => (true, format!("saved {}", path.display())),
+                    Err(e) => (false, format!("cannot save {}: {e:#}", path.display())),
+                },
+            );
         }
-        Effect::CreateExperiment { name, template } => {
+        Work::CreateExperiment { name, template } => {
             match crate::templates::create_experiment(data_dir, &name, &template) {
                 Ok(p) => done((true, format!("created {}", p.display()))),
                 Err(e) => done((false, format!("{e:#}"))),
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
-        Effect::DuplicateExperiment { from, name } => {
+        Work::DuplicateExperiment { from, name } => {
             let dest = crate::templates::experiments_dir(data_dir).join(format!("{name}.toml"));
             let r = std::fs::read_to_string(&from)
                 .map_err(anyhow::Error::from)
@@ -670,30 +687,23 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
-        Effect::DeleteExperiment(path) => {
-            if let Err(e) = std::fs::remove_file(&path) {
-                done((false, format!("cannot delete {}: {e}", path.display())));
-            }
+        Work::DeleteExperiment(path) => {
+            done(match std::fs::remove_file(&path) {
+                Ok(()) => (true, format!("deleted {}", path.display())),
+                Err(e) => (false, format!("cannot delete {}: {e}", path.display())),
+            });
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
-        Effect::Job { label, args } => done(run_job(data_dir, &label, &args, jobs)),
-        Effect::Importance { name, path, base } => {
-            match importance(data_dir, &name, &path, &base, jobs) {
+        Work::Slayer { label, args } => done(run_job(data_dir, id, &label, &args, tx)),
+        Work::Importance { name, path, base } => {
+            match importance(data_dir, &name, &path, &base, id, tx) {
                 Ok(view) => {
-                    let _ = tx.send(Event::Importance(view));
+                    let _ = tx.send(Event::Importance { id, view });
                 }
                 Err(e) => done((false, format!("importance of {name}: {e:#}"))),
             }
         }
-        Effect::LoadStudy { name, open } => match load_study(data_dir, &name) {
-            Ok(view) => {
-                let _ = tx.send(Event::Study { view, open });
-            }
-            Err(e) => {
-                let _ = tx.send(Event::Status(false, format!("study {name}: {e:#}")));
-            }
-        },
-        Effect::PlanFromSuggestion {
+        Work::PlanFromSuggestion {
             from,
             suggestion,
             name,
@@ -707,21 +717,25 @@ fn execute_effect(data_dir: &Path, effect: Effect, tx: &UnboundedSender<Event>, 
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
-        Effect::CancelJob => {
-            let newest = jobs.lock().ok().and_then(|j| j.last().copied());
-            if let Some(pid) = newest.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        Effect::ChatLoad(_)
-        | Effect::ChatSend(_)
-        | Effect::ChatCancel
-        | Effect::ChatReset
-        | Effect::Redraw
-        | Effect::Quit { .. } => {}
+    }
+}
+
+/// Reads study `name` off the async workers; the result comes back as an event.
+fn load_study_event(data_dir: &Path, name: &str, open: bool, tx: &UnboundedSender<Event>) {
+    let event = match load_study(data_dir, name) {
+        Ok(view) => Event::Study { view, open },
+        Err(e) => Event::Status(false, format!("study {name}: {e:#}")),
+    };
+    let _ = tx.send(event);
+}
+
+/// Asks a job's process to stop (SIGTERM: it cleans up and exits).
+fn terminate(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
@@ -734,7 +748,8 @@ fn importance(
     name: &str,
     path: &Path,
     base: &str,
-    jobs: &Jobs,
+    id: JobId,
+    tx: &UnboundedSender<Event>,
 ) -> Result<app::ImportanceView> {
     let dir = data_dir.join("importance");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -773,7 +788,7 @@ fn importance(
     .iter()
     .map(ToString::to_string)
     .collect();
-    let (ok, message, stdout) = run_slayer(data_dir, &args, jobs);
+    let (ok, message, stdout) = run_slayer(data_dir, &args, id, tx);
     if !ok {
         anyhow::bail!("{message}");
     }
@@ -875,11 +890,69 @@ where
     Ok(())
 }
 
+/// Carries out what [`App::update`] asks for: the chat thread's commands, jobs on blocking
+/// threads, repaints and the quit.
+struct EffectRunner {
+    chat: std::sync::mpsc::Sender<ChatCommand>,
+    cancel_chat: Arc<AtomicBool>,
+    tx: UnboundedSender<Event>,
+    /// Set by a quit: whether running runs are to be stopped.
+    stop_runs: Option<bool>,
+}
+
+impl EffectRunner {
+    /// Updates `app` with `event` and carries out every effect the update returns.
+    fn handle<B: ratatui::backend::Backend>(
+        &mut self,
+        app: &mut App,
+        event: Event,
+        terminal: &mut Terminal<B>,
+    ) -> Result<()>
+    where
+        B::Error: Send + Sync + 'static,
+    {
+        let by_tick = matches!(event, Event::Tick);
+        if by_tick {
+            app.now = now();
+        }
+        let dirty_before_tick = app.dirty;
+        for effect in app.update(event) {
+            match effect {
+                Effect::Quit { stop_runs } => self.stop_runs = Some(stop_runs),
+                Effect::Redraw => full_repaint(terminal)?,
+                Effect::ChatLoad(specs) => {
+                    let _ = self.chat.send(ChatCommand::Load(specs));
+                }
+                Effect::ChatSend(text) => {
+                    let _ = self.chat.send(ChatCommand::Send(text));
+                }
+                Effect::ChatReset => {
+                    let _ = self.chat.send(ChatCommand::Reset);
+                }
+                Effect::ChatCancel => self.cancel_chat.store(true, Ordering::SeqCst),
+                Effect::CancelJob { pid, .. } => terminate(pid),
+                Effect::Job { id, work } => {
+                    let (dir, tx) = (app.data_dir.clone(), self.tx.clone());
+                    tokio::task::spawn_blocking(move || execute_job(&dir, id, work, &tx));
+                }
+                Effect::LoadStudy { name, open } => {
+                    let (dir, tx) = (app.data_dir.clone(), self.tx.clone());
+                    tokio::task::spawn_blocking(move || load_study_event(&dir, &name, open, &tx));
+                }
+            }
+        }
+        // A tick changes only the monitor's ETA, and only while the run runs.
+        if by_tick && !app.clock_visible() {
+            app.dirty = dirty_before_tick;
+        }
+        Ok(())
+    }
+}
+
 async fn event_loop(mut app: App) -> Result<i32> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     let stop = Arc::new(AtomicBool::new(false));
     let cancel_chat = Arc::new(AtomicBool::new(false));
-    let jobs: Jobs = Arc::default();
     spawn_input(tx.clone(), Arc::clone(&stop));
     spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
     let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
@@ -909,60 +982,32 @@ async fn event_loop(mut app: App) -> Result<i32> {
     let mut last_draw = Instant::now()
         .checked_sub(frame)
         .unwrap_or_else(Instant::now);
-    let mut stop_runs = None;
+    let mut effects = EffectRunner {
+        chat,
+        cancel_chat: Arc::clone(&cancel_chat),
+        tx: tx.clone(),
+        stop_runs: None,
+    };
     while let Some(first) = rx.recv().await {
         // Drain everything pending, then draw once.
-        let mut events = vec![first];
+        effects.handle(&mut app, first, &mut terminal)?;
         while let Ok(e) = rx.try_recv() {
-            events.push(e);
+            effects.handle(&mut app, e, &mut terminal)?;
         }
-        for event in events {
-            if matches!(event, Event::Tick) {
-                app.now = now();
-            }
-            let changed_by_tick = matches!(event, Event::Tick);
-            let dirty_before_tick = app.dirty;
-            for effect in app.update(event) {
-                match effect {
-                    Effect::Quit { stop_runs: s } => stop_runs = Some(s),
-                    Effect::Redraw => full_repaint(&mut terminal)?,
-                    Effect::ChatLoad(specs) => {
-                        let _ = chat.send(ChatCommand::Load(specs));
-                    }
-                    Effect::ChatSend(text) => {
-                        let _ = chat.send(ChatCommand::Send(text));
-                    }
-                    Effect::ChatReset => {
-                        let _ = chat.send(ChatCommand::Reset);
-                    }
-                    Effect::ChatCancel => cancel_chat.store(true, Ordering::SeqCst),
-                    other => {
-                        let (dir, tx) = (app.data_dir.clone(), tx.clone());
-                        let jobs = Arc::clone(&jobs);
-                        tokio::task::spawn_blocking(move || {
-                            execute_effect(&dir, other, &tx, &jobs);
-                        });
-                    }
-                }
-            }
-            // A tick changes only the monitor's ETA, and only while the run runs.
-            if changed_by_tick && !app.clock_visible() {
-                app.dirty = dirty_before_tick;
-            }
-        }
-        if stop_runs.is_some() {
+        if effects.stop_runs.is_some() {
             break;
         }
         if app.dirty {
             let wait = frame.saturating_sub(last_draw.elapsed());
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
+                // What arrived while waiting for the frame is handled like the rest: every
+                // effect carried out (a save, a chat message), not only a quit.
                 while let Ok(e) = rx.try_recv() {
-                    for effect in app.update(e) {
-                        if let Effect::Quit { stop_runs: s } = effect {
-                            stop_runs = Some(s);
-                        }
-                    }
+                    effects.handle(&mut app, e, &mut terminal)?;
+                }
+                if effects.stop_runs.is_some() {
+                    break;
                 }
             }
             let started = Instant::now();
@@ -975,16 +1020,12 @@ async fn event_loop(mut app: App) -> Result<i32> {
             last_draw = Instant::now();
         }
     }
+    let stop_runs = effects.stop_runs;
     stop.store(true, Ordering::Relaxed);
     cancel_chat.store(true, Ordering::SeqCst);
     // Jobs belong to the console (runs do not): ask them to stop cleanly.
-    for pid in jobs.lock().map(|j| j.clone()).unwrap_or_default() {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+    for pid in app.jobs.iter().filter_map(|j| j.pid) {
+        terminate(pid);
     }
     if stop_runs == Some(true) {
         for r in app
@@ -992,7 +1033,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
             .iter()
             .filter(|r| r.status == crate::runner::RunState::Running)
         {
-            execute_effect(&app.data_dir, Effect::StopRun(r.id.clone()), &tx, &jobs);
+            execute_job(&app.data_dir, JobId(0), Work::StopRun(r.id.clone()), &tx);
         }
     }
     Ok(0)

@@ -53,8 +53,14 @@ pub fn inv_freqs(config: &LlamaConfig) -> Vec<f64> {
 }
 
 impl Rotary {
+    /// How many positions the table of `config` holds: its context, capped.
+    #[must_use]
+    pub fn positions_of(config: &LlamaConfig) -> usize {
+        config.max_position_embeddings.min(MAX_TABLE_POSITIONS)
+    }
+
     pub fn new(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let positions = config.max_position_embeddings.min(MAX_TABLE_POSITIONS);
+        let positions = Self::positions_of(config);
         let freqs = inv_freqs(config);
         let half = freqs.len();
         let mut angles = Vec::with_capacity(positions * half);

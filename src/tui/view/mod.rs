@@ -121,8 +121,12 @@ fn status_line(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         ]),
         _ => {
             if let Some(job) = app.jobs.last() {
+                let more = match app.jobs.len() {
+                    1 => String::new(),
+                    n => format!(" (+{} more)", n - 1),
+                };
                 Line::from(Span::styled(
-                    format!("⋯ {}", clean(job)),
+                    format!("⋯ {}{more}", clean(&job.label)),
                     theme.fg("running"),
                 ))
             } else if let Some((ok, msg)) = &app.status {
