@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use ratatui::Terminal;
@@ -16,7 +17,7 @@ use slayer::runner::EventLog;
 use slayer::tui::app::{
     App, ChatLine, ChatUpdate, Effect, Event, Input, JobId, Popup, Screen, Work,
 };
-use slayer::tui::keymap::Keymap;
+use slayer::tui::keymap::{Context, Keymap};
 use slayer::tui::theme::{self, ColorDepth};
 
 /// A data directory with two experiments (one broken), a small model config, and two runs: one
@@ -162,6 +163,12 @@ fn app(home: &Path) -> App {
     app
 }
 
+fn app_with_keymap(home: &Path, keymap: Keymap) -> App {
+    let mut a = app(home);
+    a.keymap = keymap;
+    a
+}
+
 fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
     app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
 }
@@ -193,11 +200,42 @@ fn draw(app: &App, w: u16, h: u16) -> String {
     out
 }
 
-/// Snapshots `app` at both sizes, with the temporary data directory redacted.
+/// The screen as text, then each row's styles as runs of equal style
+/// (`row: from..to fg bg modifiers`), so that a snapshot compares colours and modifiers too.
+fn draw_styled(app: &App, w: u16, h: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| f.render_widget(app, f.area())).unwrap();
+    let buf = terminal.backend().buffer().clone();
+    let mut out = draw(app, w, h);
+    out.push_str("-- styles (row: columns fg/bg modifiers)\n");
+    for y in 0..h {
+        let mut runs: Vec<(u16, u16, String)> = Vec::new();
+        for x in 0..w {
+            let cell = &buf[(x, y)];
+            let style = format!("{:?}/{:?} {:?}", cell.fg, cell.bg, cell.modifier);
+            match runs.last_mut() {
+                Some((_, end, s)) if *s == style => *end = x + 1,
+                _ => runs.push((x, x + 1, style)),
+            }
+        }
+        // The default style is left out: a row of plain text lists nothing.
+        let shown: Vec<String> = runs
+            .into_iter()
+            .filter(|(_, _, s)| s != "Reset/Reset NONE")
+            .map(|(a, b, s)| format!("{a}..{b} {s}"))
+            .collect();
+        if !shown.is_empty() {
+            writeln!(out, "{y}: {}", shown.join(", ")).unwrap();
+        }
+    }
+    out
+}
+
+/// Snapshots `app` at both sizes, styled, with the temporary data directory redacted.
 fn snap(name: &str, app: &App) {
     let data = app.data_dir.display().to_string();
     for (w, h) in [(80, 24), (160, 48)] {
-        let screen = draw(app, w, h).replace(&data, "<data>");
+        let screen = draw_styled(app, w, h).replace(&data, "<data>");
         // The path may be cut at the edge of a panel or of the screen: redact its random part
         // (`/tmp/.tmpXXXXXX`) wherever it starts.
         let screen = redact_temp_dirs(&screen);
@@ -318,7 +356,7 @@ fn leaving_the_editor_with_edits_asks_and_external_changes_prompt() {
         slayer::runner::tail::Update::Experiment(path),
     ]));
     snap("popup_external_change", &a);
-    key(&mut a, KeyCode::Char('r'));
+    key(&mut a, KeyCode::Char('y'));
     assert!(a.editor.as_ref().unwrap().text().contains("llama-pro"));
     assert!(!a.editor.as_ref().unwrap().dirty());
 }
@@ -571,9 +609,15 @@ fn help_is_generated_from_the_keymap() {
     let mut a = app(home.path());
     key(&mut a, KeyCode::Char('?'));
     let mut screen = String::new();
-    for scroll in 0..40 {
+    for scroll in 0..200 {
         a.popup = Some(Popup::Help { scroll });
         screen.push_str(&draw(&a, 160, 48));
+    }
+    for context in slayer::tui::keymap::Context::ALL {
+        assert!(screen.contains(context.title()), "help lacks {context:?}");
+        if let Some(note) = context.unbound_keys() {
+            assert!(screen.contains(note), "help lacks {note:?}");
+        }
     }
     for b in &Keymap::default().bindings {
         assert!(
@@ -879,4 +923,169 @@ fn a_study_is_compared_on_its_screen() {
     );
     a.update(Event::Status(false, format!("study nope: {err}")));
     snap("study_error", &a);
+}
+
+/// Every key is looked up in one context (popup, text field, editor, screen): what the help
+/// lists is what keys do there.
+#[test]
+fn keys_act_in_their_context() {
+    let home = fixture();
+    let mut a = app(home.path());
+    // `G` goes to the end of the help (it used to close it); an unbound key leaves it open.
+    key(&mut a, KeyCode::Char('?'));
+    key(&mut a, KeyCode::Char('G'));
+    let end = match a.popup {
+        Some(Popup::Help { scroll }) => scroll,
+        ref other => panic!("help closed: {other:?}"),
+    };
+    assert!(end > 10, "scrolled to {end}");
+    key(&mut a, KeyCode::Char('G'));
+    assert!(
+        matches!(a.popup, Some(Popup::Help { scroll }) if scroll == end),
+        "bounded"
+    );
+    key(&mut a, KeyCode::Char('x'));
+    assert!(a.popup.is_some());
+    snap("help_at_the_end", &a);
+    key(&mut a, KeyCode::Esc);
+    assert!(a.popup.is_none());
+    // Tab moves between screens; shift-tab back.
+    key(&mut a, KeyCode::Tab);
+    assert_eq!(a.screen, Screen::Runs);
+    key(&mut a, KeyCode::BackTab);
+    assert_eq!(a.screen, Screen::Experiments);
+    // In the plan editor tab indents the text, `q` is a letter, and ctrl-g opens the `:` line,
+    // where `:diff NAME` compares the editor with another experiment.
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.screen, Screen::Editor);
+    let before = a.editor.as_ref().unwrap().text();
+    key(&mut a, KeyCode::Tab);
+    key(&mut a, KeyCode::Char('q'));
+    let after = a.editor.as_ref().unwrap().text();
+    assert_eq!(a.screen, Screen::Editor);
+    assert!(
+        after.starts_with(' ') && after.trim_start().starts_with('q'),
+        "{after:?}"
+    );
+    assert_eq!(after.len(), before.len() + after.find('q').unwrap() + 1);
+    ctrl(&mut a, 'g');
+    assert_eq!(a.input, Input::Command);
+    typed(&mut a, "diff broken");
+    snap("editor_command_line", &a);
+    key(&mut a, KeyCode::Enter);
+    assert!(
+        matches!(a.popup, Some(Popup::Diff { .. })),
+        "{:?}",
+        a.status
+    );
+    assert_eq!(a.screen, Screen::Editor);
+    key(&mut a, KeyCode::Esc);
+    // The `:` line: backspace on an empty line closes it, ctrl-u clears it.
+    ctrl(&mut a, 'g');
+    typed(&mut a, "runs");
+    ctrl(&mut a, 'u');
+    assert_eq!(a.command, "");
+    key(&mut a, KeyCode::Backspace);
+    assert_eq!(a.input, Input::None);
+    // Leaving with edits asks (right, right: "stay"; left: "discard").
+    key(&mut a, KeyCode::Esc);
+    assert!(matches!(a.popup, Some(Popup::UnsavedLeave { choice: 0 })));
+    key(&mut a, KeyCode::Right);
+    key(&mut a, KeyCode::Right);
+    key(&mut a, KeyCode::Left);
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.screen, Screen::Experiments);
+    // A name prompt takes letters, digits, - and _ only.
+    key(&mut a, KeyCode::Char('y'));
+    ctrl(&mut a, 'u');
+    typed(&mut a, "a b/c");
+    assert!(matches!(&a.popup, Some(Popup::Name { input, .. }) if input == "abc"));
+    key(&mut a, KeyCode::Backspace);
+    assert!(matches!(
+        key(&mut a, KeyCode::Enter).as_slice(),
+        [Effect::Job { work: Work::DuplicateExperiment { name, .. }, .. }] if name == "ab"
+    ));
+    assert!(a.popup.is_none());
+}
+
+/// A key rebound in keymap.toml changes what it does in that context, and only there; `none`
+/// unbinds a key; an action bound where it means nothing is refused with the section named.
+#[test]
+fn rebinding_a_key_changes_what_it_does_in_its_context() {
+    let keymap = Keymap::with_overrides(
+        r#"
+[keys]
+"x" = "quit"
+[runs]
+"S" = "stop"
+"s" = "none"
+[editor]
+"ctrl-w" = "save"
+[chat]
+"ctrl-x" = "cancel"
+[input]
+"ctrl-j" = "send"
+"enter" = "none"
+[popup]
+"x" = "back"
+"#,
+    )
+    .unwrap();
+    let home = fixture();
+    let mut a = app_with_keymap(home.path(), keymap);
+    // [popup]: x closes a popup; on a screen it quits ([keys]).
+    key(&mut a, KeyCode::Char('?'));
+    assert!(key(&mut a, KeyCode::Char('x')).is_empty());
+    assert!(a.popup.is_none());
+    // [runs]: s no longer stops, S does.
+    key(&mut a, KeyCode::Char('2'));
+    assert!(!a.runs.is_empty());
+    assert!(key(&mut a, KeyCode::Char('s')).is_empty());
+    assert!(matches!(
+        key(&mut a, KeyCode::Char('S')).as_slice(),
+        [Effect::Job {
+            work: Work::StopRun(_),
+            ..
+        }]
+    ));
+    // [editor]: ctrl-w saves (and ctrl-s still does).
+    key(&mut a, KeyCode::Char('1'));
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Enter);
+    typed(&mut a, "# edit\n");
+    assert!(matches!(
+        ctrl(&mut a, 'w').as_slice(),
+        [Effect::Job {
+            work: Work::SaveFile { .. },
+            ..
+        }]
+    ));
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.screen, Screen::Experiments);
+    // [input]: in the chat input enter no longer sends, ctrl-j does; [chat]: ctrl-x cancels.
+    a.run_command("chat run-a");
+    a.update(Event::Chat(ChatUpdate::Loaded(vec!["run-a@40".into()])));
+    assert_eq!(a.input, Input::Chat);
+    typed(&mut a, "hello");
+    assert!(key(&mut a, KeyCode::Enter).is_empty());
+    assert_eq!(a.chat.input, "hello");
+    assert_eq!(ctrl(&mut a, 'j'), vec![Effect::ChatSend("hello".into())]);
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.input, Input::None);
+    assert_eq!(ctrl(&mut a, 'x'), vec![Effect::ChatCancel]);
+    // The help shows the keys as rebound.
+    key(&mut a, KeyCode::Char('?'));
+    let help = draw(&a, 160, 48);
+    assert!(help.contains("x/esc/q closes"), "{help}");
+    key(&mut a, KeyCode::Char('x'));
+    assert_eq!(
+        key(&mut a, KeyCode::Char('x')),
+        vec![Effect::Quit { stop_runs: false }]
+    );
+    assert_eq!(
+        a.keymap
+            .keys_of(Context::Input, slayer::tui::keymap::Action::Send, "-"),
+        "ctrl-j"
+    );
 }

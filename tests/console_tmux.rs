@@ -16,14 +16,30 @@ use std::time::{Duration, Instant};
 
 use common::tiny_model_dir;
 
+/// One tmux server for all tests of this binary (its socket is named after the process); each
+/// test has its own session in it.
 struct Tmux {
-    socket: String,
+    session: String,
+}
+
+fn socket() -> String {
+    format!("slayer-tests-{}", std::process::id())
 }
 
 impl Tmux {
+    fn new(session: &str) -> Self {
+        Self {
+            session: session.to_string(),
+        }
+    }
+
+    #[expect(
+        clippy::unused_self,
+        reason = "every tmux call goes through a session's handle"
+    )]
     fn cmd(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket])
+            .args(["-L", &socket()])
             .args(args)
             .output()
             .expect("tmux is needed for this test (.ci/run installs it)");
@@ -40,7 +56,7 @@ impl Tmux {
             "new-session",
             "-d",
             "-s",
-            "c",
+            &self.session,
             "-x",
             "160",
             "-y",
@@ -51,13 +67,13 @@ impl Tmux {
 
     fn keys(&self, keys: &[&str]) {
         for k in keys {
-            self.cmd(&["send-keys", "-t", "c", k]);
+            self.cmd(&["send-keys", "-t", &self.session, k]);
             std::thread::sleep(Duration::from_millis(60));
         }
     }
 
     fn screen(&self) -> String {
-        self.cmd(&["capture-pane", "-p", "-t", "c"])
+        self.cmd(&["capture-pane", "-p", "-t", &self.session])
     }
 
     /// Waits until the screen satisfies `pred`; returns it.
@@ -78,9 +94,10 @@ impl Tmux {
 }
 
 impl Drop for Tmux {
+    /// The session goes; the server ends with its last session.
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .args(["-L", &socket(), "kill-session", "-t", &self.session])
             .output();
     }
 }
@@ -105,9 +122,7 @@ fn drive_the_console_through_a_run_and_back() {
         ),
     )
     .unwrap();
-    let tmux = Tmux {
-        socket: format!("slayer-test-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("drive");
     tmux.start(home.path());
     tmux.wait_for("the experiment list", |s| {
         s.contains("tiny") && s.contains("experiments")
@@ -144,7 +159,7 @@ fn drive_the_console_through_a_run_and_back() {
     tmux.wait_for("the quit question", |s| s.contains("leave them running"));
     tmux.keys(&["Enter"]);
     tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
-    tmux.cmd(&["kill-session", "-t", "c"]);
+    tmux.cmd(&["kill-session", "-t", &tmux.session]);
     let runs = slayer::runner::list_runs(home.path());
     assert_eq!(runs.len(), 1);
     // Reopen and find it.
@@ -186,9 +201,7 @@ fn a_paste_lands_in_the_editor_at_once() {
         "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
     )
     .unwrap();
-    let tmux = Tmux {
-        socket: format!("slayer-paste-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("paste");
     tmux.start(home.path());
     tmux.wait_for("the experiment list", |s| s.contains("lineage"));
     tmux.keys(&["Enter"]);
@@ -198,9 +211,9 @@ fn a_paste_lands_in_the_editor_at_once() {
         .collect();
     let text = lines.join("\n") + "\n";
     assert_eq!(text.chars().count(), 1000);
-    tmux.cmd(&["set-buffer", "-b", "p", &text]);
+    tmux.cmd(&["set-buffer", "-b", "paste", &text]);
     let pasted = Instant::now();
-    tmux.cmd(&["paste-buffer", "-b", "p", "-t", "c"]);
+    tmux.cmd(&["paste-buffer", "-b", "paste", "-t", &tmux.session]);
     let screen = tmux.wait_for("the whole paste", |s| s.contains("# paste-20"));
     let elapsed = pasted.elapsed();
     for line in &lines {
@@ -232,9 +245,7 @@ fn the_console_leaves_when_its_terminal_goes_away() {
         "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
     )
     .unwrap();
-    let tmux = Tmux {
-        socket: format!("slayer-hup-{}", std::process::id()),
-    };
+    let tmux = Tmux::new("hup");
     let pid_file = home.path().join("console.pid");
     let cmd = format!(
         "echo $$ > '{}'; SLAYER_HOME='{}' exec '{}'",
@@ -246,7 +257,7 @@ fn the_console_leaves_when_its_terminal_goes_away() {
         "new-session",
         "-d",
         "-s",
-        "c",
+        &tmux.session,
         "-x",
         "100",
         "-y",
@@ -262,7 +273,8 @@ fn the_console_leaves_when_its_terminal_goes_away() {
         .to_string();
     let proc_dir = Path::new("/proc").join(&pid);
     assert!(proc_dir.exists());
-    tmux.cmd(&["kill-server"]);
+    // Its terminal goes: the session (and so the pane's pseudo-terminal) is killed.
+    tmux.cmd(&["kill-session", "-t", &tmux.session]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while proc_dir.exists() {
         assert!(
@@ -271,4 +283,38 @@ fn the_console_leaves_when_its_terminal_goes_away() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A keymap.toml rebinding keys per context changes what those keys do in the real console:
+/// on the experiments screen (`n` unbound, `N` new), in a popup (`x` closes) and in a text
+/// field (`ctrl-j` runs the `:` line).
+#[test]
+fn rebound_keys_act_per_context() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/x.toml"),
+        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join("keymap.toml"),
+        "[experiments]\n\"n\" = \"none\"\n\"N\" = \"new\"\n[popup]\n\"x\" = \"back\"\n[input]\n\"ctrl-j\" = \"send\"\n",
+    )
+    .unwrap();
+    let tmux = Tmux::new("rebind");
+    tmux.start(home.path());
+    let s = tmux.wait_for("the experiment list", |s| s.contains("lineage"));
+    assert!(!s.contains("keymap.toml"), "the keymap was refused:\n{s}");
+    tmux.keys(&["n"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!tmux.screen().contains("new experiment"), "n still opens");
+    tmux.keys(&["N"]);
+    tmux.wait_for("the template picker", |s| s.contains("new experiment"));
+    tmux.keys(&["x"]);
+    tmux.wait_for("the picker to close", |s| !s.contains("new experiment"));
+    tmux.keys(&[":", "r", "u", "n", "s", "C-j"]);
+    tmux.wait_for("the runs screen", |s| s.contains("No runs yet"));
+    tmux.keys(&["q"]);
+    tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
 }

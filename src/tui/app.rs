@@ -842,68 +842,181 @@ impl App {
         Vec::new()
     }
 
+    /// The keymap context the next key is looked up in: the open popup (a name prompt is a
+    /// text field), else the text field being typed in, else the screen.
+    #[must_use]
+    pub fn key_context(&self) -> Context {
+        match (&self.popup, self.input) {
+            (Some(Popup::Name { .. }), _)
+            | (None, Input::Command | Input::Filter | Input::Chat) => Context::Input,
+            (Some(_), _) => Context::Popup,
+            (None, Input::None) => self.context(),
+        }
+    }
+
+    /// Every key goes through the keymap in its context; keys it does not bind type into a
+    /// text field or the editor, and do nothing elsewhere.
     fn key(&mut self, key: KeyEvent) -> Vec<Effect> {
         if key.kind != ratatui::crossterm::event::KeyEventKind::Press {
             return Vec::new();
         }
-        if self.popup.is_some() {
-            return self.popup_key(key);
-        }
-        match self.input {
-            Input::Command => return self.command_key(key),
-            Input::Filter => {
-                self.filter_key(key);
-                return Vec::new();
-            }
-            Input::Chat => return self.chat_key(key),
-            Input::None => {}
-        }
         let Some(k) = Key::from_event(&key) else {
             return Vec::new();
         };
-        if self.screen == Screen::Editor {
-            // Typing goes to the text; only the editor's own bindings are keys here.
-            let action = self
-                .keymap
-                .bindings
-                .iter()
-                .find(|b| b.context == Context::Editor && b.keys.contains(&k))
-                .map(|b| b.action);
-            return if let Some(a) = action {
-                self.action(a)
-            } else {
+        let context = self.key_context();
+        match (self.keymap.lookup(context, k), context) {
+            (Some(action), Context::Popup) => self.popup_action(action),
+            (Some(action), Context::Input) => self.input_action(action),
+            (Some(action), _) => self.action(action),
+            (None, Context::Input) => {
+                if let KeyCode::Char(c) = key.code
+                    && !key
+                        .modifiers
+                        .intersects(KeyModifiers::CONTROL | KeyModifiers::ALT)
+                {
+                    self.type_char(c);
+                }
+                Vec::new()
+            }
+            (None, Context::Editor) => {
                 if let Some(editor) = &mut self.editor
                     && editor.textarea.input(key)
                 {
                     editor.reanalyse();
                 }
                 Vec::new()
-            };
-        }
-        match self.keymap.lookup(self.context(), k) {
-            Some(a) => self.action(a),
-            None => Vec::new(),
+            }
+            (None, _) => Vec::new(),
         }
     }
 
-    fn command_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        match key.code {
-            KeyCode::Esc => {
-                self.input = Input::None;
-                self.command.clear();
+    /// A character typed into the focused field (a name takes letters, digits, `-` and `_`).
+    fn type_char(&mut self, c: char) {
+        match (&mut self.popup, self.input) {
+            (Some(Popup::Name { input, .. }), _) => {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    input.push(c);
+                }
             }
-            KeyCode::Enter => {
+            (_, Input::Command) => self.command.push(c),
+            (_, Input::Filter) => {
+                self.filter.push(c);
+                self.filter_changed();
+            }
+            (_, Input::Chat) => self.chat.input.push(c),
+            (_, Input::None) => {}
+        }
+    }
+
+    fn filter_changed(&mut self) {
+        self.selected_experiment = 0;
+        self.clamp_experiment();
+    }
+
+    /// An action while typing in a field.
+    fn input_action(&mut self, action: Action) -> Vec<Effect> {
+        if let Some(Popup::Name {
+            input,
+            template,
+            from,
+        }) = &mut self.popup
+        {
+            match action {
+                Action::Send if !input.is_empty() => {
+                    let (name, template, from) =
+                        (std::mem::take(input), template.take(), from.take());
+                    self.popup = None;
+                    let label = format!("creating {name}");
+                    return match (template, from) {
+                        (Some(template), _) => {
+                            self.start_job(label, Work::CreateExperiment { name, template })
+                        }
+                        (None, Some(from)) => {
+                            self.start_job(label, Work::DuplicateExperiment { from, name })
+                        }
+                        (None, None) => Vec::new(),
+                    };
+                }
+                Action::Back | Action::Cancel => self.popup = None,
+                Action::DeleteBack => {
+                    input.pop();
+                }
+                Action::ClearLine => input.clear(),
+                Action::Refresh => return vec![Effect::Redraw],
+                _ => {}
+            }
+            return Vec::new();
+        }
+        match (action, self.input) {
+            (Action::Send, Input::Command) => {
                 self.input = Input::None;
                 let cmd = std::mem::take(&mut self.command);
                 return self.run_command(cmd.trim());
             }
-            KeyCode::Backspace if self.command.pop().is_none() => {
+            (Action::Send, Input::Chat) => return self.send_chat_input(),
+            (Action::Cancel, Input::Chat) if self.chat.generating => {
+                return vec![Effect::ChatCancel];
+            }
+            (Action::Back | Action::Cancel, Input::Command) => {
+                self.input = Input::None;
+                self.command.clear();
+            }
+            (Action::Back | Action::Cancel, Input::Filter) => {
+                self.filter.clear();
+                self.input = Input::None;
+                self.filter_changed();
+            }
+            // Enter keeps the filter; leaving the chat input keeps what was typed.
+            (Action::Back | Action::Cancel, _) | (Action::Send, Input::Filter) => {
                 self.input = Input::None;
             }
-            KeyCode::Char(c) => self.command.push(c),
-            _ => {}
+            (Action::DeleteBack, Input::Command) => {
+                if self.command.pop().is_none() {
+                    self.input = Input::None;
+                }
+            }
+            (Action::DeleteBack, Input::Filter) => {
+                self.filter.pop();
+                self.filter_changed();
+            }
+            (Action::DeleteBack, _) => {
+                self.chat.input.pop();
+            }
+            (Action::ClearLine, Input::Command) => self.command.clear(),
+            (Action::ClearLine, Input::Filter) => {
+                self.filter.clear();
+                self.filter_changed();
+            }
+            (Action::ClearLine, _) => self.chat.input.clear(),
+            // Anything else bound here (a user's `"ctrl-q" = "quit"`) acts as on the screen.
+            (other, _) => return self.action(other),
         }
         Vec::new()
+    }
+
+    /// Enter in the chat input: the line goes out, or waits for the model that is loading.
+    fn send_chat_input(&mut self) -> Vec<Effect> {
+        if self.chat.generating {
+            return Vec::new();
+        }
+        let text = std::mem::take(&mut self.chat.input);
+        let text = text.trim();
+        if text.is_empty() {
+            return Vec::new();
+        }
+        if self.chat.models.is_empty() {
+            // Still loading: nothing typed is lost, it goes out once the model is ready.
+            if self.chat.loading.is_some() && self.chat.queued.is_none() {
+                self.chat.lines.push(ChatLine::Info(format!(
+                    "(\"{text}\" is sent once the model has loaded)"
+                )));
+                self.chat.queued = Some(text.to_string());
+            } else {
+                self.chat.input = text.to_string();
+            }
+            return Vec::new();
+        }
+        self.submit_chat(text)
     }
 
     /// `:` commands: screens, actions by name, `theme NAME`, `q`.
@@ -976,65 +1089,6 @@ impl App {
         }
     }
 
-    fn filter_key(&mut self, key: KeyEvent) {
-        match key.code {
-            KeyCode::Esc => {
-                self.filter.clear();
-                self.input = Input::None;
-            }
-            KeyCode::Enter | KeyCode::Down | KeyCode::Up => self.input = Input::None,
-            KeyCode::Backspace => {
-                self.filter.pop();
-            }
-            KeyCode::Char(c) => self.filter.push(c),
-            _ => {}
-        }
-        self.selected_experiment = 0;
-        self.clamp_experiment();
-    }
-
-    fn chat_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
-        match key.code {
-            KeyCode::Char('c') if ctrl => {
-                if self.chat.generating {
-                    return vec![Effect::ChatCancel];
-                }
-                self.input = Input::None;
-            }
-            KeyCode::Esc => self.input = Input::None,
-            KeyCode::Enter => {
-                if self.chat.generating {
-                    return Vec::new();
-                }
-                let text = std::mem::take(&mut self.chat.input);
-                let text = text.trim();
-                if text.is_empty() {
-                    return Vec::new();
-                }
-                if self.chat.models.is_empty() {
-                    // Still loading: nothing typed is lost, it goes out once the model is ready.
-                    if self.chat.loading.is_some() && self.chat.queued.is_none() {
-                        self.chat.lines.push(ChatLine::Info(format!(
-                            "(\"{text}\" is sent once the model has loaded)"
-                        )));
-                        self.chat.queued = Some(text.to_string());
-                    } else {
-                        self.chat.input = text.to_string();
-                    }
-                    return Vec::new();
-                }
-                return self.submit_chat(text);
-            }
-            KeyCode::Backspace => {
-                self.chat.input.pop();
-            }
-            KeyCode::Char(c) if !ctrl => self.chat.input.push(c),
-            _ => {}
-        }
-        Vec::new()
-    }
-
     /// A chat line entered (typed, or queued while loading): a message or a `/` command.
     fn submit_chat(&mut self, text: &str) -> Vec<Effect> {
         if text == "/reset" {
@@ -1066,209 +1120,177 @@ impl App {
         vec![Effect::ChatSend(text.to_string())]
     }
 
-    fn popup_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        let Some(popup) = self.popup.take() else {
+    /// How many lines a scrolling popup holds (the bound of its scroll).
+    fn popup_len(&self, popup: &Popup) -> usize {
+        match popup {
+            Popup::Help { .. } => self
+                .keymap
+                .help_rows()
+                .iter()
+                .map(|(_, rows)| rows.len() + 1)
+                .sum(),
+            Popup::Diff { lines, .. } => lines.len(),
+            Popup::Importance { metric, .. } => self
+                .importance
+                .as_ref()
+                .and_then(|v| v.metrics.get(*metric))
+                .map_or(1, |(_, scores)| scores.len() + 1),
+            _ => 0,
+        }
+    }
+
+    /// An action in a popup. The popup stays open unless the action closes or answers it.
+    fn popup_action(&mut self, action: Action) -> Vec<Effect> {
+        let Some(mut popup) = self.popup.take() else {
             return Vec::new();
         };
-        let code = key.code;
-        let down = matches!(code, KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab);
-        let up = matches!(code, KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab);
-        match popup {
-            Popup::Help { scroll } => {
-                if down {
-                    self.popup = Some(Popup::Help {
-                        scroll: scroll.saturating_add(1),
-                    });
-                } else if up {
-                    self.popup = Some(Popup::Help {
-                        scroll: scroll.saturating_sub(1),
-                    });
+        if action == Action::Refresh {
+            self.popup = Some(popup);
+            return vec![Effect::Redraw];
+        }
+        let len = self.popup_len(&popup);
+        let importance_metrics = self
+            .importance
+            .as_ref()
+            .map_or(1, |v| v.metrics.len().max(1));
+        // Down/Up scroll a text popup and move the choice of a picker.
+        let scrolled = |scroll: u16| -> Option<u16> {
+            let last = u16::try_from(len.saturating_sub(1)).unwrap_or(u16::MAX);
+            let to = match action {
+                Action::Up => scroll.saturating_sub(1),
+                Action::Down => scroll.saturating_add(1),
+                Action::PageUp => scroll.saturating_sub(10),
+                Action::PageDown => scroll.saturating_add(10),
+                Action::Top => 0,
+                Action::Bottom => last,
+                _ => return None,
+            };
+            Some(to.min(last))
+        };
+        let step = |choice: usize, n: usize| -> Option<usize> {
+            match action {
+                Action::Down | Action::FocusNext => Some((choice + 1) % n),
+                Action::Up | Action::FocusPrev => Some((choice + n - 1) % n),
+                Action::Top => Some(0),
+                Action::Bottom => Some(n - 1),
+                _ => None,
+            }
+        };
+        let close = matches!(action, Action::Back);
+        match &mut popup {
+            Popup::Help { scroll } | Popup::Diff { scroll, .. } => {
+                if let Some(to) = scrolled(*scroll) {
+                    *scroll = to;
+                } else if close || action == Action::Open {
+                    return Vec::new();
                 }
             }
-            Popup::Diff { lines, scroll } => {
-                if down || up {
-                    let scroll = if down {
-                        scroll.saturating_add(1)
-                    } else {
-                        scroll.saturating_sub(1)
-                    };
-                    self.popup = Some(Popup::Diff { lines, scroll });
+            Popup::Error { .. } => {
+                if close || matches!(action, Action::Open | Action::Yes | Action::No) {
+                    return Vec::new();
                 }
             }
-            Popup::Error { .. } => {}
-            Popup::Importance { metric, scroll } => {
-                let n = self
-                    .importance
-                    .as_ref()
-                    .map_or(1, |v| v.metrics.len().max(1));
-                match code {
-                    KeyCode::Esc | KeyCode::Char('q') => {}
-                    KeyCode::Char('p') => {
-                        if let Some(v) = &self.importance {
-                            let name = format!("{}-importance", v.experiment);
-                            let work = Work::PlanFromSuggestion {
-                                from: v.experiment_path.clone(),
-                                suggestion: v.suggestion.clone(),
-                                name: name.clone(),
-                            };
-                            return self.start_job(format!("creating {name}"), work);
-                        }
-                    }
-                    KeyCode::Tab | KeyCode::Right | KeyCode::Char('l') => {
-                        self.popup = Some(Popup::Importance {
-                            metric: (metric + 1) % n,
-                            scroll,
-                        });
-                    }
-                    KeyCode::BackTab | KeyCode::Left | KeyCode::Char('h') => {
-                        self.popup = Some(Popup::Importance {
-                            metric: (metric + n - 1) % n,
-                            scroll,
-                        });
-                    }
-                    _ => {
-                        let scroll = if down {
-                            scroll.saturating_add(1)
-                        } else if up {
-                            scroll.saturating_sub(1)
-                        } else {
-                            scroll
+            Popup::Importance { metric, scroll } => match action {
+                Action::FocusNext => *metric = (*metric + 1) % importance_metrics,
+                Action::FocusPrev => {
+                    *metric = (*metric + importance_metrics - 1) % importance_metrics;
+                }
+                Action::PlanFromImportance => {
+                    if let Some(v) = &self.importance {
+                        let name = format!("{}-importance", v.experiment);
+                        let work = Work::PlanFromSuggestion {
+                            from: v.experiment_path.clone(),
+                            suggestion: v.suggestion.clone(),
+                            name: name.clone(),
                         };
-                        self.popup = Some(Popup::Importance { metric, scroll });
+                        return self.start_job(format!("creating {name}"), work);
                     }
                 }
-            }
-            Popup::ConfirmQuit { running, choice } => match code {
-                KeyCode::Enter => {
-                    if choice == 2 {
-                        return Vec::new();
-                    }
-                    self.should_quit = Some(choice == 1);
-                    return vec![Effect::Quit {
-                        stop_runs: choice == 1,
-                    }];
-                }
-                KeyCode::Esc => {}
+                _ if close => return Vec::new(),
                 _ => {
-                    let choice = cycle(choice, 3, code, down, up);
-                    self.popup = Some(Popup::ConfirmQuit { running, choice });
+                    if let Some(to) = scrolled(*scroll) {
+                        *scroll = to;
+                    }
                 }
             },
-            Popup::ConfirmDelete { path, name } => match code {
-                KeyCode::Char('y') | KeyCode::Enter => {
-                    return self
-                        .start_job(format!("deleting {name}"), Work::DeleteExperiment(path));
+            Popup::ConfirmQuit { choice, .. } => match action {
+                Action::Open => {
+                    if *choice == 2 {
+                        return Vec::new();
+                    }
+                    let stop_runs = *choice == 1;
+                    self.should_quit = Some(stop_runs);
+                    return vec![Effect::Quit { stop_runs }];
                 }
-                KeyCode::Esc | KeyCode::Char('n') => {}
-                _ => self.popup = Some(Popup::ConfirmDelete { path, name }),
+                _ if close => return Vec::new(),
+                _ => *choice = step(*choice, 3).unwrap_or(*choice),
+            },
+            Popup::ConfirmDelete { path, name } => match action {
+                Action::Yes | Action::Open => {
+                    let label = format!("deleting {name}");
+                    return self.start_job(label, Work::DeleteExperiment(path.clone()));
+                }
+                Action::No | Action::Back => return Vec::new(),
+                _ => {}
             },
             Popup::Templates { selected } => {
                 let n = crate::templates::TEMPLATES.len();
-                match code {
-                    KeyCode::Enter => {
+                match action {
+                    Action::Open => {
                         let template = crate::templates::TEMPLATES
-                            .get(selected)
+                            .get(*selected)
                             .map(|t| t.name.to_string());
                         self.popup = Some(Popup::Name {
                             input: String::new(),
                             template,
                             from: None,
                         });
+                        return Vec::new();
                     }
-                    KeyCode::Esc => {}
-                    _ => {
-                        let selected = if down {
-                            (selected + 1) % n
-                        } else if up {
-                            (selected + n - 1) % n
-                        } else {
-                            selected
-                        };
-                        self.popup = Some(Popup::Templates { selected });
-                    }
+                    _ if close => return Vec::new(),
+                    _ => *selected = step(*selected, n).unwrap_or(*selected),
                 }
             }
-            Popup::Name {
-                mut input,
-                template,
-                from,
-            } => match code {
-                KeyCode::Esc => {}
-                KeyCode::Enter if !input.is_empty() => {
-                    let label = format!("creating {input}");
-                    return match (template, from) {
-                        (Some(template), _) => self.start_job(
-                            label,
-                            Work::CreateExperiment {
-                                name: input,
-                                template,
-                            },
-                        ),
-                        (None, Some(from)) => {
-                            self.start_job(label, Work::DuplicateExperiment { from, name: input })
-                        }
-                        (None, None) => Vec::new(),
-                    };
-                }
-                KeyCode::Backspace => {
-                    input.pop();
-                    self.popup = Some(Popup::Name {
-                        input,
-                        template,
-                        from,
-                    });
-                }
-                KeyCode::Char(c) if c.is_ascii_alphanumeric() || c == '-' || c == '_' => {
-                    input.push(c);
-                    self.popup = Some(Popup::Name {
-                        input,
-                        template,
-                        from,
-                    });
-                }
-                _ => {
-                    self.popup = Some(Popup::Name {
-                        input,
-                        template,
-                        from,
-                    });
-                }
-            },
-            Popup::ExternalChange { path } => match code {
-                KeyCode::Char('r') | KeyCode::Enter => {
+            // A name prompt is a text field: its keys go to `input_action`.
+            Popup::Name { .. } => {}
+            Popup::ExternalChange { path } => match action {
+                Action::Yes | Action::Open => {
                     if let (Some(editor), Ok(text)) =
-                        (&mut self.editor, std::fs::read_to_string(&path))
+                        (&mut self.editor, std::fs::read_to_string(&*path))
                     {
                         editor.replace(&text);
                         self.say(true, "reloaded from disk; your edits were dropped");
                     }
+                    return Vec::new();
                 }
-                KeyCode::Char('k') | KeyCode::Esc => {
+                Action::No | Action::Back => {
                     self.say(true, "kept your edits; saving will overwrite the file");
+                    return Vec::new();
                 }
-                _ => self.popup = Some(Popup::ExternalChange { path }),
+                _ => {}
             },
-            Popup::UnsavedLeave { choice } => match code {
-                KeyCode::Enter => match choice {
-                    0 => {
-                        let save = self.save();
-                        self.screen = Screen::Experiments;
-                        self.editor = None;
-                        return save;
+            Popup::UnsavedLeave { choice } => match action {
+                Action::Open => {
+                    match *choice {
+                        0 => {
+                            let save = self.save();
+                            self.screen = Screen::Experiments;
+                            self.editor = None;
+                            return save;
+                        }
+                        1 => {
+                            self.screen = Screen::Experiments;
+                            self.editor = None;
+                        }
+                        _ => {}
                     }
-                    1 => {
-                        self.screen = Screen::Experiments;
-                        self.editor = None;
-                    }
-                    _ => {}
-                },
-                KeyCode::Esc => {}
-                _ => {
-                    let choice = cycle(choice, 3, code, down, up);
-                    self.popup = Some(Popup::UnsavedLeave { choice });
+                    return Vec::new();
                 }
+                _ if close => return Vec::new(),
+                _ => *choice = step(*choice, 3).unwrap_or(*choice),
             },
         }
+        self.popup = Some(popup);
         Vec::new()
     }
 
@@ -1341,24 +1363,26 @@ impl App {
                     }
                 }
                 Screen::Monitor => self.screen = Screen::Runs,
-                Screen::Chat => {
-                    if !self.chat.models.is_empty() {
-                        self.input = Input::Chat;
-                    }
-                }
-                Screen::Experiments | Screen::Runs | Screen::Study => {
+                Screen::Experiments | Screen::Runs | Screen::Chat | Screen::Study => {
                     self.filter.clear();
                     self.status = None;
                 }
             },
-            Action::FocusNext => {
-                self.screen = match self.screen {
-                    Screen::Experiments => Screen::Runs,
-                    Screen::Runs => Screen::Monitor,
-                    Screen::Monitor => Screen::Chat,
-                    Screen::Chat => Screen::Study,
-                    Screen::Study | Screen::Editor => Screen::Experiments,
+            Action::FocusNext | Action::FocusPrev => {
+                const ORDER: [Screen; 5] = [
+                    Screen::Experiments,
+                    Screen::Runs,
+                    Screen::Monitor,
+                    Screen::Chat,
+                    Screen::Study,
+                ];
+                let at = ORDER.iter().position(|s| *s == self.screen).unwrap_or(0);
+                let next = if action == Action::FocusNext {
+                    at + 1
+                } else {
+                    at + ORDER.len() - 1
                 };
+                self.screen = ORDER[next % ORDER.len()];
                 if self.screen == Screen::Chat && !self.chat.models.is_empty() {
                     self.input = Input::Chat;
                 }
@@ -1477,7 +1501,28 @@ impl App {
                 self.screen = Screen::Chat;
                 return self.start_chat(run.into_iter().collect());
             }
-            Action::Send | Action::Cancel => {}
+            Action::Compose => {
+                if self.chat.models.is_empty() && self.chat.loading.is_none() {
+                    self.say(
+                        false,
+                        "no model yet: c on an experiment or a run, or :chat RUN [RUN]",
+                    );
+                } else {
+                    self.input = Input::Chat;
+                }
+            }
+            Action::Cancel => {
+                if self.chat.generating {
+                    return vec![Effect::ChatCancel];
+                }
+            }
+            // Text-field and popup actions: nothing to do on a screen.
+            Action::Send
+            | Action::DeleteBack
+            | Action::ClearLine
+            | Action::Yes
+            | Action::No
+            | Action::PlanFromImportance => {}
             Action::CycleTheme => {
                 if !self.themes.is_empty() {
                     self.theme = (self.theme + 1) % self.themes.len();
@@ -1605,17 +1650,6 @@ impl App {
             Action::Top => 0,
             _ => len - 1,
         };
-    }
-}
-
-/// The next of `n` choices for a key: down/right forward, up/left back, anything else stays.
-fn cycle(choice: usize, n: usize, code: KeyCode, down: bool, up: bool) -> usize {
-    if down || matches!(code, KeyCode::Right) {
-        (choice + 1) % n
-    } else if up || matches!(code, KeyCode::Left) {
-        (choice + n - 1) % n
-    } else {
-        choice
     }
 }
 

@@ -24,6 +24,9 @@ pub enum Action {
     Open,
     Back,
     FocusNext,
+    FocusPrev,
+    Yes,
+    No,
     ScreenExperiments,
     ScreenRuns,
     ScreenMonitor,
@@ -46,14 +49,18 @@ pub enum Action {
     HeatMetric,
     Overlay,
     Chat,
+    Compose,
     Send,
     Cancel,
+    DeleteBack,
+    ClearLine,
     CycleTheme,
     Refresh,
     Expand,
     Export,
     CancelJob,
     Importance,
+    PlanFromImportance,
     Evaluate,
 }
 
@@ -65,6 +72,31 @@ impl Action {
             .iter()
             .find(|(a, _)| *a == self)
             .map_or("?", |(_, n)| n)
+    }
+
+    /// Whether the action means something in `context`: keymap.toml may bind it there.
+    #[must_use]
+    pub fn fits(self, context: Context) -> bool {
+        match self {
+            Self::Yes | Self::No | Self::PlanFromImportance => context == Context::Popup,
+            Self::Send | Self::DeleteBack | Self::ClearLine => context == Context::Input,
+            Self::Compose => context == Context::Chat,
+            Self::Cancel => matches!(context, Context::Chat | Context::Input),
+            Self::Save | Self::Revert | Self::Diff => context == Context::Editor,
+            Self::Up
+            | Self::Down
+            | Self::PageUp
+            | Self::PageDown
+            | Self::Top
+            | Self::Bottom
+            | Self::Open
+            | Self::Back
+            | Self::FocusNext
+            | Self::FocusPrev
+            | Self::Refresh => true,
+            // Screen actions: anywhere but in a popup, which answers only its own keys.
+            _ => context != Context::Popup,
+        }
     }
 
     #[must_use]
@@ -90,6 +122,9 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Open, "open"),
     (Action::Back, "back"),
     (Action::FocusNext, "focus_next"),
+    (Action::FocusPrev, "focus_prev"),
+    (Action::Yes, "yes"),
+    (Action::No, "no"),
     (Action::ScreenExperiments, "experiments"),
     (Action::ScreenRuns, "runs"),
     (Action::ScreenMonitor, "monitor"),
@@ -112,21 +147,27 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::HeatMetric, "heat_metric"),
     (Action::Overlay, "overlay"),
     (Action::Chat, "chat"),
+    (Action::Compose, "compose"),
     (Action::Send, "send"),
     (Action::Cancel, "cancel"),
+    (Action::DeleteBack, "delete_back"),
+    (Action::ClearLine, "clear_line"),
     (Action::CycleTheme, "theme"),
     (Action::Refresh, "refresh"),
     (Action::Expand, "expand"),
     (Action::Export, "export"),
     (Action::CancelJob, "cancel_job"),
     (Action::Importance, "importance"),
+    (Action::PlanFromImportance, "plan_from_importance"),
     (Action::Evaluate, "eval"),
 ];
 
-/// Where a binding applies.
+/// Where a binding applies. Every key is looked up in exactly one context: the open popup,
+/// else the text field being typed in, else the plan editor, else the screen (whose bindings
+/// fall back to [`Context::Global`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Context {
-    /// Everywhere except while typing in a text field.
+    /// Every screen (not the plan editor, a popup or a text field).
     Global,
     Experiments,
     Editor,
@@ -134,37 +175,70 @@ pub enum Context {
     Monitor,
     Chat,
     Study,
+    /// Any popup: help, confirmations, pickers, the diff, importance.
+    Popup,
+    /// A text field: the `:` line, the filter, the chat input, a name prompt.
+    Input,
 }
 
 impl Context {
+    pub const ALL: [Self; 9] = [
+        Self::Global,
+        Self::Experiments,
+        Self::Editor,
+        Self::Runs,
+        Self::Monitor,
+        Self::Chat,
+        Self::Study,
+        Self::Popup,
+        Self::Input,
+    ];
+
     #[must_use]
     pub fn title(self) -> &'static str {
         match self {
-            Self::Global => "everywhere",
+            Self::Global => "every screen",
             Self::Experiments => "experiments",
             Self::Editor => "plan editor",
             Self::Runs => "runs",
             Self::Monitor => "run monitor",
             Self::Chat => "chat",
             Self::Study => "study",
+            Self::Popup => "in a popup",
+            Self::Input => "typing in a field (the : line, / filter, chat input, a name)",
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        [
-            Self::Global,
-            Self::Experiments,
-            Self::Editor,
-            Self::Runs,
-            Self::Monitor,
-            Self::Chat,
-            Self::Study,
-        ]
-        .into_iter()
-        .find(|c| c.config_name() == name)
+    /// What keys without a binding do here, for the help.
+    #[must_use]
+    pub fn unbound_keys(self) -> Option<&'static str> {
+        match self {
+            Self::Editor => Some("other keys edit the text (tab indents, ctrl-u undoes)"),
+            Self::Input => Some("other keys type into the field"),
+            Self::Popup => Some("other keys do nothing"),
+            Self::Experiments | Self::Runs | Self::Monitor | Self::Chat | Self::Study => {
+                Some("and the keys of every screen")
+            }
+            Self::Global => None,
+        }
     }
 
-    fn config_name(self) -> &'static str {
+    /// Whether keys this context does not bind are looked up among the global ones.
+    #[must_use]
+    pub fn falls_back_to_global(self) -> bool {
+        !matches!(
+            self,
+            Self::Global | Self::Editor | Self::Popup | Self::Input
+        )
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.config_name() == name)
+    }
+
+    /// The section name in keymap.toml.
+    #[must_use]
+    pub fn config_name(self) -> &'static str {
         match self {
             Self::Global => "keys",
             Self::Experiments => "experiments",
@@ -173,6 +247,8 @@ impl Context {
             Self::Monitor => "monitor",
             Self::Chat => "chat",
             Self::Study => "study",
+            Self::Popup => "popup",
+            Self::Input => "input",
         }
     }
 }
@@ -362,7 +438,13 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     ),
     (Context::Global, &["g", "home"], Action::Top, "first"),
     (Context::Global, &["G", "end"], Action::Bottom, "last"),
-    (Context::Global, &["tab"], Action::FocusNext, "next pane"),
+    (Context::Global, &["tab"], Action::FocusNext, "next screen"),
+    (
+        Context::Global,
+        &["shift-tab"],
+        Action::FocusPrev,
+        "previous screen",
+    ),
     (Context::Global, &["esc"], Action::Back, "back / close"),
     (Context::Global, &["T"], Action::CycleTheme, "next theme"),
     (
@@ -446,9 +528,22 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     ),
     (
         Context::Editor,
+        &["ctrl-g"],
+        Action::CommandLine,
+        "command line (:diff NAME compares with another experiment)",
+    ),
+    (
+        Context::Editor,
         &["esc"],
         Action::Back,
         "leave the editor (asks if unsaved)",
+    ),
+    (Context::Editor, &["f1"], Action::Help, "this help"),
+    (
+        Context::Editor,
+        &["ctrl-l"],
+        Action::Refresh,
+        "redraw the screen",
     ),
     (Context::Runs, &["enter"], Action::Open, "monitor the run"),
     (
@@ -521,14 +616,118 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         Action::LogScale,
         "loss axis: linear / log",
     ),
-    (Context::Chat, &["enter"], Action::Send, "send the message"),
+    (
+        Context::Chat,
+        &["enter", "i"],
+        Action::Compose,
+        "type a message (or /reset, /system, /temperature …)",
+    ),
     (
         Context::Chat,
         &["ctrl-c"],
         Action::Cancel,
         "stop the generation",
     ),
-    (Context::Chat, &["esc"], Action::Back, "leave the input"),
+    (Context::Popup, &["esc", "q"], Action::Back, "close"),
+    (
+        Context::Popup,
+        &["enter"],
+        Action::Open,
+        "choose the highlighted option",
+    ),
+    (Context::Popup, &["k", "up"], Action::Up, "up (scroll)"),
+    (
+        Context::Popup,
+        &["j", "down"],
+        Action::Down,
+        "down (scroll)",
+    ),
+    (
+        Context::Popup,
+        &["ctrl-u", "pgup"],
+        Action::PageUp,
+        "page up",
+    ),
+    (
+        Context::Popup,
+        &["ctrl-d", "pgdn", "space"],
+        Action::PageDown,
+        "page down",
+    ),
+    (Context::Popup, &["g", "home"], Action::Top, "to the top"),
+    (Context::Popup, &["G", "end"], Action::Bottom, "to the end"),
+    (
+        Context::Popup,
+        &["tab", "right", "l"],
+        Action::FocusNext,
+        "next option (importance: next metric)",
+    ),
+    (
+        Context::Popup,
+        &["shift-tab", "left", "h"],
+        Action::FocusPrev,
+        "previous option (importance: previous metric)",
+    ),
+    (
+        Context::Popup,
+        &["y"],
+        Action::Yes,
+        "yes (delete; reload from disk)",
+    ),
+    (
+        Context::Popup,
+        &["n"],
+        Action::No,
+        "no (keep the experiment; keep your edits)",
+    ),
+    (
+        Context::Popup,
+        &["p"],
+        Action::PlanFromImportance,
+        "importance: an experiment whose plan follows it",
+    ),
+    (
+        Context::Popup,
+        &["ctrl-l"],
+        Action::Refresh,
+        "redraw the screen",
+    ),
+    (
+        Context::Input,
+        &["enter"],
+        Action::Send,
+        "run the command, send the message, keep the filter or name",
+    ),
+    (
+        Context::Input,
+        &["esc"],
+        Action::Back,
+        "leave the field (the filter is cleared)",
+    ),
+    (
+        Context::Input,
+        &["ctrl-c"],
+        Action::Cancel,
+        "chat: stop the generation; elsewhere leave the field",
+    ),
+    (
+        Context::Input,
+        &["backspace"],
+        Action::DeleteBack,
+        "delete the last character (the : line closes when empty)",
+    ),
+    (
+        Context::Input,
+        &["ctrl-u"],
+        Action::ClearLine,
+        "clear the field",
+    ),
+    (
+        Context::Input,
+        &["ctrl-l"],
+        Action::Refresh,
+        "redraw the screen",
+    ),
 ];
 
 /// The active bindings.
@@ -554,7 +753,7 @@ impl Default for Keymap {
 }
 
 impl Keymap {
-    /// The action of `key` in `context` (context bindings first, then global ones).
+    /// The action of `key` in `context`: its own bindings, then (for a screen) the global ones.
     #[must_use]
     pub fn lookup(&self, context: Context, key: Key) -> Option<Action> {
         let find = |ctx: Context| {
@@ -563,7 +762,28 @@ impl Keymap {
                 .find(|b| b.context == ctx && b.keys.contains(&key))
                 .map(|b| b.action)
         };
-        find(context).or_else(|| find(Context::Global))
+        find(context).or_else(|| {
+            if context.falls_back_to_global() {
+                find(Context::Global)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The keys of `action` in `context` as the help shows them ("y", "esc q"), for hints in
+    /// popups and titles; `fallback` when the user unbound every one.
+    #[must_use]
+    pub fn keys_of(&self, context: Context, action: Action, fallback: &str) -> String {
+        let mut labels = self
+            .bindings
+            .iter()
+            .filter(|b| b.context == context && b.action == action)
+            .flat_map(|b| b.keys.iter().map(Key::label));
+        match labels.next() {
+            Some(first) => labels.fold(first, |all, k| format!("{all}/{k}")),
+            None => fallback.to_string(),
+        }
     }
 
     /// The default keymap with the overrides of a keymap.toml text applied: each entry binds a
@@ -575,17 +795,29 @@ impl Keymap {
         for (section, entries) in table {
             let context = Context::from_name(&section).ok_or_else(|| {
                 format!(
-                    "[{section}]: not a context (keys, experiments, editor, runs, monitor, chat, study)"
+                    "[{section}]: not a context (keys, experiments, editor, runs, monitor, chat, study, popup, input)"
                 )
             })?;
             for (key, action) in entries {
-                let key = Key::parse(&key)?;
-                let action = Action::from_name(&action)
-                    .ok_or_else(|| format!("{action:?} is not an action"))?;
+                let key = Key::parse(&key).map_err(|e| format!("[{section}]: {e}"))?;
                 for b in &mut map.bindings {
                     if b.context == context {
                         b.keys.retain(|k| *k != key);
                     }
+                }
+                // `"enter" = "none"` only unbinds the key.
+                if action == "none" {
+                    continue;
+                }
+                let action = Action::from_name(&action).ok_or_else(|| {
+                    format!("[{section}]: {action:?} is not an action (or \"none\")")
+                })?;
+                if !action.fits(context) {
+                    return Err(format!(
+                        "[{section}]: {:?} does nothing in {}",
+                        action.name(),
+                        context.title()
+                    ));
                 }
                 if let Some(b) = map
                     .bindings
@@ -630,21 +862,28 @@ impl Keymap {
         }
     }
 
-    /// The help text's rows, by context: (keys, description).
+    /// The help text's rows, by context in [`Context::ALL`] order: (keys, description), as
+    /// bound now (overrides included), then what unbound keys do there.
     #[must_use]
     pub fn help_rows(&self) -> Vec<(Context, Vec<(String, &'static str)>)> {
-        let mut out: Vec<(Context, Vec<(String, &'static str)>)> = Vec::new();
-        for b in &self.bindings {
-            if b.keys.is_empty() {
-                continue;
-            }
-            let keys = b.keys.iter().map(Key::label).collect::<Vec<_>>().join(" ");
-            match out.iter_mut().find(|(c, _)| *c == b.context) {
-                Some((_, rows)) => rows.push((keys, b.description)),
-                None => out.push((b.context, vec![(keys, b.description)])),
-            }
-        }
-        out
+        Context::ALL
+            .into_iter()
+            .map(|context| {
+                let mut rows: Vec<(String, &'static str)> = self
+                    .bindings
+                    .iter()
+                    .filter(|b| b.context == context && !b.keys.is_empty())
+                    .map(|b| {
+                        let keys = b.keys.iter().map(Key::label).collect::<Vec<_>>();
+                        (keys.join(" "), b.description)
+                    })
+                    .collect();
+                if let Some(note) = context.unbound_keys() {
+                    rows.push(("…".to_string(), note));
+                }
+                (context, rows)
+            })
+            .collect()
     }
 }
 
@@ -655,12 +894,57 @@ mod tests {
 
     #[test]
     fn every_default_key_parses_and_every_action_has_a_name() {
-        for (_, keys, action, _) in DEFAULTS {
+        for (context, keys, action, _) in DEFAULTS {
             for k in *keys {
                 Key::parse(k).unwrap();
             }
             assert_eq!(Action::from_name(action.name()), Some(*action));
+            assert!(action.fits(*context), "{action:?} in {context:?}");
         }
+        // No key is bound twice in one context (the second binding could never fire).
+        let map = Keymap::default();
+        for context in Context::ALL {
+            let mut keys: Vec<Key> = map
+                .bindings
+                .iter()
+                .filter(|b| b.context == context)
+                .flat_map(|b| b.keys.clone())
+                .collect();
+            let n = keys.len();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), n, "a key bound twice in {context:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_looked_up_in_one_context() {
+        let map = Keymap::default();
+        let k = |s: &str| Key::parse(s).unwrap();
+        // Screens fall back to the keys of every screen; the editor, popups and fields do not.
+        assert_eq!(map.lookup(Context::Runs, k("q")), Some(Action::Quit));
+        assert_eq!(map.lookup(Context::Editor, k("q")), None);
+        assert_eq!(map.lookup(Context::Editor, k("tab")), None);
+        assert_eq!(map.lookup(Context::Popup, k("G")), Some(Action::Bottom));
+        assert_eq!(map.lookup(Context::Input, k("j")), None);
+        assert_eq!(
+            map.lookup(Context::Editor, k("ctrl-g")),
+            Some(Action::CommandLine)
+        );
+        assert_eq!(map.keys_of(Context::Popup, Action::Back, "esc"), "esc/q");
+    }
+
+    #[test]
+    fn unbinding_and_misplaced_actions() {
+        let map = Keymap::with_overrides("[input]\n\"enter\" = \"none\"\n\"ctrl-j\" = \"send\"\n")
+            .unwrap();
+        let k = |s: &str| Key::parse(s).unwrap();
+        assert_eq!(map.lookup(Context::Input, k("enter")), None);
+        assert_eq!(map.lookup(Context::Input, k("ctrl-j")), Some(Action::Send));
+        let err = Keymap::with_overrides("[runs]\n\"x\" = \"send\"\n").unwrap_err();
+        assert!(err.contains("[runs]") && err.contains("send"), "{err}");
+        let err = Keymap::with_overrides("[popup]\n\"x\" = \"train\"\n").unwrap_err();
+        assert!(err.contains("popup"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use ratatui::widgets::{Paragraph, Widget, Wrap};
 
 use super::{clean, panel};
 use crate::tui::app::{App, ChatLine, Input};
+use crate::tui::keymap::Action;
 use crate::tui::theme::Theme;
 
 pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
@@ -40,9 +41,13 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         column(app, theme, Some(1), b, buf);
     }
     let focused = app.input == Input::Chat;
+    let input_key = |action: Action, fallback: &str| {
+        app.keymap
+            .keys_of(crate::tui::keymap::Context::Input, action, fallback)
+    };
     let prompt = if chat.generating {
         Line::from(Span::styled(
-            "generating… ctrl-c stops",
+            format!("generating… {} stops", input_key(Action::Cancel, "ctrl-c")),
             theme.fg("running"),
         ))
     } else {
@@ -52,12 +57,21 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::styled(if focused { "█" } else { "" }, theme.fg("accent")),
         ])
     };
+    let title = if focused {
+        format!(
+            "message ({} sends; /reset, /system TEXT, /temperature T, /top_p P, /top_k K, \
+             /max_tokens N, /seed S)",
+            input_key(Action::Send, "enter")
+        )
+    } else {
+        format!(
+            "message ({} to type)",
+            app.keymap
+                .keys_of(crate::tui::keymap::Context::Chat, Action::Compose, "i")
+        )
+    };
     Paragraph::new(prompt)
-        .block(panel(
-            "message (enter sends; /reset, /system TEXT)",
-            theme,
-            focused,
-        ))
+        .block(panel(&title, theme, focused))
         .render(input, buf);
 }
 

@@ -17,6 +17,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, Paragraph, Widget};
 
 use super::app::{App, Input, Screen};
+use super::keymap::{Action, Context};
 use super::theme::Theme;
 
 /// Untrusted text made inert: control and escape sequences stripped.
@@ -95,14 +96,32 @@ fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .iter()
         .filter(|r| r.status == crate::runner::RunState::Queued)
         .count();
-    spans.push(Span::styled(
+    // The help key, as bound where the user is, is kept in view before the counts are: on a
+    // narrow terminal the counts shorten first, then go.
+    let help_context = if app.screen == Screen::Editor {
+        Context::Editor
+    } else {
+        Context::Global
+    };
+    let help_key = app.keymap.keys_of(help_context, Action::Help, "f1");
+    let help_key = help_key.split('/').next().unwrap_or("f1");
+    let hint = format!("  {help_key} help");
+    let used = Line::from(spans.clone()).width();
+    let width = usize::from(area.width);
+    let counts = [
         format!("   {running} running, {queued} queued"),
-        theme.fg("dim"),
-    ));
-    // The help hint only where it fits whole (the help key works everywhere anyway).
-    let hint = "   ? help";
-    if Line::from(spans.clone()).width() + hint.len() <= usize::from(area.width) {
-        spans.push(Span::styled(hint, theme.fg("dim")));
+        format!("  {running} run, {queued} queued"),
+    ];
+    match counts
+        .iter()
+        .find(|c| used + c.chars().count() + hint.len() <= width)
+    {
+        Some(c) => {
+            spans.push(Span::styled(c.clone(), theme.fg("dim")));
+            spans.push(Span::styled(hint, theme.fg("dim")));
+        }
+        None if used + hint.len() <= width => spans.push(Span::styled(hint, theme.fg("dim"))),
+        None => spans.push(Span::styled(counts[1].clone(), theme.fg("dim"))),
     }
     Paragraph::new(Line::from(spans)).render(area, buf);
 }
@@ -142,17 +161,16 @@ fn status_line(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     Paragraph::new(line).render(area, buf);
 }
 
-/// A few keys for the current screen, from the keymap.
+/// A few keys for where the user is (screen, editor), from the keymap.
 fn hints(app: &App) -> String {
-    let context = app.context();
+    let context = app.key_context();
     app.keymap
         .bindings
         .iter()
         .filter(|b| b.context == context)
         .filter_map(|b| {
             let key = b.keys.first()?.label();
-            let what = b.description.split([' ', '(']).next().unwrap_or_default();
-            Some(format!("{key} {what}"))
+            Some(format!("{key} {}", b.action.name().replace('_', " ")))
         })
         .take(7)
         .collect::<Vec<_>>()

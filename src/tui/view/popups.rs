@@ -8,6 +8,7 @@ use ratatui::widgets::{Clear, Paragraph, Widget, Wrap};
 
 use super::{clean, panel};
 use crate::tui::app::{App, Popup};
+use crate::tui::keymap::{Action, Context};
 use crate::tui::theme::Theme;
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
@@ -18,6 +19,11 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
         .flex(Flex::Center)
         .areas(h);
     v
+}
+
+/// The first of the keys `keys_of` lists.
+fn first(keys: &str) -> &str {
+    keys.split('/').next().unwrap_or(keys)
 }
 
 fn choices<'a>(options: &[&'a str], choice: usize, theme: &Theme) -> Line<'a> {
@@ -37,6 +43,8 @@ fn choices<'a>(options: &[&'a str], choice: usize, theme: &Theme) -> Line<'a> {
 }
 
 pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buffer) {
+    // Hints name the keys as bound now (keymap.toml included).
+    let key = |action: Action, fallback: &str| app.keymap.keys_of(Context::Popup, action, fallback);
     let (title, lines, width, scroll): (String, Vec<Line>, u16, u16) = match popup {
         Popup::Help { scroll } => {
             let mut lines = Vec::new();
@@ -52,7 +60,17 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                     ]));
                 }
             }
-            ("help — j/k scroll, esc closes".into(), lines, 96, *scroll)
+            (
+                format!(
+                    "help — {}/{} scroll, {} closes",
+                    first(&key(Action::Down, "j")),
+                    first(&key(Action::Up, "k")),
+                    key(Action::Back, "esc")
+                ),
+                lines,
+                96,
+                *scroll,
+            )
         }
         Popup::ConfirmQuit { running, choice } => (
             "leave slayer".into(),
@@ -82,7 +100,12 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 Line::from("Its runs stay in the runs directory."),
                 Line::default(),
                 Line::from(Span::styled(
-                    "y deletes, n or esc keeps it",
+                    format!(
+                        "{} deletes, {} or {} keeps it",
+                        key(Action::Yes, "y"),
+                        key(Action::No, "n"),
+                        key(Action::Back, "esc")
+                    ),
                     theme.fg("dim"),
                 )),
             ],
@@ -91,7 +114,7 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
         ),
         Popup::Templates { selected } => {
             let mut lines = vec![Line::from(Span::styled(
-                "start from (enter picks):",
+                format!("start from ({} picks):", key(Action::Open, "enter")),
                 theme.fg("dim"),
             ))];
             for (i, t) in crate::templates::TEMPLATES.iter().enumerate() {
@@ -129,7 +152,10 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                         Span::styled("█", theme.fg("accent")),
                     ]),
                     Line::from(Span::styled(
-                        "letters, digits, - and _; enter creates",
+                        format!(
+                            "letters, digits, - and _; {} creates",
+                            app.keymap.keys_of(Context::Input, Action::Send, "enter")
+                        ),
                         theme.fg("dim"),
                     )),
                 ],
@@ -166,7 +192,11 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 Line::from("and the editor holds unsaved edits."),
                 Line::default(),
                 Line::from(Span::styled(
-                    "r reloads it (drops your edits), k keeps your edits",
+                    format!(
+                        "{} reloads it (drops your edits), {} keeps your edits",
+                        key(Action::Yes, "y"),
+                        key(Action::No, "n")
+                    ),
                     theme.fg("dim"),
                 )),
             ],
@@ -196,8 +226,10 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 let width = 40usize;
                 let mut lines = vec![Line::from(Span::styled(
                     format!(
-                        "{} — larger = more important; tab next metric, p makes a plan from it",
-                        clean(&label)
+                        "{} — larger = more important; {} next metric, {} makes a plan from it",
+                        clean(&label),
+                        key(Action::FocusNext, "tab"),
+                        key(Action::PlanFromImportance, "p")
                     ),
                     theme.fg("dim"),
                 ))];
@@ -232,7 +264,12 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
             0,
         ),
     };
-    let height = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+    // Rows after wrapping, so that the last page is shown whole and never scrolled past.
+    let inner = usize::from(width.min(area.width).saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let rows = u16::try_from(rows).unwrap_or(u16::MAX);
+    let height = rows.saturating_add(2).min(area.height.saturating_sub(2));
+    let scroll = scroll.min(rows.saturating_sub(height.saturating_sub(2)));
     let rect = centered(area, width, height);
     Clear.render(rect, buf);
     Paragraph::new(lines)
