@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The console in a pseudo-terminal, measured in one run at 80x24 and 160x48:
 
-- bytes written to the terminal per second while idle (must be 0) and while a run streams
-  10 step events per second (a synthetic run appended to by this script);
+- bytes written to the terminal per second while idle, on every screen (must be 0: the
+  experiments, the runs table with a live and a stopped run, the monitor of the stopped run,
+  chat, study), and while a run streams 10 step events per second (a synthetic run appended to
+  by this script);
 - drawing time per frame, p50/p99 (from the console's own frame log);
 - key-to-screen latency, p50/p99 (a key that changes the screen, to the first byte back);
 - CPU used while idle.
@@ -51,6 +53,17 @@ def prepare(home):
     # A live "worker": this process, so the run shows as running.
     ticks = open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19]
     open(os.path.join(run, "worker.pid"), "w").write(f"{os.getpid()} {ticks}\n")
+    # A run stopped 20 s ago after 20 s of training: its age ticked every second in the table.
+    stopped = os.path.join(home, "runs", "20260101-000001-stopped")
+    os.makedirs(stopped)
+    open(os.path.join(stopped, "experiment.toml"), "w").write('name = "stream"\n')
+    now = time.time()
+    with open(os.path.join(stopped, "events.jsonl"), "w") as f:
+        f.write(json.dumps({"seq": 0, "time": now - 40, "type": "run_start", "run": "stopped", "experiment": 'name = "stream"\n',
+                            "plan": plan(), "config": None, "trainable_params": 1, "total_steps": 100,
+                            "resumed_from": None, "environment": None}) + "\n")
+        f.write(json.dumps({"seq": 1, "time": now - 20, "type": "end", "status": "stopped", "step": 0,
+                            "message": "stopped on request"}) + "\n")
     return run
 
 
@@ -119,15 +132,23 @@ def measure(width, height):
     drain(fd, 0.5)
     os.write(fd, b"\r")  # the run monitor
     drain(fd, 2.0)
-    # Idle on the experiments screen: nothing moves there.
-    os.write(fd, b"1")
-    drain(fd, 2.0)
-    t0 = cpu_ticks(pid)
-    idle_bytes = drain(fd, SECONDS)
-    idle_cpu = (cpu_ticks(pid) - t0) / HZ / SECONDS * 100
-    # Streaming into the monitor.
-    os.write(fd, b"3")
+    # Idle on every screen: nothing moves on any of them (the monitor shows the stopped run).
+    idle = {}
+    for name, keys in [("runs", b"2"), ("monitor", b"j\r"), ("chat", b"4"), ("study", b"5"), ("experiments", b"1")]:
+        for k in keys:
+            os.write(fd, bytes([k]))
+            drain(fd, 0.3)
+        drain(fd, 2.0)
+        t0 = cpu_ticks(pid)
+        idle[name] = drain(fd, SECONDS / 2) / (SECONDS / 2)
+        idle_cpu = (cpu_ticks(pid) - t0) / HZ / (SECONDS / 2) * 100
+    idle_bytes = max(idle.values()) * SECONDS
+    # The monitor follows the live run again.
+    os.write(fd, b"2")
+    drain(fd, 0.3)
+    os.write(fd, b"k\r")
     drain(fd, 1.0)
+    # Streaming into the monitor.
     streamer.on.set()
     drain(fd, 2.0)
     stream_bytes = drain(fd, SECONDS)
@@ -158,6 +179,7 @@ def measure(width, height):
     return {
         "size": f"{width}x{height}",
         "idle_bytes_per_s": idle_bytes / SECONDS,
+        "idle_by_screen": idle,
         "idle_cpu_pct": idle_cpu,
         "stream_bytes_per_s": stream_bytes / SECONDS,
         "frame_ms_p50": pct(frames, 50),
@@ -170,9 +192,11 @@ def measure(width, height):
 
 if __name__ == "__main__":
     print(f"binary {BIN}; {SECONDS:.0f} s per phase; {time.strftime('%Y-%m-%d')}")
-    print("| size | idle bytes/s | idle CPU % | streaming bytes/s (10 steps/s) | frame ms p50 / p99 | key→screen ms p50 / p99 |")
+    print("| size | idle bytes/s: experiments / runs / monitor (stopped run) / chat / study | idle CPU % | streaming bytes/s (10 steps/s) | frame ms p50 / p99 | key→screen ms p50 / p99 |")
     print("|---|---|---|---|---|---|")
     for w, h in [(80, 24), (160, 48)]:
         r = measure(w, h)
-        print(f"| {r['size']} | {r['idle_bytes_per_s']:.0f} | {r['idle_cpu_pct']:.2f} | {r['stream_bytes_per_s']:.0f} | "
+        by = r["idle_by_screen"]
+        idle = " / ".join(f"{by[n]:.0f}" for n in ["experiments", "runs", "monitor", "chat", "study"])
+        print(f"| {r['size']} | {idle} | {r['idle_cpu_pct']:.2f} | {r['stream_bytes_per_s']:.0f} | "
               f"{r['frame_ms_p50']:.2f} / {r['frame_ms_p99']:.2f} ({r['frames']} frames) | {r['key_ms_p50']:.1f} / {r['key_ms_p99']:.1f} |")

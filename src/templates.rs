@@ -136,6 +136,30 @@ pub fn with_name(text: &str, name: &str) -> String {
     }
 }
 
+/// Finds a plan or experiment argument without creating anything: an existing file, or a name
+/// in the data directory's experiments (what `train` accepts, templates aside).
+pub fn find_experiment(data_dir: &Path, arg: &Path) -> Result<PathBuf> {
+    if arg.is_file() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    let name = name.strip_suffix(".toml").unwrap_or(&name);
+    let in_data = experiments_dir(data_dir).join(format!("{name}.toml"));
+    if !name.contains('/') && in_data.is_file() {
+        return Ok(in_data);
+    }
+    let hint = if template(name).is_some() {
+        format!(" (`slayer experiments new {name} --from {name}` copies the template)")
+    } else {
+        String::new()
+    };
+    bail!(
+        "{}: no such file, and no experiment named so in {}{hint}",
+        arg.display(),
+        experiments_dir(data_dir).display()
+    )
+}
+
 /// Finds an experiment argument: an existing file, a name in the data directory's experiments,
 /// or a template name (copied into the data directory on first use, so its runs and edits have
 /// a file of their own).

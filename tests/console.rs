@@ -410,6 +410,10 @@ fn chat_streams_side_by_side_and_ctrl_c_cancels() {
         "run-a@40".into(),
         "run-b@12".into(),
     ])));
+    // The sampling settings in effect are always shown (they were silent).
+    a.update(Event::Chat(ChatUpdate::Settings(
+        slayer::core::generate::SamplingParams::default().describe(),
+    )));
     assert_eq!(a.input, Input::Chat);
     typed(&mut a, "Who founded Veloria?");
     let effects = key(&mut a, KeyCode::Enter);
@@ -709,13 +713,13 @@ fn jobs_diff_against_another_experiment_and_live_theme_reload() {
     let [
         Effect::Job {
             id: expand,
-            work: Work::Slayer { args, .. },
+            work: Work::Expand { out, .. },
         },
     ] = &effects[..]
     else {
         panic!("{effects:?}");
     };
-    assert!(args[0] == "expand" && args.contains(&"--verify".to_string()));
+    assert!(out.ends_with("expanded/facts"));
     let expand = *expand;
     snap("job_running", &a);
     a.update(Event::JobStarted {
@@ -1087,5 +1091,198 @@ fn rebinding_a_key_changes_what_it_does_in_its_context() {
         a.keymap
             .keys_of(Context::Input, slayer::tui::keymap::Action::Send, "-"),
         "ctrl-j"
+    );
+}
+
+/// The monitor's log pane keeps its newest line in view when lines wrap (it once dropped the
+/// newest events as soon as one wrapped), scrolls back and forward, and searches.
+#[test]
+fn the_log_pane_keeps_the_newest_line_scrolls_and_searches() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('2'));
+    key(&mut a, KeyCode::Enter);
+    let id = a.monitored.clone().unwrap();
+    // A long warning that wraps several times, then one more event.
+    let event = |seq: u64, kind: EventKind| slayer::core::events::Event {
+        seq,
+        time: 1.0,
+        kind,
+    };
+    a.update(Event::Follow(vec![slayer::runner::tail::Update::Events {
+        run: id.clone(),
+        reset: false,
+        events: vec![
+            event(
+                1000,
+                EventKind::Warning {
+                    message: format!("a long warning {}", "that wraps ".repeat(30)),
+                },
+            ),
+            event(
+                1001,
+                EventKind::Warning {
+                    message: "the newest line".into(),
+                },
+            ),
+        ],
+    }]));
+    for (w, h) in [(80, 24), (160, 48)] {
+        let screen = draw(&a, w, h);
+        assert!(screen.contains("the newest line"), "{w}x{h}:\n{screen}");
+    }
+    // Back a line, a page, to the oldest; G follows again.
+    key(&mut a, KeyCode::Char('k'));
+    assert_eq!(a.log_view.scroll, 1);
+    assert!(draw(&a, 160, 48).contains("1 newer lines below"));
+    ctrl(&mut a, 'u');
+    assert_eq!(a.log_view.scroll, 11);
+    key(&mut a, KeyCode::Char('g'));
+    let len = a.run_data[&id].log.len();
+    assert_eq!(a.log_view.scroll, len - 1);
+    // New lines while scrolled back leave the view where it is.
+    a.update(Event::Follow(vec![slayer::runner::tail::Update::Events {
+        run: id.clone(),
+        reset: false,
+        events: vec![event(
+            1002,
+            EventKind::Warning {
+                message: "later".into(),
+            },
+        )],
+    }]));
+    assert_eq!(a.log_view.scroll, len);
+    key(&mut a, KeyCode::Char('G'));
+    assert_eq!(a.log_view.scroll, 0);
+    // Search: the newest match comes to the bottom; n goes to older ones, N back.
+    key(&mut a, KeyCode::Char('/'));
+    assert_eq!(a.input, Input::LogSearch);
+    typed(&mut a, "step 3");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.input, Input::None);
+    let newest_match = a.log_view.scroll;
+    let log = &a.run_data[&id].log;
+    assert!(log[log.len() - 1 - newest_match].contains("step 3"));
+    key(&mut a, KeyCode::Char('n'));
+    assert!(a.log_view.scroll > newest_match);
+    key(&mut a, KeyCode::Char('N'));
+    assert_eq!(a.log_view.scroll, newest_match);
+    snap("monitor_log_search", &a);
+    key(&mut a, KeyCode::Char('N'));
+    assert!(matches!(&a.status, Some((false, m)) if m.contains("no newer log line")));
+}
+
+/// Status messages clear once shown long enough, so the line never reports a state that is
+/// over (it kept "resumed in the background" on a run stopped since); a problem stays longer.
+#[test]
+fn status_messages_expire() {
+    let home = fixture();
+    let mut a = app(home.path());
+    a.now = 1000.0;
+    a.update(Event::Status(true, "resumed in the background".into()));
+    a.now = 1005.0;
+    a.update(Event::Tick);
+    assert!(a.status.is_some());
+    a.now = 1011.0;
+    a.dirty = false;
+    a.update(Event::Tick);
+    assert!(a.status.is_none());
+    assert!(a.dirty, "the cleared line is redrawn");
+    a.update(Event::Status(false, "cannot stop: no worker".into()));
+    a.now = 1030.0;
+    a.update(Event::Tick);
+    assert!(a.status.is_some(), "a problem stays 30 s");
+    a.now = 1042.0;
+    a.update(Event::Tick);
+    assert!(a.status.is_none());
+    // A tick that changes nothing shown does not redraw.
+    a.dirty = false;
+    a.update(Event::Tick);
+    assert!(!a.dirty);
+}
+
+/// `E` and `v` are typed jobs whose results come back and are shown: the verification of an
+/// expansion, the evaluation of a run's checkpoint.
+#[test]
+fn expansion_and_evaluation_results_are_shown() {
+    use slayer::core::surgery::{ExpandSummary, Verification};
+    use slayer::tui::app::JobOutcome;
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    let effects = key(&mut a, KeyCode::Char('E'));
+    let [
+        Effect::Job {
+            id,
+            work: Work::Expand { experiment, .. },
+        },
+    ] = effects.as_slice()
+    else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(experiment, "facts");
+    a.update(Event::JobOutcome {
+        id: *id,
+        outcome: JobOutcome::Expanded {
+            experiment: "facts".into(),
+            summary: ExpandSummary {
+                out: home.path().join("expanded/facts"),
+                blocks: 10,
+                tensors: 93,
+                pruned: vec![7],
+                verification: Some(Verification {
+                    sample_tokens: 120,
+                    identity_max_abs_diff: 0.0,
+                    written_max_abs_diff: 0.0,
+                    written_exact: true,
+                    base_perplexity: 12.5,
+                    expanded_perplexity: 14.0,
+                }),
+            },
+        },
+    });
+    assert!(a.jobs.is_empty());
+    assert!(matches!(a.popup, Some(Popup::Outcome { .. })));
+    snap("popup_expanded", &a);
+    key(&mut a, KeyCode::Esc);
+    key(&mut a, KeyCode::Char('2'));
+    let effects = key(&mut a, KeyCode::Char('v'));
+    let [
+        Effect::Job {
+            id,
+            work: Work::EvaluateRun(run),
+        },
+    ] = effects.as_slice()
+    else {
+        panic!("{effects:?}");
+    };
+    a.update(Event::JobOutcome {
+        id: *id,
+        outcome: JobOutcome::Evaluated {
+            run: run.clone(),
+            record: EvalRecord {
+                label: "checkpoint".into(),
+                step: 40,
+                ppl: vec![PplRecord {
+                    name: "general".into(),
+                    tokens: 100,
+                    perplexity: 21.5,
+                    bits_per_byte: 1.1,
+                }],
+                tasks: vec![TaskRecord {
+                    name: "facts".into(),
+                    items: 40,
+                    acc: 0.55,
+                    acc_norm: 0.5,
+                    acc_stderr: 0.05,
+                }],
+            },
+        },
+    });
+    snap("popup_evaluated", &a);
+    let screen = draw(&a, 160, 48);
+    assert!(
+        screen.contains("21.500") && screen.contains("acc 0.550"),
+        "{screen}"
     );
 }

@@ -92,3 +92,68 @@ fn the_writer_strips_escapes_and_keeps_newlines_and_tabs() {
     assert!(err.contains("x]0;pwned31m"), "{err}");
     assert!(!err.chars().any(|c| c.is_control() && c != '\n'), "{err:?}");
 }
+
+/// Without a terminal the console says which commands to use and exits 2, whichever side is
+/// not a terminal (`echo | slayer` and `slayer | cat` once seemed to differ: the shell reports
+/// cat's status); an unknown `--theme` is refused before the screen is taken.
+#[test]
+fn the_console_needs_a_terminal_on_both_sides() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(home.path().join("experiments/x.toml"), "name = \"x\"\n").unwrap();
+    let console = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slayer"));
+        c.env("SLAYER_HOME", home.path());
+        c
+    };
+    let pty = || {
+        let size = nix::libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let p = nix::pty::openpty(&size, None).unwrap();
+        (std::fs::File::from(p.master), std::fs::File::from(p.slave))
+    };
+    // Neither side, stdin only, stdout only.
+    let out = console().stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a terminal"));
+    for piped_stdin in [true, false] {
+        let (mut master, slave) = pty();
+        let mut c = console();
+        if piped_stdin {
+            c.stdin(Stdio::piped()).stdout(slave.try_clone().unwrap());
+        } else {
+            c.stdin(slave.try_clone().unwrap()).stdout(Stdio::piped());
+        }
+        let status = c.stderr(slave).status().unwrap();
+        assert_eq!(status.code(), Some(2), "piped stdin: {piped_stdin}");
+        let mut shown = vec![0u8; 4096];
+        let n = master.read(&mut shown).unwrap_or(0);
+        assert!(
+            String::from_utf8_lossy(&shown[..n]).contains("needs a terminal"),
+            "piped stdin: {piped_stdin}"
+        );
+    }
+    // A terminal on both sides, and a theme that does not exist.
+    let (mut master, slave) = pty();
+    let status = console()
+        .args(["--theme", "nosuch"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let mut shown = vec![0u8; 4096];
+    let n = master.read(&mut shown).unwrap_or(0);
+    let shown = String::from_utf8_lossy(&shown[..n]);
+    assert!(
+        shown.contains("\"nosuch\"") && shown.contains("high-contrast"),
+        "{shown}"
+    );
+}

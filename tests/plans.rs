@@ -546,3 +546,51 @@ fn importance_command_rejects_bad_corpora() {
         .to_string();
     assert!(err.contains("empty.txt") && err.contains("empty"), "{err}");
 }
+
+/// `plan check NAME` takes an experiment's name as `train` does, and its memory estimate
+/// assumes the experiment's `[train]` (as the console's editor does) and the dtype training on
+/// this build would use; flags override both.
+#[test]
+fn plan_check_takes_experiment_names_and_their_train_settings() {
+    let model = tiny_dir(8);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/named.toml"),
+        format!(
+            "name = \"named\"\n[model]\nbase = \"{}\"\n[plan]\npreset = \"slayer\"\n[data]\ntrain = \"corpus.txt\"\n[train]\nbatch_size = 8\nseq_len = 256\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(args)
+            .env("SLAYER_HOME", home.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["--device", "cpu", "plan", "check", "named"]);
+    assert_eq!(code, 0, "{stderr}");
+    let memory = stdout.lines().find(|l| l.starts_with("memory")).unwrap();
+    assert!(memory.contains("f32 weights, batch 8 × 256"), "{memory}");
+    let (_, stdout, _) = run(&[
+        "--device", "cpu", "plan", "check", "named", "--batch", "2", "--dtype", "bf16",
+    ]);
+    let memory = stdout.lines().find(|l| l.starts_with("memory")).unwrap();
+    assert!(memory.contains("bf16 weights, batch 2 × 256"), "{memory}");
+    let (code, stdout, _) = run(&["plan", "diff", "named", "named"]);
+    assert_eq!(code, 0);
+    assert!(!stdout.is_empty());
+    let (code, _, stderr) = run(&["plan", "check", "nameless"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("nameless") && stderr.contains("no experiment named so"),
+        "{stderr}"
+    );
+}

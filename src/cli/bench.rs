@@ -42,6 +42,7 @@ pub struct OpsArgs {
     /// f32, bf16 or f16.
     #[arg(long, default_value = "bf16", value_parser = parse_dtype)]
     pub dtype: DType,
+    /// Print the measurements as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -88,8 +89,10 @@ pub enum Init {
 pub struct TrainBenchArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Sequences per step.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
     /// Measured steps.
@@ -115,11 +118,13 @@ pub struct TrainBenchArgs {
 pub struct DecodeBenchArgs {
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Tokens of the prompt (prefilled before decoding).
     #[arg(long, default_value_t = 128)]
     pub prompt_len: usize,
     /// Tokens generated (the first is not counted: it comes from the prompt's forward).
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
+    /// One JSON object instead of a table row.
     #[arg(long)]
     pub json: bool,
 }

@@ -31,13 +31,16 @@ pub struct ChatArgs {
     /// Sampling temperature; 0 is greedy and deterministic.
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
     #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
     /// 0 disables top-k.
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Seed of the sampler (the same seed and settings give the same answers).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Tokens generated per answer at most.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: usize,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).

@@ -14,6 +14,7 @@ use crate::core::{eval, synth};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
+    /// A model (directory, GGUF, name) or a run: RUN or RUN@STEP evaluates its checkpoint on the run's sets.
     pub model: String,
     /// Text file for perplexity and bits per byte (repeatable).
     #[arg(long)]
@@ -27,6 +28,7 @@ pub struct EvalArgs {
     /// Tokens in each window of the perplexity computation.
     #[arg(long, default_value_t = 512, value_parser = super::at_least_one)]
     pub window: usize,
+    /// Print the evaluation as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -35,11 +37,13 @@ pub struct EvalArgs {
 pub enum DataCommand {
     /// Generate the fictional-facts corpus and its multiple-choice probe.
     SynthFacts {
+        /// Directory to write train.jsonl, probe.jsonl, control.jsonl, general.txt and entities.json to.
         #[arg(long)]
         out: PathBuf,
         /// Entities to invent (at most 2000).
         #[arg(long, default_value_t = 60, value_parser = entity_count)]
         entities: usize,
+        /// Seed of the generator (the same seed gives the same corpus).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },

@@ -33,8 +33,12 @@ pub struct ExpandArgs {
     /// Weight dtype of the output (default: the base model's).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<candle_core::DType>,
+    /// Replace OUT if it exists.
     #[arg(long)]
     pub force: bool,
+    /// Print what was written and the verification as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
@@ -76,7 +80,17 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
         report.config.num_hidden_layers,
         report.tensors
     );
+    let mut summary = surgery::ExpandSummary {
+        out: args.out.clone(),
+        blocks: report.config.num_hidden_layers,
+        tensors: report.tensors,
+        pruned: map.pruned.clone(),
+        verification: None,
+    };
     if !args.verify {
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&summary)?)?;
+        }
         return Ok(0);
     }
     let text = match &args.sample {
@@ -93,6 +107,12 @@ pub fn run(args: &ExpandArgs, data_dir: &Path) -> Result<i32> {
     }
     let written = HfDir::open(&args.out)?;
     let v = surgery::verify(loaded.base.as_ref(), map, &written, &ids)?;
+    if args.json {
+        let passed = v.passed();
+        summary.verification = Some(v);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
+        return Ok(i32::from(!passed));
+    }
     outln!("verification on {} tokens:", v.sample_tokens)?;
     outln!(
         "  insertion only vs base: max |Δlogit| = {:e} {}",

@@ -14,13 +14,17 @@ pub enum ExperimentsCommand {
     Ls,
     /// Create an experiment in the data directory from a template.
     New {
+        /// The new experiment's name (its file is <data>/experiments/NAME.toml).
         name: String,
         /// Template to start from (`slayer experiments ls` lists them).
         #[arg(long, default_value = "smollm2-slayer")]
         from: String,
     },
     /// Every version of an experiment the store has seen (files and runs), oldest first.
-    History { name: String },
+    History {
+        /// The experiment's name.
+        name: String,
+    },
 }
 
 pub fn run(cmd: ExperimentsCommand, data_dir: &Path) -> Result<i32> {

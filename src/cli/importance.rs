@@ -15,6 +15,7 @@ use crate::core::importance::{self, ImportanceReport, Metric};
 
 #[derive(Debug, Args)]
 pub struct ImportanceArgs {
+    /// Model directory, GGUF file, or a name under the data dir's models/.
     pub model: String,
     /// Calibration text (UTF-8).
     #[arg(long)]
@@ -25,8 +26,10 @@ pub struct ImportanceArgs {
     /// Number of token windows.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
+    /// Tokens per window.
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
+    /// Print the scores as JSON.
     #[arg(long)]
     pub json: bool,
     /// Suggest a plan: N_NEW insertions in the shallow half, N_PRUNE deep blocks pruned.

@@ -42,17 +42,19 @@ pub struct Cli {
     /// Compute device: cpu, cuda or auto.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceChoice,
+    // The console's options: before any command only (`slayer --plain`), so that no
+    // command's --help lists options it ignores.
     /// Console: plain glyphs (no Braille) in charts.
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Console")]
     pub plain: bool,
     /// Console: colours to use (0, 16, 256 or 24); default from COLORTERM, none with NO_COLOR.
-    #[arg(long, global = true)]
-    pub colors: Option<u32>,
+    #[arg(long, help_heading = "Console", value_parser = ["0", "16", "256", "24"])]
+    pub colors: Option<String>,
     /// Console: let the mouse scroll and click (off by default: it breaks terminal selection).
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Console")]
     pub mouse: bool,
     /// Console: theme to start with (dark, light, high-contrast, or one in <data>/themes).
-    #[arg(long, global = true)]
+    #[arg(long, help_heading = "Console")]
     pub theme: Option<String>,
     /// Without a command, the full-screen console opens.
     #[command(subcommand)]
@@ -145,7 +147,7 @@ pub fn main() -> i32 {
     let result = match command {
         Command::Model(cmd) => model::run(cmd, &data_dir, cli.device),
         Command::Chat(args) => chat::run(&args, &data_dir, cli.device),
-        Command::Plan(cmd) => plan::run(cmd, &data_dir),
+        Command::Plan(cmd) => plan::run(cmd, &data_dir, cli.device),
         Command::Expand(args) => expand::run(&args, &data_dir),
         Command::Importance(args) => importance::run(&args, &data_dir, cli.device),
         Command::Train(args) => train::run(&args, &data_dir, cli.device),
@@ -196,7 +198,7 @@ fn console(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<i32> {
         data_dir,
         &crate::tui::Options {
             plain: cli.plain,
-            colors: cli.colors,
+            colors: cli.colors.as_deref().and_then(|c| c.parse().ok()),
             mouse: cli.mouse,
             theme: cli.theme.clone(),
         },
@@ -243,4 +245,51 @@ fn install_interrupt_handler(second_exits: bool) {
 pub(crate) fn reset_interrupt() {
     INTERRUPTED.store(false, Ordering::SeqCst);
     INTERRUPT_COUNT.store(0, Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod help_tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use clap::CommandFactory as _;
+
+    /// Every argument and subcommand of every command says what it is in `--help`, and no
+    /// command lists the console's options (they apply to `slayer` alone).
+    #[test]
+    fn every_option_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {}: no about", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let root = super::Cli::command();
+        let mut missing = Vec::new();
+        walk(&root, "", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without a description:\n{}",
+            missing.join("\n")
+        );
+        for sub in root.get_subcommands() {
+            for name in ["plain", "colors", "mouse", "theme"] {
+                assert!(
+                    sub.get_arguments().all(|a| a.get_id().as_str() != name),
+                    "`slayer {} --help` lists --{name}",
+                    sub.get_name()
+                );
+            }
+        }
+    }
 }

@@ -26,7 +26,9 @@ pub enum ModelCommand {
     },
     /// Convert a GGUF file or HF directory into an HF directory.
     Import {
+        /// A GGUF file or an HF model directory.
         path: PathBuf,
+        /// The HF directory to write.
         #[arg(long)]
         out: PathBuf,
         /// Weight dtype of the output: f32, bf16 or f16.
@@ -41,7 +43,9 @@ pub enum ModelCommand {
     },
     /// Describe a model: architecture, sizes, parameters, dtype, tokenizer and template.
     Info {
+        /// Model directory, GGUF file, or a name under the data dir's models/.
         model: String,
+        /// Print the description as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -19,39 +19,52 @@ use crate::core::text::sanitize_for_terminal;
 pub enum PlanCommand {
     /// Validate a plan or experiment: layer map, parameters, memory; exit 1 on errors.
     Check {
+        /// Experiment or plan file, or the name of an experiment in the data directory.
         file: PathBuf,
         /// Base model (overrides the file's [model] base).
         #[arg(long)]
         model: Option<String>,
+        /// Print the map, totals and diagnostics as JSON.
         #[arg(long)]
         json: bool,
-        /// Memory estimate: micro-batch size.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Memory estimate: sequence length.
-        #[arg(long, default_value_t = 2048)]
-        seq_len: usize,
-        /// Memory estimate: bytes per weight and activation (bf16 = 2, f32 = 4).
-        #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
-        dtype: String,
-        /// Memory estimate: frozen blocks recomputed in backward (`[train] recompute`).
+        /// Memory estimate: micro-batch size [default: the experiment's `[train] batch_size`,
+        /// else 1].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Memory estimate: sequence length [default: the experiment's `[train] seq_len`, else
+        /// 2048].
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Memory estimate: weight and activation type [default: what training on the chosen
+        /// --device uses: f32 on the CPU, bf16 on CUDA].
+        #[arg(long, value_parser = ["bf16", "f16", "f32"])]
+        dtype: Option<String>,
+        /// Memory estimate: frozen blocks recomputed in backward [default: the experiment's
+        /// `[train] recompute`].
         #[arg(long)]
         recompute: bool,
     },
     /// Compare two plans block by block.
     Diff {
+        /// The first plan: a file or an experiment name.
         a: PathBuf,
+        /// The second plan: a file or an experiment name.
         b: PathBuf,
+        /// Base model for both (overrides their [model] base).
         #[arg(long)]
         model: Option<String>,
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write a plan in another tool's format.
     Export {
+        /// Experiment or plan file, or an experiment name.
         file: PathBuf,
+        /// mergekit (a passthrough YAML) or llamafactory (a freeze-tuning config).
         #[arg(long, value_enum)]
         format: ExportFormat,
+        /// Base model (overrides the file's [model] base).
         #[arg(long)]
         model: Option<String>,
         /// Output file (default: stdout).
@@ -63,6 +76,7 @@ pub enum PlanCommand {
     },
     /// Convert a mergekit passthrough YAML into a slayer plan.
     Import {
+        /// The mergekit YAML to convert.
         file: PathBuf,
         /// Base model, to know its depth (so trailing pruned layers are seen) and to validate.
         #[arg(long)]
@@ -112,8 +126,10 @@ impl LoadedPlan {
     }
 }
 
-/// Reads and resolves a plan file. Syntax errors are printed as diagnostics and returned as errors.
+/// Reads and resolves a plan file (or the experiment of that name). Syntax errors are printed as diagnostics and returned as errors.
 pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<LoadedPlan> {
+    // A file, or an experiment's name, as `train` takes them.
+    let path = &crate::templates::find_experiment(data_dir, path)?;
     let text = crate::core::corpus::read_settings(path, "plan")?;
     let file = match plan::parse(&text) {
         Ok(f) => f,
@@ -137,7 +153,7 @@ pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<Lo
     let base = open_source(&base_path)?;
     let resolution = plan::resolve(&file.plan, base.config().num_hidden_layers);
     Ok(LoadedPlan {
-        path: path.to_path_buf(),
+        path: path.clone(),
         text,
         resolution,
         base_arg,
@@ -149,7 +165,11 @@ fn element_bytes(dtype: &str) -> usize {
     if dtype == "f32" { 4 } else { 2 }
 }
 
-pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
+pub fn run(
+    cmd: PlanCommand,
+    data_dir: &Path,
+    device: crate::core::device::DeviceChoice,
+) -> Result<i32> {
     match cmd {
         PlanCommand::Check {
             file,
@@ -160,12 +180,27 @@ pub fn run(cmd: PlanCommand, data_dir: &Path) -> Result<i32> {
             dtype,
             recompute,
         } => {
+            let file = crate::templates::find_experiment(data_dir, &file)?;
             let loaded = load_plan(&file, model.as_deref(), data_dir)?;
+            // The estimate assumes what training this file would do: its `[train]` (as the
+            // console's editor does), on the device chosen; flags override either.
+            let train = crate::core::experiment::Experiment::load(&file)
+                .ok()
+                .map(|e| e.train);
+            let dtype = dtype.unwrap_or_else(|| {
+                match crate::core::device::expected_dtype(device) {
+                    candle_core::DType::F32 => "f32",
+                    _ => "bf16",
+                }
+                .to_string()
+            });
             let mem = MemoryParams {
-                batch,
-                seq_len,
+                batch: batch.or(train.as_ref().map(|t| t.batch_size)).unwrap_or(1),
+                seq_len: seq_len
+                    .or(train.as_ref().map(|t| t.seq_len))
+                    .unwrap_or(2048),
                 element_bytes: element_bytes(&dtype),
-                recompute,
+                recompute: recompute || train.as_ref().is_some_and(|t| t.recompute),
             };
             let totals = loaded
                 .resolution
@@ -413,27 +448,36 @@ pub fn render_totals(t: &Totals, dtype: &str) -> String {
 #[must_use]
 pub fn render_diff(rows: &[diff::DiffRow], a: &str, b: &str) -> String {
     let mut s = String::new();
+    // Each side: its final index, then the block; an original block missing on one side was
+    // pruned there, a new block missing was not inserted there.
+    let side = |l: &Option<plan::FinalLayer>, original: Option<usize>| match (l, original) {
+        (Some(l), _) => format!("{:>4}  {}", l.index, diff::describe(l)),
+        (None, Some(_)) => "   -  pruned".to_string(),
+        (None, None) => "   -".to_string(),
+    };
     let _ = writeln!(
         s,
-        "  {:>5}  {:<24} {:<24}",
-        "final",
+        "  {:<30} {:<30}",
         sanitize_for_terminal(a),
         sanitize_for_terminal(b)
     );
+    let _ = writeln!(s, "  {:<30} {:<30}", "final block", "final block");
     for r in rows {
-        let side = |l: &Option<plan::FinalLayer>| {
-            l.as_ref().map_or_else(|| "—".to_string(), diff::describe)
-        };
         let _ = writeln!(
             s,
-            "{} {:>5}  {:<24} {:<24}",
+            "{} {:<30} {:<30}",
             if r.changed() { '*' } else { ' ' },
-            r.index,
-            side(&r.a),
-            side(&r.b)
+            side(&r.a, r.original),
+            side(&r.b, r.original)
         );
     }
     let changed = rows.iter().filter(|r| r.changed()).count();
-    let _ = writeln!(s, "{changed} of {} rows differ", rows.len());
+    let originals = rows.iter().filter(|r| r.original.is_some()).count();
+    let _ = writeln!(
+        s,
+        "{changed} of {} rows differ ({originals} original blocks, {} places for new ones)",
+        rows.len(),
+        rows.len() - originals
+    );
     s
 }

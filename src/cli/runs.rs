@@ -18,26 +18,41 @@ use crate::runner::{RunDir, RunState, joined_steps, read_events};
 pub enum RunsCommand {
     /// List runs: id, experiment, status, step, last loss, age.
     Ls {
+        /// Print the runs as JSON.
         #[arg(long)]
         json: bool,
     },
     /// One run in detail: status, progress, evaluations, checkpoints.
-    Show { run: String },
+    Show {
+        /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
     /// Print a run's events as readable lines.
     Tail {
+        /// The run id (`slayer runs ls` lists them).
         run: String,
         /// Keep printing new events as they arrive.
         #[arg(long, short)]
         follow: bool,
     },
     /// Ask a running run to checkpoint and stop.
-    Stop { run: String },
+    Stop {
+        /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
     /// Kill a running run at once (it shows as lost; resume continues from its last checkpoint).
-    Kill { run: String },
+    Kill {
+        /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
     /// Continue a stopped or lost run in the background.
-    Resume { run: String },
+    Resume {
+        /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
     /// Delete a run that is not running (asks first when it has checkpoints).
     Rm {
+        /// The run id (`slayer runs ls` lists them).
         run: String,
         /// Remove a run with checkpoints without asking.
         #[arg(long, short)]
@@ -45,10 +60,15 @@ pub enum RunsCommand {
     },
     /// Internal: start a run's worker, wait for it, then advance the queue.
     #[command(hide = true)]
-    Supervise { run: String },
+    Supervise {
+        /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
     /// Write a run's step metrics as CSV or JSON.
     Export {
+        /// The run id (`slayer runs ls` lists them).
         run: String,
+        /// csv (one row per step) or json (the step events).
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
     },

@@ -16,12 +16,15 @@ pub enum StoreCommand {
     Sync,
     /// What the index holds.
     Status {
+        /// Print the counts as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A run's lineage: experiment version, plan, base model, checkpoints, evaluations, chats.
     Lineage {
+        /// The run id.
         run: String,
+        /// Print the lineage as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -108,10 +111,12 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
         }
         StoreCommand::Lineage { run, json } => {
             let store = open_synced(data_dir)?;
-            let id = crate::runner::RunDir::open(data_dir, &run)?.id;
+            let dir = crate::runner::RunDir::open(data_dir, &run)?;
+            let id = dir.id.clone();
             let lineage = store
                 .lineage(&id)?
-                .ok_or_else(|| anyhow::anyhow!("run {id} has no events yet"))?;
+                .ok_or_else(|| anyhow::anyhow!("run {id} has no events yet"))?
+                .on_disk(&dir.path.join("checkpoints"));
             if json {
                 outln!("{}", serde_json::to_string_pretty(&lineage)?)?;
                 return Ok(0);
@@ -131,6 +136,12 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
                 lineage.run,
                 lineage.checkpoints
             )?;
+            if !lineage.removed_checkpoints.is_empty() {
+                outln!(
+                    "            (removed by rotation: {:?}; `chat {id}@STEP` takes a kept one)",
+                    lineage.removed_checkpoints
+                )?;
+            }
             if !lineage.same_plan.is_empty() {
                 outln!("same plan   {}", lineage.same_plan.join(", "))?;
             }

@@ -16,6 +16,7 @@ use crate::study::{Study, all_ended, load_cells, results, save_cells, table};
 pub enum StudyCommand {
     /// Queue every cell of the study that has no run yet (they run one at a time per device).
     Run {
+        /// Study file, or the name of a shipped study.
         file: PathBuf,
         /// Wait for every cell to end, then print the tables.
         #[arg(long)]
@@ -28,9 +29,12 @@ pub enum StudyCommand {
     /// The comparison tables, from the cells' runs (written to `results.md` and `.json` too).
     /// FILE may also be the name of a study run before (`<data>/studies/NAME`).
     Show {
+        /// Study file, or the name of a study run before.
         file: PathBuf,
+        /// Print the tables as JSON.
         #[arg(long)]
         json: bool,
+        /// The `[scale.NAME]` overlay the study was run with (its results are the study NAME-SCALE).
         #[arg(long)]
         scale: Option<String>,
     },

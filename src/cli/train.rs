@@ -46,10 +46,13 @@ pub struct TrainArgs {
 pub struct ExportArgs {
     /// Run id or directory.
     pub run: String,
+    /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Weight dtype of the output (default: the run's model's).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<DType>,
+    /// Replace the output directory if it exists.
     #[arg(long)]
     pub force: bool,
 }

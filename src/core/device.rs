@@ -62,6 +62,18 @@ pub fn default_dtype(device: &Device) -> candle_core::DType {
     }
 }
 
+/// The dtype training will use with `choice`, known without opening a device (for memory
+/// estimates): [`default_dtype`] of the device `choice` would open; `Auto` counts as CUDA only
+/// in a CUDA build.
+#[must_use]
+pub fn expected_dtype(choice: DeviceChoice) -> candle_core::DType {
+    match choice {
+        DeviceChoice::Cuda => candle_core::DType::BF16,
+        DeviceChoice::Auto if cfg!(feature = "cuda") => candle_core::DType::BF16,
+        DeviceChoice::Cpu | DeviceChoice::Auto => candle_core::DType::F32,
+    }
+}
+
 /// Peak memory since the last [`reset_peak_memory`]: on CUDA, the high-water mark of memory in
 /// use in the device's default pool (where candle allocates; the analogue of PyTorch's
 /// `max_memory_allocated`); on the CPU, the process's peak resident set. `None` where it cannot

@@ -43,6 +43,26 @@ pub struct Sampler {
 }
 
 impl SamplingParams {
+    /// The settings as a chat shows them: `temperature 0.7 · top_p 0.9 · top_k off ·
+    /// max_tokens 256 · seed 0` (temperature 0 is greedy).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let temperature = if self.temperature == 0.0 {
+            "0 (greedy)".to_string()
+        } else {
+            format!("{}", self.temperature)
+        };
+        let top_k = if self.top_k == 0 {
+            "off".to_string()
+        } else {
+            self.top_k.to_string()
+        };
+        format!(
+            "temperature {temperature} · top_p {} · top_k {top_k} · max_tokens {} · seed {}",
+            self.top_p, self.max_tokens, self.seed
+        )
+    }
+
     /// Refuses settings that cannot sample (checked before a model is loaded, so a typo costs
     /// nothing).
     pub fn validate(&self) -> Result<()> {

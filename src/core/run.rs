@@ -314,14 +314,18 @@ pub fn execute(
         trainer.resume_from(checkpoint)?;
     }
     status("training");
+    // Evaluations during training go into the summary too (a stopped run's table shows them).
+    let mut during = Vec::new();
     let mut evaluate = |m: &Llama, step: u64, sink: &mut dyn EventSink| -> Result<()> {
         let mut frozen = m.clone();
         frozen.freeze_all()?;
-        sink.emit(EventKind::Eval(
-            suite.run(&frozen, tokenizer, "step", step)?,
-        ))
+        let record = suite.run(&frozen, tokenizer, "step", step)?;
+        sink.emit(EventKind::Eval(record.clone()))?;
+        during.push(record);
+        Ok(())
     };
     let outcome = trainer.run(&model, &seqs, sink, cancel, &mut evaluate)?;
+    evals.extend(during);
     let state = trainer.state;
     if outcome == Outcome::Stopped {
         sink.emit(EventKind::End {
@@ -351,14 +355,38 @@ pub fn execute(
 /// The before/after table: one row per metric, one column per evaluated state.
 #[must_use]
 pub fn summary_table(evals: &[EvalRecord]) -> String {
-    let cols: Vec<&EvalRecord> = ["base", "expanded", "final"]
+    // The reference points (base, expanded at step 0), then the evaluations during training in
+    // step order and the final one: the newest few of those when there are many.
+    const TRAINING_COLUMNS: usize = 5;
+    let mut cols: Vec<&EvalRecord> = ["base", "expanded"]
         .iter()
         .filter_map(|l| evals.iter().rev().find(|e| e.label == *l))
         .collect();
+    let mut training: Vec<&EvalRecord> = evals
+        .iter()
+        .filter(|e| e.label != "base" && e.label != "expanded")
+        .collect();
+    training.sort_by_key(|e| (e.step, e.label == "final"));
+    // A resumed run may evaluate a step again: the later record stands.
+    training.dedup_by(|later, earlier| later.step == earlier.step && later.label == earlier.label);
+    let hidden = training.len().saturating_sub(TRAINING_COLUMNS);
+    cols.extend(training.into_iter().skip(hidden));
     let mut s = String::new();
+    if hidden > 0 {
+        let _ = writeln!(
+            s,
+            "({hidden} earlier evaluation{} not shown; `slayer runs export` has them all)",
+            if hidden == 1 { "" } else { "s" }
+        );
+    }
     let _ = write!(s, "{:<28}", "metric");
     for c in &cols {
-        let _ = write!(s, " {:>12}", format!("{} ({})", c.label, c.step));
+        let header = match c.label.as_str() {
+            "step" => format!("step {}", c.step),
+            "expanded" => "step 0".to_string(),
+            label => format!("{label} ({})", c.step),
+        };
+        let _ = write!(s, " {header:>12}");
     }
     s.push('\n');
     let Some(first) = cols.first() else {
@@ -402,4 +430,59 @@ pub fn summary_table(evals: &[EvalRecord]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::core::events::PplRecord;
+
+    fn record(label: &str, step: u64, ppl: f64) -> EvalRecord {
+        EvalRecord {
+            label: label.into(),
+            step,
+            ppl: vec![PplRecord {
+                name: "held-out".into(),
+                tokens: 100,
+                perplexity: ppl,
+                bits_per_byte: 1.0,
+            }],
+            tasks: Vec::new(),
+        }
+    }
+
+    /// A run stopped after evaluations at steps 25 and 50 shows them (it showed base and
+    /// step 0 only); many evaluations show the newest five.
+    #[test]
+    fn the_summary_shows_evaluations_during_training() {
+        let evals = [
+            record("base", 0, 9.0),
+            record("expanded", 0, 9.5),
+            record("step", 25, 7.25),
+            record("step", 50, 6.5),
+        ];
+        let table = summary_table(&evals);
+        let header = table.lines().next().unwrap();
+        for column in ["base (0)", "step 0", "step 25", "step 50"] {
+            assert!(header.contains(column), "{table}");
+        }
+        assert!(
+            table.contains("7.2500") && table.contains("6.5000"),
+            "{table}"
+        );
+        let mut many = vec![record("base", 0, 9.0)];
+        many.extend((1..=8).map(|i| record("step", i * 10, 9.0 - i as f64 * 0.5)));
+        many.push(record("final", 85, 4.0));
+        let table = summary_table(&many);
+        assert!(
+            table.starts_with("(4 earlier evaluations not shown"),
+            "{table}"
+        );
+        assert!(
+            !table.contains("step 40 ") && table.contains("step 50"),
+            "{table}"
+        );
+        assert!(table.contains("final (85)"), "{table}");
+    }
 }

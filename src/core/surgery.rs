@@ -77,6 +77,18 @@ pub fn expanded_tensor(source: &dyn WeightSource, map: &LayerMap, name: &str) ->
     }
 }
 
+/// What `slayer expand --json` prints: what was written and, with `--verify`, how the written
+/// model compares with the base (the console shows it after `E`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExpandSummary {
+    pub out: std::path::PathBuf,
+    pub blocks: usize,
+    pub tensors: usize,
+    /// Original blocks the plan pruned (they explain a perplexity change).
+    pub pruned: Vec<usize>,
+    pub verification: Option<Verification>,
+}
+
 /// What `expand` wrote.
 #[derive(Debug, Clone)]
 pub struct ExpandReport {
@@ -181,7 +193,7 @@ pub fn perplexity(model: &Llama, ids: &[u32]) -> Result<(f64, f64)> {
 }
 
 /// The outcome of `--verify`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verification {
     pub sample_tokens: usize,
     /// Largest |logit difference| between the base model and the expansion before pruning.

@@ -870,8 +870,21 @@ pub struct RunSummary {
     pub step: u64,
     pub total_steps: u64,
     pub last_loss: Option<f64>,
+    /// Seconds since the run started (its first event, or its directory while queued).
     pub age_secs: f64,
+    /// Seconds from its first event to its last: how long a run that is over ran.
+    pub ran_secs: f64,
     pub problem: Option<String>,
+}
+
+impl RunSummary {
+    /// The time the run table shows: how long it has run as of its last event. It changes only
+    /// when the run writes one, so a table whose runs are quiet stays still (a ticking clock
+    /// would redraw it every second); `None` while queued.
+    #[must_use]
+    pub fn shown_secs(&self) -> Option<f64> {
+        (self.status != RunState::Queued).then_some(self.ran_secs)
+    }
 }
 
 #[must_use]
@@ -908,6 +921,7 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
                 total_steps: 0,
                 last_loss: None,
                 age_secs: 0.0,
+                ran_secs: 0.0,
                 problem: Some(format!("{e:#}")),
             },
             None,
@@ -942,6 +956,7 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(now, |d| d.as_secs_f64());
             let started = events.first().map_or(created, |e| e.time);
+            let ran_secs = events.last().map_or(0.0, |e| e.time - started);
             let marker = deciding_event(&events).cloned();
             (
                 RunSummary {
@@ -952,6 +967,7 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
                     total_steps,
                     last_loss,
                     age_secs: now - started,
+                    ran_secs,
                     problem,
                 },
                 marker,

@@ -133,9 +133,30 @@ pub struct Lineage {
     pub run: String,
     /// Other runs that trained the same resolved plan.
     pub same_plan: Vec<String>,
+    /// Steps of the checkpoints the run wrote (see [`Lineage::on_disk`]).
     pub checkpoints: Vec<u64>,
+    /// Checkpoints the run wrote that are gone (rotation keeps the newest few).
+    pub removed_checkpoints: Vec<u64>,
     pub evals: Vec<(String, u64)>,
     pub chats: Vec<String>,
+}
+
+impl Lineage {
+    /// Only the checkpoints still in `checkpoints_dir` stay in `checkpoints`; the others move
+    /// to `removed_checkpoints` (the index records writes, not rotation's deletions).
+    #[must_use]
+    pub fn on_disk(mut self, checkpoints_dir: &Path) -> Self {
+        let present: Vec<u64> = crate::core::train::list_checkpoints(checkpoints_dir)
+            .map(|list| list.into_iter().map(|(step, _)| step).collect())
+            .unwrap_or_default();
+        let (kept, removed) = self
+            .checkpoints
+            .into_iter()
+            .partition(|s| present.contains(s));
+        self.checkpoints = kept;
+        self.removed_checkpoints = removed;
+        self
+    }
 }
 
 /// What an ingestion pass did.
@@ -741,6 +762,7 @@ impl Store {
             run: run.to_string(),
             same_plan,
             checkpoints: r.checkpoints,
+            removed_checkpoints: Vec::new(),
             evals: self
                 .evals(run)?
                 .into_iter()

@@ -17,6 +17,10 @@ use crate::core::plan::{self, LayerMap, Severity, totals::Totals};
 use crate::runner::RunState;
 use crate::runner::tail::Update;
 
+/// How long a status message stays: a success, a problem (seconds).
+const STATUS_OK_SECS: f64 = 10.0;
+const STATUS_PROBLEM_SECS: f64 = 30.0;
+
 /// The screens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Screen {
@@ -59,6 +63,11 @@ pub enum Event {
     Chat(ChatUpdate),
     /// The chat transcripts re-read.
     Chats(Vec<ChatSummary>),
+    /// A job that produces a result (expand, evaluate) finished with it.
+    JobOutcome {
+        id: JobId,
+        outcome: JobOutcome,
+    },
     /// An importance measurement (job `id`) finished.
     Importance {
         id: JobId,
@@ -110,6 +119,21 @@ pub struct ImportanceView {
     pub suggestion: PathBuf,
 }
 
+/// The typed result of a job, shown in a popup when it arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// `E`: the expanded model written, and its verification.
+    Expanded {
+        experiment: String,
+        summary: crate::core::surgery::ExpandSummary,
+    },
+    /// `v`: a run's checkpoint evaluated.
+    Evaluated {
+        run: String,
+        record: crate::core::events::EvalRecord,
+    },
+}
+
 /// A recorded chat, for lineage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatSummary {
@@ -124,6 +148,8 @@ pub struct ChatSummary {
 pub enum ChatUpdate {
     Loading(String),
     Loaded(Vec<String>),
+    /// The sampling settings in effect (after loading and after each `/setting`).
+    Settings(String),
     Token {
         model: usize,
         text: String,
@@ -186,6 +212,14 @@ pub enum Work {
         path: PathBuf,
         base: String,
     },
+    /// Expand an experiment into `out` and verify it (`slayer expand --verify --json`).
+    Expand {
+        experiment: String,
+        path: PathBuf,
+        out: PathBuf,
+    },
+    /// Evaluate a run's newest checkpoint on the run's sets (`slayer eval RUN --json`).
+    EvaluateRun(String),
     /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
     PlanFromSuggestion {
         from: PathBuf,
@@ -254,7 +288,9 @@ impl RunRow {
             self.total_steps,
             self.last_loss.map(|l| format!("{l:.4}")),
             if with_age {
-                super::view::duration(self.age_secs)
+                self.shown_secs()
+                    .map(super::view::duration)
+                    .unwrap_or_default()
             } else {
                 String::new()
             },
@@ -289,6 +325,10 @@ pub enum Popup {
     },
     Diff {
         lines: Vec<String>,
+        scroll: u16,
+    },
+    /// The result of the last job that has one ([`App::outcome`]).
+    Outcome {
         scroll: u16,
     },
     /// The importance bars of [`App::importance`]: which metric, scrolled how far.
@@ -359,7 +399,11 @@ impl Analysis {
                     let mem = plan::totals::MemoryParams {
                         batch: exp.train.batch_size,
                         seq_len: exp.train.seq_len,
-                        element_bytes: 4,
+                        // As `plan check` assumes: the dtype training on this build would use.
+                        element_bytes: crate::core::device::expected_dtype(
+                            crate::core::device::DeviceChoice::Auto,
+                        )
+                        .size_in_bytes(),
                         recompute: exp.train.recompute,
                     };
                     out.totals = Some(Totals::compute(&map, config, mem));
@@ -425,6 +469,8 @@ pub struct ChatView {
     /// A message sent while the models were loading: it goes out once they are loaded.
     pub queued: Option<String>,
     pub generating: bool,
+    /// The sampling settings in effect, as the chat worker reports them.
+    pub settings: String,
     /// Last reply's (tokens, tokens/s) per model.
     pub stats: BTreeMap<usize, (usize, f64)>,
 }
@@ -437,6 +483,14 @@ pub struct MonitorOptions {
     pub update_ratio: bool,
 }
 
+/// The monitor's log pane: how far it is scrolled back and what it searches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogView {
+    /// Lines between the newest line and the bottom of the pane (0: following the run).
+    pub scroll: usize,
+    pub search: String,
+}
+
 /// Where typed characters go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -444,6 +498,8 @@ pub enum Input {
     Command,
     Filter,
     Chat,
+    /// The monitor's log search.
+    LogSearch,
 }
 
 /// The whole console state.
@@ -463,6 +519,9 @@ pub struct App {
     pub monitored: Option<String>,
     pub overlay: Vec<String>,
     pub monitor: MonitorOptions,
+    pub log_view: LogView,
+    /// The result of the newest job that has one (expand, evaluate).
+    pub outcome: Option<JobOutcome>,
     pub chat: ChatView,
     pub themes: Vec<Theme>,
     pub theme: usize,
@@ -479,6 +538,8 @@ pub struct App {
     pub dirty: bool,
     /// Seconds since the epoch, as of the last tick (fixed in tests).
     pub now: f64,
+    /// When the status message was set (`now` then).
+    pub status_since: f64,
     /// Recorded chats (lineage: runs → chats).
     pub chats: Vec<ChatSummary>,
     /// The last importance measurement.
@@ -508,6 +569,8 @@ impl App {
             monitored: None,
             overlay: Vec::new(),
             monitor: MonitorOptions::default(),
+            log_view: LogView::default(),
+            outcome: None,
             chat: ChatView::default(),
             themes,
             theme: 0,
@@ -519,6 +582,7 @@ impl App {
             should_quit: None,
             dirty: true,
             now: 0.0,
+            status_since: 0.0,
             chats: Vec::new(),
             importance: None,
             study: None,
@@ -607,12 +671,32 @@ impl App {
             format!("{strategy} on {corpus}: {} seeds overlaid", runs.len()),
         );
         self.monitored = runs.first().cloned();
+        self.log_view = LogView::default();
         self.overlay = runs;
         self.screen = Screen::Monitor;
     }
 
     fn say(&mut self, ok: bool, message: impl Into<String>) {
         self.status = Some((ok, message.into()));
+        self.status_since = self.now;
+    }
+
+    /// Clears a status message once it has been shown long enough (a problem longer than a
+    /// success), so that the line never reports a state that is over; true if it cleared.
+    fn expire_status(&mut self) -> bool {
+        let Some((ok, _)) = &self.status else {
+            return false;
+        };
+        let keep = if *ok {
+            STATUS_OK_SECS
+        } else {
+            STATUS_PROBLEM_SECS
+        };
+        if self.now - self.status_since >= keep {
+            self.status = None;
+            return true;
+        }
+        false
     }
 
     /// Applies one event; returns what the runtime must do.
@@ -622,7 +706,13 @@ impl App {
         match event {
             Event::Key(key) => self.key(key),
             Event::Resize => vec![Effect::Redraw],
-            Event::Tick => Vec::new(),
+            Event::Tick => {
+                // A tick redraws only what changes with time: the monitor's ETA while the run
+                // runs, and a status message that expires.
+                let expired = self.expire_status();
+                self.dirty = was_dirty || expired || self.clock_visible();
+                Vec::new()
+            }
             Event::TerminalGone(why) => {
                 tracing::info!("terminal gone ({why}); leaving runs running");
                 self.should_quit = Some(false);
@@ -706,6 +796,32 @@ impl App {
                 self.study = Some(view);
                 Vec::new()
             }
+            Event::JobOutcome { id, outcome } => {
+                self.end_job(id);
+                let message = match &outcome {
+                    JobOutcome::Expanded {
+                        experiment,
+                        summary,
+                    } => match &summary.verification {
+                        Some(v) if v.passed() => format!(
+                            "expanded {experiment}: verified (new blocks keep the base's logits)"
+                        ),
+                        Some(_) => format!("expanded {experiment}: verification FAILED"),
+                        None => format!("expanded {experiment}"),
+                    },
+                    JobOutcome::Evaluated { run, record } => {
+                        format!("evaluated {run} at step {}", record.step)
+                    }
+                };
+                let ok = !matches!(&outcome, JobOutcome::Expanded { summary, .. }
+                    if summary.verification.as_ref().is_some_and(|v| !v.passed()));
+                self.say(ok, message);
+                self.outcome = Some(outcome);
+                if self.popup.is_none() {
+                    self.popup = Some(Popup::Outcome { scroll: 0 });
+                }
+                Vec::new()
+            }
             Event::Importance { id, view } => {
                 self.end_job(id);
                 self.say(
@@ -731,10 +847,23 @@ impl App {
         for u in updates {
             match u {
                 Update::Events { run, reset, events } => {
-                    self.run_data
+                    // A log scrolled back stays on the lines it shows as new ones arrive.
+                    if self.monitored.as_ref() == Some(&run) && self.log_view.scroll > 0 {
+                        self.log_view.scroll = if reset {
+                            0
+                        } else {
+                            self.log_view.scroll + events.len()
+                        };
+                    }
+                    let data = self
+                        .run_data
                         .entry(run.clone())
-                        .or_insert_with(|| RunData::new(&run))
-                        .apply(reset, &events);
+                        .or_insert_with(|| RunData::new(&run));
+                    data.apply(reset, &events);
+                    if self.monitored.as_ref() == Some(&run) {
+                        self.log_view.scroll =
+                            self.log_view.scroll.min(data.log.len().saturating_sub(1));
+                    }
                 }
                 Update::Problem { run, message } => {
                     self.run_data
@@ -801,6 +930,7 @@ impl App {
                     return self.submit_chat(&text);
                 }
             }
+            ChatUpdate::Settings(settings) => self.chat.settings = settings,
             ChatUpdate::Token { model, text } => match self.chat.lines.last_mut() {
                 Some(ChatLine::Model { model: m, text: t }) if *m == model => t.push_str(&text),
                 _ => self.chat.lines.push(ChatLine::Model { model, text }),
@@ -848,7 +978,9 @@ impl App {
     pub fn key_context(&self) -> Context {
         match (&self.popup, self.input) {
             (Some(Popup::Name { .. }), _)
-            | (None, Input::Command | Input::Filter | Input::Chat) => Context::Input,
+            | (None, Input::Command | Input::Filter | Input::Chat | Input::LogSearch) => {
+                Context::Input
+            }
             (Some(_), _) => Context::Popup,
             (None, Input::None) => self.context(),
         }
@@ -904,6 +1036,10 @@ impl App {
                 self.filter_changed();
             }
             (_, Input::Chat) => self.chat.input.push(c),
+            (_, Input::LogSearch) => {
+                self.log_view.search.push(c);
+                self.log_search_from(0);
+            }
             (_, Input::None) => {}
         }
     }
@@ -966,8 +1102,17 @@ impl App {
                 self.input = Input::None;
                 self.filter_changed();
             }
+            (Action::Back | Action::Cancel, Input::LogSearch) => {
+                self.log_view.search.clear();
+                self.input = Input::None;
+            }
+            (Action::DeleteBack, Input::LogSearch) => {
+                self.log_view.search.pop();
+            }
+            (Action::ClearLine, Input::LogSearch) => self.log_view.search.clear(),
             // Enter keeps the filter; leaving the chat input keeps what was typed.
-            (Action::Back | Action::Cancel, _) | (Action::Send, Input::Filter) => {
+            (Action::Back | Action::Cancel, _)
+            | (Action::Send, Input::Filter | Input::LogSearch) => {
                 self.input = Input::None;
             }
             (Action::DeleteBack, Input::Command) => {
@@ -1130,6 +1275,7 @@ impl App {
                 .map(|(_, rows)| rows.len() + 1)
                 .sum(),
             Popup::Diff { lines, .. } => lines.len(),
+            Popup::Outcome { .. } => self.outcome.as_ref().map_or(0, |o| outcome_lines(o).len()),
             Popup::Importance { metric, .. } => self
                 .importance
                 .as_ref()
@@ -1178,7 +1324,7 @@ impl App {
         };
         let close = matches!(action, Action::Back);
         match &mut popup {
-            Popup::Help { scroll } | Popup::Diff { scroll, .. } => {
+            Popup::Help { scroll } | Popup::Diff { scroll, .. } | Popup::Outcome { scroll } => {
                 if let Some(to) = scrolled(*scroll) {
                     *scroll = to;
                 } else if close || action == Action::Open {
@@ -1344,7 +1490,13 @@ impl App {
                 self.input = Input::Command;
                 self.command.clear();
             }
+            Action::Filter if self.screen == Screen::Monitor => {
+                self.input = Input::LogSearch;
+                self.log_view.search.clear();
+            }
             Action::Filter => self.input = Input::Filter,
+            Action::NextMatch => self.log_search_from(1),
+            Action::PreviousMatch => self.log_search_from(-1),
             Action::Up
             | Action::Down
             | Action::PageUp
@@ -1392,6 +1544,7 @@ impl App {
             Action::ScreenMonitor => {
                 if self.monitored.is_none() {
                     self.monitored = self.current_run().map(|r| r.id.clone());
+                    self.log_view = LogView::default();
                 }
                 self.screen = Screen::Monitor;
             }
@@ -1456,6 +1609,7 @@ impl App {
             Action::Open => {
                 if let Some(r) = self.current_run() {
                     self.monitored = Some(r.id.clone());
+                    self.log_view = LogView::default();
                     self.screen = Screen::Monitor;
                 }
             }
@@ -1535,17 +1689,13 @@ impl App {
             Action::Expand => {
                 if let Some(e) = self.current_experiment().cloned() {
                     let out = self.data_dir.join("expanded").join(&e.name);
-                    let path = e.path.display().to_string();
-                    return self.job(
+                    return self.start_job(
                         format!("expanding {} (with verification)", e.name),
-                        &[
-                            "expand",
-                            &path,
-                            "--out",
-                            &out.display().to_string(),
-                            "--verify",
-                            "--force",
-                        ],
+                        Work::Expand {
+                            experiment: e.name,
+                            path: e.path,
+                            out,
+                        },
                     );
                 }
             }
@@ -1578,7 +1728,10 @@ impl App {
             }
             Action::Evaluate => {
                 if let Some(r) = self.current_run().cloned() {
-                    return self.job(format!("evaluating {}", r.id), &["eval", &r.id]);
+                    return self.start_job(
+                        format!("evaluating {}'s newest checkpoint", r.id),
+                        Work::EvaluateRun(r.id),
+                    );
                 }
             }
             Action::CancelJob => {
@@ -1626,7 +1779,55 @@ impl App {
         Some(self.jobs.remove(index))
     }
 
+    /// The log lines of the monitored run.
+    fn monitored_log_len(&self) -> usize {
+        self.monitored
+            .as_ref()
+            .and_then(|id| self.run_data.get(id))
+            .map_or(0, |d| d.log.len())
+    }
+
+    /// Scrolls the log to a line matching the search (case-insensitive): `0` the newest match
+    /// at or above the bottom line, `1` the next older one, `-1` the next newer one.
+    fn log_search_from(&mut self, direction: i8) {
+        let needle = self.log_view.search.to_lowercase();
+        let Some(data) = self.monitored.as_ref().and_then(|id| self.run_data.get(id)) else {
+            return;
+        };
+        if needle.is_empty() || data.log.is_empty() {
+            return;
+        }
+        let len = data.log.len();
+        let bottom = len - 1 - self.log_view.scroll.min(len - 1);
+        let hit = |i: &usize| data.log[*i].to_lowercase().contains(&needle);
+        let found = match direction {
+            0 => (0..=bottom).rev().find(hit),
+            d if d > 0 => (0..bottom).rev().find(hit),
+            _ => (bottom + 1..len).find(hit),
+        };
+        if let Some(i) = found {
+            self.log_view.scroll = len - 1 - i;
+        } else {
+            let what = if direction < 0 { "newer" } else { "older" };
+            self.say(false, format!("no {what} log line matches {needle:?}"));
+        }
+    }
+
     fn move_selection(&mut self, action: Action) {
+        if self.screen == Screen::Monitor {
+            let last = self.monitored_log_len().saturating_sub(1);
+            let scroll = &mut self.log_view.scroll;
+            *scroll = match action {
+                Action::Up => *scroll + 1,
+                Action::Down => scroll.saturating_sub(1),
+                Action::PageUp => *scroll + 10,
+                Action::PageDown => scroll.saturating_sub(10),
+                Action::Top => last,
+                _ => 0,
+            }
+            .min(last);
+            return;
+        }
         let (len, index) = match self.screen {
             Screen::Experiments => (
                 self.visible_experiments().len(),
@@ -1701,4 +1902,82 @@ pub fn line_diff(a: &str, b: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A job's result as text lines (the popup shows them, tests read them).
+#[must_use]
+pub fn outcome_lines(outcome: &JobOutcome) -> Vec<String> {
+    match outcome {
+        JobOutcome::Expanded { summary, .. } => {
+            let mut lines = vec![format!(
+                "wrote {} ({} blocks, {} tensors)",
+                summary.out.display(),
+                summary.blocks,
+                summary.tensors
+            )];
+            match &summary.verification {
+                None => lines.push("not verified".into()),
+                Some(v) => {
+                    let same = |d: f32| if d == 0.0 { "identical" } else { "DIFFERENT" };
+                    lines.push(format!("verified on {} tokens:", v.sample_tokens));
+                    lines.push(format!(
+                        "  insertion only vs base:  max |Δlogit| {:e} ({})",
+                        v.identity_max_abs_diff,
+                        same(v.identity_max_abs_diff)
+                    ));
+                    lines.push(format!(
+                        "  written vs plan:         max |Δlogit| {:e} ({})",
+                        v.written_max_abs_diff,
+                        if v.written_exact {
+                            same(v.written_max_abs_diff)
+                        } else {
+                            "dtype changed: rounding only"
+                        }
+                    ));
+                    lines.push(format!(
+                        "  perplexity: base {:.3} → expanded {:.3} ({:+.1}%)",
+                        v.base_perplexity,
+                        v.expanded_perplexity,
+                        (v.expanded_perplexity / v.base_perplexity - 1.0) * 100.0
+                    ));
+                    lines.push(if summary.pruned.is_empty() {
+                        "  nothing pruned: the change is the new blocks' (none if identical)".into()
+                    } else {
+                        format!(
+                            "  pruning blocks {:?} accounts for the change",
+                            summary.pruned
+                        )
+                    });
+                    lines.push(if v.passed() {
+                        "passed".into()
+                    } else {
+                        "FAILED: the expansion does not keep the base model's function".into()
+                    });
+                }
+            }
+            lines
+        }
+        JobOutcome::Evaluated { record, .. } => {
+            let mut lines = vec![format!(
+                "checkpoint at step {} ({})",
+                record.step, record.label
+            )];
+            for p in &record.ppl {
+                lines.push(format!(
+                    "  {:<24} perplexity {:>9.3}   bits/byte {:.4}",
+                    p.name, p.perplexity, p.bits_per_byte
+                ));
+            }
+            for t in &record.tasks {
+                lines.push(format!(
+                    "  {:<24} acc {:.3}   acc_norm {:.3}   (n={})",
+                    t.name, t.acc, t.acc_norm, t.items
+                ));
+            }
+            if record.ppl.is_empty() && record.tasks.is_empty() {
+                lines.push("  the run has no evaluation sets".into());
+            }
+            lines
+        }
+    }
 }

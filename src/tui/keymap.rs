@@ -62,6 +62,8 @@ pub enum Action {
     Importance,
     PlanFromImportance,
     Evaluate,
+    NextMatch,
+    PreviousMatch,
 }
 
 impl Action {
@@ -160,6 +162,8 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Importance, "importance"),
     (Action::PlanFromImportance, "plan_from_importance"),
     (Action::Evaluate, "eval"),
+    (Action::NextMatch, "next_match"),
+    (Action::PreviousMatch, "previous_match"),
 ];
 
 /// Where a binding applies. Every key is looked up in exactly one context: the open popup,
@@ -600,6 +604,60 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["h"],
         Action::HeatMetric,
         "heatmap: gradient norm / update ratio",
+    ),
+    (
+        Context::Monitor,
+        &["/"],
+        Action::Filter,
+        "search the log (n older match, N newer)",
+    ),
+    (
+        Context::Monitor,
+        &["n"],
+        Action::NextMatch,
+        "log: the next older match",
+    ),
+    (
+        Context::Monitor,
+        &["N"],
+        Action::PreviousMatch,
+        "log: the next newer match",
+    ),
+    (
+        Context::Monitor,
+        &["k", "up"],
+        Action::Up,
+        "log: a line back",
+    ),
+    (
+        Context::Monitor,
+        &["j", "down"],
+        Action::Down,
+        "log: a line forward",
+    ),
+    (
+        Context::Monitor,
+        &["ctrl-u", "pgup"],
+        Action::PageUp,
+        "log: a page back",
+    ),
+    (
+        Context::Monitor,
+        &["ctrl-d", "pgdn"],
+        Action::PageDown,
+        "log: a page forward",
+    ),
+    (
+        Context::Monitor,
+        &["g", "home"],
+        Action::Top,
+        "log: the oldest line",
+    ),
+    (
+        Context::Monitor,
+        &["G", "end"],
+        Action::Bottom,
+        "log: the newest line (and follow)",
     ),
     (Context::Monitor, &["s"], Action::Stop, "stop the run"),
     (Context::Monitor, &["r"], Action::Resume, "resume the run"),

@@ -21,7 +21,7 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::{event as cevent, execute, terminal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use app::{App, ChatUpdate, Effect, Event, ExperimentItem, JobId, RunRow, Work};
+use app::{App, ChatUpdate, Effect, Event, ExperimentItem, JobId, JobOutcome, RunRow, Work};
 
 /// Console options.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,17 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     let (keymap, keymap_problem) = keymap::Keymap::load(data_dir);
     let mut app = App::new(data_dir, themes, keymap, options.plain);
     if let Some(name) = &options.theme {
-        app.theme = app.themes.iter().position(|t| &t.name == name).unwrap_or(0);
+        // An unknown name is said before the screen is taken, not silently replaced.
+        let Some(i) = app.themes.iter().position(|t| &t.name == name) else {
+            let names: Vec<&str> = app.themes.iter().map(|t| t.name.as_str()).collect();
+            crate::cli::out::stderr(&format!(
+                "error: --theme {name:?}: no such theme (themes: {}; more go in {})\n",
+                names.join(", "),
+                theme::user_dir(data_dir).display()
+            ));
+            return Ok(2);
+        };
+        app.theme = i;
     }
     if let Some(p) = keymap_problem.or_else(|| theme_problems.into_iter().next()) {
         app.status = Some((false, p));
@@ -426,11 +436,12 @@ fn serve_chat(
             system,
             serde_json::json!({
                 "temperature": params.temperature, "top_p": params.top_p,
-                "max_tokens": params.max_tokens,
+                "top_k": params.top_k, "max_tokens": params.max_tokens, "seed": params.seed,
             }),
         )
     };
     let mut transcript = new_transcript(None, &params);
+    send(ChatUpdate::Settings(params.describe()));
     let mut sessions = Vec::new();
     for m in models {
         match crate::core::chat::ChatSession::new(&m.model, &m.tokenizer, params.clone()) {
@@ -492,6 +503,7 @@ fn serve_chat(
                         }
                     }
                     transcript = new_transcript(system, &params);
+                    send(ChatUpdate::Settings(params.describe()));
                     continue;
                 }
                 if let Some(rest) = text.strip_prefix("/system") {
@@ -695,6 +707,48 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
         Work::Slayer { label, args } => done(run_job(data_dir, id, &label, &args, tx)),
+        Work::Expand {
+            experiment,
+            path,
+            out,
+        } => {
+            let args = [
+                "expand".to_string(),
+                path.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--verify".into(),
+                "--force".into(),
+                "--json".into(),
+            ];
+            // A failed verification exits 1 with its result on stdout: the result decides.
+            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
+            match serde_json::from_slice::<crate::core::surgery::ExpandSummary>(&stdout) {
+                Ok(summary) => {
+                    let outcome = JobOutcome::Expanded {
+                        experiment,
+                        summary,
+                    };
+                    let _ = tx.send(Event::JobOutcome { id, outcome });
+                }
+                Err(_) => done((
+                    ok && last.is_empty(),
+                    format!("expand {experiment}: {last}"),
+                )),
+            }
+            let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
+        }
+        Work::EvaluateRun(run) => {
+            let args = ["eval".to_string(), run.clone(), "--json".into()];
+            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
+            match serde_json::from_slice::<crate::core::events::EvalRecord>(&stdout) {
+                Ok(record) if ok => {
+                    let outcome = JobOutcome::Evaluated { run, record };
+                    let _ = tx.send(Event::JobOutcome { id, outcome });
+                }
+                _ => done((false, format!("evaluating {run}: {last}"))),
+            }
+        }
         Work::Importance { name, path, base } => {
             match importance(data_dir, &name, &path, &base, id, tx) {
                 Ok(view) => {
@@ -915,7 +969,6 @@ impl EffectRunner {
         if by_tick {
             app.now = now();
         }
-        let dirty_before_tick = app.dirty;
         for effect in app.update(event) {
             match effect {
                 Effect::Quit { stop_runs } => self.stop_runs = Some(stop_runs),
@@ -940,10 +993,6 @@ impl EffectRunner {
                     tokio::task::spawn_blocking(move || load_study_event(&dir, &name, open, &tx));
                 }
             }
-        }
-        // A tick changes only the monitor's ETA, and only while the run runs.
-        if by_tick && !app.clock_visible() {
-            app.dirty = dirty_before_tick;
         }
         Ok(())
     }

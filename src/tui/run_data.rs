@@ -26,7 +26,8 @@ pub struct LayerRow {
 /// Per-block statistics at a step: (step, gradient norm, update ratio).
 pub type BlockPoint = (u64, f64, f64);
 
-const LOG_LINES: usize = 200;
+/// The log lines kept per run for the monitor's scrollback (a line is about 100 bytes).
+const LOG_LINES: usize = 5_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunData {

@@ -553,6 +553,18 @@ impl Resolver<'_> {
     /// Pruned originals with the span that named each.
     fn pruning(&mut self, preset_plan: &preset::PresetPlan) -> BTreeMap<usize, Option<Span>> {
         let mut pruned = BTreeMap::new();
+        // Two ways to say which blocks go: one would silently win over the other.
+        if self.spec.prune.is_some()
+            && let Some(last) = &self.spec.prune_last
+        {
+            let span = span_of(last);
+            self.error(
+                "`prune` and `prune_last` both choose the pruned blocks: keep one (`prune` \
+                 lists them, `prune_last` removes the deepest N of a preset)"
+                    .to_string(),
+                span,
+            );
+        }
         if let Some(list) = &self.spec.prune {
             for item in list.get_ref() {
                 if let Some(i) = self.index(*item.get_ref(), "prune index", span_of(item))

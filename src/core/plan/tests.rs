@@ -137,6 +137,15 @@ fn fields_override_the_preset() {
     ));
     let m = map("[plan]\npreset = \"slayer\"\nprune = [0]\n", 32);
     assert_eq!(m.pruned, vec![0]);
+    // Both ways of choosing pruned blocks at once: refused, not one silently preferred.
+    let e = errors(
+        "[plan]\npreset = \"slayer\"\nprune = [0]\nprune_last = 2\n",
+        32,
+    );
+    assert!(
+        e.iter().any(|m| m.contains("`prune` and `prune_last`")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -314,10 +323,24 @@ fn diff_marks_changed_rows() {
     let a = map("[plan]\npreset = \"slayer\"\n", 32);
     let b = map("[plan]\npreset = \"llama-pro\"\n", 32);
     let rows = diff::diff(&a, &b);
-    assert_eq!(rows.len(), 40);
-    assert!(!rows[0].changed());
-    assert!(rows[2].changed());
-    assert!(rows[39].a.is_none());
+    // 32 originals, and the union of the new blocks' places: SLayer's after 1, 3, … and
+    // LLaMA Pro's after 3, 7, … (after 3 and 7 both insert: one shared row each).
+    let originals: Vec<&diff::DiffRow> = rows.iter().filter(|r| r.original.is_some()).collect();
+    assert_eq!(originals.len(), 32);
+    // Original blocks are aligned, whatever their final index: block 10 is unchanged although
+    // the plans put it at different final indices; SLayer prunes the deepest blocks.
+    let ten = originals[10];
+    assert!(!ten.changed());
+    assert_ne!(ten.a.as_ref().unwrap().index, ten.b.as_ref().unwrap().index);
+    assert!(originals[31].a.is_none() && originals[31].b.is_some() && originals[31].changed());
+    // A new block in only one plan is a changed row with one side empty.
+    let only_a = rows
+        .iter()
+        .find(|r| r.original.is_none() && r.b.is_none())
+        .unwrap();
+    assert!(only_a.changed());
+    let unchanged = rows.iter().filter(|r| !r.changed()).count();
+    assert!(unchanged > 10, "{unchanged} aligned rows agree");
 }
 
 #[test]

@@ -70,9 +70,15 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 .keys_of(crate::tui::keymap::Context::Chat, Action::Compose, "i")
         )
     };
-    Paragraph::new(prompt)
-        .block(panel(&title, theme, focused))
-        .render(input, buf);
+    // The sampling settings in effect, always in view: they change what the models answer.
+    let mut block = panel(&title, theme, focused);
+    if !chat.settings.is_empty() {
+        block = block.title_bottom(Line::from(Span::styled(
+            format!(" {} ", clean(&chat.settings)),
+            theme.fg("dim"),
+        )));
+    }
+    Paragraph::new(prompt).block(block).render(input, buf);
 }
 
 /// One model's view of the conversation: the user's messages and that model's answers.

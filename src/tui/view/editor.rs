@@ -108,10 +108,20 @@ fn layer_map(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         )));
         lines.push(Line::from(Span::styled(
             format!(
-                "training memory ≈ {} (f32, batch {} × {})",
+                "training memory ≈ {} ({}, [train] batch {} × {}{})",
                 human_bytes(t.memory.total),
+                if t.assumptions.element_bytes == 4 {
+                    "f32"
+                } else {
+                    "bf16"
+                },
                 t.assumptions.batch,
-                t.assumptions.seq_len
+                t.assumptions.seq_len,
+                if t.assumptions.recompute {
+                    ", recomputed"
+                } else {
+                    ""
+                }
             ),
             theme.fg("dim"),
         )));

@@ -138,6 +138,11 @@ fn status_line(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
             Span::styled(clean(&app.filter), theme.fg("text")),
             Span::styled("█", theme.fg("accent")),
         ]),
+        Input::LogSearch => Line::from(vec![
+            Span::styled("search the log: ", theme.fg("accent")),
+            Span::styled(clean(&app.log_view.search), theme.fg("text")),
+            Span::styled("█", theme.fg("accent")),
+        ]),
         _ => {
             if let Some(job) = app.jobs.last() {
                 let more = match app.jobs.len() {
@@ -170,7 +175,11 @@ fn hints(app: &App) -> String {
         .filter(|b| b.context == context)
         .filter_map(|b| {
             let key = b.keys.first()?.label();
-            Some(format!("{key} {}", b.action.name().replace('_', " ")))
+            let name = match (b.action, context) {
+                (Action::Filter, Context::Monitor) => "search".to_string(),
+                (action, _) => action.name().replace('_', " "),
+            };
+            Some(format!("{key} {name}"))
         })
         .take(7)
         .collect::<Vec<_>>()

@@ -12,6 +12,7 @@ use ratatui::widgets::{Dataset, GraphType, Paragraph, Widget, Wrap};
 
 use super::{clean, duration, loss_axes, panel, y_bounds};
 use crate::tui::app::App;
+use crate::tui::keymap::{Action, Context};
 use crate::tui::run_data::RunData;
 use crate::tui::theme::{ColorDepth, Theme};
 
@@ -70,7 +71,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     loss_chart(app, data, theme, chart_area, buf);
     heatmap(app, data, theme, heat_area, buf);
     eval_table(data, theme, eval_area, buf);
-    log_tail(data, theme, log_area, buf);
+    log_tail(app, data, theme, log_area, buf);
 }
 
 fn transform(v: f64, log: bool) -> f64 {
@@ -383,28 +384,76 @@ fn eval_table(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
 }
 
-fn log_tail(data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
+/// The log pane: the problem and the last warnings on top, then log lines ending at the
+/// scrolled-to line (the newest when following), counted by the rows they wrap to, so the
+/// newest line is never pushed out of view; lines matching the search are marked.
+fn log_tail(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let height = area.height.saturating_sub(2) as usize;
-    let mut lines: Vec<Line> = Vec::new();
+    let width = area.width.saturating_sub(2).max(1) as usize;
+    let rows_of = |line: &Line| line.width().div_ceil(width).max(1);
+    let mut top: Vec<Line> = Vec::new();
     if let Some(p) = &data.problem {
-        lines.push(Line::from(Span::styled(clean(p), theme.fg("error"))));
+        top.push(Line::from(Span::styled(clean(p), theme.fg("error"))));
     }
     for w in data.warnings.iter().rev().take(2) {
-        lines.push(Line::from(Span::styled(
+        top.push(Line::from(Span::styled(
             format!("warning: {}", clean(w)),
             theme.fg("warning"),
         )));
     }
-    let room = height.saturating_sub(lines.len());
-    let skip = data.log.len().saturating_sub(room);
-    lines.extend(
-        data.log
+    // The pinned lines never take more than half the pane.
+    let mut pinned_rows = 0;
+    top.retain(|l| {
+        pinned_rows += rows_of(l);
+        pinned_rows <= height / 2
+    });
+    let mut room = height.saturating_sub(top.iter().map(rows_of).sum());
+    let view = &app.log_view;
+    let needle = view.search.to_lowercase();
+    let len = data.log.len();
+    let end = len.saturating_sub(view.scroll.min(len.saturating_sub(1)));
+    let mut shown: Vec<Line> = Vec::new();
+    for line in data.log.range(..end).rev() {
+        let hit = !needle.is_empty() && line.to_lowercase().contains(&needle);
+        let style = if hit {
+            theme.selection()
+        } else {
+            theme.fg("dim")
+        };
+        let line = Line::from(Span::styled(clean(line), style));
+        let rows = rows_of(&line);
+        if rows > room {
+            break;
+        }
+        room -= rows;
+        shown.push(line);
+    }
+    shown.reverse();
+    let mut lines = top;
+    lines.extend(shown);
+    let mut title = String::from("log");
+    if !view.search.is_empty() {
+        let hits = data
+            .log
             .iter()
-            .skip(skip)
-            .map(|l| Line::from(Span::styled(clean(l), theme.fg("dim")))),
-    );
+            .filter(|l| l.to_lowercase().contains(&needle))
+            .count();
+        let _ = write!(title, " /{} ({hits} lines)", clean(&view.search));
+    }
+    if view.scroll > 0 && len > 0 {
+        let _ = write!(
+            title,
+            " — {} newer lines below ({} follows)",
+            view.scroll.min(len - 1),
+            app.keymap
+                .keys_of(Context::Monitor, Action::Bottom, "G")
+                .split('/')
+                .next()
+                .unwrap_or("G")
+        );
+    }
     Paragraph::new(lines)
         .wrap(Wrap { trim: false })
-        .block(panel("log", theme, false))
+        .block(panel(&title, theme, false))
         .render(area, buf);
 }

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph, Widget, Wrap};
 
 use super::{clean, panel};
-use crate::tui::app::{App, Popup};
+use crate::tui::app::{App, JobOutcome, Popup, outcome_lines};
 use crate::tui::keymap::{Action, Context};
 use crate::tui::theme::Theme;
 
@@ -182,6 +182,31 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 .collect();
             ("diff: saved → editor".into(), lines, 100, *scroll)
         }
+        Popup::Outcome { scroll } => match &app.outcome {
+            None => ("result".into(), vec![Line::from("no result")], 60, 0),
+            Some(outcome) => {
+                let title = match outcome {
+                    JobOutcome::Expanded { experiment, .. } => {
+                        format!("expanded {}", clean(experiment))
+                    }
+                    JobOutcome::Evaluated { run, .. } => format!("evaluation of {}", clean(run)),
+                };
+                let lines = outcome_lines(outcome)
+                    .iter()
+                    .map(|l| {
+                        let role = if l.contains("FAILED") || l.contains("DIFFERENT") {
+                            "error"
+                        } else if l == "passed" {
+                            "ok"
+                        } else {
+                            "text"
+                        };
+                        Line::from(Span::styled(clean(l), theme.fg(role)))
+                    })
+                    .collect();
+                (title, lines, 90, *scroll)
+            }
+        },
         Popup::ExternalChange { path } => (
             "changed on disk".into(),
             vec![

@@ -1,4 +1,4 @@
-//! The runs screen: every run with status, progress, last loss and age.
+//! The runs screen: every run with status, progress, last loss and how long it ran.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -20,6 +20,46 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         .render(area, buf);
         return;
     }
+    // Run ids are shown whole (a cut id is ambiguous: many share their date prefix); on a
+    // narrow screen the other columns go instead, the note first, then the experiment, the
+    // loss and the time.
+    let id_w = app
+        .runs
+        .iter()
+        .map(|r| clean(&r.id).chars().count())
+        .max()
+        .unwrap_or(3)
+        + 2;
+    let room = usize::from(area.width.saturating_sub(2));
+    // (header, width, priority: lower goes first when room is short).
+    let optional: [(&str, usize, u8); 5] = [
+        ("experiment", 12, 1),
+        ("step", 11, 4),
+        ("loss", 8, 2),
+        ("ran", 8, 3),
+        ("", 12, 0),
+    ];
+    let fixed = id_w + 1 + 9 + 1;
+    let mut shown: Vec<bool> = vec![true; optional.len()];
+    let used = |shown: &[bool]| -> usize {
+        fixed
+            + optional
+                .iter()
+                .zip(shown)
+                .filter(|(_, s)| **s)
+                .map(|((_, w, _), _)| w + 1)
+                .sum::<usize>()
+    };
+    for priority in 0..=4 {
+        if used(&shown) <= room {
+            break;
+        }
+        for (i, (_, _, p)) in optional.iter().enumerate() {
+            if *p == priority {
+                shown[i] = false;
+            }
+        }
+    }
     let rows: Vec<Row> = app
         .runs
         .iter()
@@ -36,39 +76,49 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
             if r.status == crate::runner::RunState::Lost && note.is_empty() {
                 note = "worker died: r resumes from the newest checkpoint".into();
             }
-            Row::new(vec![
-                Cell::from(format!("{overlay}{}", clean(&r.id))),
+            let optional_cells = [
                 Cell::from(clean(&r.experiment)),
+                Cell::from(format!("{}/{}", r.step, r.total_steps)),
+                Cell::from(loss),
+                Cell::from(r.shown_secs().map_or_else(|| "—".to_string(), duration)),
+                Cell::from(Span::styled(note, theme.fg("error"))),
+            ];
+            let mut cells = vec![
+                Cell::from(format!("{overlay}{}", clean(&r.id))),
                 Cell::from(Span::styled(
                     r.status.to_string(),
                     state_style(theme, r.status),
                 )),
-                Cell::from(format!("{}/{}", r.step, r.total_steps)),
-                Cell::from(loss),
-                Cell::from(duration(r.age_secs)),
-                Cell::from(Span::styled(note, theme.fg("error"))),
-            ])
-            .style(theme.fg("text"))
+            ];
+            cells.extend(
+                optional_cells
+                    .into_iter()
+                    .zip(&shown)
+                    .filter(|(_, s)| **s)
+                    .map(|(c, _)| c),
+            );
+            Row::new(cells).style(theme.fg("text"))
         })
         .collect();
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Length(36),
-            Constraint::Length(20),
-            Constraint::Length(9),
-            Constraint::Length(11),
-            Constraint::Length(8),
-            Constraint::Length(7),
-            Constraint::Min(10),
-        ],
-    )
-    .header(
-        Row::new(["run", "experiment", "status", "step", "loss", "age", ""])
-            .style(theme.fg("accent")),
-    )
-    .block(block)
-    .row_highlight_style(theme.selection());
+    let mut widths = vec![
+        Constraint::Length(u16::try_from(id_w).unwrap_or(u16::MAX)),
+        Constraint::Length(9),
+    ];
+    let mut header = vec!["run", "status"];
+    for ((name, w, _), s) in optional.iter().zip(&shown) {
+        if *s {
+            header.push(name);
+            widths.push(if name.is_empty() {
+                Constraint::Min(u16::try_from(*w).unwrap_or(12))
+            } else {
+                Constraint::Length(u16::try_from(*w).unwrap_or(8))
+            });
+        }
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(theme.fg("accent")))
+        .block(block)
+        .row_highlight_style(theme.selection());
     let mut state = TableState::default().with_selected(Some(app.selected_run));
     StatefulWidget::render(table, area, buf, &mut state);
 }
