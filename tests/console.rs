@@ -1286,3 +1286,145 @@ fn expansion_and_evaluation_results_are_shown() {
         "{screen}"
     );
 }
+
+/// Alerts raised by events that arrive while the console is open are told wherever the user
+/// is (the status line, the bell with `--bell`); `!` lists every alert of every run, the
+/// history's included.
+#[test]
+fn alerts_are_told_wherever_the_user_is() {
+    let home = fixture();
+    let mut a = app(home.path());
+    a.bell = true;
+    // The fixture's history already holds one (the finished run's end): listed, not told.
+    assert!(a.status.is_none());
+    assert!(!a.alerts.is_empty());
+    let id = "20260102-000000-facts".to_string();
+    let step = |s: u64, loss: f64| slayer::core::events::Event {
+        seq: 100 + s,
+        time: 1.0,
+        kind: EventKind::Step {
+            step: s,
+            loss,
+            lr: 1e-3,
+            tokens: 0,
+            tokens_per_sec: 1000.0,
+            grad_norm: if loss.is_finite() { 1.0 } else { f64::NAN },
+            clipped: false,
+            blocks: Vec::new(),
+        },
+    };
+    // On the chat screen: a non-finite step of a run that is not shown.
+    key(&mut a, KeyCode::Char('4'));
+    let effects = a.update(Event::Follow(vec![slayer::runner::tail::Update::Events {
+        run: id.clone(),
+        reset: false,
+        events: vec![step(13, f64::NAN)],
+    }]));
+    assert_eq!(effects, vec![Effect::Bell]);
+    let Some((false, message)) = &a.status else {
+        panic!("{:?}", a.status);
+    };
+    assert!(
+        message.contains(&id) && message.contains("step 13"),
+        "{message}"
+    );
+    snap("alert_on_the_chat_screen", &a);
+    key(&mut a, KeyCode::Char('!'));
+    assert!(matches!(a.popup, Some(Popup::Alerts { .. })));
+    snap("popup_alerts", &a);
+}
+
+/// The compare screen: every run with its hyperparameters and latest metrics as columns,
+/// sorted by the highlighted column, filtered, and two runs' experiments diffed.
+#[test]
+fn runs_are_compared_sorted_filtered_and_diffed() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('2'));
+    assert_eq!(key(&mut a, KeyCode::Char('=')), vec![Effect::LoadCompare]);
+    assert_eq!(a.screen, Screen::Compare);
+    a.update(Event::Compare(slayer::runner::compare::rows(home.path())));
+    let columns = a.compare.columns();
+    assert!(columns.contains(&"facts acc".to_string()), "{columns:?}");
+    snap("compare", &a);
+    // Metrics sort best first: perplexity ascending, accuracy descending; again flips.
+    for _ in 0..columns.len() {
+        key(&mut a, KeyCode::Char('l'));
+    }
+    assert_eq!(columns[a.compare.column], "general ppl");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.compare.sort, Some(("general ppl".to_string(), false)));
+    key(&mut a, KeyCode::Char('h'));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.compare.sort, Some(("facts acc".to_string(), true)));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.compare.sort, Some(("facts acc".to_string(), false)));
+    snap("compare_sorted", &a);
+    // Filter: one run left.
+    key(&mut a, KeyCode::Char('/'));
+    typed(&mut a, "lost");
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.compare.visible().len(), 1);
+    key(&mut a, KeyCode::Esc);
+    assert_eq!(a.compare.visible().len(), 2);
+    // Mark one, diff with the other.
+    key(&mut a, KeyCode::Char('d'));
+    assert!(matches!(&a.status, Some((false, m)) if m.contains("mark a run first")));
+    key(&mut a, KeyCode::Char(' '));
+    assert!(a.compare.marked.is_some());
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Char('d'));
+    assert!(
+        matches!(a.popup, Some(Popup::Diff { .. })),
+        "{:?}",
+        a.status
+    );
+}
+
+/// `slayer runs compare` prints the rows the compare screen shows (one projection), sorted by
+/// any column; `slayer runs diff` diffs two runs' experiments; a bad column is named.
+#[test]
+fn the_cli_compares_the_same_rows() {
+    let home = fixture();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+            .args(args)
+            .env("SLAYER_HOME", home.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, _) = run(&["runs", "compare", "--sort", "step", "--desc"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("run") && lines[0].contains("facts acc"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("20260101-000000-facts") && lines[1].contains("0.550"),
+        "{table}"
+    );
+    assert!(lines[2].starts_with("20260102-000000-facts"), "{table}");
+    let (_, json, _) = run(&["runs", "compare", "--json", "--filter", "lost"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    let (code, _, stderr) = run(&["runs", "compare", "--sort", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("\"nope\"") && stderr.contains("facts acc"),
+        "{stderr}"
+    );
+    let (code, diff, _) = run(&[
+        "runs",
+        "diff",
+        "20260101-000000-facts",
+        "20260102-000000-facts",
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(diff.contains("same experiment text"), "{diff}");
+}

@@ -56,6 +56,10 @@ pub struct Cli {
     /// Console: theme to start with (dark, light, high-contrast, or one in <data>/themes).
     #[arg(long, help_heading = "Console")]
     pub theme: Option<String>,
+    /// Console: ring the terminal's bell at alerts (a run failed or finished, a non-finite step,
+    /// a loss spike, a plateau).
+    #[arg(long, help_heading = "Console")]
+    pub bell: bool,
     /// Without a command, the full-screen console opens.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -201,6 +205,7 @@ fn console(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<i32> {
             colors: cli.colors.as_deref().and_then(|c| c.parse().ok()),
             mouse: cli.mouse,
             theme: cli.theme.clone(),
+            bell: cli.bell,
         },
     )
 }
@@ -283,7 +288,7 @@ mod help_tests {
             missing.join("\n")
         );
         for sub in root.get_subcommands() {
-            for name in ["plain", "colors", "mouse", "theme"] {
+            for name in ["plain", "colors", "mouse", "theme", "bell"] {
                 assert!(
                     sub.get_arguments().all(|a| a.get_id().as_str() != name),
                     "`slayer {} --help` lists --{name}",

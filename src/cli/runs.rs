@@ -72,6 +72,32 @@ pub enum RunsCommand {
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
     },
+    /// Every run side by side: plan, lr, steps, batch, seed, step, loss and the latest
+    /// evaluation's metrics as columns.
+    Compare {
+        /// Only runs whose id, experiment, status or plan contain every word.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only the runs of this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+        /// The column to sort by (a name from the header, e.g. `lr` or `probe acc`).
+        #[arg(long, default_value = "run")]
+        sort: String,
+        /// Sort descending.
+        #[arg(long)]
+        desc: bool,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The difference between two runs' experiments (as each was launched).
+    Diff {
+        /// The first run id.
+        a: String,
+        /// The second run id.
+        b: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -173,6 +199,13 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             if !evals.is_empty() {
                 outln!("\n{}", crate::core::run::summary_table(&evals))?;
             }
+            let alerts = crate::runner::alerts::alerts(&events);
+            if !alerts.is_empty() {
+                outln!("alerts")?;
+                for a in alerts {
+                    outln!("  {}", sanitize_for_terminal(&a.message))?;
+                }
+            }
             Ok(0)
         }
         RunsCommand::Tail { run, follow } => {
@@ -248,6 +281,94 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         }
         RunsCommand::Supervise { run } => supervise(data_dir, &run, device),
         RunsCommand::Rm { run, yes } => remove(data_dir, &run, yes),
+        RunsCommand::Compare {
+            filter,
+            experiment,
+            sort,
+            desc,
+            json,
+        } => {
+            let mut rows: Vec<_> = crate::runner::compare::rows(data_dir)
+                .into_iter()
+                .filter(|r| filter.as_deref().is_none_or(|f| r.matches(f)))
+                .filter(|r| experiment.as_deref().is_none_or(|e| r.experiment == e))
+                .collect();
+            let columns = crate::runner::compare::columns(&rows);
+            if !columns.contains(&sort) {
+                anyhow::bail!(
+                    "--sort {sort:?}: no such column (columns: {})",
+                    columns.join(", ")
+                );
+            }
+            crate::runner::compare::sort(&mut rows, &sort, desc);
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+                return Ok(0);
+            }
+            if rows.is_empty() {
+                errln!("no runs match");
+                return Ok(0);
+            }
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    columns
+                        .iter()
+                        .map(|c| sanitize_for_terminal(&r.cell(c).show(c)).into_owned())
+                        .collect()
+                })
+                .collect();
+            let widths: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    table
+                        .iter()
+                        .map(|row| row[i].chars().count())
+                        .chain([c.chars().count()])
+                        .max()
+                        .unwrap_or(1)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+            };
+            outln!("{}", line(&columns))?;
+            for row in &table {
+                outln!("{}", line(row))?;
+            }
+            Ok(0)
+        }
+        RunsCommand::Diff { a, b } => {
+            let (da, db) = (RunDir::open(data_dir, &a)?, RunDir::open(data_dir, &b)?);
+            let read = |d: &RunDir| {
+                crate::core::corpus::read_settings(&d.experiment_path(), "experiment")
+                    .with_context(|| format!("run {}", d.id))
+            };
+            let (ta, tb) = (read(&da)?, read(&db)?);
+            let diff = similar::TextDiff::from_lines(&ta, &tb);
+            let text = diff
+                .unified_diff()
+                .context_radius(3)
+                .header(
+                    &format!("{}/experiment.toml", da.id),
+                    &format!("{}/experiment.toml", db.id),
+                )
+                .to_string();
+            if text.is_empty() {
+                outln!("{} and {} ran the same experiment text", da.id, db.id)?;
+            } else {
+                out!("{}", sanitize_for_terminal(&text))?;
+            }
+            Ok(0)
+        }
         RunsCommand::Export { run, format } => {
             let dir = RunDir::open(data_dir, &run)?;
             let events = read_warning_once(&dir)?;

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub mod alerts;
+pub mod compare;
 pub mod describe;
 pub mod model;
 pub mod queue;

@@ -15,6 +15,7 @@ use super::theme::Theme;
 use crate::core::config::LlamaConfig;
 use crate::core::plan::{self, LayerMap, Severity, totals::Totals};
 use crate::runner::RunState;
+use crate::runner::alerts::{Alert, Severity as AlertSeverity};
 use crate::runner::tail::Update;
 
 /// How long a status message stays: a success, a problem (seconds).
@@ -30,6 +31,44 @@ pub enum Screen {
     Monitor,
     Chat,
     Study,
+    Compare,
+}
+
+/// The runs comparison table as the compare screen shows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompareView {
+    /// Every run, as last read; the screen shows those matching `filter`, sorted.
+    pub rows: Vec<crate::runner::compare::CompareRow>,
+    /// The highlighted column (an index into [`crate::runner::compare::columns`]).
+    pub column: usize,
+    /// Sorted by (column name, descending).
+    pub sort: Option<(String, bool)>,
+    pub filter: String,
+    pub selected: usize,
+    /// The run marked for a diff.
+    pub marked: Option<String>,
+}
+
+impl CompareView {
+    /// The rows shown: filtered, then sorted.
+    #[must_use]
+    pub fn visible(&self) -> Vec<crate::runner::compare::CompareRow> {
+        let mut rows: Vec<_> = self
+            .rows
+            .iter()
+            .filter(|r| r.matches(&self.filter))
+            .cloned()
+            .collect();
+        if let Some((column, descending)) = &self.sort {
+            crate::runner::compare::sort(&mut rows, column, *descending);
+        }
+        rows
+    }
+
+    #[must_use]
+    pub fn columns(&self) -> Vec<String> {
+        crate::runner::compare::columns(&self.rows)
+    }
 }
 
 /// Everything that reaches the update function.
@@ -45,6 +84,8 @@ pub enum Event {
     Follow(Vec<Update>),
     /// The run table re-read from the run directories.
     Runs(Vec<RunRow>),
+    /// The comparison table's rows, read for the compare screen.
+    Compare(Vec<crate::runner::compare::CompareRow>),
     /// The experiments re-read from the data directory.
     Experiments(Vec<ExperimentItem>),
     /// A job's process started (so it can be cancelled).
@@ -253,6 +294,10 @@ pub enum Effect {
     },
     /// Repaint everything (after a resize or Ctrl-L).
     Redraw,
+    /// Ring the terminal's bell (an alert, when `--bell` asked for it).
+    Bell,
+    /// Read the comparison table's rows (they come back as [`Event::Compare`]).
+    LoadCompare,
     Quit {
         stop_runs: bool,
     },
@@ -325,6 +370,10 @@ pub enum Popup {
     },
     Diff {
         lines: Vec<String>,
+        scroll: u16,
+    },
+    /// Every alert of every run, newest first.
+    Alerts {
         scroll: u16,
     },
     /// The result of the last job that has one ([`App::outcome`]).
@@ -503,6 +552,10 @@ pub enum Input {
 }
 
 /// The whole console state.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent flags (redraw, glyphs, bell, history read), not a state machine"
+)]
 pub struct App {
     pub data_dir: PathBuf,
     pub screen: Screen,
@@ -520,6 +573,7 @@ pub struct App {
     pub overlay: Vec<String>,
     pub monitor: MonitorOptions,
     pub log_view: LogView,
+    pub compare: CompareView,
     /// The result of the newest job that has one (expand, evaluate).
     pub outcome: Option<JobOutcome>,
     pub chat: ChatView,
@@ -528,6 +582,12 @@ pub struct App {
     pub keymap: Keymap,
     /// Braille in charts unless the terminal lacks the glyphs.
     pub plain_glyphs: bool,
+    /// Ring the bell at alerts (`--bell`).
+    pub bell: bool,
+    /// Every alert seen, oldest first: (run, alert).
+    pub alerts: Vec<(String, Alert)>,
+    /// Whether the history read at start has been applied (alerts after it are live).
+    followed_once: bool,
     pub status: Option<(bool, String)>,
     /// Jobs started and not yet ended, oldest first.
     pub jobs: Vec<Job>,
@@ -538,8 +598,8 @@ pub struct App {
     pub dirty: bool,
     /// Seconds since the epoch, as of the last tick (fixed in tests).
     pub now: f64,
-    /// When the status message was set (`now` then).
-    pub status_since: f64,
+    /// When the status message goes (in `now`'s seconds).
+    pub status_until: f64,
     /// Recorded chats (lineage: runs → chats).
     pub chats: Vec<ChatSummary>,
     /// The last importance measurement.
@@ -570,6 +630,10 @@ impl App {
             overlay: Vec::new(),
             monitor: MonitorOptions::default(),
             log_view: LogView::default(),
+            compare: CompareView::default(),
+            bell: false,
+            alerts: Vec::new(),
+            followed_once: false,
             outcome: None,
             chat: ChatView::default(),
             themes,
@@ -582,7 +646,7 @@ impl App {
             should_quit: None,
             dirty: true,
             now: 0.0,
-            status_since: 0.0,
+            status_until: 0.0,
             chats: Vec::new(),
             importance: None,
             study: None,
@@ -630,7 +694,23 @@ impl App {
 
     #[must_use]
     pub fn current_run(&self) -> Option<&RunRow> {
-        self.runs.get(self.selected_run)
+        match self.screen {
+            // The compare screen's selected row, in the run table.
+            Screen::Compare => {
+                let id = self.compare_run()?;
+                self.runs.iter().find(|r| r.id == id)
+            }
+            _ => self.runs.get(self.selected_run),
+        }
+    }
+
+    /// The run selected on the compare screen.
+    #[must_use]
+    pub fn compare_run(&self) -> Option<String> {
+        self.compare
+            .visible()
+            .get(self.compare.selected)
+            .map(|r| r.run.clone())
     }
 
     /// The keymap context of the current screen.
@@ -643,6 +723,7 @@ impl App {
             Screen::Monitor => Context::Monitor,
             Screen::Chat => Context::Chat,
             Screen::Study => Context::Study,
+            Screen::Compare => Context::Compare,
         }
     }
 
@@ -677,22 +758,25 @@ impl App {
     }
 
     fn say(&mut self, ok: bool, message: impl Into<String>) {
-        self.status = Some((ok, message.into()));
-        self.status_since = self.now;
-    }
-
-    /// Clears a status message once it has been shown long enough (a problem longer than a
-    /// success), so that the line never reports a state that is over; true if it cleared.
-    fn expire_status(&mut self) -> bool {
-        let Some((ok, _)) = &self.status else {
-            return false;
-        };
-        let keep = if *ok {
+        let keep = if ok {
             STATUS_OK_SECS
         } else {
             STATUS_PROBLEM_SECS
         };
-        if self.now - self.status_since >= keep {
+        self.say_for(ok, message, keep);
+    }
+
+    /// A status message shown for `secs` (a problem found at start stays longer than one that
+    /// follows a key).
+    pub fn say_for(&mut self, ok: bool, message: impl Into<String>, secs: f64) {
+        self.status = Some((ok, message.into()));
+        self.status_until = self.now + secs;
+    }
+
+    /// Clears a status message once it has been shown long enough, so that the line never
+    /// reports a state that is over; true if it cleared.
+    fn expire_status(&mut self) -> bool {
+        if self.status.is_some() && self.now >= self.status_until {
             self.status = None;
             return true;
         }
@@ -718,10 +802,7 @@ impl App {
                 self.should_quit = Some(false);
                 vec![Effect::Quit { stop_runs: false }]
             }
-            Event::Follow(updates) => {
-                self.follow(updates);
-                Vec::new()
-            }
+            Event::Follow(updates) => self.follow(updates),
             Event::Runs(rows) => {
                 // Re-read every few seconds: redraw only if what the table shows changed.
                 let ages = self.screen == Screen::Runs;
@@ -734,6 +815,9 @@ impl App {
                 }
                 self.runs = rows;
                 self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
+                if changed && self.screen == Screen::Compare {
+                    return vec![Effect::LoadCompare];
+                }
                 // A run of the shown study moved: its tables are read again.
                 match &self.study {
                     Some(study) if changed && self.screen == Screen::Study => {
@@ -744,6 +828,20 @@ impl App {
                     }
                     _ => Vec::new(),
                 }
+            }
+            Event::Compare(rows) => {
+                let same = self.compare.rows == rows;
+                self.compare.rows = rows;
+                let n = self.compare.visible().len();
+                self.compare.selected = self.compare.selected.min(n.saturating_sub(1));
+                self.compare.column = self
+                    .compare
+                    .column
+                    .min(self.compare.columns().len().saturating_sub(1));
+                if same {
+                    self.dirty = was_dirty;
+                }
+                Vec::new()
             }
             Event::Experiments(items) => {
                 self.experiments = items;
@@ -843,7 +941,12 @@ impl App {
         self.selected_experiment = self.selected_experiment.min(n.saturating_sub(1));
     }
 
-    fn follow(&mut self, updates: Vec<Update>) {
+    /// Applies followed updates; alerts raised by events that arrived while the console was
+    /// open (not the history read when it opened) are told wherever the user is.
+    fn follow(&mut self, updates: Vec<Update>) -> Vec<Effect> {
+        let live = self.followed_once;
+        self.followed_once = true;
+        let mut effects = Vec::new();
         for u in updates {
             match u {
                 Update::Events { run, reset, events } => {
@@ -859,10 +962,18 @@ impl App {
                         .run_data
                         .entry(run.clone())
                         .or_insert_with(|| RunData::new(&run));
+                    let known = if reset { usize::MAX } else { data.alerts.len() };
                     data.apply(reset, &events);
+                    let raised: Vec<Alert> = data.alerts.iter().skip(known).cloned().collect();
                     if self.monitored.as_ref() == Some(&run) {
                         self.log_view.scroll =
                             self.log_view.scroll.min(data.log.len().saturating_sub(1));
+                    }
+                    for alert in raised {
+                        if live {
+                            effects.extend(self.tell(&run, &alert));
+                        }
+                        self.alerts.push((run.clone(), alert));
                     }
                 }
                 Update::Problem { run, message } => {
@@ -873,6 +984,22 @@ impl App {
                 }
                 Update::Experiment(path) => self.experiment_changed(&path),
             }
+        }
+        effects
+    }
+
+    /// A live alert: on the status line (and the terminal's bell when asked for).
+    fn tell(&mut self, run: &str, alert: &Alert) -> Vec<Effect> {
+        let news = alert.severity == AlertSeverity::News;
+        let key = self.keymap.keys_of(Context::Global, Action::Alerts, "!");
+        self.say(
+            news,
+            format!("{run}: {} ({key} lists alerts)", alert.message),
+        );
+        if self.bell {
+            vec![Effect::Bell]
+        } else {
+            Vec::new()
         }
     }
 
@@ -1032,7 +1159,7 @@ impl App {
             }
             (_, Input::Command) => self.command.push(c),
             (_, Input::Filter) => {
-                self.filter.push(c);
+                self.filter_mut().push(c);
                 self.filter_changed();
             }
             (_, Input::Chat) => self.chat.input.push(c),
@@ -1044,7 +1171,20 @@ impl App {
         }
     }
 
+    /// The filter being typed: the compare table's on its screen, else the experiments'.
+    fn filter_mut(&mut self) -> &mut String {
+        if self.screen == Screen::Compare {
+            &mut self.compare.filter
+        } else {
+            &mut self.filter
+        }
+    }
+
     fn filter_changed(&mut self) {
+        if self.screen == Screen::Compare {
+            self.compare.selected = 0;
+            return;
+        }
         self.selected_experiment = 0;
         self.clamp_experiment();
     }
@@ -1098,7 +1238,7 @@ impl App {
                 self.command.clear();
             }
             (Action::Back | Action::Cancel, Input::Filter) => {
-                self.filter.clear();
+                self.filter_mut().clear();
                 self.input = Input::None;
                 self.filter_changed();
             }
@@ -1121,7 +1261,7 @@ impl App {
                 }
             }
             (Action::DeleteBack, Input::Filter) => {
-                self.filter.pop();
+                self.filter_mut().pop();
                 self.filter_changed();
             }
             (Action::DeleteBack, _) => {
@@ -1129,7 +1269,7 @@ impl App {
             }
             (Action::ClearLine, Input::Command) => self.command.clear(),
             (Action::ClearLine, Input::Filter) => {
-                self.filter.clear();
+                self.filter_mut().clear();
                 self.filter_changed();
             }
             (Action::ClearLine, _) => self.chat.input.clear(),
@@ -1276,6 +1416,7 @@ impl App {
                 .sum(),
             Popup::Diff { lines, .. } => lines.len(),
             Popup::Outcome { .. } => self.outcome.as_ref().map_or(0, |o| outcome_lines(o).len()),
+            Popup::Alerts { .. } => self.alerts.len().max(1),
             Popup::Importance { metric, .. } => self
                 .importance
                 .as_ref()
@@ -1324,7 +1465,10 @@ impl App {
         };
         let close = matches!(action, Action::Back);
         match &mut popup {
-            Popup::Help { scroll } | Popup::Diff { scroll, .. } | Popup::Outcome { scroll } => {
+            Popup::Help { scroll }
+            | Popup::Diff { scroll, .. }
+            | Popup::Outcome { scroll }
+            | Popup::Alerts { scroll } => {
                 if let Some(to) = scrolled(*scroll) {
                     *scroll = to;
                 } else if close || action == Action::Open {
@@ -1486,6 +1630,7 @@ impl App {
                 self.popup = Some(Popup::ConfirmQuit { running, choice: 0 });
             }
             Action::Help => self.popup = Some(Popup::Help { scroll: 0 }),
+            Action::Alerts => self.popup = Some(Popup::Alerts { scroll: 0 }),
             Action::CommandLine => {
                 self.input = Input::Command;
                 self.command.clear();
@@ -1515,6 +1660,11 @@ impl App {
                     }
                 }
                 Screen::Monitor => self.screen = Screen::Runs,
+                Screen::Compare => {
+                    self.compare.filter.clear();
+                    self.compare.marked = None;
+                    self.status = None;
+                }
                 Screen::Experiments | Screen::Runs | Screen::Chat | Screen::Study => {
                     self.filter.clear();
                     self.status = None;
@@ -1549,6 +1699,53 @@ impl App {
                 self.screen = Screen::Monitor;
             }
             Action::ScreenStudy => self.screen = Screen::Study,
+            Action::ScreenCompare => {
+                self.screen = Screen::Compare;
+                return vec![Effect::LoadCompare];
+            }
+            Action::ColumnLeft => self.compare.column = self.compare.column.saturating_sub(1),
+            Action::ColumnRight => {
+                let last = self.compare.columns().len().saturating_sub(1);
+                self.compare.column = (self.compare.column + 1).min(last);
+            }
+            Action::Open if self.screen == Screen::Compare => {
+                let Some(column) = self.compare.columns().get(self.compare.column).cloned() else {
+                    return Vec::new();
+                };
+                // A new column sorts its best first for metrics (accuracy high, perplexity low)
+                // and ascending otherwise; the same column again flips the order.
+                let descending = match &self.compare.sort {
+                    Some((c, d)) if *c == column => !d,
+                    _ => column.ends_with(" acc"),
+                };
+                self.say(
+                    true,
+                    format!(
+                        "sorted by {column}, {}",
+                        if descending {
+                            "descending"
+                        } else {
+                            "ascending"
+                        }
+                    ),
+                );
+                self.compare.sort = Some((column, descending));
+                self.compare.selected = 0;
+            }
+            Action::Diff if self.screen == Screen::Compare => return self.diff_marked_run(),
+            Action::Mark => {
+                if let Some(r) = self.compare_run() {
+                    if self.compare.marked.as_ref() == Some(&r) {
+                        self.compare.marked = None;
+                    } else {
+                        self.say(
+                            true,
+                            format!("marked {r}: d on another run diffs their experiments"),
+                        );
+                        self.compare.marked = Some(r);
+                    }
+                }
+            }
             Action::ScreenChat => {
                 self.screen = Screen::Chat;
                 if !self.chat.models.is_empty() {
@@ -1643,7 +1840,7 @@ impl App {
             Action::HeatMetric => self.monitor.update_ratio = !self.monitor.update_ratio,
             Action::Chat => {
                 let run = match self.screen {
-                    Screen::Runs => self.current_run().map(|r| r.id.clone()),
+                    Screen::Runs | Screen::Compare => self.current_run().map(|r| r.id.clone()),
                     _ => self.current_experiment().and_then(|e| {
                         self.runs
                             .iter()
@@ -1779,6 +1976,36 @@ impl App {
         Some(self.jobs.remove(index))
     }
 
+    /// `d` on the compare screen: the marked run's experiment against the selected run's.
+    fn diff_marked_run(&mut self) -> Vec<Effect> {
+        let (Some(marked), Some(selected)) = (self.compare.marked.clone(), self.compare_run())
+        else {
+            let key = self.keymap.keys_of(Context::Compare, Action::Mark, "space");
+            self.say(
+                false,
+                format!("mark a run first ({key}), then d on another"),
+            );
+            return Vec::new();
+        };
+        let read = |id: &str| {
+            crate::core::corpus::read_settings(
+                &self.data_dir.join("runs").join(id).join("experiment.toml"),
+                "experiment",
+            )
+        };
+        match (read(&marked), read(&selected)) {
+            (Ok(a), Ok(b)) => {
+                self.say(true, format!("{marked} → {selected}"));
+                self.popup = Some(Popup::Diff {
+                    lines: line_diff(&a, &b),
+                    scroll: 0,
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => self.say(false, e.to_string()),
+        }
+        Vec::new()
+    }
+
     /// The log lines of the monitored run.
     fn monitored_log_len(&self) -> usize {
         self.monitored
@@ -1838,6 +2065,7 @@ impl App {
                 self.study.as_ref().map_or(0, |s| s.strategies.len()),
                 &mut self.study_row,
             ),
+            Screen::Compare => (self.compare.visible().len(), &mut self.compare.selected),
             _ => return,
         };
         if len == 0 {
@@ -1862,46 +2090,23 @@ pub fn base_config(data_dir: &Path, base: &str) -> Option<LlamaConfig> {
     LlamaConfig::from_json_str(&text, &path).ok()
 }
 
-/// A line diff of two texts (longest common subsequence): `  `, `- `, `+ ` prefixes.
+/// A line diff of two texts: `  `, `- `, `+ ` prefixes (the `similar` crate's Myers diff, with
+/// a time limit so that two large unrelated files cannot stall the console).
 #[must_use]
 pub fn line_diff(a: &str, b: &str) -> Vec<String> {
-    let a: Vec<&str> = a.lines().collect();
-    let b: Vec<&str> = b.lines().collect();
-    // The table is |a|·|b| cells: past a few million (files of thousands of lines), show the
-    // texts one after the other rather than allocate gigabytes.
-    if a.len().saturating_mul(b.len()) > 4_000_000 {
-        return a
-            .iter()
-            .map(|l| format!("- {l}"))
-            .chain(b.iter().map(|l| format!("+ {l}")))
-            .collect();
-    }
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_millis(200))
+        .diff_lines(a, b);
+    diff.iter_all_changes()
+        .map(|change| {
+            let sign = match change.tag() {
+                similar::ChangeTag::Equal => ' ',
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
             };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            out.push(format!("  {}", a[i]));
-            i += 1;
-            j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(format!("+ {}", b[j]));
-            j += 1;
-        } else {
-            out.push(format!("- {}", a[i]));
-            i += 1;
-        }
-    }
-    out
+            format!("{sign} {}", change.value().trim_end_matches(['\n', '\r']))
+        })
+        .collect()
 }
 
 /// A job's result as text lines (the popup shows them, tests read them).

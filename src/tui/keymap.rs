@@ -32,6 +32,10 @@ pub enum Action {
     ScreenMonitor,
     ScreenChat,
     ScreenStudy,
+    ScreenCompare,
+    Mark,
+    ColumnLeft,
+    ColumnRight,
     NextCorpus,
     NewExperiment,
     DuplicateExperiment,
@@ -64,6 +68,7 @@ pub enum Action {
     Evaluate,
     NextMatch,
     PreviousMatch,
+    Alerts,
 }
 
 impl Action {
@@ -84,7 +89,9 @@ impl Action {
             Self::Send | Self::DeleteBack | Self::ClearLine => context == Context::Input,
             Self::Compose => context == Context::Chat,
             Self::Cancel => matches!(context, Context::Chat | Context::Input),
-            Self::Save | Self::Revert | Self::Diff => context == Context::Editor,
+            Self::Save | Self::Revert => context == Context::Editor,
+            Self::Diff => matches!(context, Context::Editor | Context::Compare),
+            Self::Mark | Self::ColumnLeft | Self::ColumnRight => context == Context::Compare,
             Self::Up
             | Self::Down
             | Self::PageUp
@@ -132,6 +139,10 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::ScreenMonitor, "monitor"),
     (Action::ScreenChat, "chat_screen"),
     (Action::ScreenStudy, "study_screen"),
+    (Action::ScreenCompare, "compare"),
+    (Action::Mark, "mark"),
+    (Action::ColumnLeft, "column_left"),
+    (Action::ColumnRight, "column_right"),
     (Action::NextCorpus, "next_corpus"),
     (Action::NewExperiment, "new"),
     (Action::DuplicateExperiment, "duplicate"),
@@ -164,6 +175,7 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Evaluate, "eval"),
     (Action::NextMatch, "next_match"),
     (Action::PreviousMatch, "previous_match"),
+    (Action::Alerts, "alerts"),
 ];
 
 /// Where a binding applies. Every key is looked up in exactly one context: the open popup,
@@ -179,6 +191,8 @@ pub enum Context {
     Monitor,
     Chat,
     Study,
+    /// The runs comparison table.
+    Compare,
     /// Any popup: help, confirmations, pickers, the diff, importance.
     Popup,
     /// A text field: the `:` line, the filter, the chat input, a name prompt.
@@ -186,7 +200,7 @@ pub enum Context {
 }
 
 impl Context {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Global,
         Self::Experiments,
         Self::Editor,
@@ -194,6 +208,7 @@ impl Context {
         Self::Monitor,
         Self::Chat,
         Self::Study,
+        Self::Compare,
         Self::Popup,
         Self::Input,
     ];
@@ -208,6 +223,7 @@ impl Context {
             Self::Monitor => "run monitor",
             Self::Chat => "chat",
             Self::Study => "study",
+            Self::Compare => "compare runs",
             Self::Popup => "in a popup",
             Self::Input => "typing in a field (the : line, / filter, chat input, a name)",
         }
@@ -220,9 +236,12 @@ impl Context {
             Self::Editor => Some("other keys edit the text (tab indents, ctrl-u undoes)"),
             Self::Input => Some("other keys type into the field"),
             Self::Popup => Some("other keys do nothing"),
-            Self::Experiments | Self::Runs | Self::Monitor | Self::Chat | Self::Study => {
-                Some("and the keys of every screen")
-            }
+            Self::Experiments
+            | Self::Runs
+            | Self::Monitor
+            | Self::Chat
+            | Self::Study
+            | Self::Compare => Some("and the keys of every screen"),
             Self::Global => None,
         }
     }
@@ -251,6 +270,7 @@ impl Context {
             Self::Monitor => "monitor",
             Self::Chat => "chat",
             Self::Study => "study",
+            Self::Compare => "compare",
             Self::Popup => "popup",
             Self::Input => "input",
         }
@@ -422,6 +442,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     (Context::Global, &["4"], Action::ScreenChat, "chat"),
     (
         Context::Global,
+        &["6"],
+        Action::ScreenCompare,
+        "compare runs: hyperparameters and metrics as columns",
+    ),
+    (
+        Context::Global,
         &["5"],
         Action::ScreenStudy,
         "study (:study NAME opens one)",
@@ -451,6 +477,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     ),
     (Context::Global, &["esc"], Action::Back, "back / close"),
     (Context::Global, &["T"], Action::CycleTheme, "next theme"),
+    (
+        Context::Global,
+        &["!"],
+        Action::Alerts,
+        "alerts of every run: non-finite steps, spikes, plateaus, ends",
+    ),
     (
         Context::Global,
         &["ctrl-l"],
@@ -550,6 +582,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         "redraw the screen",
     ),
     (Context::Runs, &["enter"], Action::Open, "monitor the run"),
+    (
+        Context::Runs,
+        &["="],
+        Action::ScreenCompare,
+        "compare the runs side by side",
+    ),
     (
         Context::Runs,
         &["s"],
@@ -674,6 +712,44 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         Action::LogScale,
         "loss axis: linear / log",
     ),
+    (
+        Context::Compare,
+        &["h", "left"],
+        Action::ColumnLeft,
+        "the column to the left",
+    ),
+    (
+        Context::Compare,
+        &["l", "right"],
+        Action::ColumnRight,
+        "the column to the right",
+    ),
+    (
+        Context::Compare,
+        &["enter", "s"],
+        Action::Open,
+        "sort by the column (again: the other way)",
+    ),
+    (Context::Compare, &["/"], Action::Filter, "filter the runs"),
+    (
+        Context::Compare,
+        &["space"],
+        Action::Mark,
+        "mark the run (then d: diff with another)",
+    ),
+    (
+        Context::Compare,
+        &["d"],
+        Action::Diff,
+        "diff the marked run's experiment with this one's",
+    ),
+    (
+        Context::Compare,
+        &["o"],
+        Action::Overlay,
+        "overlay its loss in the monitor",
+    ),
+    (Context::Compare, &["c"], Action::Chat, "chat with the run"),
     (
         Context::Chat,
         &["enter", "i"],

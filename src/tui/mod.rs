@@ -33,6 +33,8 @@ pub struct Options {
     pub mouse: bool,
     /// The theme to start with.
     pub theme: Option<String>,
+    /// Ring the terminal's bell at alerts.
+    pub bell: bool,
 }
 
 /// Frames per second at most.
@@ -124,6 +126,8 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     let (themes, theme_problems) = theme::load_all(data_dir, depth);
     let (keymap, keymap_problem) = keymap::Keymap::load(data_dir);
     let mut app = App::new(data_dir, themes, keymap, options.plain);
+    app.now = now();
+    app.bell = options.bell;
     if let Some(name) = &options.theme {
         // An unknown name is said before the screen is taken, not silently replaced.
         let Some(i) = app.themes.iter().position(|t| &t.name == name) else {
@@ -137,12 +141,12 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
         };
         app.theme = i;
     }
+    // A file the console could not use stays said for two minutes (not gone at the first tick).
     if let Some(p) = keymap_problem.or_else(|| theme_problems.into_iter().next()) {
-        app.status = Some((false, p));
+        app.say_for(false, p, 120.0);
     }
     app.experiments = load_experiments(data_dir);
     app.runs = load_runs(data_dir);
-    app.now = now();
     let log_path = data_dir.join("logs/slayer.log");
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -973,6 +977,10 @@ impl EffectRunner {
             match effect {
                 Effect::Quit { stop_runs } => self.stop_runs = Some(stop_runs),
                 Effect::Redraw => full_repaint(terminal)?,
+                Effect::Bell => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(b"\x07").and_then(|()| out.flush());
+                }
                 Effect::ChatLoad(specs) => {
                     let _ = self.chat.send(ChatCommand::Load(specs));
                 }
@@ -987,6 +995,12 @@ impl EffectRunner {
                 Effect::Job { id, work } => {
                     let (dir, tx) = (app.data_dir.clone(), self.tx.clone());
                     tokio::task::spawn_blocking(move || execute_job(&dir, id, work, &tx));
+                }
+                Effect::LoadCompare => {
+                    let (dir, tx) = (app.data_dir.clone(), self.tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.send(Event::Compare(crate::runner::compare::rows(&dir)));
+                    });
                 }
                 Effect::LoadStudy { name, open } => {
                     let (dir, tx) = (app.data_dir.clone(), self.tx.clone());

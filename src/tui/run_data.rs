@@ -47,6 +47,9 @@ pub struct RunData {
     pub problem: Option<String>,
     /// When the current worker started (for the rate and ETA).
     pub segment_start: Option<(f64, u64)>,
+    /// The run's alerts so far, and what raises them.
+    pub alerts: Vec<crate::runner::alerts::Alert>,
+    detector: crate::runner::alerts::AlertDetector,
 }
 
 impl RunData {
@@ -64,6 +67,7 @@ impl RunData {
             *self = Self::new(&self.id);
         }
         for e in events {
+            self.alerts.extend(self.detector.feed(e));
             self.log.push_back(crate::runner::describe::describe(e));
             if self.log.len() > LOG_LINES {
                 self.log.pop_front();

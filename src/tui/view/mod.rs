@@ -3,6 +3,7 @@
 //! [`clean`] before it reaches a cell.
 
 mod chat;
+mod compare;
 mod editor;
 mod experiments;
 mod monitor;
@@ -54,6 +55,7 @@ impl Widget for &App {
             Screen::Monitor => monitor::render(self, &theme, body, buf),
             Screen::Chat => chat::render(self, &theme, body, buf),
             Screen::Study => study::render(self, &theme, body, buf),
+            Screen::Compare => compare::render(self, &theme, body, buf),
         }
         status_line(self, &theme, bottom, buf);
         if let Some(popup) = &self.popup {
@@ -69,15 +71,19 @@ fn tabs(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         Screen::Monitor => 2,
         Screen::Chat => 3,
         Screen::Study => 4,
+        Screen::Compare => 5,
     };
     let mut spans = vec![Span::styled(
         " slayer ",
         theme.fg("accent").add_modifier(Modifier::BOLD),
     )];
-    for (i, name) in ["experiments", "runs", "monitor", "chat", "study"]
-        .iter()
-        .enumerate()
-    {
+    // Short names on a narrow terminal, so that the counts and the help key still fit.
+    let names = if area.width >= 100 {
+        ["experiments", "runs", "monitor", "chat", "study", "compare"]
+    } else {
+        ["exp", "runs", "mon", "chat", "study", "compare"]
+    };
+    for (i, name) in names.iter().enumerate() {
         let style = if i == current {
             theme.selection()
         } else {

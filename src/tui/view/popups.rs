@@ -182,6 +182,35 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                 .collect();
             ("diff: saved → editor".into(), lines, 100, *scroll)
         }
+        Popup::Alerts { scroll } => {
+            let lines = if app.alerts.is_empty() {
+                vec![Line::from(Span::styled(
+                    "no alerts: non-finite steps, loss spikes, plateaus and the end of runs show here",
+                    theme.fg("dim"),
+                ))]
+            } else {
+                app.alerts
+                    .iter()
+                    .rev()
+                    .map(|(run, alert)| {
+                        let role = match alert.severity {
+                            crate::runner::alerts::Severity::Problem => "error",
+                            crate::runner::alerts::Severity::News => "text",
+                        };
+                        Line::from(vec![
+                            Span::styled(format!("{} ", clean(run)), theme.fg("accent")),
+                            Span::styled(clean(&alert.message), theme.fg(role)),
+                        ])
+                    })
+                    .collect()
+            };
+            (
+                format!("alerts ({}, newest first)", app.alerts.len()),
+                lines,
+                110,
+                *scroll,
+            )
+        }
         Popup::Outcome { scroll } => match &app.outcome {
             None => ("result".into(), vec![Line::from("no result")], 60, 0),
             Some(outcome) => {
