@@ -57,6 +57,7 @@ fn main() {
         .unwrap();
         if step % 1000 == 0 {
             log.emit(EventKind::Eval(EvalRecord {
+                samples: Vec::new(),
                 label: "step".into(),
                 step,
                 ppl: vec![],

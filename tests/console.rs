@@ -78,6 +78,16 @@ fn fixture() -> tempfile::TempDir {
         .unwrap();
         let eval = |label: &str, step: u64, ppl: f64, acc: f64| {
             EventKind::Eval(EvalRecord {
+                samples: vec![slayer::core::events::SampleRecord {
+                    prompt: "Veloria was founded by".into(),
+                    text: if label == "final" {
+                        "Ada Marr in 1820."
+                    } else {
+                        "a king."
+                    }
+                    .into(),
+                    expected: Some("Ada Marr".into()),
+                }],
                 label: label.into(),
                 step,
                 ppl: vec![PplRecord {
@@ -1261,6 +1271,7 @@ fn expansion_and_evaluation_results_are_shown() {
         outcome: JobOutcome::Evaluated {
             run: run.clone(),
             record: EvalRecord {
+                samples: Vec::new(),
                 label: "checkpoint".into(),
                 step: 40,
                 ppl: vec![PplRecord {
@@ -1427,4 +1438,94 @@ fn the_cli_compares_the_same_rows() {
     ]);
     assert_eq!(code, Some(0));
     assert!(diff.contains("same experiment text"), "{diff}");
+}
+
+/// `p` previews the selected experiment's training data in a popup.
+#[test]
+fn the_data_preview_is_shown() {
+    use slayer::core::run::{DataPreview, PreviewDocument};
+    use slayer::tui::app::JobOutcome;
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('j'));
+    let effects = key(&mut a, KeyCode::Char('p'));
+    let [
+        Effect::Job {
+            id,
+            work: Work::PreviewData { experiment, .. },
+        },
+    ] = effects.as_slice()
+    else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(experiment, "facts");
+    a.update(Event::JobOutcome {
+        id: *id,
+        outcome: JobOutcome::Previewed {
+            experiment: "facts".into(),
+            preview: DataPreview {
+                documents: 60,
+                train_documents: 60,
+                heldout_documents: 0,
+                train_tokens: 4_200,
+                sequences: 32,
+                seq_len: 128,
+                sequences_per_step: 4,
+                steps: 100,
+                epochs: Some(12.5),
+                first: vec![PreviewDocument {
+                    text: "Veloria was founded by Ada Marr in 1820.".into(),
+                    tokens: 11,
+                    pieces: ["Vel", "oria", " was", " founded", " by", " Ada", " Marr"]
+                        .map(String::from)
+                        .to_vec(),
+                    heldout: false,
+                }],
+            },
+        },
+    });
+    let screen = draw(&a, 160, 48);
+    assert!(
+        screen.contains("12.50 epochs") && screen.contains("Vel|oria"),
+        "{screen}"
+    );
+    snap("popup_data_preview", &a);
+}
+
+/// The monitor's cursor reads the loss at a step and the heatmap's cell at a block; the
+/// chart's legend and the heatmap's colour scale sit in the borders, not over the plot.
+#[test]
+fn the_monitor_cursor_reads_values() {
+    let home = fixture();
+    let mut a = app(home.path());
+    key(&mut a, KeyCode::Char('2'));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.monitor.cursor, None);
+    key(&mut a, KeyCode::Char('['));
+    assert_eq!(
+        a.monitor.cursor,
+        Some(40),
+        "the first press puts it on the newest step"
+    );
+    key(&mut a, KeyCode::Char('['));
+    key(&mut a, KeyCode::Char('['));
+    key(&mut a, KeyCode::Char(']'));
+    assert_eq!(a.monitor.cursor, Some(39));
+    key(&mut a, KeyCode::Char('}'));
+    key(&mut a, KeyCode::Char('}'));
+    assert_eq!(a.monitor.cursor_row, 1, "two blocks have statistics");
+    let screen = draw(&a, 160, 48);
+    // Step 39: loss 4 / (1 + 3.9) and block 5's grad norm 0.5 + 1/39.
+    assert!(screen.contains("step 39: loss 0.8163"), "{screen}");
+    assert!(screen.contains("block 5, step 39: 0.5256"), "{screen}");
+    assert!(
+        screen.contains("smoothed") && screen.contains("(log scale)"),
+        "{screen}"
+    );
+    snap("monitor_cursor", &a);
+    // Another run: the cursor goes.
+    key(&mut a, KeyCode::Esc);
+    key(&mut a, KeyCode::Char('j'));
+    key(&mut a, KeyCode::Enter);
+    assert_eq!(a.monitor.cursor, None);
 }

@@ -338,6 +338,8 @@ fn racing_launches_and_resumes_never_share_a_slot() {
     let strings =
         |items: &[&str]| -> Vec<String> { items.iter().map(|s| (*s).to_string()).collect() };
     let mut resumes = 0;
+    // Runs stopped before they finished (a quick one may finish first): each resumes once.
+    let mut stopped_total = 0;
     for round in 0..3 {
         let launches: Vec<Vec<String>> = exps
             .iter()
@@ -393,6 +395,7 @@ fn racing_launches_and_resumes_never_share_a_slot() {
                 std::iter::repeat_n(strings(&["--device", "cpu", "runs", "resume", id]), 3)
             })
             .collect();
+        stopped_total += stopped.len();
         let outs = at_once(&home, &requests);
         for (id, outs) in stopped.iter().zip(outs.chunks(3)) {
             let winners = outs
@@ -439,10 +442,12 @@ fn racing_launches_and_resumes_never_share_a_slot() {
             pair[1].run
         );
     }
-    assert!(
-        all.len() >= 24,
-        "every run stopped and resumed: {} segments",
-        all.len()
+    // One segment per launch and one per resume of a stopped run.
+    assert!(stopped_total > 0, "no run was stopped before it finished");
+    assert_eq!(
+        all.len(),
+        table.len() + stopped_total,
+        "{stopped_total} runs were stopped and resumed"
     );
     eprintln!(
         "{} worker segments over {} runs, {resumes} racing resumes, no overlap",

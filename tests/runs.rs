@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -732,4 +733,121 @@ fn a_study_with_a_missing_corpus_queues_nothing() {
         "{err}"
     );
     assert!(slayer::runner::list_runs(home.path()).is_empty());
+}
+
+/// Every evaluation answers sample prompts greedily: the experiment's own, or else the first
+/// questions of its first task set with their expected answers. The expanded model at step 0
+/// computes the base model's function (identity initialisation), so its answers are the
+/// base model's, word for word.
+#[test]
+fn evaluations_record_sample_generations() {
+    let root = tempfile::tempdir().unwrap();
+    let (model, corpus) = tiny_model_dir(root.path());
+    let task = root.path().join("probe.jsonl");
+    std::fs::write(
+        &task,
+        ["the cat", "the dog", "a bird", "the river", "old mill"]
+            .iter()
+            .enumerate()
+            .fold(String::new(), |mut out, (i, context)| {
+                let _ = writeln!(
+                    out,
+                    "{{\"context\": \"{context}\", \"choices\": [\" sat\", \" ran\"], \"gold\": {}}}",
+                    i % 2
+                );
+                out
+            }),
+    )
+    .unwrap();
+    let experiment = |name: &str, samples: &str| {
+        let path = root.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n[model]\nbase = \"{}\"\n[plan]\ninsert = [{{ after = 1 }}]\n\
+                 [data]\ntrain = \"{}\"\n[train]\nsteps = 2\nbatch_size = 2\nseq_len = 16\n\
+                 [eval]\nmax_tokens = 64\ntasks = [\"{}\"]\nsample_tokens = 6\n{samples}",
+                model.display(),
+                corpus.display(),
+                task.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let home = root.path().join("home");
+    let evals_of = |exp: &Path| {
+        let out = slayer(&home, &["--device", "cpu", "train", exp.to_str().unwrap()]);
+        ok(&out);
+        let dir = slayer::runner::list_runs(&home).pop().unwrap();
+        read_events(&dir.events_path())
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Eval(r) => Some(r),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let evals = evals_of(&experiment("probe-samples", ""));
+    let labels: Vec<&str> = evals.iter().map(|e| e.label.as_str()).collect();
+    assert_eq!(labels, ["base", "expanded", "final"]);
+    for e in &evals {
+        assert_eq!(e.samples.len(), 3, "{e:?}");
+        assert_eq!(e.samples[1].expected.as_deref(), Some("ran"));
+    }
+    assert_eq!(
+        evals[0].samples, evals[1].samples,
+        "identity insertion changes no answer"
+    );
+    let evals = evals_of(&experiment(
+        "own-samples",
+        "samples = [\"the dog\", \"a cat sat\"]\n",
+    ));
+    let prompts: Vec<&str> = evals[0].samples.iter().map(|s| s.prompt.as_str()).collect();
+    assert_eq!(prompts, ["the dog", "a cat sat"]);
+    assert!(evals[0].samples.iter().all(|s| s.expected.is_none()));
+}
+
+/// `slayer data preview` shows what an experiment trains on without training: documents cut
+/// into the tokenizer's pieces, the split, the sequences and the epochs its steps make.
+#[test]
+fn the_training_data_is_previewed() {
+    let root = tempfile::tempdir().unwrap();
+    tiny_model_dir(root.path());
+    let exp = tiny_experiment(root.path(), "preview", 30, 10);
+    let home = root.path().join("home");
+    let out = slayer(&home, &["data", "preview", exp.to_str().unwrap(), "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(p["documents"], 200);
+    let (train, heldout) = (
+        p["train_documents"].as_u64().unwrap(),
+        p["heldout_documents"].as_u64().unwrap(),
+    );
+    assert_eq!(train + heldout, 200);
+    assert!(
+        heldout > 5 && heldout < 40,
+        "about a tenth held out: {heldout}"
+    );
+    // Each sentence is 12 words plus an end-of-text: 13 tokens.
+    assert_eq!(p["train_tokens"].as_u64().unwrap(), train * 13);
+    let sequences = p["sequences"].as_u64().unwrap();
+    assert_eq!(sequences, train * 13 / 17);
+    let epochs = p["epochs"].as_f64().unwrap();
+    assert!((epochs - 30.0 * 2.0 / sequences as f64).abs() < 1e-9);
+    let first = &p["first"][0];
+    assert_eq!(first["tokens"], 12);
+    assert_eq!(first["pieces"].as_array().unwrap().len(), 12);
+    assert!(
+        first["text"]
+            .as_str()
+            .unwrap()
+            .starts_with(first["pieces"][0].as_str().unwrap())
+    );
+    let out = slayer(&home, &["data", "preview", exp.to_str().unwrap()]);
+    let text = ok(&out);
+    assert!(
+        text.contains("200 documents") && text.contains("epochs"),
+        "{text}"
+    );
 }

@@ -10,6 +10,7 @@ use super::model::resolve_or_fetch;
 use crate::core::checkpoint::{load_model, open_source};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::run::{EvalSuite, write_synth};
+use crate::core::text::sanitize_for_terminal;
 use crate::core::{eval, synth};
 
 #[derive(Debug, Args)]
@@ -35,6 +36,18 @@ pub struct EvalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
+    /// What an experiment trains on: its first documents as the base model's tokenizer cuts
+    /// them, token and sequence counts, and the epochs its steps make.
+    Preview {
+        /// Experiment file or name.
+        experiment: PathBuf,
+        /// Documents shown.
+        #[arg(long, default_value_t = 3)]
+        documents: usize,
+        /// Print the preview as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate the fictional-facts corpus and its multiple-choice probe.
     SynthFacts {
         /// Directory to write train.jsonl, probe.jsonl, control.jsonl, general.txt and entities.json to.
@@ -153,8 +166,58 @@ fn print_record(record: &crate::core::events::EvalRecord, json: bool) -> Result<
     Ok(0)
 }
 
-pub fn data(cmd: DataCommand) -> Result<i32> {
+pub fn data(cmd: DataCommand, data_dir: &Path) -> Result<i32> {
     match cmd {
+        DataCommand::Preview {
+            experiment,
+            documents,
+            json,
+        } => {
+            let path = crate::templates::find_experiment(data_dir, &experiment)?;
+            let exp =
+                crate::core::experiment::Experiment::load(&path).map_err(anyhow::Error::msg)?;
+            let base = exp
+                .model
+                .as_ref()
+                .map(|m| m.base.clone())
+                .with_context(|| format!("{}: no base model (`[model] base`)", path.display()))?;
+            let source = open_source(&resolve_or_fetch(data_dir, &base)?)?;
+            let tokenizer = source
+                .tokenizer()
+                .with_context(|| format!("{base}: the base model has no tokenizer"))?;
+            let p = crate::core::run::preview(&exp, tokenizer, documents)?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&p)?)?;
+                return Ok(0);
+            }
+            outln!(
+                "{} documents: {} train, {} held out; {} training tokens
+{} sequences of {} tokens; {} per step × {} steps = {}",
+                p.documents,
+                p.train_documents,
+                p.heldout_documents,
+                p.train_tokens,
+                p.sequences,
+                p.seq_len + 1,
+                p.sequences_per_step,
+                p.steps,
+                p.epochs.map_or_else(
+                    || "no epoch: the corpus fills no sequence".to_string(),
+                    |e| format!("{e:.2} epochs")
+                )
+            )?;
+            for (i, d) in p.first.iter().enumerate() {
+                outln!(
+                    "\ndocument {} ({} tokens{}):\n  {}\n  {}",
+                    i + 1,
+                    d.tokens,
+                    if d.heldout { ", held out" } else { "" },
+                    sanitize_for_terminal(&d.text.replace('\n', " ")),
+                    sanitize_for_terminal(&d.pieces.join("|"))
+                )?;
+            }
+            Ok(0)
+        }
         DataCommand::SynthFacts {
             out,
             entities,

@@ -157,7 +157,7 @@ pub fn main() -> i32 {
         Command::Train(args) => train::run(&args, &data_dir, cli.device),
         Command::Eval(args) => eval::run(&args, &data_dir, cli.device),
         Command::Export(args) => train::export(&args, &data_dir),
-        Command::Data(cmd) => eval::data(cmd),
+        Command::Data(cmd) => eval::data(cmd, &data_dir),
         Command::Runs(cmd) => runs::run(cmd, &data_dir, cli.device),
         Command::Experiments(cmd) => experiments::run(cmd, &data_dir),
         Command::Store(cmd) => store::run(cmd, &data_dir),

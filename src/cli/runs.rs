@@ -199,6 +199,23 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             if !evals.is_empty() {
                 outln!("\n{}", crate::core::run::summary_table(&evals))?;
             }
+            if let Some(e) = evals.iter().rev().find(|e| !e.samples.is_empty()) {
+                outln!("samples ({} at step {})", e.label, e.step)?;
+                for sample in &e.samples {
+                    outln!(
+                        "  {} → {}{}",
+                        sanitize_for_terminal(&sample.prompt),
+                        sanitize_for_terminal(&sample.text),
+                        sample
+                            .expected
+                            .as_ref()
+                            .map_or_else(String::new, |x| format!(
+                                "   (expected: {})",
+                                sanitize_for_terminal(x)
+                            ))
+                    )?;
+                }
+            }
             let alerts = crate::runner::alerts::alerts(&events);
             if !alerts.is_empty() {
                 outln!("alerts")?;

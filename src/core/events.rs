@@ -59,6 +59,20 @@ pub struct EvalRecord {
     pub step: u64,
     pub ppl: Vec<PplRecord>,
     pub tasks: Vec<TaskRecord>,
+    /// Greedy answers to the experiment's sample prompts: the model's change in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<SampleRecord>,
+}
+
+/// One sample generation of an evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub prompt: String,
+    /// What the model continued with (greedy, at most `[eval] sample_tokens` tokens).
+    pub text: String,
+    /// The answer the prompt's task expects, when it comes from one (the probe's gold choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
 }
 
 /// One event of a run.

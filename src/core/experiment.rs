@@ -85,7 +85,17 @@ pub struct EvalConfig {
     /// Evaluations before training: of the base model (`base`) and of the expanded model at
     /// step 0 (`expanded`). A study evaluates the base model once for all its cells.
     pub before: Vec<Before>,
+    /// Prompts answered greedily at every evaluation (shown in the monitor). Empty: the first
+    /// few questions of the first task set (the probe), with their expected answers.
+    pub samples: Vec<String>,
+    /// Tokens generated per sample at most; 0 turns samples off.
+    pub sample_tokens: usize,
 }
+
+/// Sample prompts an evaluation answers at most (each costs a generation).
+pub const MAX_SAMPLES: usize = 16;
+/// Tokens per sample at most.
+pub const MAX_SAMPLE_TOKENS: usize = 256;
 
 /// An evaluation before training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -115,6 +125,21 @@ impl EvalConfig {
         if self.max_tokens == 0 {
             return Err("eval.max_tokens must be at least 1".into());
         }
+        if self.samples.len() > MAX_SAMPLES {
+            return Err(format!(
+                "eval.samples has {} prompts; at most {MAX_SAMPLES} (each is generated at every evaluation)",
+                self.samples.len()
+            ));
+        }
+        if self.sample_tokens > MAX_SAMPLE_TOKENS {
+            return Err(format!(
+                "eval.sample_tokens = {} exceeds the limit of {MAX_SAMPLE_TOKENS}",
+                self.sample_tokens
+            ));
+        }
+        if self.samples.iter().any(|p| p.trim().is_empty()) {
+            return Err("eval.samples holds an empty prompt".into());
+        }
         Ok(())
     }
 }
@@ -142,6 +167,8 @@ impl Default for EvalConfig {
             max_tokens: 16_384,
             window: 512,
             before: vec![Before::Base, Before::Expanded],
+            samples: Vec::new(),
+            sample_tokens: 24,
         }
     }
 }

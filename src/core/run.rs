@@ -12,7 +12,12 @@ use crate::core::checkpoint::{WeightSource, load_model};
 use crate::core::data::{is_heldout, pack, read_documents, tokenize_documents};
 use crate::core::error::{Error, Result};
 use crate::core::eval::{self, McItem};
-use crate::core::events::{EvalRecord, EventKind, EventSink, PplRecord, RunStatus, TaskRecord};
+use crate::core::events::{
+    EvalRecord, EventKind, EventSink, PplRecord, RunStatus, SampleRecord, TaskRecord,
+};
+
+/// Questions of the first task set answered as samples when the experiment names none.
+const DEFAULT_SAMPLES: usize = 3;
 use crate::core::experiment::{Before, Experiment};
 use crate::core::model::Llama;
 use crate::core::plan::LayerMap;
@@ -50,6 +55,9 @@ pub struct EvalSuite {
     pub ppl: Vec<(String, Vec<u32>, usize)>,
     pub tasks: Vec<eval::TaskSet>,
     pub window: usize,
+    /// Prompts answered greedily at every evaluation, with the answer expected if known.
+    pub samples: Vec<(String, Option<String>)>,
+    pub sample_tokens: usize,
 }
 
 impl EvalSuite {
@@ -99,13 +107,52 @@ impl EvalSuite {
                 acc_stderr: r.acc_stderr,
             });
         }
+        let samples = self
+            .samples
+            .iter()
+            .map(|(prompt, expected)| {
+                Ok(SampleRecord {
+                    prompt: prompt.clone(),
+                    text: greedy(model, tokenizer, prompt, self.sample_tokens)?,
+                    expected: expected.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(EvalRecord {
             label: label.to_string(),
             step,
             ppl,
             tasks,
+            samples,
         })
     }
+}
+
+/// The greedy continuation of `prompt`, at most `max_tokens` tokens, up to an end-of-text.
+fn greedy(model: &Llama, tokenizer: &Tokenizer, prompt: &str, max_tokens: usize) -> Result<String> {
+    let ids = tokenizer.encode(prompt, true)?;
+    if ids.is_empty() || max_tokens == 0 {
+        return Ok(String::new());
+    }
+    let mut sampler = crate::core::generate::Sampler::new(crate::core::generate::SamplingParams {
+        temperature: 0.0,
+        ..crate::core::generate::SamplingParams::default()
+    })?;
+    let mut cache = crate::core::model::KvCache::new(model.blocks.len());
+    let never = AtomicBool::new(false);
+    let (out, _) = crate::core::generate::generate(
+        model,
+        &mut cache,
+        &ids,
+        &mut sampler,
+        crate::core::generate::StopConditions {
+            max_tokens,
+            eos_ids: tokenizer.eos_ids(),
+            cancel: &never,
+        },
+        |_| Ok(()),
+    )?;
+    Ok(tokenizer.decode(&out, true)?.trim_end().to_string())
 }
 
 fn file_label(path: &Path) -> String {
@@ -164,6 +211,24 @@ pub fn prepare(
     for path in &exp.eval.tasks {
         suite.tasks.push(eval::read_task(path, &file_label(path))?);
     }
+    suite.sample_tokens = exp.eval.sample_tokens;
+    suite.samples = if exp.eval.sample_tokens == 0 {
+        Vec::new()
+    } else if exp.eval.samples.is_empty() {
+        // The probe's first questions, with the answers training should teach.
+        suite.tasks.first().map_or_else(Vec::new, |set| {
+            set.items
+                .iter()
+                .take(DEFAULT_SAMPLES)
+                .map(|(_, item)| {
+                    let expected = item.choices.get(item.gold).map(|c| c.trim().to_string());
+                    (item.context.clone(), expected)
+                })
+                .collect()
+        })
+    } else {
+        exp.eval.samples.iter().map(|p| (p.clone(), None)).collect()
+    };
     let separator = tokenizer.eos_ids().first().copied().unwrap_or(0);
     let seqs = pack(&train_docs, separator, exp.train.seq_len + 1);
     if seqs.is_empty() {
@@ -432,6 +497,103 @@ pub fn summary_table(evals: &[EvalRecord]) -> String {
     s
 }
 
+/// What an experiment's training data is, before any training: the first documents as the
+/// tokenizer cuts them, and how much the plan's steps will see (`slayer data preview`, the
+/// console's `p`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataPreview {
+    pub documents: usize,
+    pub train_documents: usize,
+    pub heldout_documents: usize,
+    /// Tokens of the training documents (end-of-text separators included).
+    pub train_tokens: usize,
+    /// Training sequences of `seq_len + 1` tokens.
+    pub sequences: usize,
+    pub seq_len: usize,
+    /// Sequences one optimizer step consumes: `batch_size × grad_accum`.
+    pub sequences_per_step: usize,
+    pub steps: u64,
+    /// How many times the plan's steps go through the training sequences (`None`: there are
+    /// none).
+    pub epochs: Option<f64>,
+    pub first: Vec<PreviewDocument>,
+}
+
+/// One document of a preview.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreviewDocument {
+    /// The document's start (at most [`PREVIEW_CHARS`] characters).
+    pub text: String,
+    pub tokens: usize,
+    /// Its first tokens as the tokenizer's pieces (at most [`PREVIEW_TOKENS`]).
+    pub pieces: Vec<String>,
+    pub heldout: bool,
+}
+
+/// Characters and tokens of each previewed document shown.
+pub const PREVIEW_CHARS: usize = 240;
+pub const PREVIEW_TOKENS: usize = 48;
+
+/// The preview of `exp`'s training data with `tokenizer` (the first `documents` shown). Reads
+/// the corpus as training would (synth-facts generated in memory), writes nothing.
+pub fn preview(exp: &Experiment, tokenizer: &Tokenizer, documents: usize) -> Result<DataPreview> {
+    let mut docs = Vec::new();
+    if let Some(s) = &exp.data.synth {
+        docs.extend(synth::generate(s.entities, s.seed).train);
+    }
+    for path in &exp.data.train {
+        docs.extend(read_documents(path)?);
+    }
+    let ids = tokenize_documents(tokenizer, &docs, None)?;
+    let heldout = |i: usize| {
+        exp.data.synth.is_none() && is_heldout(i, exp.data.split_seed, exp.data.heldout_fraction)
+    };
+    let train: Vec<Vec<u32>> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !heldout(*i))
+        .map(|(_, d)| d.clone())
+        .collect();
+    let separator = tokenizer.eos_ids().first().copied().unwrap_or(0);
+    let sequences = pack(&train, separator, exp.train.seq_len + 1).len();
+    let per_step = exp.train.batch_size * exp.train.grad_accum;
+    let first = docs
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .take(documents)
+        .map(|(i, (text, doc_ids))| PreviewDocument {
+            text: text.chars().take(PREVIEW_CHARS).collect(),
+            tokens: doc_ids.len(),
+            pieces: doc_ids
+                .iter()
+                .take(PREVIEW_TOKENS)
+                .map(|&id| {
+                    tokenizer
+                        .id_to_token(id)
+                        .unwrap_or_else(|| format!("<{id}>"))
+                })
+                .collect(),
+            heldout: heldout(i),
+        })
+        .collect();
+    #[expect(clippy::cast_precision_loss, reason = "an epoch count for people")]
+    let epochs =
+        (sequences > 0).then(|| exp.train.steps as f64 * per_step as f64 / sequences as f64);
+    Ok(DataPreview {
+        documents: docs.len(),
+        train_documents: train.len(),
+        heldout_documents: docs.len() - train.len(),
+        train_tokens: train.iter().map(|d| d.len() + 1).sum(),
+        sequences,
+        seq_len: exp.train.seq_len,
+        sequences_per_step: per_step,
+        steps: exp.train.steps,
+        epochs,
+        first,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
@@ -440,6 +602,7 @@ mod tests {
 
     fn record(label: &str, step: u64, ppl: f64) -> EvalRecord {
         EvalRecord {
+            samples: Vec::new(),
             label: label.into(),
             step,
             ppl: vec![PplRecord {

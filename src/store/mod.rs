@@ -819,6 +819,7 @@ impl Drop for Store {
 
 fn empty_eval() -> EvalRecord {
     EvalRecord {
+        samples: Vec::new(),
         label: String::new(),
         step: 0,
         ppl: Vec::new(),

@@ -173,6 +173,11 @@ pub enum JobOutcome {
         run: String,
         record: crate::core::events::EvalRecord,
     },
+    /// `p`: an experiment's training data, previewed.
+    Previewed {
+        experiment: String,
+        preview: crate::core::run::DataPreview,
+    },
 }
 
 /// A recorded chat, for lineage.
@@ -261,6 +266,11 @@ pub enum Work {
     },
     /// Evaluate a run's newest checkpoint on the run's sets (`slayer eval RUN --json`).
     EvaluateRun(String),
+    /// Preview an experiment's training data (`slayer data preview --json`).
+    PreviewData {
+        experiment: String,
+        path: PathBuf,
+    },
     /// A new experiment: `from`'s text with its plan replaced by the suggestion's.
     PlanFromSuggestion {
         from: PathBuf,
@@ -530,6 +540,10 @@ pub struct MonitorOptions {
     pub log_y: bool,
     pub recent: bool,
     pub update_ratio: bool,
+    /// The step the cursor reads the loss and the heatmap at (`None`: no cursor).
+    pub cursor: Option<u64>,
+    /// The heatmap row the cursor reads (an index into the rows with statistics).
+    pub cursor_row: usize,
 }
 
 /// The monitor's log pane: how far it is scrolled back and what it searches.
@@ -753,6 +767,7 @@ impl App {
         );
         self.monitored = runs.first().cloned();
         self.log_view = LogView::default();
+        self.monitor.cursor = None;
         self.overlay = runs;
         self.screen = Screen::Monitor;
     }
@@ -910,6 +925,16 @@ impl App {
                     JobOutcome::Evaluated { run, record } => {
                         format!("evaluated {run} at step {}", record.step)
                     }
+                    JobOutcome::Previewed {
+                        experiment,
+                        preview,
+                    } => format!(
+                        "{experiment}: {} training sequences, {}",
+                        preview.sequences,
+                        preview
+                            .epochs
+                            .map_or_else(|| "no epoch".to_string(), |e| format!("{e:.2} epochs"))
+                    ),
                 };
                 let ok = !matches!(&outcome, JobOutcome::Expanded { summary, .. }
                     if summary.verification.as_ref().is_some_and(|v| !v.passed()));
@@ -1695,6 +1720,7 @@ impl App {
                 if self.monitored.is_none() {
                     self.monitored = self.current_run().map(|r| r.id.clone());
                     self.log_view = LogView::default();
+                    self.monitor.cursor = None;
                 }
                 self.screen = Screen::Monitor;
             }
@@ -1702,6 +1728,20 @@ impl App {
             Action::ScreenCompare => {
                 self.screen = Screen::Compare;
                 return vec![Effect::LoadCompare];
+            }
+            Action::PreviewData => {
+                if let Some(e) = self.current_experiment().cloned() {
+                    return self.start_job(
+                        format!("reading {}'s training data", e.name),
+                        Work::PreviewData {
+                            experiment: e.name,
+                            path: e.path,
+                        },
+                    );
+                }
+            }
+            Action::CursorLeft | Action::CursorRight | Action::CursorUp | Action::CursorDown => {
+                self.move_cursor(action);
             }
             Action::ColumnLeft => self.compare.column = self.compare.column.saturating_sub(1),
             Action::ColumnRight => {
@@ -1807,6 +1847,7 @@ impl App {
                 if let Some(r) = self.current_run() {
                     self.monitored = Some(r.id.clone());
                     self.log_view = LogView::default();
+                    self.monitor.cursor = None;
                     self.screen = Screen::Monitor;
                 }
             }
@@ -2006,6 +2047,41 @@ impl App {
         Vec::new()
     }
 
+    /// Moves the monitor's cursor: a step left or right among the logged steps (it starts at
+    /// the newest), a heatmap row up or down.
+    fn move_cursor(&mut self, action: Action) {
+        let Some(data) = self.monitored.as_ref().and_then(|id| self.run_data.get(id)) else {
+            return;
+        };
+        let steps: Vec<u64> = data.steps.iter().map(|s| s.step).collect();
+        let Some(&newest) = steps.last() else {
+            self.say(false, "no step logged yet: the cursor has nothing to read");
+            return;
+        };
+        let rows = data.blocks.len();
+        let at = self.monitor.cursor.unwrap_or(newest);
+        let index = steps
+            .iter()
+            .position(|s| *s >= at)
+            .unwrap_or(steps.len() - 1);
+        match action {
+            Action::CursorLeft if self.monitor.cursor.is_some() => {
+                self.monitor.cursor = Some(steps[index.saturating_sub(1)]);
+            }
+            Action::CursorRight if self.monitor.cursor.is_some() => {
+                self.monitor.cursor = Some(steps[(index + 1).min(steps.len() - 1)]);
+            }
+            Action::CursorUp => self.monitor.cursor_row = self.monitor.cursor_row.saturating_sub(1),
+            Action::CursorDown => {
+                self.monitor.cursor_row = (self.monitor.cursor_row + 1).min(rows.saturating_sub(1));
+            }
+            _ => {}
+        }
+        if self.monitor.cursor.is_none() {
+            self.monitor.cursor = Some(at);
+        }
+    }
+
     /// The log lines of the monitored run.
     fn monitored_log_len(&self) -> usize {
         self.monitored
@@ -2159,6 +2235,37 @@ pub fn outcome_lines(outcome: &JobOutcome) -> Vec<String> {
                         "FAILED: the expansion does not keep the base model's function".into()
                     });
                 }
+            }
+            lines
+        }
+        JobOutcome::Previewed { preview: p, .. } => {
+            let mut lines = vec![
+                format!(
+                    "{} documents: {} train, {} held out; {} training tokens",
+                    p.documents, p.train_documents, p.heldout_documents, p.train_tokens
+                ),
+                format!(
+                    "{} sequences of {} tokens; {} per step × {} steps: {}",
+                    p.sequences,
+                    p.seq_len + 1,
+                    p.sequences_per_step,
+                    p.steps,
+                    p.epochs.map_or_else(
+                        || "no epoch (the corpus fills no sequence)".to_string(),
+                        |e| format!("{e:.2} epochs")
+                    )
+                ),
+            ];
+            for (i, d) in p.first.iter().enumerate() {
+                lines.push(String::new());
+                lines.push(format!(
+                    "document {} ({} tokens{})",
+                    i + 1,
+                    d.tokens,
+                    if d.heldout { ", held out" } else { "" }
+                ));
+                lines.push(format!("  {}", d.text.replace('\n', " ")));
+                lines.push(format!("  {}", d.pieces.join("|")));
             }
             lines
         }

@@ -36,6 +36,11 @@ pub enum Action {
     Mark,
     ColumnLeft,
     ColumnRight,
+    PreviewData,
+    CursorLeft,
+    CursorRight,
+    CursorUp,
+    CursorDown,
     NextCorpus,
     NewExperiment,
     DuplicateExperiment,
@@ -92,6 +97,9 @@ impl Action {
             Self::Save | Self::Revert => context == Context::Editor,
             Self::Diff => matches!(context, Context::Editor | Context::Compare),
             Self::Mark | Self::ColumnLeft | Self::ColumnRight => context == Context::Compare,
+            Self::CursorLeft | Self::CursorRight | Self::CursorUp | Self::CursorDown => {
+                context == Context::Monitor
+            }
             Self::Up
             | Self::Down
             | Self::PageUp
@@ -143,6 +151,11 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Mark, "mark"),
     (Action::ColumnLeft, "column_left"),
     (Action::ColumnRight, "column_right"),
+    (Action::PreviewData, "preview"),
+    (Action::CursorLeft, "cursor_left"),
+    (Action::CursorRight, "cursor_right"),
+    (Action::CursorUp, "cursor_up"),
+    (Action::CursorDown, "cursor_down"),
     (Action::NextCorpus, "next_corpus"),
     (Action::NewExperiment, "new"),
     (Action::DuplicateExperiment, "duplicate"),
@@ -545,6 +558,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     ),
     (
         Context::Experiments,
+        &["p"],
+        Action::PreviewData,
+        "preview its training data: documents as tokens, sequences, epochs",
+    ),
+    (
+        Context::Experiments,
         &["i"],
         Action::Importance,
         "block importance of its base model (then p: a plan from it)",
@@ -696,6 +715,30 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["G", "end"],
         Action::Bottom,
         "log: the newest line (and follow)",
+    ),
+    (
+        Context::Monitor,
+        &["["],
+        Action::CursorLeft,
+        "cursor: a step back (reads loss and heatmap there)",
+    ),
+    (
+        Context::Monitor,
+        &["]"],
+        Action::CursorRight,
+        "cursor: a step on",
+    ),
+    (
+        Context::Monitor,
+        &["{"],
+        Action::CursorUp,
+        "cursor: the heatmap row above",
+    ),
+    (
+        Context::Monitor,
+        &["}"],
+        Action::CursorDown,
+        "cursor: the heatmap row below",
     ),
     (Context::Monitor, &["s"], Action::Stop, "stop the run"),
     (Context::Monitor, &["r"], Action::Resume, "resume the run"),

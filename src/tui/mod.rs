@@ -742,6 +742,27 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
+        Work::PreviewData { experiment, path } => {
+            let args = [
+                "data".to_string(),
+                "preview".into(),
+                path.display().to_string(),
+                "--documents".into(),
+                "4".into(),
+                "--json".into(),
+            ];
+            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
+            match serde_json::from_slice::<crate::core::run::DataPreview>(&stdout) {
+                Ok(preview) if ok => {
+                    let outcome = JobOutcome::Previewed {
+                        experiment,
+                        preview,
+                    };
+                    let _ = tx.send(Event::JobOutcome { id, outcome });
+                }
+                _ => done((false, format!("{experiment}'s data: {last}"))),
+            }
+        }
         Work::EvaluateRun(run) => {
             let args = ["eval".to_string(), run.clone(), "--json".into()];
             let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);

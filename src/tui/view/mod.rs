@@ -207,14 +207,23 @@ pub(crate) fn y_bounds(values: impl Iterator<Item = f64>) -> [f64; 2] {
 }
 
 /// A chart of losses over steps; with `log` the values are log10 losses, labelled as losses.
+/// A chart of losses over steps; with `log` the values are log10 losses, labelled as losses.
+/// Ticks: five on the x axis and three on the y axis when there is room. The legend goes in
+/// the panel's bottom border, never over the plot.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a chart's parts; one caller each"
+)]
 pub(crate) fn loss_axes<'a>(
     datasets: Vec<Dataset<'a>>,
     title: &'a str,
+    legend: Line<'a>,
     theme: &Theme,
     focused: bool,
     x: [f64; 2],
     y: [f64; 2],
     log: bool,
+    width: u16,
 ) -> Chart<'a> {
     let label = |v: f64| {
         if log {
@@ -223,20 +232,41 @@ pub(crate) fn loss_axes<'a>(
             format!("{v:.3}")
         }
     };
+    let x_ticks: u32 = if width >= 60 { 5 } else { 3 };
+    let x_labels: Vec<String> = (0..x_ticks)
+        .map(|i| {
+            format!(
+                "{:.0}",
+                x[0] + (x[1] - x[0]) * f64::from(i) / f64::from(x_ticks - 1)
+            )
+        })
+        .collect();
+    let y_labels = vec![label(y[0]), label(f64::midpoint(y[0], y[1])), label(y[1])];
     Chart::new(datasets)
-        .block(panel(title, theme, focused))
+        .block(panel(title, theme, focused).title_bottom(legend))
+        .legend_position(None)
         .x_axis(
             Axis::default()
                 .style(theme.fg("dim"))
                 .bounds(x)
-                .labels([format!("{:.0}", x[0]), format!("{:.0}", x[1])]),
+                .labels(x_labels),
         )
         .y_axis(
             Axis::default()
                 .style(theme.fg("dim"))
                 .bounds(y)
-                .labels([label(y[0]), label(y[1])]),
+                .labels(y_labels),
         )
+}
+
+/// A legend for a chart's bottom border: each series' glyph in its colour, then its name.
+pub(crate) fn legend<'a>(entries: &[(&str, String, Style)]) -> Line<'a> {
+    let mut spans = vec![Span::raw(" ")];
+    for (glyph, name, style) in entries {
+        spans.push(Span::styled((*glyph).to_string(), *style));
+        spans.push(Span::styled(format!(" {name}  "), Style::default()));
+    }
+    Line::from(spans)
 }
 
 pub use crate::core::text::duration;

@@ -63,15 +63,77 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let [chart_area, log_area] =
         Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(left);
     let eval_rows = eval_rows(data).len() as u16;
-    let [heat_area, eval_area] = Layout::vertical([
+    let sample_lines = sample_lines(data, theme);
+    // The samples take what the heatmap can spare (it keeps at least 5 rows).
+    let samples_height = if sample_lines.is_empty() {
+        0
+    } else {
+        (sample_lines.len() as u16 + 2).min(right.height.saturating_sub(eval_rows + 3 + 5))
+    };
+    let [heat_area, eval_area, samples_area] = Layout::vertical([
         Constraint::Min(5),
         Constraint::Length((eval_rows + 3).min(12)),
+        Constraint::Length(samples_height),
     ])
     .areas(right);
     loss_chart(app, data, theme, chart_area, buf);
     heatmap(app, data, theme, heat_area, buf);
     eval_table(data, theme, eval_area, buf);
+    if samples_height > 2 {
+        Paragraph::new(sample_lines)
+            .wrap(Wrap { trim: false })
+            .block(panel("samples (greedy)", theme, false))
+            .render(samples_area, buf);
+    }
     log_tail(app, data, theme, log_area, buf);
+}
+
+/// The sample generations of the newest evaluation beside the base model's (or the first
+/// evaluation's), prompt by prompt, with the expected answer where the probe has one.
+fn sample_lines<'a>(data: &RunData, theme: &Theme) -> Vec<Line<'a>> {
+    let Some(newest) = data.evals.iter().rev().find(|e| !e.samples.is_empty()) else {
+        return Vec::new();
+    };
+    let first = data
+        .evals
+        .iter()
+        .find(|e| !e.samples.is_empty())
+        .filter(|e| e.label != newest.label || e.step != newest.step);
+    let label = |e: &crate::core::events::EvalRecord| match e.label.as_str() {
+        "base" | "expanded" => e.label.clone(),
+        _ => format!("step {}", e.step),
+    };
+    let mut lines = Vec::new();
+    for (i, sample) in newest.samples.iter().enumerate() {
+        lines.push(Line::from(Span::styled(
+            format!("› {}", clean(&sample.prompt)),
+            theme.fg("accent"),
+        )));
+        if let Some(before) = first.and_then(|e| e.samples.get(i).map(|s| (e, s))) {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {}: ", label(before.0)), theme.fg("dim")),
+                Span::styled(clean(&before.1.text), theme.fg("dim")),
+            ]));
+        }
+        let right = sample
+            .expected
+            .as_ref()
+            .is_some_and(|x| sample.text.trim_start().starts_with(x.trim()));
+        lines.push(Line::from(vec![
+            Span::styled(format!("  {}: ", label(newest)), theme.fg("dim")),
+            Span::styled(
+                clean(&sample.text),
+                theme.fg(if right { "ok" } else { "text" }),
+            ),
+        ]));
+        if let Some(expected) = &sample.expected {
+            lines.push(Line::from(Span::styled(
+                format!("  expected: {}", clean(expected)),
+                theme.fg("dim"),
+            )));
+        }
+    }
+    lines
 }
 
 fn transform(v: f64, log: bool) -> f64 {
@@ -79,10 +141,11 @@ fn transform(v: f64, log: bool) -> f64 {
 }
 
 fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffer) {
-    let marker = if app.plain_glyphs {
-        Marker::Dot
+    // Without Braille, raw and smoothed loss get different glyphs (dots and bars).
+    let (marker, smooth_marker, raw_glyph, smooth_glyph) = if app.plain_glyphs {
+        (Marker::Dot, Marker::Bar, "•", "▄")
     } else {
-        Marker::Braille
+        (Marker::Braille, Marker::Braille, "⠒", "━")
     };
     let log = app.monitor.log_y;
     let total = data.total_steps.max(data.last_step()).max(1) as f64;
@@ -135,7 +198,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
             .data(&raw),
         Dataset::default()
             .name("smoothed")
-            .marker(marker)
+            .marker(smooth_marker)
             .graph_type(GraphType::Line)
             .style(theme.fg("chart_smooth"))
             .data(&smooth),
@@ -162,7 +225,22 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
     } else {
         total
     };
-    let title = format!(
+    // The cursor: a vertical line at its step, and what the curves read there in the title.
+    let cursor_line: Vec<(f64, f64)> = app
+        .monitor
+        .cursor
+        .map(|c| vec![(c as f64, y[0]), (c as f64, y[1])])
+        .unwrap_or_default();
+    if !cursor_line.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(theme.fg("accent"))
+                .data(&cursor_line),
+        );
+    }
+    let mut title = format!(
         "loss{}{}",
         if log { " (log)" } else { "" },
         if app.monitor.recent {
@@ -171,7 +249,49 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
             ""
         }
     );
-    loss_axes(datasets, &title, theme, true, [x_min, x_max], y, log).render(area, buf);
+    if let Some(c) = app.monitor.cursor {
+        let _ = write!(title, " — step {c}: ");
+        match data.steps.iter().find(|s| s.step == c) {
+            Some(s) => {
+                let smoothed = data
+                    .smoothed_loss(0.1)
+                    .into_iter()
+                    .find(|p| p.0 as u64 == c)
+                    .map_or_else(String::new, |p| format!(", smoothed {:.4}", p.1));
+                let _ = write!(title, "loss {:.4}{smoothed}, lr {:.2e}", s.loss, s.lr);
+            }
+            None => title.push_str("no step logged"),
+        }
+    }
+    let mut entries = vec![
+        (raw_glyph, "raw".to_string(), theme.fg("chart_raw")),
+        (
+            smooth_glyph,
+            "smoothed".to_string(),
+            theme.fg("chart_smooth"),
+        ),
+        ("█", "at evaluations".to_string(), theme.fg("chart_eval")),
+    ];
+    for (i, (id, _)) in overlays.iter().enumerate() {
+        let role = ["accent", "ok", "warning", "new_block"][i % 4];
+        entries.push((
+            "━",
+            clean(id.rsplit('-').next().unwrap_or(id)),
+            theme.fg(role),
+        ));
+    }
+    loss_axes(
+        datasets,
+        &title,
+        super::legend(&entries),
+        theme,
+        true,
+        [x_min, x_max],
+        y,
+        log,
+        area.width,
+    )
+    .render(area, buf);
 }
 
 /// Rows of the heatmap: every final block when they fit, else the trainable ones.
@@ -181,8 +301,59 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
     } else {
         "grad norm"
     };
-    let title = format!("blocks × steps: {metric}");
-    let block = panel(&title, theme, false);
+    let value = |p: &(u64, f64, f64)| if app.monitor.update_ratio { p.2 } else { p.1 };
+    let positive: Vec<f64> = data
+        .blocks
+        .values()
+        .flatten()
+        .map(value)
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min).ln();
+    let hi = positive
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .ln();
+    let plain = theme.depth == ColorDepth::None;
+    // The cell under the cursor: a block (a row with statistics) at the cursor's step.
+    let cursor_block = app
+        .monitor
+        .cursor
+        .and(data.blocks.keys().nth(app.monitor.cursor_row).copied());
+    let mut title = format!("blocks × steps: {metric}");
+    if let (Some(step), Some(b)) = (app.monitor.cursor, cursor_block) {
+        let v = data
+            .blocks
+            .get(&b)
+            .and_then(|pts| pts.iter().find(|p| p.0 == step))
+            .map(value);
+        let _ = write!(
+            title,
+            " — block {b}, step {step}: {}",
+            v.map_or_else(|| "—".to_string(), |v| format!("{v:.4}"))
+        );
+    }
+    // The colour scale, with the values at its ends (log-scaled between them).
+    let mut scale = vec![Span::styled(" low ", theme.fg("dim"))];
+    for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        if plain {
+            let shade = [" ", "░", "▒", "▓", "█"][((t * 4.0) as usize).min(4)];
+            scale.push(Span::raw(shade));
+        } else {
+            scale.push(Span::styled(
+                "█",
+                ratatui::style::Style::default().fg(theme.heat(t)),
+            ));
+        }
+    }
+    if lo.is_finite() && hi.is_finite() {
+        scale.push(Span::styled(
+            format!(" high  {:.3} … {:.3} (log scale) ", lo.exp(), hi.exp()),
+            theme.fg("dim"),
+        ));
+    }
+    let block = panel(&title, theme, false).title_bottom(Line::from(scale));
     let inner = block.inner(area);
     block.render(area, buf);
     if inner.height == 0 || inner.width < 8 {
@@ -217,21 +388,9 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
     let total = data.total_steps.max(last);
     // One column per step when they fit, else buckets of steps.
     let cols = ((inner.width - label_w) as usize).min(total as usize);
-    let value = |p: &(u64, f64, f64)| if app.monitor.update_ratio { p.2 } else { p.1 };
-    let positive: Vec<f64> = data
-        .blocks
-        .values()
-        .flatten()
-        .map(value)
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .collect();
-    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min).ln();
-    let hi = positive
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max)
-        .ln();
-    let plain = theme.depth == ColorDepth::None;
+    let column_of =
+        |step: u64| ((step.saturating_sub(1)) as usize * cols / total as usize).min(cols - 1);
+    let cursor_cell = app.monitor.cursor.map(column_of).zip(cursor_block);
     for (r, (label, role, block_index)) in rows.iter().take(inner.height as usize).enumerate() {
         let y = inner.y + r as u16;
         buf.set_string(inner.x, y, label, theme.fg(role));
@@ -266,6 +425,17 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
                 0.5
             };
             let x = inner.x + label_w + c as u16;
+            if cursor_cell.is_some_and(|(cc, b)| cc == c && Some(b) == *block_index) {
+                buf.set_string(
+                    x,
+                    y,
+                    "◆",
+                    theme
+                        .fg("accent")
+                        .add_modifier(ratatui::style::Modifier::REVERSED),
+                );
+                continue;
+            }
             if plain {
                 let shade = [" ", "░", "▒", "▓", "█"][((t * 4.0).round() as usize).min(4)];
                 buf.set_string(x, y, shade, ratatui::style::Style::default());

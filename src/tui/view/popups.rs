@@ -219,6 +219,9 @@ pub fn render(app: &App, popup: &Popup, theme: &Theme, area: Rect, buf: &mut Buf
                         format!("expanded {}", clean(experiment))
                     }
                     JobOutcome::Evaluated { run, .. } => format!("evaluation of {}", clean(run)),
+                    JobOutcome::Previewed { experiment, .. } => {
+                        format!("training data of {}", clean(experiment))
+                    }
                 };
                 let lines = outcome_lines(outcome)
                     .iter()

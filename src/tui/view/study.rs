@@ -195,5 +195,27 @@ fn loss_curves(
         clean(corpus),
         if log { " (log)" } else { "" }
     );
-    loss_axes(datasets, &title, theme, false, [0.0, x_max], y, log).render(area, buf);
+    let entries: Vec<(&str, String, ratatui::style::Style)> = curves
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            (
+                "━",
+                clean(name),
+                theme.fg(CURVE_ROLES[i % CURVE_ROLES.len()]),
+            )
+        })
+        .collect();
+    loss_axes(
+        datasets,
+        &title,
+        super::legend(&entries),
+        theme,
+        false,
+        [0.0, x_max],
+        y,
+        log,
+        area.width,
+    )
+    .render(area, buf);
 }
