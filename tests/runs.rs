@@ -779,7 +779,12 @@ fn evaluations_record_sample_generations() {
     let evals_of = |exp: &Path| {
         let out = slayer(&home, &["--device", "cpu", "train", exp.to_str().unwrap()]);
         ok(&out);
-        let dir = slayer::runner::list_runs(&home).pop().unwrap();
+        // Run ids start with the second they began: two runs of one second sort by name.
+        let name = exp.file_stem().unwrap().to_str().unwrap();
+        let dir = slayer::runner::list_runs(&home)
+            .into_iter()
+            .find(|r| r.id.ends_with(name))
+            .unwrap();
         read_events(&dir.events_path())
             .unwrap()
             .into_iter()
