@@ -159,11 +159,14 @@ fn drive_the_console_through_a_run_and_back() {
     tmux.wait_for("the quit question", |s| s.contains("leave them running"));
     tmux.keys(&["Enter"]);
     tmux.wait_for("the console to exit", |s| s.contains("console-exited"));
-    tmux.cmd(&["kill-session", "-t", &tmux.session]);
     let runs = slayer::runner::list_runs(home.path());
     assert_eq!(runs.len(), 1);
-    // Reopen and find it.
-    tmux.start(home.path());
+    // Reopen and find it: in a new session, opened before the old one goes (the shared server
+    // exits with its last session, and a session opened while it exits is lost).
+    let again = Tmux::new("drive-again");
+    again.start(home.path());
+    drop(tmux);
+    let tmux = again;
     tmux.wait_for("the console", |s| s.contains("experiments"));
     tmux.keys(&["2"]);
     let s = tmux.wait_for("the run in the list", |s| s.contains(&runs[0].id));

@@ -751,3 +751,34 @@ fn gradients_match_central_differences() {
         }
     }
 }
+
+/// The token cache is keyed on the tokenizer's content: two tokenizers of one vocabulary size
+/// cut the same text differently and must not share a cache entry (they once did: the key was
+/// the vocabulary size and the special ids).
+#[test]
+fn the_token_cache_is_keyed_on_the_tokenizers_content() {
+    use slayer::core::data::tokenize_documents;
+    let a = word_tokenizer(&["the", "cat", "sat"]);
+    let b = word_tokenizer(&["sat", "cat", "the"]);
+    assert_eq!(a.vocab_size(), b.vocab_size());
+    assert_ne!(
+        a.content_fingerprint().unwrap(),
+        b.content_fingerprint().unwrap()
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let docs = vec!["the cat sat".to_string()];
+    let with_a = tokenize_documents(&a, &docs, Some(cache.path())).unwrap();
+    let with_b = tokenize_documents(&b, &docs, Some(cache.path())).unwrap();
+    assert_eq!(with_a, vec![vec![1, 2, 3]]);
+    assert_eq!(
+        with_b,
+        vec![vec![3, 2, 1]],
+        "b's own ids, not a's cached ones"
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 2);
+    // Read back from the cache: the same ids.
+    assert_eq!(
+        tokenize_documents(&a, &docs, Some(cache.path())).unwrap(),
+        with_a
+    );
+}

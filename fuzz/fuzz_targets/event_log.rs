@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slayer::runner::tail::LogTail;
+use slayer_data::runner::tail::LogTail;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(dir) = tempfile::tempdir() else { return };
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     std::io::Write::write_all(&mut file, &data[cut..]).unwrap();
     let Ok(second) = tail.poll() else { return };
-    let seqs = |b: &[slayer::core::events::Event]| b.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let seqs = |b: &[slayer_engine::events::Event]| b.iter().map(|e| e.seq).collect::<Vec<_>>();
     let mut pieces = seqs(&first.events);
     pieces.extend(seqs(&second.events));
     assert_eq!(pieces, seqs(&whole.events));

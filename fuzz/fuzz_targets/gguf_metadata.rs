@@ -5,9 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slayer::core::checkpoint::gguf::GgufFile;
-use slayer::core::checkpoint::gguf_source::config_from_gguf;
-use slayer::core::tokenizer::Tokenizer;
+use slayer_engine::checkpoint::gguf::GgufFile;
+use slayer_engine::checkpoint::gguf_source::config_from_gguf;
+use slayer_engine::tokenizer::Tokenizer;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&count, metadata)) = data.split_first() else { return };

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slayer::core::checkpoint::gguf::{GgufFile, dequantize};
+use slayer_engine::checkpoint::gguf::{GgufFile, dequantize};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(file) = GgufFile::parse(data) {

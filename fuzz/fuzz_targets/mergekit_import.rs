@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slayer::core::plan::{self, interchange};
+use slayer_engine::plan::{self, interchange};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(yaml) = std::str::from_utf8(data) else { return };

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use slayer::core::checkpoint::safetensors::parse_header;
+use slayer_engine::checkpoint::safetensors::parse_header;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(header) = parse_header(data, data.len() as u64) {

@@ -190,31 +190,8 @@ pub fn data(cmd: DataCommand, data_dir: &Path) -> Result<i32> {
                 outln!("{}", serde_json::to_string_pretty(&p)?)?;
                 return Ok(0);
             }
-            outln!(
-                "{} documents: {} train, {} held out; {} training tokens
-{} sequences of {} tokens; {} per step × {} steps = {}",
-                p.documents,
-                p.train_documents,
-                p.heldout_documents,
-                p.train_tokens,
-                p.sequences,
-                p.seq_len + 1,
-                p.sequences_per_step,
-                p.steps,
-                p.epochs.map_or_else(
-                    || "no epoch: the corpus fills no sequence".to_string(),
-                    |e| format!("{e:.2} epochs")
-                )
-            )?;
-            for (i, d) in p.first.iter().enumerate() {
-                outln!(
-                    "\ndocument {} ({} tokens{}):\n  {}\n  {}",
-                    i + 1,
-                    d.tokens,
-                    if d.heldout { ", held out" } else { "" },
-                    sanitize_for_terminal(&d.text.replace('\n', " ")),
-                    sanitize_for_terminal(&d.pieces.join("|"))
-                )?;
+            for line in p.describe() {
+                outln!("{}", sanitize_for_terminal(&line))?;
             }
             Ok(0)
         }

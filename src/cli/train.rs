@@ -413,54 +413,39 @@ fn earlier_evals(run_dir: &RunDir) -> Result<Vec<EvalRecord>> {
         .collect())
 }
 
-/// The experiment text with its relative data paths made absolute (for the run's copy).
-/// A `--model` override is recorded as `[model] base` (absolute when it is a path) so that
-/// resuming and exporting find the same base.
+/// The experiment text with its relative data paths made absolute (for the run's copy), its
+/// comments and layout kept (toml_edit). A `--model` override is recorded as `[model] base`
+/// (absolute when it is a path) so that resuming and exporting find the same base.
 fn anchored_text(exp: &Experiment, base_override: Option<&str>) -> String {
-    let mut value: toml::Table = toml::from_str(&exp.text).unwrap_or_default();
+    let Ok(mut doc) = exp.text.parse::<toml_edit::DocumentMut>() else {
+        return exp.text.clone();
+    };
     if let Some(base) = base_override {
         let base = std::fs::canonicalize(base)
             .map_or_else(|_| base.to_string(), |p| p.display().to_string());
-        let mut model = toml::Table::new();
-        model.insert("base".into(), toml::Value::String(base));
-        value.insert("model".into(), toml::Value::Table(model));
+        doc["model"]["base"] = toml_edit::value(base);
     }
-    let base = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = std::fs::canonicalize(&base).unwrap_or(base);
-    let anchor = |v: &mut toml::Value| {
-        let fix = |s: &str| -> toml::Value {
-            let p = Path::new(s);
-            toml::Value::String(if p.is_absolute() {
-                s.to_string()
-            } else {
-                base.join(p).display().to_string()
-            })
-        };
-        match v {
-            toml::Value::String(s) => *v = fix(s),
-            toml::Value::Array(items) => {
-                for item in items.iter_mut() {
-                    if let toml::Value::String(s) = item {
-                        *item = fix(s);
-                    }
-                }
-            }
-            _ => {}
+    let dir = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let fix = |v: &mut toml_edit::Value| {
+        if let Some(s) = v.as_str() {
+            let anchored = crate::core::experiment::anchored(Path::new(s), &dir);
+            let decor = v.decor().clone();
+            *v = toml_edit::Value::from(anchored.display().to_string());
+            *v.decor_mut() = decor;
         }
     };
-    for (section, keys) in [
-        ("data", ["train"].as_slice()),
-        ("eval", ["ppl", "tasks"].as_slice()),
-    ] {
-        if let Some(toml::Value::Table(t)) = value.get_mut(section) {
-            for k in keys {
-                if let Some(v) = t.get_mut(*k) {
-                    anchor(v);
-                }
-            }
+    for (section, key) in crate::core::experiment::PATH_FIELDS {
+        let Some(item) = doc.get_mut(section).and_then(|t| t.get_mut(key)) else {
+            continue;
+        };
+        match item.as_value_mut() {
+            Some(toml_edit::Value::Array(items)) => items.iter_mut().for_each(fix),
+            Some(v) => fix(v),
+            None => {}
         }
     }
-    toml::to_string(&value).unwrap_or_else(|_| exp.text.clone())
+    doc.to_string()
 }
 
 pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
@@ -501,4 +486,37 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
         args.out.display()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    /// The run's copy of an experiment keeps the user's comments; only relative data and
+    /// evaluation paths change, to absolute ones, and a `--model` override is recorded.
+    #[test]
+    fn the_runs_copy_keeps_comments_and_anchors_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        let text = "# notes\nname = \"e\"\n[data]\ntrain = \"corpus.txt\" # the corpus\n[eval]\ntasks = [\"/abs/t.jsonl\", \"rel.jsonl\"]\n[plan]\npreset = \"slayer\"\n";
+        std::fs::write(&path, text).unwrap();
+        let exp = crate::core::experiment::Experiment::parse(&path, text).unwrap();
+        let copy = super::anchored_text(&exp, Some("smollm2"));
+        let dir = std::fs::canonicalize(dir.path()).unwrap();
+        assert!(
+            copy.contains("# notes") && copy.contains("# the corpus"),
+            "{copy}"
+        );
+        assert!(
+            copy.contains(&format!("train = \"{}\"", dir.join("corpus.txt").display())),
+            "{copy}"
+        );
+        assert!(copy.contains("\"/abs/t.jsonl\""), "{copy}");
+        assert!(
+            copy.contains(&dir.join("rel.jsonl").display().to_string()),
+            "{copy}"
+        );
+        let reparsed: toml::Table = toml::from_str(&copy).unwrap();
+        assert_eq!(reparsed["model"]["base"].as_str(), Some("smollm2"));
+    }
 }

@@ -329,29 +329,27 @@ pub struct ExperimentItem {
 /// A row of the run table: the summary `runs ls` prints.
 pub use crate::runner::RunSummary as RunRow;
 
-impl RunRow {
-    /// What the screens show of the row (with the age to its displayed precision, for the run
-    /// table).
-    #[must_use]
-    pub fn shown(&self, with_age: bool) -> String {
-        format!(
-            "{} {} {} {}/{} {:?} {} {:?}",
-            self.id,
-            self.experiment,
-            self.status,
-            self.step,
-            self.total_steps,
-            self.last_loss.map(|l| format!("{l:.4}")),
-            if with_age {
-                self.shown_secs()
-                    .map(super::view::duration)
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            },
-            self.problem
-        )
-    }
+/// What the screens show of a run row (with the time to its displayed precision, for the run
+/// table): a redraw is needed only when this changes.
+#[must_use]
+pub fn row_shown(row: &RunRow, with_time: bool) -> String {
+    format!(
+        "{} {} {} {}/{} {:?} {} {:?}",
+        row.id,
+        row.experiment,
+        row.status,
+        row.step,
+        row.total_steps,
+        row.last_loss.map(|l| format!("{l:.4}")),
+        if with_time {
+            row.shown_secs()
+                .map(super::view::duration)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        },
+        row.problem
+    )
 }
 
 /// A small window over the app.
@@ -822,7 +820,7 @@ impl App {
                 // Re-read every few seconds: redraw only if what the table shows changed.
                 let ages = self.screen == Screen::Runs;
                 let shown = |rows: &[RunRow]| -> Vec<String> {
-                    rows.iter().map(|r| r.shown(ages)).collect()
+                    rows.iter().map(|r| row_shown(r, ages)).collect()
                 };
                 let changed = shown(&rows) != shown(&self.runs);
                 if !changed {
@@ -2238,37 +2236,7 @@ pub fn outcome_lines(outcome: &JobOutcome) -> Vec<String> {
             }
             lines
         }
-        JobOutcome::Previewed { preview: p, .. } => {
-            let mut lines = vec![
-                format!(
-                    "{} documents: {} train, {} held out; {} training tokens",
-                    p.documents, p.train_documents, p.heldout_documents, p.train_tokens
-                ),
-                format!(
-                    "{} sequences of {} tokens; {} per step × {} steps: {}",
-                    p.sequences,
-                    p.seq_len + 1,
-                    p.sequences_per_step,
-                    p.steps,
-                    p.epochs.map_or_else(
-                        || "no epoch (the corpus fills no sequence)".to_string(),
-                        |e| format!("{e:.2} epochs")
-                    )
-                ),
-            ];
-            for (i, d) in p.first.iter().enumerate() {
-                lines.push(String::new());
-                lines.push(format!(
-                    "document {} ({} tokens{})",
-                    i + 1,
-                    d.tokens,
-                    if d.heldout { ", held out" } else { "" }
-                ));
-                lines.push(format!("  {}", d.text.replace('\n', " ")));
-                lines.push(format!("  {}", d.pieces.join("|")));
-            }
-            lines
-        }
+        JobOutcome::Previewed { preview, .. } => preview.describe(),
         JobOutcome::Evaluated { record, .. } => {
             let mut lines = vec![format!(
                 "checkpoint at step {} ({})",

@@ -935,19 +935,21 @@ fn plan_from_suggestion(
     suggestion: &Path,
     name: &str,
 ) -> Result<PathBuf> {
-    let read = |p: &Path| -> Result<toml::Table> {
+    // toml_edit: the experiment keeps its comments and key order; only `[plan]` is replaced.
+    let read = |p: &Path| -> Result<toml_edit::DocumentMut> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        toml::from_str(&text).with_context(|| format!("{} does not parse", p.display()))
+        text.parse()
+            .with_context(|| format!("{} does not parse", p.display()))
     };
     let mut exp = read(from)?;
     let suggested = read(suggestion)?;
     if let Some(plan) = suggested.get("plan") {
-        exp.insert("plan".into(), plan.clone());
+        exp["plan"] = plan.clone();
     }
-    exp.insert("name".into(), toml::Value::String(name.to_string()));
+    exp["name"] = toml_edit::value(name);
     let dest = crate::templates::experiments_dir(data_dir).join(format!("{name}.toml"));
-    let text = toml::to_string(&exp).context("cannot write the experiment")?;
+    let text = exp.to_string();
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,0 +1,174 @@
+//! The run queue, without a daemon: queued runs wait in their directories (a `queued` file naming
+//! their device), and whoever changes the picture — `train --detach`, `runs resume`, or a worker
+//! that ends — takes the queue's lock and starts queued runs while their device has a free slot.
+//!
+//! Everything that decides is done under that one lock: [`submit`] looks at the run's state,
+//! marks it queued and hands out slots in one critical section, so two racing requests can never
+//! both see a run as startable, and a running run is never marked queued (which once let the
+//! queue stop counting its slot). A started run's worker is recorded (atomically: a reader never
+//! sees a half-written `worker.pid`) before the lock is released, so no slot is ever given twice.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::{RunDir, RunState, Worker};
+use slayer_engine::events::{EventKind, EventSink as _, RunStatus};
+
+/// Runs at once per device.
+pub const SLOTS_PER_DEVICE: usize = 1;
+
+const QUEUED: &str = "queued";
+
+/// What [`submit`] did with a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Its worker was started.
+    Started,
+    /// It waits for a slot on its device.
+    Queued,
+}
+
+/// Marks `run` as waiting for a slot on `device` and starts whatever the queue can start, all
+/// under the queue's lock. A running or finished run is refused.
+pub fn submit(
+    data_dir: &Path,
+    run: &RunDir,
+    device: &str,
+    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+) -> Result<Submitted> {
+    let lock = QueueLock::take(data_dir)?;
+    match run.state(&run.read_events()?) {
+        RunState::Running => bail!("run {} is already running", run.id),
+        RunState::Finished => bail!("run {} has finished", run.id),
+        _ => {}
+    }
+    let path = run.path.join(QUEUED);
+    slayer_engine::checkpoint::hf::write_synced(&path, device.as_bytes())
+        .with_context(|| format!("cannot queue run {}", run.id))?;
+    let started = advance_locked(data_dir, spawn)?;
+    lock.release()?;
+    Ok(if started.contains(&run.id) {
+        Submitted::Started
+    } else {
+        Submitted::Queued
+    })
+}
+
+/// The queue's lock file, held for as long as this value lives.
+struct QueueLock {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl QueueLock {
+    fn take(data_dir: &Path) -> Result<Self> {
+        let runs_dir = data_dir.join("runs");
+        std::fs::create_dir_all(&runs_dir)
+            .with_context(|| format!("cannot create {}", runs_dir.display()))?;
+        let path = runs_dir.join(".queue.lock");
+        let file =
+            File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(Self { file, path })
+    }
+
+    fn release(self) -> Result<()> {
+        self.file
+            .unlock()
+            .with_context(|| format!("cannot unlock {}", self.path.display()))
+    }
+}
+
+/// The device a run waits for, if it is queued.
+#[must_use]
+pub fn queued_device(run: &RunDir) -> Option<String> {
+    std::fs::read_to_string(run.path.join(QUEUED))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The device a running run occupies (recorded when it started from the queue or directly).
+fn running_device(run: &RunDir) -> String {
+    std::fs::read_to_string(run.path.join("device"))
+        .map_or_else(|_| "cpu".into(), |s| s.trim().to_string())
+}
+
+/// Starts queued runs, oldest first, while their device has a free slot. `spawn(run, device)`
+/// starts a worker and returns its pid. Returns the ids started.
+pub fn advance(
+    data_dir: &Path,
+    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+) -> Result<Vec<String>> {
+    let lock = QueueLock::take(data_dir)?;
+    let started = advance_locked(data_dir, spawn)?;
+    lock.release()?;
+    Ok(started)
+}
+
+/// [`advance`] for a caller holding the lock.
+fn advance_locked(
+    data_dir: &Path,
+    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+) -> Result<Vec<String>> {
+    let mut runs = super::list_runs(data_dir);
+    runs.sort_by(|a, b| a.id.cmp(&b.id));
+    // A worker that is handing over its slot calls this as it ends: it does not count.
+    let me = Worker::current();
+    let mut busy: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // Every live worker holds its slot, queued file or not.
+    for r in &runs {
+        if r.worker().is_some_and(|w| w.alive() && Some(w) != me) {
+            *busy.entry(running_device(r)).or_default() += 1;
+        }
+    }
+    let mut started = Vec::new();
+    for r in &runs {
+        let Some(device) = queued_device(r) else {
+            continue;
+        };
+        // Waiting to start or to resume: anything but a live worker.
+        if r.worker().is_some_and(|w| w.alive()) {
+            continue;
+        }
+        if !r.experiment_path().is_file() {
+            // Nothing to run: say why in the run's own log and stop waiting.
+            let mut log = super::EventLog::open(&r.events_path())?;
+            log.emit(EventKind::End {
+                status: RunStatus::Failed,
+                step: 0,
+                message: format!(
+                    "{} is missing: the run cannot start",
+                    r.experiment_path().display()
+                ),
+            })?;
+            log.sync()?;
+            std::fs::remove_file(r.path.join(QUEUED))
+                .with_context(|| format!("cannot update {}", r.path.display()))?;
+            continue;
+        }
+        let used = busy.entry(device.clone()).or_default();
+        if *used >= SLOTS_PER_DEVICE {
+            continue;
+        }
+        let pid = spawn(r, &device)?;
+        // Record the worker before releasing the lock: the run counts as running from now on.
+        if let Ok(pid) = i32::try_from(pid)
+            && let Some(ticks) = super::start_ticks(pid)
+        {
+            r.record_worker(Worker {
+                pid,
+                start_ticks: ticks,
+            })?;
+        }
+        std::fs::write(r.path.join("device"), &device)
+            .with_context(|| format!("cannot write {}", r.path.display()))?;
+        std::fs::remove_file(r.path.join(QUEUED))
+            .with_context(|| format!("cannot update {}", r.path.display()))?;
+        *used += 1;
+        started.push(r.id.clone());
+    }
+    Ok(started)
+}
