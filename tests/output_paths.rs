@@ -1,4 +1,4 @@
-//! Every line the program prints goes through one sanitising writer (`src/cli/out.rs`), so no
+//! Every line the program prints goes through one sanitising writer (`src/out.rs`), so no
 //! string from a file or another process reaches a terminal raw. This test reads the sources (of
 //! every crate of the workspace) and
 //! fails on any other way to stdout or stderr: the print macros, `dbg!`, and handles to the
@@ -25,7 +25,7 @@ const RAW_WRITES: &[&str] = &[
 /// Files allowed some of them, and which.
 const ALLOWED: &[(&str, &[&str])] = &[
     // The writer itself.
-    ("src/cli/out.rs", RAW_WRITES),
+    ("src/out.rs", RAW_WRITES),
     // The console's backend and terminal modes (ratatui draws; nothing is printed).
     ("src/tui/mod.rs", &["io::stdout()"]),
     // Whether stdout is a terminal (the console opens only on one).
@@ -75,7 +75,7 @@ fn nothing_reaches_the_terminal_but_through_the_sanitising_writer() {
     }
     assert!(
         found.is_empty(),
-        "writes to the terminal outside src/cli/out.rs (use outln!/errln!):\n{}",
+        "writes to the terminal outside src/out.rs (use outln!/errln!):\n{}",
         found.join("\n")
     );
 }

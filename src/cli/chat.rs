@@ -299,7 +299,7 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
             }
             _ => {
                 if let Err(e) = chat.turn(text) {
-                    if super::out::is_broken_pipe(&e) {
+                    if crate::out::is_broken_pipe(&e) {
                         save_history(&history_path, &history);
                         return Err(e);
                     }

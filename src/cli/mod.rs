@@ -1,9 +1,7 @@
 //! The headless command line: argument parsing, logging set-up and dispatch. Human-readable text
 //! by default, `--json` where a machine reads the output. Everything printed goes through
-//! [`out`] (sanitised; a closed stdout ends the command quietly).
+//! [`crate::out`] (sanitised; a closed stdout ends the command quietly).
 
-#[macro_use]
-pub(crate) mod out;
 mod bench;
 mod chat;
 mod eval;
@@ -19,15 +17,14 @@ mod study;
 mod train;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use clap::{Parser, Subcommand};
 
 use crate::core::device::DeviceChoice;
 
-/// Set by Ctrl-C (SIGINT) or SIGTERM; long operations poll it and stop cleanly.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static INTERRUPT_COUNT: AtomicUsize = AtomicUsize::new(0);
+pub use crate::interrupt::INTERRUPTED;
+use crate::interrupt::reset as reset_interrupt;
+use crate::out;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -141,7 +138,7 @@ pub fn main() -> i32 {
                 | Command::Runs(runs::RunsCommand::Supervise { .. })
         )
     );
-    install_interrupt_handler(!background);
+    crate::interrupt::install_handler(!background);
     let Some(command) = cli.command else {
         return match console(&cli, &data_dir) {
             Ok(code) => code,
@@ -233,23 +230,6 @@ fn init_logging(data_dir: &std::path::Path) {
         // over the console): losing a log line is the lesser harm.
         .log_internal_errors(false)
         .try_init();
-}
-
-/// First Ctrl-C asks the running operation to stop; a second one exits at once when
-/// `second_exits` (interactive commands), else it asks again.
-fn install_interrupt_handler(second_exits: bool) {
-    let _ = ctrlc::set_handler(move || {
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        if INTERRUPT_COUNT.fetch_add(1, Ordering::SeqCst) >= 1 && second_exits {
-            std::process::exit(130);
-        }
-    });
-}
-
-/// Clears the interrupt flag (after an interrupted generation the REPL goes on).
-pub(crate) fn reset_interrupt() {
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    INTERRUPT_COUNT.store(0, Ordering::SeqCst);
 }
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ fn restore_terminal() {
 pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     use std::io::IsTerminal as _;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        crate::cli::out::stderr(
+        crate::out::stderr(
             "slayer's console needs a terminal. Without one, use the commands: `slayer runs ls`, \
              `slayer train EXPERIMENT --detach`, `slayer runs tail RUN --follow`, `slayer chat \
              MODEL --prompt TEXT` (`slayer --help` lists them all).\n",
@@ -132,7 +132,7 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
         // An unknown name is said before the screen is taken, not silently replaced.
         let Some(i) = app.themes.iter().position(|t| &t.name == name) else {
             let names: Vec<&str> = app.themes.iter().map(|t| t.name.as_str()).collect();
-            crate::cli::out::stderr(&format!(
+            crate::out::stderr(&format!(
                 "error: --theme {name:?}: no such theme (themes: {}; more go in {})\n",
                 names.join(", "),
                 theme::user_dir(data_dir).display()
@@ -151,7 +151,7 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
-        crate::cli::out::stderr(&format!(
+        crate::out::stderr(&format!(
             "slayer's console crashed; the log is {}\n",
             log_path.display()
         ));
@@ -234,7 +234,7 @@ fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
                         }
                     }
                 }
-                if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
+                if crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
                     let _ = tx.send(Event::TerminalGone("hang-up or termination signal".into()));
                     return;
                 }
@@ -1050,7 +1050,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
                 tick.tick().await;
                 // A hang-up or termination signal ends the console even when the input thread
                 // is stuck in the terminal library (which spins on a closed terminal).
-                let event = if crate::cli::INTERRUPTED.load(Ordering::Relaxed) {
+                let event = if crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
                     Event::TerminalGone("hang-up or termination signal".into())
                 } else {
                     Event::Tick

@@ -1,4 +1,5 @@
-//! The command line's only way to the terminal: every line the CLI prints goes through here.
+//! The program's only way to the terminal outside the console's drawing: every line the CLI
+//! prints, and what the console says before it takes the screen, goes through here.
 //!
 //! Text from files and other processes (run and experiment names, paths, GGUF metadata, model
 //! output, error messages that quote a file) may hold escape sequences. Each write strips control
@@ -40,34 +41,34 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// `println!` to stdout, sanitised; evaluates to `std::io::Result<()>`.
 macro_rules! outln {
     () => {
-        $crate::cli::out::stdout("\n")
+        $crate::out::stdout("\n")
     };
     ($($arg:tt)*) => {
-        $crate::cli::out::stdout(&format!("{}\n", format_args!($($arg)*)))
+        $crate::out::stdout(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 
 /// `print!` to stdout, sanitised; evaluates to `std::io::Result<()>`.
 macro_rules! out {
     ($($arg:tt)*) => {
-        $crate::cli::out::stdout(&format!($($arg)*))
+        $crate::out::stdout(&format!($($arg)*))
     };
 }
 
 /// `eprintln!`, sanitised; a closed stderr is ignored.
 macro_rules! errln {
     () => {
-        $crate::cli::out::stderr("\n")
+        $crate::out::stderr("\n")
     };
     ($($arg:tt)*) => {
-        $crate::cli::out::stderr(&format!("{}\n", format_args!($($arg)*)))
+        $crate::out::stderr(&format!("{}\n", format_args!($($arg)*)))
     };
 }
 
 /// `eprint!`, sanitised; a closed stderr is ignored.
 macro_rules! err {
     ($($arg:tt)*) => {
-        $crate::cli::out::stderr(&format!($($arg)*))
+        $crate::out::stderr(&format!($($arg)*))
     };
 }
 
