@@ -1529,3 +1529,36 @@ fn the_monitor_cursor_reads_values() {
     key(&mut a, KeyCode::Enter);
     assert_eq!(a.monitor.cursor, None);
 }
+
+/// The console's chat takes the lines the CLI's chat takes (one parser): sampling settings
+/// are checked before they are announced, unknown commands are named, `/help` lists them.
+#[test]
+fn chat_commands_are_the_clis() {
+    let home = fixture();
+    let mut a = app(home.path());
+    a.run_command("chat run-a");
+    a.update(Event::Chat(ChatUpdate::Loaded(vec!["run-a@40".into()])));
+    let send = |a: &mut App, line: &str| {
+        typed(a, line);
+        key(a, KeyCode::Enter)
+    };
+    assert!(send(&mut a, "/top_p 2").is_empty());
+    assert!(
+        matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("top_p is in (0, 1]"))
+    );
+    assert!(send(&mut a, "/fly").is_empty());
+    assert!(matches!(a.chat.lines.last(), Some(ChatLine::Info(t)) if t.contains("/fly")));
+    assert_eq!(
+        send(&mut a, "/temperature 0"),
+        vec![Effect::ChatSend("/temperature 0".into())]
+    );
+    assert_eq!(send(&mut a, "/reset"), vec![Effect::ChatReset]);
+    assert!(send(&mut a, "/help").is_empty());
+    assert!(
+        a.chat
+            .lines
+            .iter()
+            .any(|l| matches!(l, ChatLine::Info(t) if t.contains("/max_tokens N")))
+    );
+    assert!(!a.chat.generating);
+}

@@ -10,7 +10,7 @@ use rustyline::error::ReadlineError;
 
 use super::model::{parse_dtype, resolve_or_fetch};
 use super::{INTERRUPTED, reset_interrupt};
-use crate::core::chat::{ChatSession, Reply};
+use crate::core::chat::{ChatInput, ChatSession, Reply};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{SamplingParams, StopReason};
 use crate::runner::model::LoadedModel;
@@ -106,15 +106,13 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
             })
             .collect(),
         args.system.clone(),
-        serde_json::json!({
-            "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-            "seed": args.seed, "max_tokens": args.max_tokens,
-        }),
+        serde_json::to_value(&params).unwrap_or_default(),
     );
     let mut chat = Chat {
         sessions,
         transcript: &mut transcript,
         data_dir,
+        params,
     };
     if let Some(prompt) = &args.prompt {
         chat.turn(prompt)?;
@@ -128,6 +126,8 @@ struct Chat<'a, 'm> {
     sessions: Vec<(&'m str, ChatSession<'m>)>,
     transcript: &'a mut Transcript,
     data_dir: &'a Path,
+    /// The sampling settings in effect (a transcript records them).
+    params: SamplingParams,
 }
 
 impl Chat<'_, '_> {
@@ -151,12 +151,12 @@ impl Chat<'_, '_> {
         result
     }
 
-    /// Starts a new transcript (after /reset or /system).
+    /// Starts a new transcript (after /reset, /system or a sampling setting).
     fn restart(&mut self, system: Option<String>) {
         *self.transcript = Transcript::new(
             self.transcript.models.clone(),
             system,
-            self.transcript.sampling.clone(),
+            serde_json::to_value(&self.params).unwrap_or_default(),
         );
     }
 }
@@ -209,7 +209,11 @@ fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str, record: &mut ChatT
     Ok(())
 }
 
-const HELP: &str = "/reset  forget the conversation\n/system TEXT  set the system prompt (empty clears it) and reset\n/help  this text\n/quit  leave (or Ctrl-D)\nCtrl-C stops a generation.";
+const HELP: &str = concat!(
+    "/reset  forget the conversation\n/system TEXT  set the system prompt (empty clears it) and reset\n",
+    "/temperature T, /top_p P, /top_k K, /max_tokens N, /seed S  sampling settings (each resets)\n",
+    "/help  this text\n/quit  leave (or Ctrl-D)\nCtrl-C stops a generation."
+);
 
 /// Reads one line with a fresh editor. rustyline owns SIGINT for as long as an editor exists
 /// (its handler is restored only when the editor drops), so the editor must not outlive the
@@ -269,13 +273,11 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
         if history.last().is_none_or(|h| h != text) {
             history.push(text.to_string());
         }
-        match text
-            .split_once(' ')
-            .map_or((text, ""), |(c, r)| (c, r.trim()))
-        {
-            ("/quit" | "/exit", _) => break,
-            ("/help", _) => errln!("{HELP}"),
-            ("/reset", _) => {
+        match ChatInput::parse(text) {
+            Err(problem) => errln!("{problem}"),
+            Ok(ChatInput::Quit) => break,
+            Ok(ChatInput::Help) => errln!("{HELP}"),
+            Ok(ChatInput::Reset) => {
                 for (_, s) in &mut chat.sessions {
                     s.reset();
                 }
@@ -283,21 +285,30 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
                 chat.restart(system);
                 errln!("(conversation reset)");
             }
-            ("/system", rest) => {
-                let system = (!rest.is_empty()).then(|| rest.to_string());
+            Ok(ChatInput::System(system)) => {
+                let set = system.is_some();
                 for (_, s) in &mut chat.sessions {
                     s.set_system(system.clone());
                 }
                 chat.restart(system);
                 errln!(
                     "(system prompt {}; conversation reset)",
-                    if rest.is_empty() { "cleared" } else { "set" }
+                    if set { "set" } else { "cleared" }
                 );
             }
-            (cmd, _) if cmd.starts_with('/') => {
-                errln!("unknown command {cmd}; /help lists them");
-            }
-            _ => {
+            Ok(ChatInput::Set(setting, value)) => match setting.apply(&chat.params, &value) {
+                Err(problem) => errln!("{problem}"),
+                Ok(params) => {
+                    for (_, s) in &mut chat.sessions {
+                        s.set_sampling(&params)?;
+                    }
+                    chat.params = params;
+                    let system = chat.transcript.system.clone();
+                    chat.restart(system);
+                    errln!("({}; conversation reset)", chat.params.describe());
+                }
+            },
+            Ok(ChatInput::Message(_)) => {
                 if let Err(e) = chat.turn(text) {
                     if crate::out::is_broken_pipe(&e) {
                         save_history(&history_path, &history);

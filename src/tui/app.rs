@@ -1397,31 +1397,54 @@ impl App {
         }
     }
 
-    /// A chat line entered (typed, or queued while loading): a message or a `/` command.
+    /// A chat line entered (typed, or queued while loading): a message or a `/` command, parsed
+    /// as the CLI's chat parses it.
     fn submit_chat(&mut self, text: &str) -> Vec<Effect> {
-        if text == "/reset" {
-            self.chat
-                .lines
-                .push(ChatLine::Info("(conversation reset)".into()));
-            return vec![Effect::ChatReset];
-        }
-        if let Some(rest) = text.strip_prefix("/system") {
-            self.chat.lines.push(ChatLine::Info(format!(
-                "(system prompt {}; conversation reset)",
-                if rest.trim().is_empty() {
-                    "cleared"
-                } else {
-                    "set"
+        use crate::core::chat::ChatInput;
+        let info = |this: &mut Self, line: String| this.chat.lines.push(ChatLine::Info(line));
+        match ChatInput::parse(text) {
+            Err(problem) => {
+                info(self, format!("({problem})"));
+                return Vec::new();
+            }
+            Ok(ChatInput::Reset) => {
+                info(self, "(conversation reset)".into());
+                return vec![Effect::ChatReset];
+            }
+            Ok(ChatInput::System(system)) => {
+                info(
+                    self,
+                    format!(
+                        "(system prompt {}; conversation reset)",
+                        if system.is_some() { "set" } else { "cleared" }
+                    ),
+                );
+                return vec![Effect::ChatSend(text.to_string())];
+            }
+            Ok(ChatInput::Set(setting, value)) => {
+                // The value is checked here too, so that a bad one is not announced as set.
+                let defaults = crate::core::generate::SamplingParams::default();
+                if let Err(problem) = setting.apply(&defaults, &value) {
+                    info(self, format!("({problem})"));
+                    return Vec::new();
                 }
-            )));
-            return vec![Effect::ChatSend(text.to_string())];
-        }
-        if let Some(setting) = text.strip_prefix('/') {
-            self.chat.lines.push(ChatLine::Info(format!(
-                "({setting}; conversation reset) — settings: /temperature T, /top_p P, \
-                 /top_k K, /max_tokens N, /seed S"
-            )));
-            return vec![Effect::ChatSend(text.to_string())];
+                info(
+                    self,
+                    format!("({} {value}; conversation reset)", setting.name()),
+                );
+                return vec![Effect::ChatSend(text.to_string())];
+            }
+            Ok(ChatInput::Help) => {
+                for line in crate::core::chat::CHAT_COMMANDS.lines() {
+                    info(self, line.to_string());
+                }
+                return Vec::new();
+            }
+            Ok(ChatInput::Quit) => {
+                self.input = Input::None;
+                return Vec::new();
+            }
+            Ok(ChatInput::Message(_)) => {}
         }
         self.chat.lines.push(ChatLine::User(text.to_string()));
         self.chat.generating = true;

@@ -438,10 +438,7 @@ fn serve_chat(
                 })
                 .collect(),
             system,
-            serde_json::json!({
-                "temperature": params.temperature, "top_p": params.top_p,
-                "top_k": params.top_k, "max_tokens": params.max_tokens, "seed": params.seed,
-            }),
+            serde_json::to_value(params).unwrap_or_default(),
         )
     };
     let mut transcript = new_transcript(None, &params);
@@ -469,55 +466,46 @@ fn serve_chat(
                 transcript = new_transcript(transcript.system.clone(), &params);
             }
             ChatCommand::Send(text) => {
-                // Sampling settings: a new session (and conversation) with the new values.
-                if let Some((setting, value)) = text
-                    .strip_prefix('/')
-                    .and_then(|t| t.split_once(' '))
-                    .filter(|(s, _)| {
-                        ["temperature", "top_p", "top_k", "max_tokens", "seed"].contains(s)
-                    })
-                {
-                    let parsed = value.trim().parse::<f64>();
-                    match (setting, parsed) {
-                        ("temperature", Ok(v)) if v >= 0.0 => params.temperature = v,
-                        ("top_p", Ok(v)) if v > 0.0 && v <= 1.0 => params.top_p = v,
-                        ("top_k", Ok(v)) if v >= 0.0 => params.top_k = v as usize,
-                        ("max_tokens", Ok(v)) if v >= 1.0 => params.max_tokens = v as usize,
-                        ("seed", Ok(v)) if v >= 0.0 => params.seed = v as u64,
-                        _ => {
-                            send(ChatUpdate::Error(format!(
-                                "/{setting}: bad value {value:?}"
-                            )));
-                            continue;
-                        }
-                    }
-                    let system = transcript.system.clone();
-                    sessions.clear();
-                    for m in models {
-                        match crate::core::chat::ChatSession::new(
-                            &m.model,
-                            &m.tokenizer,
-                            params.clone(),
-                        ) {
-                            Ok(mut s) => {
-                                s.set_system(system.clone());
-                                sessions.push(s);
+                // The lines both chats take: a message, or a `/` command.
+                match crate::core::chat::ChatInput::parse(&text) {
+                    Ok(crate::core::chat::ChatInput::Message(_)) => {}
+                    Ok(crate::core::chat::ChatInput::Set(setting, value)) => {
+                        match setting.apply(&params, &value) {
+                            Ok(p) => {
+                                params = p;
+                                for s in &mut sessions {
+                                    if let Err(e) = s.set_sampling(&params) {
+                                        send(ChatUpdate::Error(e.to_string()));
+                                    }
+                                }
+                                transcript = new_transcript(transcript.system.clone(), &params);
+                                send(ChatUpdate::Settings(params.describe()));
                             }
-                            Err(e) => send(ChatUpdate::Error(e.to_string())),
+                            Err(problem) => send(ChatUpdate::Error(problem)),
                         }
+                        continue;
                     }
-                    transcript = new_transcript(system, &params);
-                    send(ChatUpdate::Settings(params.describe()));
-                    continue;
-                }
-                if let Some(rest) = text.strip_prefix("/system") {
-                    let rest = rest.trim();
-                    let system = (!rest.is_empty()).then(|| rest.to_string());
-                    for s in &mut sessions {
-                        s.set_system(system.clone());
+                    Ok(crate::core::chat::ChatInput::System(system)) => {
+                        for s in &mut sessions {
+                            s.set_system(system.clone());
+                        }
+                        transcript = new_transcript(system, &params);
+                        continue;
                     }
-                    transcript = new_transcript(system, &params);
-                    continue;
+                    Ok(crate::core::chat::ChatInput::Reset) => {
+                        sessions
+                            .iter_mut()
+                            .for_each(crate::core::chat::ChatSession::reset);
+                        transcript = new_transcript(transcript.system.clone(), &params);
+                        continue;
+                    }
+                    Ok(crate::core::chat::ChatInput::Help | crate::core::chat::ChatInput::Quit) => {
+                        continue;
+                    }
+                    Err(problem) => {
+                        send(ChatUpdate::Error(problem));
+                        continue;
+                    }
                 }
                 cancel.store(false, Ordering::SeqCst);
                 let mut turn = ChatTurn {

@@ -1,5 +1,6 @@
 //! A conversation with one model: history, system prompt, template rendering, KV-cache reuse
-//! across turns, and context-window management. Front ends (CLI REPL, console) drive it.
+//! across turns, and context-window management; and the lines both chats take ([`ChatInput`]:
+//! a message or a `/` command). Front ends (CLI REPL, console) drive it.
 
 use std::sync::atomic::AtomicBool;
 
@@ -55,6 +56,14 @@ impl<'a> ChatSession<'a> {
     pub fn set_system(&mut self, system: Option<String>) {
         self.system = system.filter(|s| !s.trim().is_empty());
         self.reset();
+    }
+
+    /// Samples with `params` from now on; the conversation starts over.
+    pub fn set_sampling(&mut self, params: &SamplingParams) -> Result<()> {
+        self.sampler = Sampler::new(params.clone())?;
+        self.max_tokens = params.max_tokens;
+        self.reset();
+        Ok(())
     }
 
     /// Forgets the conversation (keeps the system prompt).
@@ -159,5 +168,154 @@ impl<'a> ChatSession<'a> {
         }
         self.history.push(ChatMessage::new("assistant", &text));
         Ok(Reply { text, stats })
+    }
+}
+
+/// A sampling setting a chat line can change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Temperature,
+    TopP,
+    TopK,
+    MaxTokens,
+    Seed,
+}
+
+impl Setting {
+    const ALL: [(&'static str, Self); 5] = [
+        ("temperature", Self::Temperature),
+        ("top_p", Self::TopP),
+        ("top_k", Self::TopK),
+        ("max_tokens", Self::MaxTokens),
+        ("seed", Self::Seed),
+    ];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// `params` with this setting at `value`, or why the value cannot be one.
+    pub fn apply(
+        self,
+        params: &SamplingParams,
+        value: &str,
+    ) -> std::result::Result<SamplingParams, String> {
+        let bad = || format!("/{} {value:?}: {}", self.name(), self.expects());
+        let number: f64 = value.trim().parse().map_err(|_| bad())?;
+        let count = || -> std::result::Result<u64, String> {
+            (number >= 0.0 && number.fract() == 0.0 && number <= 1e15)
+                .then_some(number as u64)
+                .ok_or_else(bad)
+        };
+        let mut out = params.clone();
+        match self {
+            Self::Temperature if number.is_finite() && number >= 0.0 => out.temperature = number,
+            Self::TopP if number > 0.0 && number <= 1.0 => out.top_p = number,
+            Self::TopK => out.top_k = usize::try_from(count()?).map_err(|_| bad())?,
+            Self::MaxTokens if number >= 1.0 => {
+                out.max_tokens = usize::try_from(count()?).map_err(|_| bad())?;
+            }
+            Self::Seed => out.seed = count()?,
+            _ => return Err(bad()),
+        }
+        Ok(out)
+    }
+
+    fn expects(self) -> &'static str {
+        match self {
+            Self::Temperature => "a temperature is a number >= 0 (0: greedy)",
+            Self::TopP => "top_p is in (0, 1]",
+            Self::TopK => "top_k is a whole number (0: off)",
+            Self::MaxTokens => "max_tokens is a whole number >= 1",
+            Self::Seed => "a seed is a whole number",
+        }
+    }
+}
+
+/// A line typed into a chat (the CLI's REPL and the console's chat take the same ones).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatInput {
+    Message(String),
+    /// Forget the conversation.
+    Reset,
+    /// Set (or with `None` clear) the system prompt; the conversation starts again.
+    System(Option<String>),
+    /// Change a sampling setting (validated); the conversation starts again.
+    Set(Setting, String),
+    Help,
+    Quit,
+}
+
+/// The `/` commands, for help texts.
+pub const CHAT_COMMANDS: &str = "/reset  forget the conversation\n/system TEXT  set the system prompt (empty clears it) and reset\n/temperature T, /top_p P, /top_k K, /max_tokens N, /seed S  sampling settings (each resets)\n/help  this text\n/quit  leave";
+
+impl ChatInput {
+    /// Parses a trimmed, non-empty line; an unknown `/command` is an error naming it.
+    pub fn parse(line: &str) -> std::result::Result<Self, String> {
+        let Some(command) = line.strip_prefix('/') else {
+            return Ok(Self::Message(line.to_string()));
+        };
+        let (head, rest) = command
+            .split_once(char::is_whitespace)
+            .map_or((command, ""), |(h, r)| (h, r.trim()));
+        match head {
+            "reset" => Ok(Self::Reset),
+            "system" => Ok(Self::System((!rest.is_empty()).then(|| rest.to_string()))),
+            "help" => Ok(Self::Help),
+            "quit" | "exit" => Ok(Self::Quit),
+            other => match Setting::ALL.iter().find(|(n, _)| *n == other) {
+                Some((_, setting)) if !rest.is_empty() => Ok(Self::Set(*setting, rest.to_string())),
+                Some((name, _)) => Err(format!("/{name} needs a value")),
+                None => Err(format!("unknown command /{other}; /help lists them")),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    #[test]
+    fn lines_parse_into_messages_and_commands() {
+        assert_eq!(
+            ChatInput::parse("hello /there"),
+            Ok(ChatInput::Message("hello /there".into()))
+        );
+        assert_eq!(ChatInput::parse("/reset"), Ok(ChatInput::Reset));
+        assert_eq!(ChatInput::parse("/system"), Ok(ChatInput::System(None)));
+        assert_eq!(
+            ChatInput::parse("/system  be brief "),
+            Ok(ChatInput::System(Some("be brief".into())))
+        );
+        assert_eq!(
+            ChatInput::parse("/temperature 0"),
+            Ok(ChatInput::Set(Setting::Temperature, "0".into()))
+        );
+        assert!(
+            ChatInput::parse("/top_k")
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(ChatInput::parse("/fly 1").unwrap_err().contains("/fly"));
+        let p = SamplingParams::default();
+        assert!(
+            Setting::Temperature
+                .apply(&p, "0")
+                .unwrap()
+                .temperature
+                .abs()
+                < f64::EPSILON
+        );
+        assert_eq!(Setting::TopK.apply(&p, "40").unwrap().top_k, 40);
+        assert!(Setting::TopP.apply(&p, "1.5").is_err());
+        assert!(Setting::Seed.apply(&p, "-1").is_err());
+        assert!(Setting::MaxTokens.apply(&p, "2.5").is_err());
+        assert!(Setting::Temperature.apply(&p, "nan").is_err());
     }
 }

@@ -11,8 +11,10 @@ use rand::{Rng, SeedableRng};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Llama};
 
-/// How to pick each next token.
-#[derive(Debug, Clone, PartialEq)]
+/// How to pick each next token. Serialised as a transcript's `sampling` (both chats), so that a
+/// conversation can be replayed with the same settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SamplingParams {
     /// 0 means greedy (deterministic argmax).
     pub temperature: f64,
