@@ -75,7 +75,7 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             // The study as run, for `study show` without the source file and for the console.
             let saved = dir.join(crate::study::SAVED_STUDY);
-            crate::core::checkpoint::hf::replace_file(&saved, study.resolved_text()?.as_bytes())
+            crate::core::atomic::replace_file(&saved, study.resolved_text()?.as_bytes())
                 .with_context(|| format!("cannot write {}", saved.display()))?;
             let mut cells = load_cells(&dir);
             let exe = std::env::current_exe().context("cannot find the slayer executable")?;

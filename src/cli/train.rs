@@ -323,7 +323,7 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
 
 fn write_plan(run_dir: &RunDir, map: &LayerMap) -> Result<()> {
     let path = run_dir.path.join("plan.json");
-    crate::core::checkpoint::hf::write_synced(&path, &serde_json::to_vec_pretty(map)?)
+    crate::core::atomic::write_synced(&path, &serde_json::to_vec_pretty(map)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -476,7 +476,7 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
         &opts,
     )?;
     // Chats with the export link back to the run (lineage).
-    crate::core::checkpoint::hf::write_json(
+    crate::core::atomic::write_json(
         &args.out.join(crate::runner::transcript::LINEAGE_FILE),
         &serde_json::json!({ "run": run_dir.id, "step": step, "experiment": exp.name }),
     )?;

@@ -659,7 +659,7 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
         Work::ResumeRun(run) => done(slayer(&["runs", "resume", &run])),
         Work::SaveFile { path, text } => {
             done(
-                match crate::core::checkpoint::hf::replace_file(&path, text.as_bytes()) {
+                match crate::core::atomic::replace_file(&path, text.as_bytes()) {
                     Ok(()) => (true, format!("saved {}", path.display())),
                     Err(e) => (false, format!("cannot save {}: {e:#}", path.display())),
                 },

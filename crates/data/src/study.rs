@@ -534,7 +534,7 @@ pub fn load_cells(dir: &Path) -> BTreeMap<String, String> {
 }
 
 pub fn save_cells(dir: &Path, cells: &BTreeMap<String, String>) -> Result<()> {
-    slayer_engine::checkpoint::hf::replace_file(
+    slayer_engine::atomic::replace_file(
         &dir.join("cells.json"),
         &serde_json::to_vec_pretty(cells)?,
     )?;

@@ -3,6 +3,7 @@
 //! Depends on no TUI, async runtime or database (a test enforces it), so every front end —
 //! the CLI, the console, a worker process — drives the same code.
 
+pub mod atomic;
 pub mod chat;
 pub mod chat_template;
 pub mod checkpoint;

@@ -272,7 +272,7 @@ pub fn write_synth(facts: &synth::SynthFacts, dir: &Path) -> Result<()> {
         ),
     ];
     for (name, content) in files {
-        crate::checkpoint::hf::write_synced(&dir.join(name), content.as_bytes())?;
+        crate::atomic::write_synced(&dir.join(name), content.as_bytes())?;
     }
     Ok(())
 }

@@ -330,7 +330,7 @@ impl Tokenizer {
             map.entry("tokenizer_class")
                 .or_insert_with(|| "PreTrainedTokenizerFast".into());
         }
-        crate::checkpoint::hf::write_json(&dir.join("tokenizer_config.json"), &cfg)
+        crate::atomic::write_json(&dir.join("tokenizer_config.json"), &cfg)
     }
 
     /// Token ids of `text`. `add_special_tokens` applies the post-processor (e.g. a BOS).

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::hf::{sync_dir, write_json};
+use crate::atomic::{sync_dir, write_json};
 use crate::checkpoint::safetensors::{MappedSafetensors, write_file};
 use crate::error::{Error, Result};
 use crate::events::{BlockStats, EventKind, EventSink};

@@ -754,7 +754,7 @@ impl RunDir {
     /// queue counting busy slots) sees the old worker or the new one, never an empty file.
     pub fn record_worker(&self, worker: Worker) -> Result<()> {
         let path = self.path.join("worker.pid");
-        slayer_engine::checkpoint::hf::replace_file(
+        slayer_engine::atomic::replace_file(
             &path,
             format!("{} {}\n", worker.pid, worker.start_ticks).as_bytes(),
         )

@@ -45,7 +45,7 @@ pub fn submit(
         _ => {}
     }
     let path = run.path.join(QUEUED);
-    slayer_engine::checkpoint::hf::write_synced(&path, device.as_bytes())
+    slayer_engine::atomic::write_synced(&path, device.as_bytes())
         .with_context(|| format!("cannot queue run {}", run.id))?;
     let started = advance_locked(data_dir, spawn)?;
     lock.release()?;

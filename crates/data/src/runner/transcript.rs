@@ -132,7 +132,7 @@ impl Transcript {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = self.path(data_dir);
-        slayer_engine::checkpoint::hf::replace_file(&path, &serde_json::to_vec_pretty(self)?)?;
+        slayer_engine::atomic::replace_file(&path, &serde_json::to_vec_pretty(self)?)?;
         Ok(path)
     }
 
