@@ -179,6 +179,14 @@ fn app_with_keymap(home: &Path, keymap: Keymap) -> App {
     a
 }
 
+/// The one job `effects` start: its id and what it does.
+fn one_job(effects: &[Effect]) -> (JobId, Work) {
+    match effects {
+        [Effect::Job { id, work }] => (*id, work.clone()),
+        other => panic!("expected one job, got {other:?}"),
+    }
+}
+
 fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
     app.update(Event::Key(KeyEvent::new(code, KeyModifiers::NONE)))
 }
@@ -1220,19 +1228,10 @@ fn expansion_and_evaluation_results_are_shown() {
     let home = fixture();
     let mut a = app(home.path());
     key(&mut a, KeyCode::Char('j'));
-    let effects = key(&mut a, KeyCode::Char('E'));
-    let [
-        Effect::Job {
-            id,
-            work: Work::Expand { experiment, .. },
-        },
-    ] = effects.as_slice()
-    else {
-        panic!("{effects:?}");
-    };
-    assert_eq!(experiment, "facts");
+    let (id, work) = one_job(&key(&mut a, KeyCode::Char('E')));
+    assert!(matches!(&work, Work::Expand { experiment, .. } if experiment == "facts"));
     a.update(Event::JobOutcome {
-        id: *id,
+        id,
         outcome: JobOutcome::Expanded {
             experiment: "facts".into(),
             summary: ExpandSummary {
@@ -1256,20 +1255,14 @@ fn expansion_and_evaluation_results_are_shown() {
     snap("popup_expanded", &a);
     key(&mut a, KeyCode::Esc);
     key(&mut a, KeyCode::Char('2'));
-    let effects = key(&mut a, KeyCode::Char('v'));
-    let [
-        Effect::Job {
-            id,
-            work: Work::EvaluateRun(run),
-        },
-    ] = effects.as_slice()
-    else {
-        panic!("{effects:?}");
+    let (id, work) = one_job(&key(&mut a, KeyCode::Char('v')));
+    let Work::EvaluateRun(run) = work else {
+        panic!("{work:?}");
     };
     a.update(Event::JobOutcome {
-        id: *id,
+        id,
         outcome: JobOutcome::Evaluated {
-            run: run.clone(),
+            run,
             record: EvalRecord {
                 samples: Vec::new(),
                 label: "checkpoint".into(),
@@ -1448,19 +1441,10 @@ fn the_data_preview_is_shown() {
     let home = fixture();
     let mut a = app(home.path());
     key(&mut a, KeyCode::Char('j'));
-    let effects = key(&mut a, KeyCode::Char('p'));
-    let [
-        Effect::Job {
-            id,
-            work: Work::PreviewData { experiment, .. },
-        },
-    ] = effects.as_slice()
-    else {
-        panic!("{effects:?}");
-    };
-    assert_eq!(experiment, "facts");
+    let (id, work) = one_job(&key(&mut a, KeyCode::Char('p')));
+    assert!(matches!(&work, Work::PreviewData { experiment, .. } if experiment == "facts"));
     a.update(Event::JobOutcome {
-        id: *id,
+        id,
         outcome: JobOutcome::Previewed {
             experiment: "facts".into(),
             preview: DataPreview {

@@ -102,6 +102,19 @@ impl Drop for Tmux {
     }
 }
 
+/// A data directory holding one experiment, `x`, so the console opens on it instead of creating
+/// the demo (and fetching its model).
+fn home_with_one_experiment() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
+    std::fs::write(
+        home.path().join("experiments/x.toml"),
+        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
+    )
+    .unwrap();
+    home
+}
+
 /// The step counter of the monitor's header (`step N/M`).
 fn step_of(screen: &str) -> Option<u64> {
     let at = screen.find(" step ")?;
@@ -197,13 +210,7 @@ fn drive_the_console_through_a_run_and_back() {
 /// took minutes). The time is printed; bench/RESULTS.md has the latency measurements.
 #[test]
 fn a_paste_lands_in_the_editor_at_once() {
-    let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
-    std::fs::write(
-        home.path().join("experiments/x.toml"),
-        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
-    )
-    .unwrap();
+    let home = home_with_one_experiment();
     let tmux = Tmux::new("paste");
     tmux.start(home.path());
     tmux.wait_for("the experiment list", |s| s.contains("lineage"));
@@ -240,14 +247,7 @@ fn a_paste_lands_in_the_editor_at_once() {
 /// a few seconds, instead of leaving it spinning on a dead terminal.
 #[test]
 fn the_console_leaves_when_its_terminal_goes_away() {
-    let home = tempfile::tempdir().unwrap();
-    // An experiment, so the console opens on it instead of creating the demo (and its model).
-    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
-    std::fs::write(
-        home.path().join("experiments/x.toml"),
-        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
-    )
-    .unwrap();
+    let home = home_with_one_experiment();
     let tmux = Tmux::new("hup");
     let pid_file = home.path().join("console.pid");
     let cmd = format!(
@@ -293,13 +293,7 @@ fn the_console_leaves_when_its_terminal_goes_away() {
 /// field (`ctrl-j` runs the `:` line).
 #[test]
 fn rebound_keys_act_per_context() {
-    let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join("experiments")).unwrap();
-    std::fs::write(
-        home.path().join("experiments/x.toml"),
-        "name = \"x\"\n[model]\nbase = \"m\"\n[plan]\npreset = \"slayer\"\n",
-    )
-    .unwrap();
+    let home = home_with_one_experiment();
     std::fs::write(
         home.path().join("keymap.toml"),
         "[experiments]\n\"n\" = \"none\"\n\"N\" = \"new\"\n[popup]\n\"x\" = \"back\"\n[input]\n\"ctrl-j\" = \"send\"\n",
