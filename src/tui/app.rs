@@ -343,7 +343,7 @@ pub fn row_shown(row: &RunRow, with_time: bool) -> String {
         row.last_loss.map(|l| format!("{l:.4}")),
         if with_time {
             row.shown_secs()
-                .map(super::view::duration)
+                .map(crate::core::text::duration)
                 .unwrap_or_default()
         } else {
             String::new()
