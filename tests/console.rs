@@ -1417,6 +1417,23 @@ fn the_cli_compares_the_same_rows() {
     let (_, json, _) = run(&["runs", "compare", "--json", "--filter", "lost"]);
     let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1);
+    // A study's runs: those its cells map to.
+    std::fs::create_dir_all(home.path().join("studies/s")).unwrap();
+    std::fs::write(
+        home.path().join("studies/s/cells.json"),
+        r#"{"facts-slayer-s0": "20260102-000000-facts"}"#,
+    )
+    .unwrap();
+    let (_, json, _) = run(&["runs", "compare", "--json", "--study", "s"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(rows[0]["run"], "20260102-000000-facts");
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    let (code, _, stderr) = run(&["runs", "compare", "--study", "nosuch"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("nosuch") && stderr.contains("cells.json"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(&["runs", "compare", "--sort", "nope"]);
     assert_eq!(code, Some(1));
     assert!(

@@ -81,6 +81,9 @@ pub enum RunsCommand {
         /// Only the runs of this experiment.
         #[arg(long)]
         experiment: Option<String>,
+        /// Only the runs of this study's cells (`slayer study run` made them).
+        #[arg(long)]
+        study: Option<String>,
         /// The column to sort by (a name from the header, e.g. `lr` or `probe acc`).
         #[arg(long, default_value = "run")]
         sort: String,
@@ -301,14 +304,30 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         RunsCommand::Compare {
             filter,
             experiment,
+            study,
             sort,
             desc,
             json,
         } => {
+            let study_runs: Option<Vec<String>> = match &study {
+                None => None,
+                Some(name) => {
+                    let dir = crate::study::dir(data_dir, name);
+                    let cells = crate::study::load_cells(&dir);
+                    if cells.is_empty() {
+                        anyhow::bail!(
+                            "--study {name:?}: no runs recorded in {} (`slayer study run` makes them)",
+                            dir.join("cells.json").display()
+                        );
+                    }
+                    Some(cells.into_values().collect())
+                }
+            };
             let mut rows: Vec<_> = crate::runner::compare::rows(data_dir)
                 .into_iter()
                 .filter(|r| filter.as_deref().is_none_or(|f| r.matches(f)))
                 .filter(|r| experiment.as_deref().is_none_or(|e| r.experiment == e))
+                .filter(|r| study_runs.as_ref().is_none_or(|runs| runs.contains(&r.run)))
                 .collect();
             let columns = crate::runner::compare::columns(&rows);
             if !columns.contains(&sort) {
