@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+mod common;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -1391,15 +1393,11 @@ fn runs_are_compared_sorted_filtered_and_diffed() {
 fn the_cli_compares_the_same_rows() {
     let home = fixture();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
-            .args(args)
-            .env("SLAYER_HOME", home.path())
-            .output()
-            .unwrap();
+        let out = common::slayer(home.path(), args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            common::stderr(&out),
         )
     };
     let (code, table, _) = run(&["runs", "compare", "--sort", "step", "--desc"]);

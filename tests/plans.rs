@@ -564,15 +564,11 @@ fn plan_check_takes_experiment_names_and_their_train_settings() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_slayer"))
-            .args(args)
-            .env("SLAYER_HOME", home.path())
-            .output()
-            .unwrap();
+        let out = common::slayer(home.path(), args);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            common::stderr(&out),
         )
     };
     let (code, stdout, stderr) = run(&["--device", "cpu", "plan", "check", "named"]);

@@ -1681,7 +1681,7 @@ impl App {
                 self.input = Input::Command;
                 self.command.clear();
             }
-            Action::Filter if self.screen == Screen::Monitor => {
+            Action::Search => {
                 self.input = Input::LogSearch;
                 self.log_view.search.clear();
             }

@@ -71,6 +71,7 @@ pub enum Action {
     Importance,
     PlanFromImportance,
     Evaluate,
+    Search,
     NextMatch,
     PreviousMatch,
     Alerts,
@@ -97,6 +98,7 @@ impl Action {
             Self::Save | Self::Revert => context == Context::Editor,
             Self::Diff => matches!(context, Context::Editor | Context::Compare),
             Self::Mark | Self::ColumnLeft | Self::ColumnRight => context == Context::Compare,
+            Self::Search => context == Context::Monitor,
             Self::CursorLeft | Self::CursorRight | Self::CursorUp | Self::CursorDown => {
                 context == Context::Monitor
             }
@@ -186,6 +188,7 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::Importance, "importance"),
     (Action::PlanFromImportance, "plan_from_importance"),
     (Action::Evaluate, "eval"),
+    (Action::Search, "search"),
     (Action::NextMatch, "next_match"),
     (Action::PreviousMatch, "previous_match"),
     (Action::Alerts, "alerts"),
@@ -665,7 +668,7 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
     (
         Context::Monitor,
         &["/"],
-        Action::Filter,
+        Action::Search,
         "search the log (n older match, N newer)",
     ),
     (

@@ -638,6 +638,25 @@ fn run_slayer(
     }
 }
 
+/// Runs `slayer ARGS` whose `--json` result is a `T` (typed: a renamed field fails here, not
+/// silently): the result, or what went wrong (the command's last line). With `any_exit` a
+/// result printed by a failing command still counts (a failed verification is a result).
+fn slayer_json<T: serde::de::DeserializeOwned>(
+    data_dir: &Path,
+    args: &[String],
+    id: JobId,
+    tx: &UnboundedSender<Event>,
+    any_exit: bool,
+) -> std::result::Result<T, String> {
+    let (ok, last, stdout) = run_slayer(data_dir, args, id, tx);
+    match serde_json::from_slice::<T>(&stdout) {
+        Ok(value) if ok || any_exit => Ok(value),
+        Ok(_) | Err(_) if !last.is_empty() => Err(last),
+        Ok(_) => Err("failed without a message".into()),
+        Err(e) => Err(format!("its result does not read: {e}")),
+    }
+}
+
 /// Carries out job `id` off the async workers; its end comes back as [`Event::JobDone`] (or
 /// [`Event::Importance`]), always exactly once.
 fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Event>) {
@@ -649,6 +668,9 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
     };
     let done = |(ok, message): (bool, String)| {
         let _ = tx.send(Event::JobDone { id, ok, message });
+    };
+    let outcome = |outcome: JobOutcome| {
+        let _ = tx.send(Event::JobOutcome { id, outcome });
     };
     match work {
         Work::LaunchRun(path) => {
@@ -714,19 +736,12 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
                 "--json".into(),
             ];
             // A failed verification exits 1 with its result on stdout: the result decides.
-            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
-            match serde_json::from_slice::<crate::core::surgery::ExpandSummary>(&stdout) {
-                Ok(summary) => {
-                    let outcome = JobOutcome::Expanded {
-                        experiment,
-                        summary,
-                    };
-                    let _ = tx.send(Event::JobOutcome { id, outcome });
-                }
-                Err(_) => done((
-                    ok && last.is_empty(),
-                    format!("expand {experiment}: {last}"),
-                )),
+            match slayer_json(data_dir, &args, id, tx, true) {
+                Ok(summary) => outcome(JobOutcome::Expanded {
+                    experiment,
+                    summary,
+                }),
+                Err(why) => done((false, format!("expand {experiment}: {why}"))),
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
@@ -739,27 +754,19 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
                 "4".into(),
                 "--json".into(),
             ];
-            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
-            match serde_json::from_slice::<crate::core::run::DataPreview>(&stdout) {
-                Ok(preview) if ok => {
-                    let outcome = JobOutcome::Previewed {
-                        experiment,
-                        preview,
-                    };
-                    let _ = tx.send(Event::JobOutcome { id, outcome });
-                }
-                _ => done((false, format!("{experiment}'s data: {last}"))),
+            match slayer_json(data_dir, &args, id, tx, false) {
+                Ok(preview) => outcome(JobOutcome::Previewed {
+                    experiment,
+                    preview,
+                }),
+                Err(why) => done((false, format!("{experiment}'s data: {why}"))),
             }
         }
         Work::EvaluateRun(run) => {
             let args = ["eval".to_string(), run.clone(), "--json".into()];
-            let (ok, last, stdout) = run_slayer(data_dir, &args, id, tx);
-            match serde_json::from_slice::<crate::core::events::EvalRecord>(&stdout) {
-                Ok(record) if ok => {
-                    let outcome = JobOutcome::Evaluated { run, record };
-                    let _ = tx.send(Event::JobOutcome { id, outcome });
-                }
-                _ => done((false, format!("evaluating {run}: {last}"))),
+            match slayer_json(data_dir, &args, id, tx, false) {
+                Ok(record) => outcome(JobOutcome::Evaluated { run, record }),
+                Err(why) => done((false, format!("evaluating {run}: {why}"))),
             }
         }
         Work::Importance { name, path, base } => {

@@ -136,31 +136,16 @@ impl RunData {
     }
 
     fn set_plan(&mut self, plan: &serde_json::Value) {
-        self.base_layers = plan["base_layers"].as_u64().unwrap_or(0) as usize;
-        // Layers are listed in final order; their `index` key is shadowed by an original
-        // block's own index in the serialised map, so the position is the final index.
-        self.layers = plan["layers"]
-            .as_array()
-            .map(|layers| {
-                layers
-                    .iter()
-                    .enumerate()
-                    .map(|(index, l)| LayerRow {
-                        index,
-                        new: l["origin"] == "new",
-                        trainable: l["trainable"] == true,
-                    })
-                    .collect()
+        let shape = crate::runner::plan_shape(plan);
+        self.base_layers = shape.base_layers;
+        self.layers = (0..shape.layers)
+            .map(|index| LayerRow {
+                index,
+                new: shape.new.contains(&index),
+                trainable: shape.trainable.contains(&index),
             })
-            .unwrap_or_default();
-        self.pruned = plan["pruned"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_u64().map(|v| v as usize))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .collect();
+        self.pruned = shape.pruned;
     }
 
     #[must_use]

@@ -213,15 +213,14 @@ impl Setting {
         };
         let mut out = params.clone();
         match self {
-            Self::Temperature if number.is_finite() && number >= 0.0 => out.temperature = number,
-            Self::TopP if number > 0.0 && number <= 1.0 => out.top_p = number,
+            Self::Temperature => out.temperature = number,
+            Self::TopP => out.top_p = number,
             Self::TopK => out.top_k = usize::try_from(count()?).map_err(|_| bad())?,
-            Self::MaxTokens if number >= 1.0 => {
-                out.max_tokens = usize::try_from(count()?).map_err(|_| bad())?;
-            }
+            Self::MaxTokens => out.max_tokens = usize::try_from(count()?).map_err(|_| bad())?,
             Self::Seed => out.seed = count()?,
-            _ => return Err(bad()),
         }
+        // The ranges are the sampler's own ([`SamplingParams::validate`]).
+        out.validate().map_err(|_| bad())?;
         Ok(out)
     }
 

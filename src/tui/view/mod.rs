@@ -181,11 +181,7 @@ fn hints(app: &App) -> String {
         .filter(|b| b.context == context)
         .filter_map(|b| {
             let key = b.keys.first()?.label();
-            let name = match (b.action, context) {
-                (Action::Filter, Context::Monitor) => "search".to_string(),
-                (action, _) => action.name().replace('_', " "),
-            };
-            Some(format!("{key} {name}"))
+            Some(format!("{key} {}", b.action.name().replace('_', " ")))
         })
         .take(7)
         .collect::<Vec<_>>()

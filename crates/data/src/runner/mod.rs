@@ -863,6 +863,51 @@ pub fn joined_steps(events: &[Event]) -> Vec<&Event> {
     steps
 }
 
+/// The resolved layer map a run's `run_start` records, in brief: the one reading of that JSON,
+/// used by the store, the compare table and the console's monitor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanShape {
+    pub preset: Option<String>,
+    pub base_layers: usize,
+    /// Final depth.
+    pub layers: usize,
+    /// Final indices of new blocks, of trainable blocks; original blocks pruned.
+    pub new: Vec<usize>,
+    pub trainable: Vec<usize>,
+    pub pruned: Vec<usize>,
+}
+
+/// Reads a serialised [`slayer_engine::plan::LayerMap`]; missing parts read as empty.
+#[must_use]
+pub fn plan_shape(plan: &serde_json::Value) -> PlanShape {
+    let layers = plan["layers"].as_array().map_or(&[][..], Vec::as_slice);
+    // Final indices are positions: an original block's own `index` shadows the final one in the
+    // serialised map.
+    let indices = |pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<usize> {
+        layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| pred(l))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    PlanShape {
+        preset: plan["preset"].as_str().map(str::to_string),
+        base_layers: usize::try_from(plan["base_layers"].as_u64().unwrap_or(0)).unwrap_or(0),
+        layers: layers.len(),
+        new: indices(&|l| l["origin"] == "new"),
+        trainable: indices(&|l| l["trainable"] == true),
+        pruned: plan["pruned"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().and_then(|v| usize::try_from(v).ok()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// One run's summary: what `runs ls` and the console's run table show.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunSummary {
@@ -906,12 +951,26 @@ fn unreadable_state(run: &RunDir) -> RunState {
 /// The summary, the event that decides the run's state, and whether the log could be read
 /// (kept by [`RunTable`]).
 fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
+    summarize_log(run, run.read_event_log().as_ref())
+}
+
+/// The summary of a run whose event log the caller has read (a table that needs the events
+/// too reads each log once).
+#[must_use]
+pub fn summarize_read(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> RunSummary {
+    summarize_log(run, log).0
+}
+
+fn summarize_log(
+    run: &RunDir,
+    log: Result<&EventLogRead, &anyhow::Error>,
+) -> (RunSummary, Option<Event>, bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let experiment = slayer_engine::experiment::Experiment::load(&run.experiment_path())
         .map_or_else(|_| "?".into(), |e| e.name);
-    match run.read_event_log() {
+    match log {
         // An unreadable log (permissions, I/O) still leaves the worker to ask: a run whose
         // worker lives is running, whatever its log says.
         Err(e) => (
@@ -931,11 +990,11 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
         ),
         Ok(log) => {
             let mut problem = log.warning();
-            let events = log.events;
+            let events = &log.events;
             if events.is_empty() && problem.is_none() && run.state_after(None) == RunState::Lost {
                 problem = Some(run.silent_worker_problem());
             }
-            let steps = joined_steps(&events);
+            let steps = joined_steps(events);
             let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
                 EventKind::Step { step, loss, .. } => (step, Some(loss)),
                 _ => (0, None),
@@ -959,7 +1018,7 @@ fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
                 .map_or(now, |d| d.as_secs_f64());
             let started = events.first().map_or(created, |e| e.time);
             let ran_secs = events.last().map_or(0.0, |e| e.time - started);
-            let marker = deciding_event(&events).cloned();
+            let marker = deciding_event(events).cloned();
             (
                 RunSummary {
                     id: run.id.clone(),

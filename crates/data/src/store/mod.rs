@@ -843,33 +843,17 @@ fn base_model(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Summarises a serialised [`slayer_engine::plan::LayerMap`].
+/// Summarises a serialised [`slayer_engine::plan::LayerMap`] ([`crate::runner::plan_shape`]),
+/// with its hash.
 fn summarize_plan(plan: &serde_json::Value) -> PlanSummary {
-    let layers = plan["layers"].as_array().cloned().unwrap_or_default();
-    // Final indices are positions: an original block's own `index` shadows the final one in the
-    // serialised map.
-    let indices = |pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<usize> {
-        layers
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| pred(l))
-            .map(|(i, _)| i)
-            .collect()
-    };
+    let shape = crate::runner::plan_shape(plan);
     PlanSummary {
-        preset: plan["preset"].as_str().map(str::to_string),
-        base_layers: plan["base_layers"].as_u64().unwrap_or(0) as usize,
-        layers: layers.len(),
-        new: indices(&|l| l["origin"] == "new"),
-        trainable: indices(&|l| l["trainable"] == true),
-        pruned: plan["pruned"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_u64().map(|v| v as usize))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        preset: shape.preset,
+        base_layers: shape.base_layers,
+        layers: shape.layers,
+        new: shape.new,
+        trainable: shape.trainable,
+        pruned: shape.pruned,
         hash: hash_hex(plan.to_string().as_bytes()),
     }
 }
