@@ -1369,6 +1369,30 @@ fn experiment_cases(c: &mut Corpus) {
             Expect::Refuse,
         ),
         ("empty".into(), String::new(), Expect::Refuse),
+        (
+            "17 sample prompts".into(),
+            experiment_text(
+                c,
+                "",
+                &format!("samples = [{}]", vec!["\"the\""; 17].join(", ")),
+            ),
+            Expect::Refuse,
+        ),
+        (
+            "sample_tokens 10^9".into(),
+            experiment_text(c, "", "sample_tokens = 1000000000"),
+            Expect::Refuse,
+        ),
+        (
+            "an empty sample prompt".into(),
+            experiment_text(c, "", "samples = [\" \"]"),
+            Expect::Refuse,
+        ),
+        (
+            "a hostile sample prompt".into(),
+            experiment_text(c, "", &format!("samples = [\"{hostile}\"]")),
+            Expect::Survive,
+        ),
     ];
     for (at, b) in truncations(valid.as_bytes(), 8) {
         variants.push((
@@ -1377,6 +1401,14 @@ fn experiment_cases(c: &mut Corpus) {
             Expect::Survive,
         ));
     }
+    let mentions = [
+        "exp.toml",
+        "/nonexistent/",
+        "/dev/zero",
+        "corpus-dirs",
+        "tiny-corpus",
+        "tiny-model",
+    ];
     for (what, text, expect) in variants {
         let path = c.file("experiment", "exp.toml", text.as_bytes());
         let home = path.parent().unwrap().join("home");
@@ -1385,14 +1417,16 @@ fn experiment_cases(c: &mut Corpus) {
             format!("experiment {what}: train"),
             args(&[&"train", &path]),
             expect,
-            &[
-                "exp.toml",
-                "/nonexistent/",
-                "/dev/zero",
-                "corpus-dirs",
-                "tiny-corpus",
-                "tiny-model",
-            ],
+            &mentions,
+        );
+        // The data preview reads the experiment and its corpus without training: what train
+        // refuses later (a context too short) it may show, so any clean ending will do.
+        c.add_in(
+            &home,
+            format!("experiment {what}: data preview"),
+            args(&[&"data", &"preview", &path]),
+            Expect::Survive,
+            &mentions,
         );
     }
     let path = c.file("experiment", "exp.toml", b"\xff\xfe[plan]");
@@ -1488,7 +1522,32 @@ fn study_cases(c: &mut Corpus) {
         args(&[&"study", &"run", &path]),
         Expect::Refuse,
         &["study.toml"],
-    );
+    ); // A study's cell → run map, read by `runs compare --study`.
+    let huge = vec![b' '; 17 << 20];
+    for (what, bytes, expect) in [
+        (
+            "valid",
+            br#"{"c-s-s0": "no-such-run"}"#.to_vec(),
+            Expect::Survive,
+        ),
+        ("not JSON", b"{cells".to_vec(), Expect::Refuse),
+        ("a list", b"[\"a\", \"b\"]".to_vec(), Expect::Refuse),
+        ("not UTF-8", b"{\"\xff\": \"x\"}".to_vec(), Expect::Refuse),
+        ("empty", Vec::new(), Expect::Refuse),
+        ("17 MiB", huge.clone(), Expect::Refuse),
+    ] {
+        let home = c.dir("study").join("home");
+        let dir = home.join("studies").join("s");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cells.json"), bytes).unwrap();
+        c.add_in(
+            &home,
+            format!("study cell map {what}: runs compare --study"),
+            args(&[&"runs", &"compare", &"--study", &"s"]),
+            expect,
+            &["cells.json"],
+        );
+    }
 }
 
 fn mergekit_cases(c: &mut Corpus) {
@@ -1906,10 +1965,11 @@ fn event_log_cases(c: &mut Corpus) {
                 vec!["runs", "export", &id_arg, "--format", "json"],
             ),
             ("runs tail", vec!["runs", "tail", &id_arg]),
+            ("runs compare", vec!["runs", "compare"]),
             ("store rebuild", vec!["store", "rebuild"]),
         ] {
             // `runs ls` reports a skipped line in the run's row; the store names it in its
-            // warning; both stay on exit 0.
+            // warning; both stay on exit 0. (`runs compare` warns on stderr, as `runs show`.)
             let expect = match (expect, cmd) {
                 (Expect::Tolerate, "runs ls" | "store rebuild") => Expect::Survive,
                 (e, _) => e,
@@ -1946,10 +2006,15 @@ fn event_log_cases(c: &mut Corpus) {
         "a/b",
         &hostile_id,
     ] {
-        for cmd in ["show", "rm", "export", "resume", "tail", "stop", "kill"] {
+        for cmd in [
+            "show", "rm", "export", "resume", "tail", "stop", "kill", "diff",
+        ] {
             let mut argv = args(&[&"runs", &cmd, &id]);
             if cmd == "rm" {
                 argv.push("--yes".into());
+            }
+            if cmd == "diff" {
+                argv.push(id.into());
             }
             c.add_in(
                 &home,

@@ -313,10 +313,12 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 None => None,
                 Some(name) => {
                     let dir = crate::study::dir(data_dir, name);
-                    let cells = crate::study::load_cells(&dir);
+                    let cells = crate::study::read_cells(&dir).with_context(|| {
+                        format!("--study {name:?} (`slayer study run` records its runs)")
+                    })?;
                     if cells.is_empty() {
                         anyhow::bail!(
-                            "--study {name:?}: no runs recorded in {} (`slayer study run` makes them)",
+                            "--study {name:?}: no runs recorded in {}",
                             dir.join("cells.json").display()
                         );
                     }
@@ -337,6 +339,12 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 );
             }
             crate::runner::compare::sort(&mut rows, &sort, desc);
+            // A log with skipped lines is said once, as every reader of event logs says it.
+            for r in &rows {
+                if let Some(problem) = &r.problem {
+                    errln!("warning: run {}: {}", r.run, sanitize_for_terminal(problem));
+                }
+            }
             if json {
                 outln!("{}", serde_json::to_string_pretty(&rows)?)?;
                 return Ok(0);

@@ -524,13 +524,24 @@ pub fn dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("studies").join(name)
 }
 
-/// The cell → run map of a study.
+/// The cell → run map of a study (empty when there is none or it does not read: see
+/// [`read_cells`] for why).
 #[must_use]
 pub fn load_cells(dir: &Path) -> BTreeMap<String, String> {
-    std::fs::read(dir.join("cells.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    read_cells(dir).unwrap_or_default()
+}
+
+/// The cell → run map of a study, or what is wrong with its `cells.json` (missing, too large,
+/// not a map of names), naming the file.
+pub fn read_cells(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let path = dir.join("cells.json");
+    let text = slayer_engine::corpus::read_settings(&path, "study cell map")?;
+    serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a map of cell names to run ids: {e}",
+            path.display()
+        )
+    })
 }
 
 pub fn save_cells(dir: &Path, cells: &BTreeMap<String, String>) -> Result<()> {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::runner::{RunDir, RunState};
+use crate::runner::{EventLogRead, RunDir, RunState};
 use slayer_engine::events::{EvalRecord, Event, EventKind};
 
 /// One run of the table.
@@ -29,6 +29,9 @@ pub struct CompareRow {
     pub evaluated_at: Option<String>,
     /// `NAME ppl` and `NAME acc` of that evaluation.
     pub metrics: BTreeMap<String, f64>,
+    /// What was wrong with the run's log (lines skipped, unreadable), as `runs ls` says it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The fixed columns, in order; metric columns follow, sorted by name.
@@ -140,11 +143,12 @@ pub fn sort(rows: &mut [CompareRow], column: &str, descending: bool) {
     });
 }
 
-/// The row of one run (its events read by the caller, so a table of many runs reads each log
-/// once).
+/// The row of one run (its event log read by the caller, once for the summary and the
+/// metrics).
 #[must_use]
-pub fn row(run: &RunDir, events: &[Event]) -> CompareRow {
-    let summary = crate::runner::summarize(run);
+pub fn row(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> CompareRow {
+    let summary = crate::runner::summarize_read(run, log);
+    let events: &[Event] = log.map_or(&[], |l| l.events.as_slice());
     let experiment = slayer_engine::experiment::Experiment::load(&run.experiment_path()).ok();
     let plan = events
         .iter()
@@ -188,6 +192,7 @@ pub fn row(run: &RunDir, events: &[Event]) -> CompareRow {
         loss: summary.last_loss,
         evaluated_at: latest.map(|r| format!("{} {}", r.label, r.step)),
         metrics,
+        problem: summary.problem,
     }
 }
 
@@ -196,32 +201,20 @@ pub fn row(run: &RunDir, events: &[Event]) -> CompareRow {
 pub fn rows(data_dir: &Path) -> Vec<CompareRow> {
     crate::runner::list_runs(data_dir)
         .iter()
-        .map(|run| {
-            let events = run.read_event_log().map(|l| l.events).unwrap_or_default();
-            row(run, &events)
-        })
+        .map(|run| row(run, run.read_event_log().as_ref()))
         .collect()
 }
 
 /// `slayer +6 −3 (33 blocks)` from a run's resolved layer map (the JSON of its `run_start`).
 fn describe_plan(plan: &serde_json::Value) -> String {
-    let layers = plan
-        .get("layers")
-        .and_then(serde_json::Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    let new = layers
-        .iter()
-        .filter(|l| l.get("origin").and_then(serde_json::Value::as_str) == Some("new"))
-        .count();
-    let pruned = plan
-        .get("pruned")
-        .and_then(serde_json::Value::as_array)
-        .map_or(0, Vec::len);
-    let preset = plan
-        .get("preset")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("custom");
-    format!("{preset} +{new} −{pruned} ({} blocks)", layers.len())
+    let shape = crate::runner::plan_shape(plan);
+    format!(
+        "{} +{} −{} ({} blocks)",
+        shape.preset.as_deref().unwrap_or("custom"),
+        shape.new.len(),
+        shape.pruned.len(),
+        shape.layers
+    )
 }
 
 #[cfg(test)]
@@ -242,6 +235,7 @@ mod tests {
             step: 40,
             loss: Some(1.0),
             evaluated_at: Some("final 40".into()),
+            problem: None,
             metrics: acc
                 .map(|a| BTreeMap::from([("probe acc".to_string(), a)]))
                 .unwrap_or_default(),
