@@ -25,14 +25,15 @@ fn main() {
     let started = Instant::now();
     let mut log = EventLog::open(&run.events_path()).unwrap();
     log.emit(EventKind::RunStart {
+        format: slayer::core::events::EVENT_FORMAT,
         run: run.id.clone(),
         experiment: "name = \"bench\"\n".into(),
-        plan: serde_json::json!({"base_layers": 30, "layers": [], "pruned": []}),
-        config: serde_json::Value::Null,
+        plan: None,
+        config: None,
         trainable_params: 0,
         total_steps: steps,
         resumed_from: None,
-        environment: serde_json::Value::Null,
+        environment: None,
     })
     .unwrap();
     for step in 1..=steps {

@@ -68,14 +68,15 @@ fn fixture() -> tempfile::TempDir {
         .unwrap();
         let mut log = EventLog::open(&run.join("events.jsonl")).unwrap();
         log.emit(EventKind::RunStart {
+            format: slayer::core::events::EVENT_FORMAT,
             run: id.into(),
             experiment: "name = \"facts\"\n".into(),
-            plan: serde_json::to_value(&map).unwrap(),
-            config: serde_json::Value::Null,
+            plan: Some(map.clone()),
+            config: None,
             trainable_params: 1000,
             total_steps: 40,
             resumed_from: None,
-            environment: serde_json::Value::Null,
+            environment: None,
         })
         .unwrap();
         let eval = |label: &str, step: u64, ppl: f64, acc: f64| {

@@ -184,7 +184,7 @@ fn a_bad_line_in_the_event_log_is_skipped_by_every_reader() {
     ok(&slayer(&home, &["store", "rebuild"]));
     let store = slayer::store::Store::open(&home, "test").unwrap();
     let record = store.run(&id).unwrap().unwrap();
-    assert_eq!(record.step, 3);
+    assert_eq!(record.run.step, 3);
     assert!(
         record
             .problem

@@ -301,6 +301,33 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
             joined(&run.path)
         );
     }
+    // One projection: the store's record (carried on from batch to batch of the tail), the
+    // console's run data (fed in uneven batches) and a fold of the whole log agree, run by run.
+    for run in &runs {
+        let events = run.read_events().unwrap();
+        let whole = slayer::runner::RunProjection::of(&events);
+        assert_eq!(
+            store.run(&run.id).unwrap().unwrap().run,
+            whole,
+            "{}",
+            run.id
+        );
+        let mut console = slayer::tui::run_data::RunData::new(&run.id);
+        for batch in events.chunks(7) {
+            console.apply(false, batch);
+        }
+        assert_eq!(console.run, whole, "{}", run.id);
+        assert_eq!(
+            console.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+            slayer::runner::joined_steps(&events)
+                .iter()
+                .map(|e| match e.kind {
+                    slayer::core::events::EventKind::Step { step, .. } => step,
+                    _ => 0,
+                })
+                .collect::<Vec<_>>()
+        );
+    }
     let b = runs.iter().find(|r| r.id.ends_with("-b")).unwrap();
     assert!(
         store
@@ -310,10 +337,10 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
     );
     let record = store.run(&b.id).unwrap().unwrap();
     assert_eq!(
-        (record.step, record.total_steps, record.resumes),
+        (record.run.step, record.run.total_steps, record.run.resumes),
         (400, 400, 1)
     );
-    assert_eq!(record.plan.new, vec![2]);
+    assert_eq!(record.run.plan.new, vec![2]);
     let lineage = store.lineage(&b.id).unwrap().unwrap();
     assert_eq!(lineage.same_plan.len(), 1, "run a trained the same plan");
     assert_eq!(

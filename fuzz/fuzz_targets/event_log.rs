@@ -1,9 +1,11 @@
 //! Any bytes as an event log, read whole and then appended in two pieces: no panic; the pieces
 //! deliver the same events as the whole (a line split across reads is read once, complete);
-//! bad lines are numbered inside the file.
+//! bad lines are numbered inside the file; the run's projection folded piece by piece is that of
+//! the whole.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use slayer_data::runner::RunProjection;
 use slayer_data::runner::tail::LogTail;
 
 fuzz_target!(|data: &[u8]| {
@@ -28,4 +30,14 @@ fuzz_target!(|data: &[u8]| {
     let mut pieces = seqs(&first.events);
     pieces.extend(seqs(&second.events));
     assert_eq!(pieces, seqs(&whole.events));
+    // The projection folded piece by piece is the projection of the whole (compared as text:
+    // a NaN loss is not equal to itself).
+    let mut folded = RunProjection::default();
+    for e in first.events.iter().chain(&second.events) {
+        folded.apply(e);
+    }
+    assert_eq!(
+        format!("{folded:?}"),
+        format!("{:?}", RunProjection::of(&whole.events))
+    );
 });

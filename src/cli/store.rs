@@ -132,7 +132,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
                 p.new,
                 p.trainable,
                 p.pruned,
-                p.hash,
+                lineage.plan_hash,
                 lineage.run,
                 lineage.checkpoints
             )?;

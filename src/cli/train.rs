@@ -351,16 +351,24 @@ fn train_claimed(
         * base.config().block_params() as u64;
     sink.total = exp.train.steps;
     sink.emit(EventKind::RunStart {
+        format: crate::core::events::EVENT_FORMAT,
         run: run_dir.id.clone(),
         experiment: exp.text.clone(),
-        plan: serde_json::to_value(&map)?,
-        config: serde_json::json!({ "base_model": base_arg, "train": exp.train, "device": format!("{device:?}") }),
+        plan: Some(map.clone()),
+        config: Some(Box::new(crate::core::events::RunConfig {
+            base_model: base_arg,
+            train: exp.train.clone(),
+            device: format!("{device:?}"),
+        })),
         trainable_params: trainable,
         total_steps: exp.train.steps,
         resumed_from: resume
             .as_ref()
             .and_then(|(p, _)| p.checkpoint.as_ref().map(|c| c.0)),
-        environment: serde_json::json!({ "slayer": env!("CARGO_PKG_VERSION"), "threads": std::thread::available_parallelism().map_or(0, std::num::NonZero::get) }),
+        environment: Some(crate::core::events::Environment {
+            slayer: env!("CARGO_PKG_VERSION").into(),
+            threads: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        }),
     })?;
     let resume = match resume {
         Some((point, earlier_evals)) => {

@@ -1,9 +1,12 @@
-//! What the console knows of a run, built from its events as they arrive: the joined step
-//! history, per-block statistics for the heatmap, evaluations, warnings and a readable log tail.
+//! What the console knows of a run, built from its events as they arrive: the run's projection
+//! (shared with the store and the CLI), and what only the monitor keeps — the joined step
+//! history, per-block statistics for the heatmap, evaluations and a readable log tail.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::core::events::{EvalRecord, Event, EventKind, RunStatus};
+use crate::core::events::{EvalRecord, Event, EventKind};
+use crate::runner::RunProjection;
+use crate::runner::projection::Applied;
 
 /// One logged step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,21 +35,16 @@ const LOG_LINES: usize = 5_000;
 #[derive(Debug, Clone, Default)]
 pub struct RunData {
     pub id: String,
-    pub experiment: String,
-    pub total_steps: u64,
+    /// What its events say: the one projection every reader shares (experiment, plan, totals,
+    /// warnings, how it ended, resumes).
+    pub run: RunProjection,
+    /// The joined step history and per-block statistics: kept here, truncated as the
+    /// projection says.
     pub steps: Vec<StepPoint>,
     pub blocks: BTreeMap<usize, Vec<BlockPoint>>,
-    pub layers: Vec<LayerRow>,
-    pub pruned: Vec<usize>,
-    pub base_layers: usize,
     pub evals: Vec<EvalRecord>,
-    pub warnings: Vec<String>,
     pub log: VecDeque<String>,
-    pub ended: Option<RunStatus>,
-    pub end_message: String,
     pub problem: Option<String>,
-    /// When the current worker started (for the rate and ETA).
-    pub segment_start: Option<(f64, u64)>,
     /// The run's alerts so far, and what raises them.
     pub alerts: Vec<crate::runner::alerts::Alert>,
     detector: crate::runner::alerts::AlertDetector,
@@ -72,30 +70,13 @@ impl RunData {
             if self.log.len() > LOG_LINES {
                 self.log.pop_front();
             }
-            match &e.kind {
-                EventKind::RunStart {
-                    experiment,
-                    plan,
-                    total_steps,
-                    resumed_from,
-                    ..
-                } => {
-                    self.total_steps = *total_steps;
-                    self.ended = None;
-                    if let Some(from) = resumed_from {
-                        // Steps after the checkpoint died with the worker: the new ones replace them.
-                        self.steps.retain(|s| s.step <= *from);
-                        for points in self.blocks.values_mut() {
-                            points.retain(|p| p.0 <= *from);
-                        }
-                    }
-                    self.segment_start = Some((e.time, resumed_from.unwrap_or(0)));
-                    self.experiment = toml::from_str::<toml::Table>(experiment)
-                        .ok()
-                        .and_then(|t| t.get("name")?.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    self.set_plan(plan);
+            if let Applied::Truncate { after } = self.run.apply(e) {
+                self.steps.retain(|s| s.step <= after);
+                for points in self.blocks.values_mut() {
+                    points.retain(|p| p.0 <= after);
                 }
+            }
+            match &e.kind {
                 EventKind::Step {
                     step,
                     loss,
@@ -120,32 +101,22 @@ impl RunData {
                     }
                 }
                 EventKind::Eval(r) => self.evals.push(r.clone()),
-                EventKind::Warning { message } => self.warnings.push(message.clone()),
-                EventKind::SkippedStep { step, reason } => {
-                    self.warnings.push(format!("step {step} skipped: {reason}"));
-                }
-                EventKind::Checkpoint { .. } => {}
-                EventKind::End {
-                    status, message, ..
-                } => {
-                    self.ended = Some(*status);
-                    self.end_message.clone_from(message);
-                }
+                _ => {}
             }
         }
     }
 
-    fn set_plan(&mut self, plan: &serde_json::Value) {
-        let shape = crate::runner::plan_shape(plan);
-        self.base_layers = shape.base_layers;
-        self.layers = (0..shape.layers)
+    /// The run's blocks as its plan resolved them.
+    #[must_use]
+    pub fn layers(&self) -> Vec<LayerRow> {
+        let plan = &self.run.plan;
+        (0..plan.layers)
             .map(|index| LayerRow {
                 index,
-                new: shape.new.contains(&index),
-                trainable: shape.trainable.contains(&index),
+                new: plan.new.contains(&index),
+                trainable: plan.trainable.contains(&index),
             })
-            .collect();
-        self.pruned = shape.pruned;
+            .collect()
     }
 
     #[must_use]
@@ -156,7 +127,7 @@ impl RunData {
     /// Steps per second of the current worker, and seconds left at that rate.
     #[must_use]
     pub fn rate_and_eta(&self) -> Option<(f64, f64)> {
-        let (start_time, start_step) = self.segment_start?;
+        let (start_time, start_step) = self.run.segment_start?;
         let last = self.steps.last()?;
         let done = last.step.checked_sub(start_step)?;
         let secs = last.time - start_time;
@@ -166,7 +137,7 @@ impl RunData {
         let rate = done as f64 / secs;
         Some((
             rate,
-            self.total_steps.saturating_sub(last.step) as f64 / rate,
+            self.run.total_steps.saturating_sub(last.step) as f64 / rate,
         ))
     }
 
@@ -198,16 +169,22 @@ mod tests {
 
     fn start(from: Option<u64>) -> EventKind {
         EventKind::RunStart {
+            format: crate::core::events::EVENT_FORMAT,
             run: "r".into(),
             experiment: "name = \"exp\"\n".into(),
-            plan: serde_json::json!({"base_layers": 2, "layers": [
-                {"index": 0, "origin": "original", "trainable": false},
-                {"index": 1, "origin": "new", "trainable": true}], "pruned": [1]}),
-            config: serde_json::Value::Null,
+            plan: Some(
+                serde_json::from_value(serde_json::json!({"base_layers": 2, "preset": null,
+                    "layers": [
+                    {"index": 0, "origin": "original", "source": 0, "trainable": false},
+                    {"index": 1, "origin": "new", "after": 0, "init": {"kind": "copy", "source": 0},
+                     "zero": [], "scale": {}, "trainable": true}], "pruned": [1]}))
+                .unwrap(),
+            ),
+            config: None,
             trainable_params: 1,
             total_steps: 10,
             resumed_from: from,
-            environment: serde_json::Value::Null,
+            environment: None,
         }
     }
 
@@ -235,9 +212,9 @@ mod tests {
         let mut events = vec![ev(0, 0.0, start(None))];
         events.extend((1..=5).map(|s| ev(s, s as f64, step(s))));
         d.apply(false, &events);
-        assert_eq!(d.experiment, "exp");
-        assert_eq!(d.layers.len(), 2);
-        assert!(d.layers[1].new && d.layers[1].trainable);
+        assert_eq!(d.run.experiment, "exp");
+        assert_eq!(d.layers().len(), 2);
+        assert!(d.layers()[1].new && d.layers()[1].trainable);
         d.apply(
             false,
             &[ev(6, 100.0, start(Some(3))), ev(7, 102.0, step(4))],

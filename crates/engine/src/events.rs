@@ -4,6 +4,50 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::plan::LayerMap;
+use crate::train::TrainConfig;
+
+/// The format of the events this build writes. A reader meeting a higher number says the log
+/// comes from a newer slayer instead of misreading it.
+pub const EVENT_FORMAT: u32 = 2;
+
+fn format_one() -> u32 {
+    1
+}
+
+/// What a run was launched with, beside its experiment text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The base model as given (a path, a fetched name or `gguf:`/`hf:` spec).
+    pub base_model: String,
+    pub train: TrainConfig,
+    /// The device, as the worker opened it (for people; the experiment says what was asked).
+    pub device: String,
+}
+
+/// Where a run's worker ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Environment {
+    /// slayer's version.
+    pub slayer: String,
+    /// Threads available to the worker.
+    pub threads: usize,
+}
+
+/// The `name` and `[model] base` of an experiment's text, as a run records it: the one reading
+/// of them for every projection of an event log (empty when absent or unparsable).
+#[must_use]
+pub fn experiment_fields(text: &str) -> (String, String) {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return (String::new(), String::new());
+    };
+    let text_at = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(str::to_string);
+    (
+        text_at(table.get("name")).unwrap_or_default(),
+        text_at(table.get("model").and_then(|m| m.get("base"))).unwrap_or_default(),
+    )
+}
 
 /// JSON has no NaN or infinity: serde_json writes them as `null`. Read `null` back as NaN so a
 /// diverged metric never makes a log unreadable.
@@ -80,15 +124,22 @@ pub struct SampleRecord {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
     RunStart {
+        /// The event format the worker wrote ([`EVENT_FORMAT`]); logs written before it was
+        /// recorded read as 1, whose payloads had the same shape untyped.
+        #[serde(default = "format_one")]
+        format: u32,
         run: String,
+        /// The experiment's TOML as launched: the record (its name and model are read from it
+        /// by [`experiment_fields`]).
         experiment: String,
-        /// The resolved layer map.
-        plan: serde_json::Value,
-        config: serde_json::Value,
+        /// The resolved layer map (absent only in hand-written logs).
+        plan: Option<LayerMap>,
+        /// Boxed: the training settings would make every event as large as a start.
+        config: Option<Box<RunConfig>>,
         trainable_params: u64,
         total_steps: u64,
         resumed_from: Option<u64>,
-        environment: serde_json::Value,
+        environment: Option<Environment>,
     },
     Step {
         step: u64,

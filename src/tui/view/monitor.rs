@@ -33,7 +33,10 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let head = vec![
         Line::from(vec![
             Span::styled(format!(" {} ", clean(&data.id)), theme.fg("accent")),
-            Span::styled(format!("{} ", clean(&data.experiment)), theme.fg("text")),
+            Span::styled(
+                format!("{} ", clean(&data.run.experiment)),
+                theme.fg("text"),
+            ),
             Span::styled(
                 state.clone(),
                 row.map_or(theme.fg("dim"), |r| super::state_style(theme, r.status)),
@@ -43,7 +46,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
             format!(
                 " step {}/{}  loss {}  lr {}  {} tok/s  {:.2} steps/s  ETA {}",
                 data.last_step(),
-                data.total_steps,
+                data.run.total_steps,
                 last.map_or("—".into(), |s| format!("{:.4}", s.loss)),
                 last.map_or("—".into(), |s| format!("{:.2e}", s.lr)),
                 last.map_or("—".into(), |s| format!("{:.0}", s.tokens_per_sec)),
@@ -148,7 +151,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
         (Marker::Braille, Marker::Braille, "⠒", "━")
     };
     let log = app.monitor.log_y;
-    let total = data.total_steps.max(data.last_step()).max(1) as f64;
+    let total = data.run.total_steps.max(data.last_step()).max(1) as f64;
     let x_min = if app.monitor.recent {
         (data.last_step() as f64 - (total / 5.0).max(50.0)).max(0.0)
     } else {
@@ -360,7 +363,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
         return;
     }
     let mut rows: Vec<(String, &str, Option<usize>)> = data
-        .layers
+        .layers()
         .iter()
         .map(|l| {
             let tag = if l.new { "new" } else { "   " };
@@ -371,7 +374,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
             )
         })
         .collect();
-    if !data.pruned.is_empty() {
+    if !data.run.plan.pruned.is_empty() {
         rows.push(("pruned".to_string(), "pruned_block", None));
     }
     if rows.len() > inner.height as usize {
@@ -385,7 +388,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
     }
     let label_w = 7u16;
     let last = data.last_step().max(1);
-    let total = data.total_steps.max(last);
+    let total = data.run.total_steps.max(last);
     // One column per step when they fit, else buckets of steps.
     let cols = ((inner.width - label_w) as usize).min(total as usize);
     let column_of =
@@ -565,7 +568,7 @@ fn log_tail(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buff
     if let Some(p) = &data.problem {
         top.push(Line::from(Span::styled(clean(p), theme.fg("error"))));
     }
-    for w in data.warnings.iter().rev().take(2) {
+    for w in data.run.warnings.iter().rev().take(2) {
         top.push(Line::from(Span::styled(
             format!("warning: {}", clean(w)),
             theme.fg("warning"),

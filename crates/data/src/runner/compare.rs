@@ -150,14 +150,12 @@ pub fn row(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> CompareR
     let summary = crate::runner::summarize_read(run, log);
     let events: &[Event] = log.map_or(&[], |l| l.events.as_slice());
     let experiment = slayer_engine::experiment::Experiment::load(&run.experiment_path()).ok();
-    let plan = events
-        .iter()
-        .rev()
-        .find_map(|e| match &e.kind {
-            EventKind::RunStart { plan, .. } => Some(describe_plan(plan)),
-            _ => None,
-        })
-        .unwrap_or_else(|| "—".into());
+    let projection = crate::runner::RunProjection::of(events);
+    let plan = if projection.plan.layers == 0 {
+        "—".into()
+    } else {
+        describe_plan(&projection.plan)
+    };
     let evals: Vec<&EvalRecord> = events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -205,9 +203,8 @@ pub fn rows(data_dir: &Path) -> Vec<CompareRow> {
         .collect()
 }
 
-/// `slayer +6 −3 (33 blocks)` from a run's resolved layer map (the JSON of its `run_start`).
-fn describe_plan(plan: &serde_json::Value) -> String {
-    let shape = crate::runner::plan_shape(plan);
+/// `slayer +6 −3 (33 blocks)` from a run's resolved layer map.
+fn describe_plan(shape: &crate::runner::PlanShape) -> String {
     format!(
         "{} +{} −{} ({} blocks)",
         shape.preset.as_deref().unwrap_or("custom"),
@@ -266,11 +263,14 @@ mod tests {
 
     #[test]
     fn plans_are_described_by_their_counts() {
-        let plan = serde_json::json!({
-            "preset": "slayer",
-            "layers": [{"origin": "original"}, {"origin": "new"}, {"origin": "original"}],
-            "pruned": [3],
-        });
+        let plan = crate::runner::PlanShape {
+            preset: Some("slayer".into()),
+            base_layers: 3,
+            layers: 3,
+            new: vec![1],
+            trainable: vec![1],
+            pruned: vec![3],
+        };
         assert_eq!(describe_plan(&plan), "slayer +1 −1 (3 blocks)");
     }
 }

@@ -17,10 +17,13 @@ pub mod alerts;
 pub mod compare;
 pub mod describe;
 pub mod model;
+pub mod projection;
 pub mod queue;
 pub mod tail;
 pub mod transcript;
 pub mod watch;
+
+pub use projection::{RunProjection, joined_steps};
 
 use slayer_engine::events::{Event, EventKind, EventSink};
 
@@ -393,14 +396,15 @@ mod tests {
 
     fn start(resumed_from: Option<u64>) -> EventKind {
         EventKind::RunStart {
+            format: slayer_engine::events::EVENT_FORMAT,
             run: "r".into(),
             experiment: String::new(),
-            plan: serde_json::Value::Null,
-            config: serde_json::Value::Null,
+            plan: None,
+            config: None,
             trainable_params: 0,
             total_steps: 10,
             resumed_from,
-            environment: serde_json::Value::Null,
+            environment: None,
         }
     }
 
@@ -798,12 +802,16 @@ impl RunDir {
     /// The run's state from its events and its worker's liveness.
     #[must_use]
     pub fn state(&self, events: &[Event]) -> RunState {
-        self.state_after(deciding_event(events))
+        self.state_of(&RunProjection::of(events))
     }
 
-    /// The run's state given its [`deciding_event`] and its worker's liveness.
+    /// The run's state given what its events say ([`RunProjection`]) and its worker's liveness.
     #[must_use]
-    pub fn state_after(&self, last: Option<&Event>) -> RunState {
+    pub fn state_of(&self, run: &RunProjection) -> RunState {
+        self.state_from(run.end.as_ref(), run.segment_start.is_some())
+    }
+
+    fn state_from(&self, end: Option<&projection::Ending>, started: bool) -> RunState {
         let live = self.worker().is_some_and(|w| w.alive());
         if !live && self.path.join("queued").is_file() {
             return RunState::Queued;
@@ -817,55 +825,24 @@ impl RunDir {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .is_some_and(|t| t.as_secs_f64() > end_time)
         };
-        match last.map(|e| (&e.kind, e.time)) {
-            Some((EventKind::End { status, .. }, time)) if !(live && worker_since_end(time)) => {
-                match status {
-                    slayer_engine::events::RunStatus::Finished => RunState::Finished,
-                    slayer_engine::events::RunStatus::Failed => RunState::Failed,
-                    slayer_engine::events::RunStatus::Stopped => RunState::Stopped,
-                }
-            }
+        match end {
+            Some(end) if !(live && worker_since_end(end.time)) => match end.status {
+                slayer_engine::events::RunStatus::Finished => RunState::Finished,
+                slayer_engine::events::RunStatus::Failed => RunState::Failed,
+                slayer_engine::events::RunStatus::Stopped => RunState::Stopped,
+            },
             _ if live => RunState::Running,
             // A worker was recorded but wrote nothing (a full disk, a crash at start): it is
             // not waiting for anything.
-            None if self.path.join("worker.pid").exists() => RunState::Lost,
-            None => RunState::Queued,
+            None if !started && self.path.join("worker.pid").exists() => RunState::Lost,
+            None if !started => RunState::Queued,
             _ => RunState::Lost,
         }
     }
 }
 
-/// The event that decides a run's state: the newest start or end (a start after an end is a
-/// resume).
-#[must_use]
-pub fn deciding_event(events: &[Event]) -> Option<&Event> {
-    events
-        .iter()
-        .rev()
-        .find(|e| matches!(e.kind, EventKind::End { .. } | EventKind::RunStart { .. }))
-}
-
-/// The run's step events as one history: a resume from checkpoint `c` replaces every step after
-/// `c` recorded before it (those were lost with the worker), so no step appears twice.
-#[must_use]
-pub fn joined_steps(events: &[Event]) -> Vec<&Event> {
-    let mut steps: Vec<&Event> = Vec::new();
-    for e in events {
-        match &e.kind {
-            EventKind::RunStart { resumed_from, .. } => {
-                let from = resumed_from.unwrap_or(0);
-                steps.retain(|s| matches!(s.kind, EventKind::Step { step, .. } if step <= from));
-            }
-            EventKind::Step { .. } => steps.push(e),
-            _ => {}
-        }
-    }
-    steps
-}
-
-/// The resolved layer map a run's `run_start` records, in brief: the one reading of that JSON,
-/// used by the store, the compare table and the console's monitor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The resolved layer map a run's `run_start` records, in brief (see [`PlanShape::of`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlanShape {
     pub preset: Option<String>,
     pub base_layers: usize,
@@ -877,34 +854,17 @@ pub struct PlanShape {
     pub pruned: Vec<usize>,
 }
 
-/// Reads a serialised [`slayer_engine::plan::LayerMap`]; missing parts read as empty.
-#[must_use]
-pub fn plan_shape(plan: &serde_json::Value) -> PlanShape {
-    let layers = plan["layers"].as_array().map_or(&[][..], Vec::as_slice);
-    // Final indices are positions: an original block's own `index` shadows the final one in the
-    // serialised map.
-    let indices = |pred: &dyn Fn(&serde_json::Value) -> bool| -> Vec<usize> {
-        layers
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| pred(l))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    PlanShape {
-        preset: plan["preset"].as_str().map(str::to_string),
-        base_layers: usize::try_from(plan["base_layers"].as_u64().unwrap_or(0)).unwrap_or(0),
-        layers: layers.len(),
-        new: indices(&|l| l["origin"] == "new"),
-        trainable: indices(&|l| l["trainable"] == true),
-        pruned: plan["pruned"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_u64().and_then(|v| usize::try_from(v).ok()))
-                    .collect()
-            })
-            .unwrap_or_default(),
+impl PlanShape {
+    #[must_use]
+    pub fn of(map: &slayer_engine::plan::LayerMap) -> Self {
+        Self {
+            preset: map.preset.clone(),
+            base_layers: map.base_layers,
+            layers: map.layers.len(),
+            new: map.new_indices(),
+            trainable: map.trainable_indices(),
+            pruned: map.pruned.clone(),
+        }
     }
 }
 
@@ -936,106 +896,88 @@ impl RunSummary {
 
 #[must_use]
 pub fn summarize(run: &RunDir) -> RunSummary {
-    let (summary, _, _) = summarize_with_marker(run);
-    summary
+    summarize_projected(run, run.read_event_log().as_ref()).0
 }
 
 /// The state of a run whose log cannot be read: running while its worker lives, else lost.
 fn unreadable_state(run: &RunDir) -> RunState {
-    match run.state_after(None) {
+    match run.state_from(None, false) {
         RunState::Running => RunState::Running,
         _ => RunState::Lost,
     }
-}
-
-/// The summary, the event that decides the run's state, and whether the log could be read
-/// (kept by [`RunTable`]).
-fn summarize_with_marker(run: &RunDir) -> (RunSummary, Option<Event>, bool) {
-    summarize_log(run, run.read_event_log().as_ref())
 }
 
 /// The summary of a run whose event log the caller has read (a table that needs the events
 /// too reads each log once).
 #[must_use]
 pub fn summarize_read(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> RunSummary {
-    summarize_log(run, log).0
+    summarize_projected(run, log).0
 }
 
-fn summarize_log(
+/// The summary, and the projection it came from (`None` when the log could not be read): what
+/// [`RunTable`] keeps to recompute the state without reading the log again.
+fn summarize_projected(
     run: &RunDir,
     log: Result<&EventLogRead, &anyhow::Error>,
-) -> (RunSummary, Option<Event>, bool) {
+) -> (RunSummary, Option<RunProjection>) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    let experiment = slayer_engine::experiment::Experiment::load(&run.experiment_path())
-        .map_or_else(|_| "?".into(), |e| e.name);
-    match log {
+    let projection = log.ok().map(|l| RunProjection::of(&l.events));
+    // The name the run was launched under; a queued run's from its experiment file.
+    let experiment = match &projection {
+        Some(p) if !p.experiment.is_empty() => p.experiment.clone(),
+        _ => slayer_engine::experiment::Experiment::load(&run.experiment_path())
+            .map_or_else(|_| "?".into(), |e| e.name),
+    };
+    let summary = match (log, &projection) {
         // An unreadable log (permissions, I/O) still leaves the worker to ask: a run whose
         // worker lives is running, whatever its log says.
-        Err(e) => (
-            RunSummary {
-                id: run.id.clone(),
-                experiment,
-                status: unreadable_state(run),
-                step: 0,
-                total_steps: 0,
-                last_loss: None,
-                age_secs: 0.0,
-                ran_secs: 0.0,
-                problem: Some(format!("{e:#}")),
-            },
-            None,
-            false,
-        ),
-        Ok(log) => {
+        (Err(_), _) | (Ok(_), None) => RunSummary {
+            id: run.id.clone(),
+            experiment,
+            status: unreadable_state(run),
+            step: 0,
+            total_steps: 0,
+            last_loss: None,
+            age_secs: 0.0,
+            ran_secs: 0.0,
+            problem: log.err().map(|e| format!("{e:#}")),
+        },
+        (Ok(log), Some(p)) => {
             let mut problem = log.warning();
-            let events = &log.events;
-            if events.is_empty() && problem.is_none() && run.state_after(None) == RunState::Lost {
+            if let Some(format) = p.newer_format {
+                problem = Some(format!(
+                    "{} was written by a newer slayer (event format {format}; this build reads \
+                     {}): upgrade to read it whole",
+                    run.events_path().display(),
+                    slayer_engine::events::EVENT_FORMAT
+                ));
+            }
+            let status = run.state_of(p);
+            if log.events.is_empty() && problem.is_none() && status == RunState::Lost {
                 problem = Some(run.silent_worker_problem());
             }
-            let steps = joined_steps(events);
-            let (step, last_loss) = steps.last().map_or((0, None), |e| match e.kind {
-                EventKind::Step { step, loss, .. } => (step, Some(loss)),
-                _ => (0, None),
-            });
-            let total_steps = events
-                .iter()
-                .rev()
-                .find_map(|e| {
-                    if let EventKind::RunStart { total_steps, .. } = e.kind {
-                        Some(total_steps)
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or(0);
             // A queued run has no events yet: its age is that of its directory.
             let created = std::fs::metadata(&run.path)
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(now, |d| d.as_secs_f64());
-            let started = events.first().map_or(created, |e| e.time);
-            let ran_secs = events.last().map_or(0.0, |e| e.time - started);
-            let marker = deciding_event(events).cloned();
-            (
-                RunSummary {
-                    id: run.id.clone(),
-                    experiment,
-                    status: run.state_after(marker.as_ref()),
-                    step,
-                    total_steps,
-                    last_loss,
-                    age_secs: now - started,
-                    ran_secs,
-                    problem,
-                },
-                marker,
-                true,
-            )
+            RunSummary {
+                id: run.id.clone(),
+                experiment,
+                status,
+                step: p.step,
+                total_steps: p.total_steps,
+                last_loss: p.last_loss,
+                age_secs: now - p.started.unwrap_or(created),
+                ran_secs: p.ran_secs(),
+                problem,
+            }
         }
-    }
+    };
+    (summary, projection)
 }
 
 /// What identifies a version of a run's files: the event log's length and modification time,
@@ -1055,7 +997,7 @@ fn stamp(run: &RunDir) -> Stamp {
 /// state (which also depends on its worker's liveness) and age are recomputed every time.
 #[derive(Default)]
 pub struct RunTable {
-    cached: std::collections::HashMap<String, (Stamp, RunSummary, Option<Event>, bool, f64)>,
+    cached: std::collections::HashMap<String, (Stamp, RunSummary, Option<RunProjection>, f64)>,
 }
 
 impl RunTable {
@@ -1070,22 +1012,22 @@ impl RunTable {
             .map(|run| {
                 let stamp = stamp(run);
                 match self.cached.get(&run.id) {
-                    Some((s, summary, marker, readable, started)) if *s == stamp => {
+                    Some((s, summary, projection, started)) if *s == stamp => {
                         let mut summary = summary.clone();
-                        summary.status = if *readable {
-                            run.state_after(marker.as_ref())
-                        } else {
-                            unreadable_state(run)
+                        summary.status = match projection {
+                            Some(p) => run.state_of(p),
+                            None => unreadable_state(run),
                         };
                         summary.age_secs = now - started;
                         summary
                     }
                     _ => {
-                        let (summary, marker, readable) = summarize_with_marker(run);
+                        let (summary, projection) =
+                            summarize_projected(run, run.read_event_log().as_ref());
                         let started = now - summary.age_secs;
                         self.cached.insert(
                             run.id.clone(),
-                            (stamp, summary.clone(), marker, readable, started),
+                            (stamp, summary.clone(), projection, started),
                         );
                         summary
                     }

@@ -19,13 +19,14 @@ use serde::{Deserialize, Serialize};
 
 mod series;
 
+use crate::runner::projection::Applied;
 use crate::runner::tail::{Cursor, LogTail};
 use crate::runner::transcript::{Transcript, list_transcripts};
-use crate::runner::{RunDir, list_runs};
-use slayer_engine::events::{EvalRecord, Event, EventKind, RunStatus};
+use crate::runner::{PlanShape, RunDir, RunProjection, list_runs};
+use slayer_engine::events::{EvalRecord, Event, EventKind};
 
 /// The store's on-disk format. A store written with a higher number is refused, not misread.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,36 +70,15 @@ pub type Dump = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: String,
-    pub experiment: String,
     /// Hash of the experiment text the run was launched with (a version in the history).
     pub experiment_version: String,
-    pub base_model: String,
-    pub plan: PlanSummary,
-    pub total_steps: u64,
-    /// Last step of the joined history.
-    pub step: u64,
-    pub last_loss: Option<f64>,
-    pub started: f64,
-    pub last_event: f64,
-    /// How it ended, if its log says so (liveness comes from the run directory).
-    pub ended: Option<RunStatus>,
-    pub resumes: u32,
-    pub checkpoints: Vec<u64>,
+    /// Hash of the resolved layer map: runs with equal hashes trained the same architecture.
+    pub plan_hash: String,
+    /// What its events say: the one projection, which each ingestion carries on from
+    /// (liveness comes from the run directory).
+    pub run: RunProjection,
     /// A problem reading its log, naming the file and line.
     pub problem: Option<String>,
-}
-
-/// The resolved layer map, in brief.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanSummary {
-    pub preset: Option<String>,
-    pub base_layers: usize,
-    pub layers: usize,
-    pub new: Vec<usize>,
-    pub trainable: Vec<usize>,
-    pub pruned: Vec<usize>,
-    /// Hash of the resolved map: runs with equal hashes trained the same architecture.
-    pub hash: String,
 }
 
 /// One version of an experiment file.
@@ -129,7 +109,8 @@ pub struct Lineage {
     pub experiment: String,
     pub experiment_version: String,
     pub base_model: String,
-    pub plan: PlanSummary,
+    pub plan: PlanShape,
+    pub plan_hash: String,
     pub run: String,
     /// Other runs that trained the same resolved plan.
     pub same_plan: Vec<String>,
@@ -339,6 +320,11 @@ impl Store {
                         found,
                     });
                 }
+                if found < FORMAT {
+                    // The index is derived from the run directories: an older one is emptied
+                    // and filled again by the next ingestion (every cursor goes with it).
+                    store.clear()?;
+                }
             }
         }
         Ok(store)
@@ -493,42 +479,27 @@ impl Store {
         }
         let mut series = series::SeriesWriter::new(self, run);
         for event in events {
-            if record.started == 0.0 {
-                record.started = event.time;
+            if let Applied::Truncate { after } = record.run.apply(event) {
+                series.truncate_after(after)?;
             }
-            record.last_event = event.time;
             match &event.kind {
+                // The first start names the experiment version and the plan.
                 EventKind::RunStart {
-                    experiment,
-                    plan,
-                    total_steps,
-                    resumed_from,
-                    ..
-                } => {
-                    record.total_steps = *total_steps;
-                    record.ended = None;
-                    if let Some(from) = resumed_from {
-                        record.resumes += 1;
-                        // Steps after the checkpoint were lost with the worker: the resumed
-                        // worker's steps replace them (as in `joined_steps`).
-                        series.truncate_after(*from)?;
-                        record.step = record.step.min(*from);
-                        record.checkpoints.retain(|c| c <= from);
-                    } else {
-                        record.experiment_version = hash_hex(experiment.as_bytes());
-                        record.experiment = experiment_name(experiment);
-                        record.base_model = base_model(experiment);
-                        record.plan = summarize_plan(plan);
-                        self.add_experiment_version(
-                            experiment,
-                            run,
-                            &format!("run {run}"),
-                            event.time as u64,
-                        )?;
-                        self.plans
-                            .insert(key(&[record.plan.hash.as_bytes(), run.as_bytes()]), &[])
-                            .map_err(|e| self.db_err(e))?;
-                    }
+                    experiment, plan, ..
+                } if record.experiment_version.is_empty() => {
+                    record.experiment_version = hash_hex(experiment.as_bytes());
+                    record.plan_hash = plan.as_ref().map_or_else(String::new, |map| {
+                        hash_hex(serde_json::to_string(map).unwrap_or_default().as_bytes())
+                    });
+                    self.add_experiment_version(
+                        experiment,
+                        run,
+                        &format!("run {run}"),
+                        event.time as u64,
+                    )?;
+                    self.plans
+                        .insert(key(&[record.plan_hash.as_bytes(), run.as_bytes()]), &[])
+                        .map_err(|e| self.db_err(e))?;
                 }
                 EventKind::Step {
                     step,
@@ -539,8 +510,6 @@ impl Store {
                     blocks,
                     ..
                 } => {
-                    record.step = *step;
-                    record.last_loss = Some(*loss);
                     series.put("loss", *step, *loss)?;
                     series.put("lr", *step, *lr)?;
                     series.put("tokens_per_sec", *step, *tokens_per_sec)?;
@@ -560,14 +529,7 @@ impl Store {
                         .insert(key(&[run.as_bytes(), &event.seq.to_be_bytes()]), v)
                         .map_err(|e| self.db_err(e))?;
                 }
-                EventKind::Checkpoint { step, .. } => {
-                    if !record.checkpoints.contains(step) {
-                        record.checkpoints.push(*step);
-                        record.checkpoints.sort_unstable();
-                    }
-                }
-                EventKind::End { status, .. } => record.ended = Some(*status),
-                EventKind::SkippedStep { .. } | EventKind::Warning { .. } => {}
+                _ => {}
             }
         }
         series.commit()?;
@@ -584,7 +546,7 @@ impl Store {
         }
         if let Some(r) = self.run(run)? {
             self.plans
-                .remove(key(&[r.plan.hash.as_bytes(), run.as_bytes()]))
+                .remove(key(&[r.plan_hash.as_bytes(), run.as_bytes()]))
                 .map_err(|e| self.db_err(e))?;
         }
         self.runs.remove(run).map_err(|e| self.db_err(e))?;
@@ -633,7 +595,7 @@ impl Store {
         source: &str,
         first_seen: u64,
     ) -> Result<bool> {
-        let mut name = experiment_name(text);
+        let mut name = slayer_engine::events::experiment_fields(text).0;
         if name.is_empty() {
             name = fallback_name.to_string();
         }
@@ -740,11 +702,11 @@ impl Store {
         };
         let same_plan = self
             .plans
-            .scan_prefix(key(&[r.plan.hash.as_bytes(), &[]]))
+            .scan_prefix(key(&[r.plan_hash.as_bytes(), &[]]))
             .keys()
             .filter_map(std::result::Result::ok)
             .filter_map(|k| {
-                let id = String::from_utf8_lossy(&k[r.plan.hash.len() + 1..]).into_owned();
+                let id = String::from_utf8_lossy(&k[r.plan_hash.len() + 1..]).into_owned();
                 (id != run).then_some(id)
             })
             .collect();
@@ -755,13 +717,14 @@ impl Store {
             .map(|c| c.id)
             .collect();
         Ok(Some(Lineage {
-            experiment: r.experiment,
+            experiment: r.run.experiment,
             experiment_version: r.experiment_version,
-            base_model: r.base_model,
-            plan: r.plan,
+            base_model: r.run.base_model,
+            plan: r.run.plan,
+            plan_hash: r.plan_hash,
             run: run.to_string(),
             same_plan,
-            checkpoints: r.checkpoints,
+            checkpoints: r.run.checkpoints,
             removed_checkpoints: Vec::new(),
             evals: self
                 .evals(run)?
@@ -795,6 +758,18 @@ impl Store {
         &self.path
     }
 
+    /// Empties every tree and marks the store as this build's format.
+    fn clear(&self) -> Result<()> {
+        for name in TREES {
+            let tree = self.db.open_tree(name).map_err(|e| self.db_err(e))?;
+            tree.clear().map_err(|e| self.db_err(e))?;
+        }
+        self.meta
+            .insert("format", &FORMAT.to_be_bytes())
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
     /// Marks the store as written by format `n` (tests of the newer-version refusal).
     #[doc(hidden)]
     pub fn set_format(&self, n: u64) -> Result<()> {
@@ -824,36 +799,5 @@ fn empty_eval() -> EvalRecord {
         step: 0,
         ppl: Vec::new(),
         tasks: Vec::new(),
-    }
-}
-
-/// The `name` of an experiment text (empty when it has none or does not parse).
-fn experiment_name(text: &str) -> String {
-    toml::from_str::<toml::Table>(text)
-        .ok()
-        .and_then(|t| t.get("name")?.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// `[model] base` of an experiment text.
-fn base_model(text: &str) -> String {
-    toml::from_str::<toml::Table>(text)
-        .ok()
-        .and_then(|t| t.get("model")?.get("base")?.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-/// Summarises a serialised [`slayer_engine::plan::LayerMap`] ([`crate::runner::plan_shape`]),
-/// with its hash.
-fn summarize_plan(plan: &serde_json::Value) -> PlanSummary {
-    let shape = crate::runner::plan_shape(plan);
-    PlanSummary {
-        preset: shape.preset,
-        base_layers: shape.base_layers,
-        layers: shape.layers,
-        new: shape.new,
-        trainable: shape.trainable,
-        pruned: shape.pruned,
-        hash: hash_hex(plan.to_string().as_bytes()),
     }
 }

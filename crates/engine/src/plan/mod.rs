@@ -12,7 +12,7 @@ pub mod totals;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use preset::PRESETS;
 pub use spec::{InitKind, ModelSpec, PlanFile, PlanSpec, Span};
@@ -101,7 +101,7 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// How a new block starts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Init {
     Copy { source: usize },
@@ -120,7 +120,7 @@ impl Init {
 }
 
 /// Where a final block comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "origin", rename_all = "lowercase")]
 pub enum Origin {
     /// Original block `index`, unchanged. Serialised as `source`: the final block's own `index`
@@ -141,7 +141,7 @@ pub enum Origin {
 }
 
 /// One block of the resolved model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalLayer {
     pub index: usize,
     #[serde(flatten)]
@@ -157,7 +157,7 @@ impl FinalLayer {
 }
 
 /// A plan resolved against a base depth.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerMap {
     pub base_layers: usize,
     pub preset: Option<String>,

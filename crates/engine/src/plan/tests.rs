@@ -407,3 +407,26 @@ fn absurd_counts_are_errors_not_allocations() {
         .contains("more than 4096")
     );
 }
+
+/// A run's `run_start` records the resolved map as JSON and every reader reads it back typed:
+/// each preset, and a map with zeroed and scaled tensors, come back equal.
+#[test]
+fn resolved_maps_read_back_from_their_json() {
+    let mut texts: Vec<String> = PRESETS
+        .iter()
+        .filter(|p| **p != "none")
+        .map(|p| format!("[plan]\npreset = \"{p}\"\n"))
+        .collect();
+    texts.push(
+        "[plan]\nzero = [\"mlp.down_proj.weight\"]\ninsert = [\n  { after = 1, init = \"copy\", \
+         source = 1, scale = { up_proj = 0.5 } },\n  { after = 3, init = \"average\", \
+         sources = [3, 4] },\n]\nprune = [2]\n"
+            .into(),
+    );
+    for text in texts {
+        let m = map(&text, 12);
+        let json = serde_json::to_string(&m).unwrap();
+        let back: LayerMap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m, "{text}");
+    }
+}
