@@ -1,6 +1,7 @@
 //! The console in a real terminal: tmux runs it, send-keys drives it and capture-pane reads the
 //! screen. Open the experiment, edit the plan and watch the layer map change, launch a short CPU
-//! run, watch its step counter advance, leave with the run still going, reopen, find the run.
+//! run, watch its step counter advance (and ask the store about it from a shell meanwhile),
+//! leave with the run still going, reopen, find the run.
 
 #![allow(
     clippy::unwrap_used,
@@ -167,6 +168,22 @@ fn drive_the_console_through_a_run_and_back() {
         step_of(s).is_some_and(|n| n > n0)
     });
     assert!(later.contains("blocks × steps"), "{later}");
+    // The setup our users have: the console watching a live run in one pane, a shell in
+    // another. The store's read commands answer there (the console holds the store only for
+    // each sync), and the lineage has the run's first checkpoint once it is written.
+    let id = slayer::runner::list_runs(home.path())[0].id.clone();
+    for _ in 0..5 {
+        let status = common::ok(&common::slayer(home.path(), &["store", "status"]));
+        assert!(status.contains("1 runs"), "{status}");
+    }
+    let lineage = common::ok(&common::slayer(home.path(), &["store", "lineage", &id]));
+    assert!(
+        lineage.contains(&format!("run         {id}")) && lineage.contains("experiment  tiny"),
+        "{lineage}"
+    );
+    tmux.wait_for("the run still streaming", |s| {
+        step_of(s).is_some_and(|n| n > n0 + 1)
+    });
     // Leave: the run keeps going (the default answer).
     tmux.keys(&["q"]);
     tmux.wait_for("the quit question", |s| s.contains("leave them running"));

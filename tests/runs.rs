@@ -352,7 +352,7 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
         vec!["base", "expanded", "final"]
     );
     drop(store);
-    let (rebuilt, _) = Store::rebuild(home.path(), "test", &[]).unwrap();
+    let (rebuilt, _) = Store::rebuild(home.path(), "test", &[], Duration::ZERO).unwrap();
     assert_eq!(
         rebuilt.dump().unwrap(),
         twice,
@@ -376,7 +376,7 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
     assert_eq!(rebuilt.evals(&b.id).unwrap().len(), 4);
     let incremental = rebuilt.dump().unwrap();
     drop(rebuilt);
-    let (again, _) = Store::rebuild(home.path(), "test", &[]).unwrap();
+    let (again, _) = Store::rebuild(home.path(), "test", &[], Duration::ZERO).unwrap();
     assert_eq!(again.dump().unwrap(), incremental);
     // Experiment history: the file, and each run's text.
     let names: Vec<String> = again
@@ -389,11 +389,27 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
 }
 
 #[test]
-fn a_second_opener_is_told_who_holds_the_store() {
+fn store_commands_wait_for_a_holder_and_name_one_that_keeps_it() {
     let home = tempfile::tempdir().unwrap();
+    // Held for a moment (as the console holds it for a sync): the command waits and answers.
     let store = Store::open(home.path(), "slayer console").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_slayer"))
+        .args(["store", "status"])
+        .env("SLAYER_HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(store);
+    let out = child.wait_with_output().unwrap();
+    assert!(ok(&out).contains("0 runs"));
+    // Held throughout: refused after the wait, naming the holder.
+    let store = Store::open(home.path(), "slayer console").unwrap();
+    let started = std::time::Instant::now();
     let out = slayer(home.path(), &["store", "status"]);
     assert!(!out.status.success());
+    assert!(started.elapsed() >= Duration::from_secs(9), "it waited");
     let msg = stderr(&out);
     assert!(
         msg.contains(&format!(

@@ -43,9 +43,17 @@ fn holder() -> String {
     )
 }
 
+/// How long a store command waits for another holder (the console holds it for a sync, a few
+/// milliseconds at a time; a rebuild of a large index, longer).
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn open(data_dir: &Path) -> Result<Store> {
+    Ok(Store::open_waiting(data_dir, &holder(), PATIENCE)?)
+}
+
 /// Opens the store and ingests whatever is new.
 pub(crate) fn open_synced(data_dir: &Path) -> Result<Store> {
-    let store = Store::open(data_dir, &holder())?;
+    let store = open(data_dir)?;
     store.ingest_all(data_dir, &extra_experiment_dirs())?;
     Ok(store)
 }
@@ -54,7 +62,8 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
     match cmd {
         StoreCommand::Rebuild => {
             let started = std::time::Instant::now();
-            let (store, stats) = Store::rebuild(data_dir, &holder(), &extra_experiment_dirs())?;
+            let (store, stats) =
+                Store::rebuild(data_dir, &holder(), &extra_experiment_dirs(), PATIENCE)?;
             store.flush()?;
             errln!(
                 "rebuilt {} from {} runs ({} events), {} experiment versions, {} chats in {:.2} s",
@@ -69,7 +78,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
             Ok(0)
         }
         StoreCommand::Sync => {
-            let store = Store::open(data_dir, &holder())?;
+            let store = open(data_dir)?;
             let stats = store.ingest_all(data_dir, &extra_experiment_dirs())?;
             store.flush()?;
             errln!(

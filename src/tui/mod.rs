@@ -277,27 +277,11 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
     let _ = std::thread::Builder::new()
         .name("follow".into())
         .spawn(move || {
-            // The store is held for the console's lifetime; if another process holds it, the
-            // console runs from the run directories and tries again every few seconds.
-            let open_store =
-                |announce: bool| match crate::store::Store::open(&data_dir, "slayer console") {
-                    Ok(s) => {
-                        let _ = s.ingest_all(&data_dir, &[]);
-                        if !announce {
-                            let _ = tx.send(Event::Status(true, "store available again".into()));
-                        }
-                        Some(s)
-                    }
-                    Err(e) => {
-                        if announce {
-                            tracing::warn!("console without the store for now: {e}");
-                            let _ = tx.send(Event::Status(false, format!("{e} (retrying)")));
-                        }
-                        None
-                    }
-                };
-            let mut store = open_store(true);
-            let mut last_try = Instant::now();
+            // The store is opened for each sync and closed again, so the CLI's store commands
+            // answer while the console runs (see `store`'s module doc). Runs whose events
+            // arrived while someone else held it are ingested at the next sync.
+            let mut store_sync = StoreSync::new(&data_dir, tx.clone());
+            store_sync.sync_if_due();
             let mut follower = crate::runner::tail::Follower::all(&data_dir);
             let mut last_chats = Vec::new();
             // Re-read every 2 s for liveness: only changed logs are parsed again.
@@ -307,20 +291,19 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
             while !stop.load(Ordering::Relaxed) {
                 let mut experiments_changed = false;
                 let mut runs_changed = false;
+                let mut changed_runs = Vec::new();
                 for u in &updates {
                     match u {
                         crate::runner::tail::Update::Experiment(_) => experiments_changed = true,
                         crate::runner::tail::Update::Events { run, .. } => {
                             runs_changed = true;
-                            if let (Some(s), Ok(dir)) =
-                                (&mut store, crate::runner::RunDir::open(&data_dir, run))
-                            {
-                                let _ = s.ingest_run(&dir);
-                            }
+                            changed_runs.push(run.clone());
                         }
                         crate::runner::tail::Update::Problem { .. } => {}
                     }
                 }
+                store_sync.want(changed_runs);
+                store_sync.sync_if_due();
                 if !updates.is_empty()
                     && tx
                         .send(Event::Follow(std::mem::take(&mut updates)))
@@ -340,13 +323,91 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
                         let _ = tx.send(Event::Chats(chats));
                     }
                 }
-                if store.is_none() && last_try.elapsed() > Duration::from_secs(5) {
-                    last_try = Instant::now();
-                    store = open_store(false);
-                }
                 updates = follower.wait(Duration::from_millis(500));
             }
         });
+}
+
+/// The console's side of the store: short holds, at most one a second.
+struct StoreSync {
+    data_dir: PathBuf,
+    tx: UnboundedSender<Event>,
+    /// Runs with events not yet ingested.
+    pending: std::collections::BTreeSet<String>,
+    /// Everything is to be ingested (at start, and after the store could not be had).
+    whole: bool,
+    /// Whether the last try failed (said once on the status line, and once when it mends).
+    failing: bool,
+    last_try: Option<Instant>,
+}
+
+impl StoreSync {
+    /// How long one sync waits for a CLI command that holds the store.
+    const PATIENCE: Duration = Duration::from_millis(500);
+    /// The least time between two syncs: a run logging ten steps a second costs one open a
+    /// second, not ten.
+    const INTERVAL: Duration = Duration::from_secs(1);
+
+    fn new(data_dir: &Path, tx: UnboundedSender<Event>) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            tx,
+            pending: std::collections::BTreeSet::new(),
+            whole: true,
+            failing: false,
+            last_try: None,
+        }
+    }
+
+    /// Notes runs whose logs grew.
+    fn want(&mut self, runs: impl IntoIterator<Item = String>) {
+        self.pending.extend(runs);
+    }
+
+    /// Ingests what is wanted, if anything is and the last sync is long enough ago.
+    fn sync_if_due(&mut self) {
+        let due = self.last_try.is_none_or(|t| t.elapsed() >= Self::INTERVAL);
+        if !due || !(self.whole || !self.pending.is_empty()) {
+            return;
+        }
+        self.last_try = Some(Instant::now());
+        let result =
+            crate::store::Store::open_waiting(&self.data_dir, "slayer console", Self::PATIENCE)
+                .and_then(|store| {
+                    if self.whole {
+                        store.ingest_all(&self.data_dir, &[]).map(|_| ())
+                    } else {
+                        for run in &self.pending {
+                            if let Ok(dir) = crate::runner::RunDir::open(&self.data_dir, run) {
+                                store.ingest_run(&dir)?;
+                            }
+                        }
+                        Ok(())
+                    }
+                });
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    let _ = self
+                        .tx
+                        .send(Event::Status(true, "store available again".into()));
+                }
+                self.failing = false;
+                self.whole = false;
+                self.pending.clear();
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!("console without the store for now: {e}");
+                    let _ = self
+                        .tx
+                        .send(Event::Status(false, format!("{e} (retrying)")));
+                }
+                self.failing = true;
+                self.whole = true;
+            }
+        }
+    }
 }
 
 /// Commands to the chat thread.

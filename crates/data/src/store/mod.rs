@@ -5,10 +5,16 @@
 //! idempotent: every record is keyed by its run and step or sequence number, and each log is
 //! read from a saved cursor.
 //!
-//! Sharing: one process holds the store at a time (the console, for as long as it is open; a CLI
-//! command, for the moment it needs it). Everyone else reads run directories directly, which is
-//! what the CLI's `runs` commands always do. A second opener gets [`StoreError::InUse`] naming
-//! the holder.
+//! Sharing: sled 0.34 lets one process open a database at a time, so nobody holds the store
+//! for long. The console opens it for each sync (every couple of seconds while something
+//! changed: a few milliseconds to open, then only what is new is ingested) and closes it again;
+//! a CLI command holds it for the moment it needs it. Openers that find it held wait for it
+//! ([`Store::open_waiting`]) instead of failing, so `store status`, `store lineage` and
+//! `experiments history` answer while the console runs. Of the alternatives, one writer that
+//! others ask over a socket would make every reader depend on the console being up, and
+//! readers of an exported snapshot would see it stale and double the bytes on disk; short
+//! holds need neither. A holder that keeps it past the patience (a rebuild of a large index)
+//! gets [`StoreError::InUse`] naming it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,8 +37,9 @@ pub const FORMAT: u64 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "the store {path} is in use by {holder}. The CLI reads run directories directly; close \
-         that process to run store commands"
+        "the store {path} is in use by {holder}, which has not let it go in time (store \
+         commands wait 10 s; the console holds it a moment at a time). The `runs` commands read \
+         run directories directly"
     )]
     InUse { path: PathBuf, holder: String },
     #[error(
@@ -196,6 +203,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// [`lock`], waiting up to `patience` while another process holds it.
+fn lock_waiting(dir: &Path, holder: &str, patience: std::time::Duration) -> Result<File> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match lock(dir, holder) {
+            Err(StoreError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Takes the store's lock file, writing `holder` into it; a held lock names its holder.
 fn lock(dir: &Path, holder: &str) -> Result<File> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -267,8 +289,18 @@ impl Store {
     /// Opens (creating if needed) the store of `data_dir`; `holder` says who holds it (shown to
     /// anyone else who tries).
     pub fn open(data_dir: &Path, holder: &str) -> Result<Self> {
+        Self::open_waiting(data_dir, holder, std::time::Duration::ZERO)
+    }
+
+    /// [`Store::open`], waiting up to `patience` while another process holds the store (the
+    /// console's syncs hold it for milliseconds).
+    pub fn open_waiting(
+        data_dir: &Path,
+        holder: &str,
+        patience: std::time::Duration,
+    ) -> Result<Self> {
         let dir = store_dir(data_dir);
-        let lock = lock(&dir, holder)?;
+        let lock = lock_waiting(&dir, holder, patience)?;
         Self::open_at(&dir.join("db"), Some(lock))
     }
 
@@ -333,14 +365,16 @@ impl Store {
     /// Recreates the index from the run directories, experiment files and transcripts under
     /// `data_dir` (works on a damaged or newer-format store too). The new index is built beside
     /// the old one and replaces it only once complete: a rebuild that fails (a full disk) leaves
-    /// the old index as it was.
+    /// the old index as it was. Waits up to `patience` for another holder, like
+    /// [`Store::open_waiting`].
     pub fn rebuild(
         data_dir: &Path,
         holder: &str,
         experiment_dirs: &[PathBuf],
+        patience: std::time::Duration,
     ) -> Result<(Self, IngestStats)> {
         let dir = store_dir(data_dir);
-        let lock = lock(&dir, holder)?;
+        let lock = lock_waiting(&dir, holder, patience)?;
         let db_path = dir.join("db");
         let fresh_path = dir.join("db.rebuild");
         let old_path = dir.join("db.old");
