@@ -367,7 +367,8 @@ impl StoreSync {
     /// Ingests what is wanted, if anything is and the last sync is long enough ago.
     fn sync_if_due(&mut self) {
         let due = self.last_try.is_none_or(|t| t.elapsed() >= Self::INTERVAL);
-        if !due || !(self.whole || !self.pending.is_empty()) {
+        let wanted = self.whole || !self.pending.is_empty();
+        if !due || !wanted {
             return;
         }
         self.last_try = Some(Instant::now());
