@@ -744,3 +744,72 @@ fn queued_runs_take_turns_on_one_slot() {
         assert!(pair[1].0 >= pair[0].1, "runs overlapped: {spans:?}");
     }
 }
+
+/// The one conversation type both chats hold: `/` settings change what the next answer is
+/// sampled with and start a new transcript; every turn is recorded with the settings in effect
+/// (top_k and seed included, which the console's transcript once dropped).
+#[test]
+fn a_conversation_records_every_setting_in_its_transcript() {
+    use slayer::conversation::{Conversation, Progress, Taken};
+    let (dir, _) = smollm2();
+    let home = tempfile::tempdir().unwrap();
+    let model = slayer::runner::model::load_path(
+        dir,
+        "smollm2",
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let models = [model];
+    let mut chat = Conversation::new(
+        home.path(),
+        &models,
+        None,
+        slayer::core::generate::SamplingParams::default(),
+    )
+    .unwrap();
+    let first_id = chat.transcript().id.clone();
+    for line in ["/top_k 5", "/seed 7", "/max_tokens 6", "/temperature 0"] {
+        assert!(matches!(chat.take(line), Taken::Done(_)), "{line}");
+    }
+    assert!(matches!(chat.take("/top_p 2"), Taken::Problem(p) if p.contains("top_p")));
+    assert!(matches!(chat.take("/fly"), Taken::Problem(p) if p.contains("/fly")));
+    assert_ne!(
+        chat.transcript().id,
+        first_id,
+        "a setting starts a new transcript"
+    );
+    let Taken::Message(message) = chat.take("What is the capital of France?") else {
+        panic!("a message")
+    };
+    let mut streamed = String::new();
+    let mut finished = 0;
+    let saved = chat
+        .answer(
+            &message,
+            &std::sync::atomic::AtomicBool::new(false),
+            &mut |p| match p {
+                Progress::Text { text, .. } => streamed.push_str(text),
+                Progress::Finished { stats, .. } => {
+                    assert!(stats.generated_tokens <= 6);
+                    finished += 1;
+                }
+                Progress::Started { .. } => {}
+                Progress::Failed { error, .. } => panic!("{error}"),
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(finished, 1);
+    let t = slayer::runner::transcript::Transcript::load(&saved).unwrap();
+    assert_eq!(
+        (t.sampling.top_k, t.sampling.seed, t.sampling.max_tokens),
+        (5, 7, 6)
+    );
+    assert_eq!(t.sampling.temperature, 0.0);
+    assert_eq!(t.turns.len(), 1);
+    assert_eq!(t.turns[0].replies[0].text, streamed);
+    assert!(matches!(chat.take("/system Be brief."), Taken::Done(n) if n.contains("set")));
+    assert_eq!(chat.transcript().system.as_deref(), Some("Be brief."));
+    assert!(chat.transcript().turns.is_empty());
+}

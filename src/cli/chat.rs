@@ -10,11 +10,10 @@ use rustyline::error::ReadlineError;
 
 use super::model::{parse_dtype, resolve_or_fetch};
 use super::{INTERRUPTED, reset_interrupt};
-use crate::core::chat::{ChatInput, ChatSession, Reply};
+use crate::conversation::{Conversation, Progress, Taken};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{SamplingParams, StopReason};
 use crate::runner::model::LoadedModel;
-use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
 
 #[derive(Debug, Args)]
 pub struct ChatArgs {
@@ -87,126 +86,64 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
     if let Some(b) = &args.model_b {
         loaded.push(load(data_dir, b, &device, dtype)?);
     }
-    let sessions = loaded
-        .iter()
-        .map(|l| {
-            let mut s = ChatSession::new(&l.model, &l.tokenizer, params.clone())
-                .with_context(|| format!("cannot chat with {}", l.path.display()))?;
-            s.set_system(args.system.clone());
-            Ok((l.label.as_str(), s))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut transcript = Transcript::new(
-        loaded
-            .iter()
-            .map(|l| ChatModel {
-                label: l.label.clone(),
-                path: l.path.display().to_string(),
-                run: run_of_model(data_dir, &l.path),
-            })
-            .collect(),
-        args.system.clone(),
-        serde_json::to_value(&params).unwrap_or_default(),
-    );
-    let mut chat = Chat {
-        sessions,
-        transcript: &mut transcript,
-        data_dir,
-        params,
-    };
+    let mut chat = Conversation::new(data_dir, &loaded, args.system.clone(), params)?;
     if let Some(prompt) = &args.prompt {
-        chat.turn(prompt)?;
+        turn(&mut chat, prompt)?;
         return Ok(0);
     }
-    repl(&mut chat)
+    repl(&mut chat, data_dir)
 }
 
-/// The conversation: the sessions answering, and its transcript on disk.
-struct Chat<'a, 'm> {
-    sessions: Vec<(&'m str, ChatSession<'m>)>,
-    transcript: &'a mut Transcript,
-    data_dir: &'a Path,
-    /// The sampling settings in effect (a transcript records them).
-    params: SamplingParams,
-}
-
-impl Chat<'_, '_> {
-    /// Sends `text` to every model in turn, printing the answers as they stream, and records the
-    /// turn in the transcript (a transcript that cannot be written is a warning, not a lost answer).
-    fn turn(&mut self, text: &str) -> Result<()> {
-        let mut record = ChatTurn {
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-            user: text.to_string(),
-            replies: Vec::new(),
-        };
-        let result = turn(&mut self.sessions, text, &mut record);
-        if !record.replies.is_empty() {
-            self.transcript.turns.push(record);
-            if let Err(e) = self.transcript.save(self.data_dir) {
-                errln!("warning: the chat transcript was not saved: {e:#}");
+/// Sends `text` to every model in turn, printing the answers as they stream (a transcript that
+/// cannot be written is a warning, not a lost answer).
+fn turn(chat: &mut Conversation<'_>, text: &str) -> Result<()> {
+    let labelled = chat.labels().len() > 1;
+    let mut closed: Option<std::io::Error> = None;
+    let mut failed: Option<String> = None;
+    let saved = chat.answer(text, &INTERRUPTED, &mut |progress| {
+        if closed.is_some() {
+            return;
+        }
+        let written = match progress {
+            Progress::Started { label, .. } if labelled => outln!("── {label} ──"),
+            Progress::Started { .. } => Ok(()),
+            Progress::Text { text, .. } => out!("{text}"),
+            Progress::Finished { stats, .. } => outln!().map(|()| {
+                let stopped = match stats.stop {
+                    StopReason::Cancelled => " [stopped]",
+                    StopReason::MaxTokens => " [max tokens]",
+                    StopReason::ContextFull => " [context full]",
+                    StopReason::Eos => "",
+                };
+                errln!(
+                    "[{} tokens, {:.1} tokens/s, prompt {} tokens in {:.0} ms{stopped}]",
+                    stats.generated_tokens,
+                    stats.decode_tokens_per_sec(),
+                    stats.prompt_tokens,
+                    stats.prefill_secs * 1e3
+                );
+            }),
+            Progress::Failed { error, .. } => {
+                failed = Some(error);
+                Ok(())
             }
-        }
-        result
-    }
-
-    /// Starts a new transcript (after /reset, /system or a sampling setting).
-    fn restart(&mut self, system: Option<String>) {
-        *self.transcript = Transcript::new(
-            self.transcript.models.clone(),
-            system,
-            serde_json::to_value(&self.params).unwrap_or_default(),
-        );
-    }
-}
-
-fn turn(sessions: &mut [(&str, ChatSession<'_>)], text: &str, record: &mut ChatTurn) -> Result<()> {
-    let labelled = sessions.len() > 1;
-    for (index, (label, session)) in sessions.iter_mut().enumerate() {
-        if labelled {
-            outln!("── {label} ──")?;
-        }
-        let mut closed = None;
-        let reply = session.send(text, &INTERRUPTED, |delta| {
-            if closed.is_none()
-                && let Err(e) = out!("{delta}")
-            {
-                // Nobody reads the answer any more: stop generating it.
-                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                closed = Some(e);
-            }
-        });
-        if let Some(e) = closed {
-            return Err(e.into());
-        }
-        outln!()?;
-        let Reply { stats, text } = reply?;
-        record.replies.push(ChatReply {
-            model: index,
-            text,
-            tokens: stats.generated_tokens,
-            tokens_per_sec: stats.decode_tokens_per_sec(),
-            stop: format!("{:?}", stats.stop).to_lowercase(),
-        });
-        let stopped = match stats.stop {
-            StopReason::Cancelled => " [stopped]",
-            StopReason::MaxTokens => " [max tokens]",
-            StopReason::ContextFull => " [context full]",
-            StopReason::Eos => "",
         };
-        errln!(
-            "[{} tokens, {:.1} tokens/s, prompt {} tokens in {:.0} ms{stopped}]",
-            stats.generated_tokens,
-            stats.decode_tokens_per_sec(),
-            stats.prompt_tokens,
-            stats.prefill_secs * 1e3
-        );
-        if stats.stop == StopReason::Cancelled {
-            break;
+        if let Err(e) = written {
+            // Nobody reads the answer any more: stop generating it.
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+            closed = Some(e);
         }
+    });
+    if let Some(e) = closed {
+        return Err(e.into());
     }
-    Ok(())
+    if let Some(Err(e)) = saved {
+        errln!("warning: the chat transcript was not saved: {e:#}");
+    }
+    match failed {
+        Some(error) => Err(anyhow::anyhow!(error)),
+        None => Ok(()),
+    }
 }
 
 const HELP: &str = concat!(
@@ -250,16 +187,12 @@ fn save_history(path: &Path, history: &[String]) {
     }
 }
 
-fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
-    let history_path = chat.data_dir.join("chat_history");
+fn repl(chat: &mut Conversation<'_>, data_dir: &Path) -> Result<i32> {
+    let history_path = data_dir.join("chat_history");
     let mut history = load_history(&history_path);
     errln!(
         "chatting with {} — /help for commands, Ctrl-D to leave",
-        chat.sessions
-            .iter()
-            .map(|(l, _)| *l)
-            .collect::<Vec<_>>()
-            .join(" vs ")
+        chat.labels().join(" vs ")
     );
     loop {
         reset_interrupt();
@@ -273,43 +206,13 @@ fn repl(chat: &mut Chat<'_, '_>) -> Result<i32> {
         if history.last().is_none_or(|h| h != text) {
             history.push(text.to_string());
         }
-        match ChatInput::parse(text) {
-            Err(problem) => errln!("{problem}"),
-            Ok(ChatInput::Quit) => break,
-            Ok(ChatInput::Help) => errln!("{HELP}"),
-            Ok(ChatInput::Reset) => {
-                for (_, s) in &mut chat.sessions {
-                    s.reset();
-                }
-                let system = chat.transcript.system.clone();
-                chat.restart(system);
-                errln!("(conversation reset)");
-            }
-            Ok(ChatInput::System(system)) => {
-                let set = system.is_some();
-                for (_, s) in &mut chat.sessions {
-                    s.set_system(system.clone());
-                }
-                chat.restart(system);
-                errln!(
-                    "(system prompt {}; conversation reset)",
-                    if set { "set" } else { "cleared" }
-                );
-            }
-            Ok(ChatInput::Set(setting, value)) => match setting.apply(&chat.params, &value) {
-                Err(problem) => errln!("{problem}"),
-                Ok(params) => {
-                    for (_, s) in &mut chat.sessions {
-                        s.set_sampling(&params)?;
-                    }
-                    chat.params = params;
-                    let system = chat.transcript.system.clone();
-                    chat.restart(system);
-                    errln!("({}; conversation reset)", chat.params.describe());
-                }
-            },
-            Ok(ChatInput::Message(_)) => {
-                if let Err(e) = chat.turn(text) {
+        match chat.take(text) {
+            Taken::Problem(problem) => errln!("{problem}"),
+            Taken::Quit => break,
+            Taken::Help => errln!("{HELP}"),
+            Taken::Done(note) => errln!("({note})"),
+            Taken::Message(message) => {
+                if let Err(e) = turn(chat, &message) {
                     if crate::out::is_broken_pipe(&e) {
                         save_history(&history_path, &history);
                         return Err(e);

@@ -480,137 +480,60 @@ fn serve_chat(
     cancel: &AtomicBool,
     send: &dyn Fn(ChatUpdate),
 ) -> Option<Vec<String>> {
-    use crate::runner::transcript::{ChatModel, ChatReply, ChatTurn, Transcript, run_of_model};
-    let mut params = crate::core::generate::SamplingParams {
-        temperature: 0.7,
-        top_p: 0.9,
-        top_k: 0,
-        seed: 0,
+    use crate::conversation::{Conversation, Progress, Taken};
+    let sampling = crate::core::generate::SamplingParams {
         max_tokens: 256,
+        ..crate::core::generate::SamplingParams::default()
     };
-    let new_transcript = |system: Option<String>,
-                          params: &crate::core::generate::SamplingParams| {
-        Transcript::new(
-            models
-                .iter()
-                .map(|m| ChatModel {
-                    label: m.label.clone(),
-                    path: m.path.display().to_string(),
-                    run: run_of_model(data_dir, &m.path),
-                })
-                .collect(),
-            system,
-            serde_json::to_value(params).unwrap_or_default(),
-        )
-    };
-    let mut transcript = new_transcript(None, &params);
-    send(ChatUpdate::Settings(params.describe()));
-    let mut sessions = Vec::new();
-    for m in models {
-        match crate::core::chat::ChatSession::new(&m.model, &m.tokenizer, params.clone()) {
-            Ok(s) => sessions.push(s),
-            Err(e) => {
-                send(ChatUpdate::Error(format!("{}: {e}", m.label)));
-                return rx.recv().ok().map(|c| match c {
-                    ChatCommand::Load(s) => s,
-                    _ => Vec::new(),
-                });
-            }
+    let mut chat = match Conversation::new(data_dir, models, None, sampling) {
+        Ok(chat) => chat,
+        Err(e) => {
+            send(ChatUpdate::Error(format!("{e:#}")));
+            return rx.recv().ok().map(|c| match c {
+                ChatCommand::Load(s) => s,
+                _ => Vec::new(),
+            });
         }
-    }
+    };
+    send(ChatUpdate::Settings(chat.sampling().describe()));
     while let Ok(cmd) = rx.recv() {
-        match cmd {
+        let line = match cmd {
             ChatCommand::Load(specs) => return Some(specs),
-            ChatCommand::Reset => {
-                sessions
-                    .iter_mut()
-                    .for_each(crate::core::chat::ChatSession::reset);
-                transcript = new_transcript(transcript.system.clone(), &params);
+            ChatCommand::Reset => "/reset".to_string(),
+            ChatCommand::Send(text) => text,
+        };
+        let message = match chat.take(&line) {
+            Taken::Message(message) => message,
+            Taken::Done(_) => {
+                send(ChatUpdate::Settings(chat.sampling().describe()));
+                continue;
             }
-            ChatCommand::Send(text) => {
-                // The lines both chats take: a message, or a `/` command.
-                match crate::core::chat::ChatInput::parse(&text) {
-                    Ok(crate::core::chat::ChatInput::Message(_)) => {}
-                    Ok(crate::core::chat::ChatInput::Set(setting, value)) => {
-                        match setting.apply(&params, &value) {
-                            Ok(p) => {
-                                params = p;
-                                for s in &mut sessions {
-                                    if let Err(e) = s.set_sampling(&params) {
-                                        send(ChatUpdate::Error(e.to_string()));
-                                    }
-                                }
-                                transcript = new_transcript(transcript.system.clone(), &params);
-                                send(ChatUpdate::Settings(params.describe()));
-                            }
-                            Err(problem) => send(ChatUpdate::Error(problem)),
-                        }
-                        continue;
-                    }
-                    Ok(crate::core::chat::ChatInput::System(system)) => {
-                        for s in &mut sessions {
-                            s.set_system(system.clone());
-                        }
-                        transcript = new_transcript(system, &params);
-                        continue;
-                    }
-                    Ok(crate::core::chat::ChatInput::Reset) => {
-                        sessions
-                            .iter_mut()
-                            .for_each(crate::core::chat::ChatSession::reset);
-                        transcript = new_transcript(transcript.system.clone(), &params);
-                        continue;
-                    }
-                    Ok(crate::core::chat::ChatInput::Help | crate::core::chat::ChatInput::Quit) => {
-                        continue;
-                    }
-                    Err(problem) => {
-                        send(ChatUpdate::Error(problem));
-                        continue;
-                    }
-                }
-                cancel.store(false, Ordering::SeqCst);
-                let mut turn = ChatTurn {
-                    time: now(),
-                    user: text.clone(),
-                    replies: Vec::new(),
-                };
-                for (i, session) in sessions.iter_mut().enumerate() {
-                    let reply = session.send(&text, cancel, |delta| {
-                        send(ChatUpdate::Token {
-                            model: i,
-                            text: delta.to_string(),
-                        });
-                    });
-                    match reply {
-                        Ok(reply) => {
-                            let stats = &reply.stats;
-                            turn.replies.push(ChatReply {
-                                model: i,
-                                text: reply.text.clone(),
-                                tokens: stats.generated_tokens,
-                                tokens_per_sec: stats.decode_tokens_per_sec(),
-                                stop: format!("{:?}", stats.stop).to_lowercase(),
-                            });
-                            send(ChatUpdate::Done {
-                                model: i,
-                                tokens: stats.generated_tokens,
-                                tokens_per_sec: stats.decode_tokens_per_sec(),
-                                stopped: stats.stop == crate::core::generate::StopReason::Cancelled,
-                            });
-                        }
-                        Err(e) => send(ChatUpdate::Error(e.to_string())),
-                    }
-                }
-                if !turn.replies.is_empty() {
-                    transcript.turns.push(turn);
-                    if let Err(e) = transcript.save(data_dir) {
-                        send(ChatUpdate::Error(format!(
-                            "the transcript was not saved: {e:#}"
-                        )));
-                    }
-                }
+            Taken::Problem(problem) => {
+                send(ChatUpdate::Error(problem));
+                continue;
             }
+            // The console has its own help and quit keys.
+            Taken::Help | Taken::Quit => continue,
+        };
+        cancel.store(false, Ordering::SeqCst);
+        let saved = chat.answer(&message, cancel, &mut |progress| match progress {
+            Progress::Started { .. } => {}
+            Progress::Text { model, text } => send(ChatUpdate::Token {
+                model,
+                text: text.to_string(),
+            }),
+            Progress::Finished { model, stats } => send(ChatUpdate::Done {
+                model,
+                tokens: stats.generated_tokens,
+                tokens_per_sec: stats.decode_tokens_per_sec(),
+                stopped: stats.stop == crate::core::generate::StopReason::Cancelled,
+            }),
+            Progress::Failed { error, .. } => send(ChatUpdate::Error(error)),
+        });
+        if let Some(Err(e)) = saved {
+            send(ChatUpdate::Error(format!(
+                "the transcript was not saved: {e:#}"
+            )));
         }
     }
     None

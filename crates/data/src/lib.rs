@@ -1,9 +1,11 @@
 //! The data directory: everything slayer keeps between commands — run directories and their
 //! append-only event logs ([`runner`]: launching, the queue and supervisor, following, alerts,
 //! comparison), the index over them ([`store`]), studies ([`study`]), the shipped experiment
-//! templates ([`templates`]) and fetching the demo model ([`fetch`]). Built on the engine
+//! templates ([`templates`]), fetching the demo model ([`fetch`]) and the conversation both
+//! chats hold ([`conversation`], recorded as transcripts). Built on the engine
 //! (`slayer_engine`); knows nothing of the command line or the console.
 
+pub mod conversation;
 pub mod fetch;
 pub mod runner;
 pub mod store;

@@ -46,7 +46,9 @@ pub struct Transcript {
     pub started: f64,
     pub models: Vec<ChatModel>,
     pub system: Option<String>,
-    pub sampling: serde_json::Value,
+    /// The settings every answer was sampled with (a transcript can be replayed).
+    #[serde(default)]
+    pub sampling: slayer_engine::generate::SamplingParams,
     pub turns: Vec<ChatTurn>,
 }
 
@@ -87,7 +89,7 @@ impl Transcript {
     pub fn new(
         models: Vec<ChatModel>,
         system: Option<String>,
-        sampling: serde_json::Value,
+        sampling: slayer_engine::generate::SamplingParams,
     ) -> Self {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
