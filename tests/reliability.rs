@@ -185,6 +185,17 @@ fn a_bad_line_in_the_event_log_is_skipped_by_every_reader() {
     let store = slayer::store::Store::open(&home, "test").unwrap();
     let record = store.run(&id).unwrap().unwrap();
     assert_eq!(record.run.step, 3);
+    // The console's run table from the store says what the directory scan says, warning too.
+    let ageless = |mut rows: Vec<slayer::runner::RunSummary>| {
+        for r in &mut rows {
+            r.age_secs = 0.0;
+        }
+        rows
+    };
+    assert_eq!(
+        ageless(store.run_table(&home).unwrap()),
+        ageless(slayer::runner::RunTable::default().refresh(&home))
+    );
     assert!(
         record
             .problem

@@ -328,6 +328,17 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
                 .collect::<Vec<_>>()
         );
     }
+    // The store as the console's read model: its run table is the directory scan's.
+    let ageless = |mut rows: Vec<slayer::runner::RunSummary>| {
+        for r in &mut rows {
+            r.age_secs = 0.0;
+        }
+        rows
+    };
+    assert_eq!(
+        ageless(store.run_table(home.path()).unwrap()),
+        ageless(slayer::runner::RunTable::default().refresh(home.path()))
+    );
     let b = runs.iter().find(|r| r.id.ends_with("-b")).unwrap();
     assert!(
         store

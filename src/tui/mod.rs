@@ -281,13 +281,12 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
             // answer while the console runs (see `store`'s module doc). Runs whose events
             // arrived while someone else held it are ingested at the next sync.
             let mut store_sync = StoreSync::new(&data_dir, tx.clone());
-            store_sync.sync_if_due();
             let mut follower = crate::runner::tail::Follower::all(&data_dir);
             let mut last_chats = Vec::new();
-            // Re-read every 2 s for liveness: only changed logs are parsed again.
+            // The directory scan, for when the store is busy: only changed logs are parsed again.
             let mut run_table = crate::runner::RunTable::default();
             let mut updates = follower.poll_all();
-            let mut last_table = Instant::now();
+            let mut last_table: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
                 let mut experiments_changed = false;
                 let mut runs_changed = false;
@@ -303,7 +302,14 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
                     }
                 }
                 store_sync.want(changed_runs);
-                store_sync.sync_if_due();
+                // The run table and chats come from the store (the read model), at most once a
+                // second while runs change and every 2 s for liveness; from the directories
+                // while the store cannot be had.
+                let read = last_table.is_none_or(|t| {
+                    (runs_changed && t.elapsed() > Duration::from_secs(1))
+                        || t.elapsed() > Duration::from_secs(2)
+                });
+                let model = store_sync.sync(read);
                 if !updates.is_empty()
                     && tx
                         .send(Event::Follow(std::mem::take(&mut updates)))
@@ -314,10 +320,11 @@ fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<Atomi
                 if experiments_changed {
                     let _ = tx.send(Event::Experiments(load_experiments(&data_dir)));
                 }
-                if runs_changed || last_table.elapsed() > Duration::from_secs(2) {
-                    last_table = Instant::now();
-                    let _ = tx.send(Event::Runs(run_table.refresh(&data_dir)));
-                    let chats = load_chats(&data_dir);
+                if read {
+                    last_table = Some(Instant::now());
+                    let (runs, chats) = model
+                        .unwrap_or_else(|| (run_table.refresh(&data_dir), load_chats(&data_dir)));
+                    let _ = tx.send(Event::Runs(runs));
                     if chats != last_chats {
                         last_chats.clone_from(&chats);
                         let _ = tx.send(Event::Chats(chats));
@@ -364,30 +371,46 @@ impl StoreSync {
         self.pending.extend(runs);
     }
 
-    /// Ingests what is wanted, if anything is and the last sync is long enough ago.
-    fn sync_if_due(&mut self) {
+    /// Ingests what is wanted (if anything is and the last sync is long enough ago) and, with
+    /// `read`, reads the run table and the chats from the store. `None` when nothing was read:
+    /// not asked, or the store could not be had (the caller scans the directories instead).
+    fn sync(&mut self, read: bool) -> Option<(Vec<RunRow>, Vec<app::ChatSummary>)> {
         let due = self.last_try.is_none_or(|t| t.elapsed() >= Self::INTERVAL);
         let wanted = self.whole || !self.pending.is_empty();
-        if !due || !wanted {
-            return;
+        if !(read || due && wanted) {
+            return None;
         }
         self.last_try = Some(Instant::now());
         let result =
             crate::store::Store::open_waiting(&self.data_dir, "slayer console", Self::PATIENCE)
                 .and_then(|store| {
                     if self.whole {
-                        store.ingest_all(&self.data_dir, &[]).map(|_| ())
+                        store.ingest_all(&self.data_dir, &[])?;
                     } else {
                         for run in &self.pending {
                             if let Ok(dir) = crate::runner::RunDir::open(&self.data_dir, run) {
                                 store.ingest_run(&dir)?;
                             }
                         }
-                        Ok(())
                     }
+                    if !read {
+                        return Ok(None);
+                    }
+                    store.ingest_chats(&self.data_dir)?;
+                    let chats = store
+                        .chats()?
+                        .into_iter()
+                        .map(|c| app::ChatSummary {
+                            id: c.id,
+                            models: c.models,
+                            runs: c.runs,
+                            turns: c.turns,
+                        })
+                        .collect();
+                    Ok(Some((store.run_table(&self.data_dir)?, chats)))
                 });
         match result {
-            Ok(()) => {
+            Ok(model) => {
                 if self.failing {
                     let _ = self
                         .tx
@@ -396,6 +419,7 @@ impl StoreSync {
                 self.failing = false;
                 self.whole = false;
                 self.pending.clear();
+                model
             }
             Err(e) => {
                 if !self.failing {
@@ -406,6 +430,7 @@ impl StoreSync {
                 }
                 self.failing = true;
                 self.whole = true;
+                None
             }
         }
     }

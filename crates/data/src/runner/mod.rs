@@ -920,22 +920,14 @@ fn summarize_projected(
     run: &RunDir,
     log: Result<&EventLogRead, &anyhow::Error>,
 ) -> (RunSummary, Option<RunProjection>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
     let projection = log.ok().map(|l| RunProjection::of(&l.events));
-    // The name the run was launched under; a queued run's from its experiment file.
-    let experiment = match &projection {
-        Some(p) if !p.experiment.is_empty() => p.experiment.clone(),
-        _ => slayer_engine::experiment::Experiment::load(&run.experiment_path())
-            .map_or_else(|_| "?".into(), |e| e.name),
-    };
     let summary = match (log, &projection) {
         // An unreadable log (permissions, I/O) still leaves the worker to ask: a run whose
         // worker lives is running, whatever its log says.
         (Err(_), _) | (Ok(_), None) => RunSummary {
             id: run.id.clone(),
-            experiment,
+            experiment: slayer_engine::experiment::Experiment::load(&run.experiment_path())
+                .map_or_else(|_| "?".into(), |e| e.name),
             status: unreadable_state(run),
             step: 0,
             total_steps: 0,
@@ -944,40 +936,55 @@ fn summarize_projected(
             ran_secs: 0.0,
             problem: log.err().map(|e| format!("{e:#}")),
         },
-        (Ok(log), Some(p)) => {
-            let mut problem = log.warning();
-            if let Some(format) = p.newer_format {
-                problem = Some(format!(
-                    "{} was written by a newer slayer (event format {format}; this build reads \
-                     {}): upgrade to read it whole",
-                    run.events_path().display(),
-                    slayer_engine::events::EVENT_FORMAT
-                ));
-            }
-            let status = run.state_of(p);
-            if log.events.is_empty() && problem.is_none() && status == RunState::Lost {
-                problem = Some(run.silent_worker_problem());
-            }
-            // A queued run has no events yet: its age is that of its directory.
-            let created = std::fs::metadata(&run.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(now, |d| d.as_secs_f64());
-            RunSummary {
-                id: run.id.clone(),
-                experiment,
-                status,
-                step: p.step,
-                total_steps: p.total_steps,
-                last_loss: p.last_loss,
-                age_secs: now - p.started.unwrap_or(created),
-                ran_secs: p.ran_secs(),
-                problem,
-            }
-        }
+        (Ok(log), Some(p)) => summary_of(run, p, log.warning()),
     };
     (summary, projection)
+}
+
+/// A run's summary from its projection and the problem reading its log, if any: the one
+/// reading for the directory scan ([`RunTable`]) and the store's read model.
+#[must_use]
+pub fn summary_of(run: &RunDir, p: &RunProjection, problem: Option<String>) -> RunSummary {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut problem = problem;
+    let experiment = if p.experiment.is_empty() {
+        // A queued run's name, from its experiment file.
+        slayer_engine::experiment::Experiment::load(&run.experiment_path())
+            .map_or_else(|_| "?".into(), |e| e.name)
+    } else {
+        p.experiment.clone()
+    };
+    if let Some(format) = p.newer_format {
+        problem = Some(format!(
+            "{} was written by a newer slayer (event format {format}; this build reads \
+                     {}): upgrade to read it whole",
+            run.events_path().display(),
+            slayer_engine::events::EVENT_FORMAT
+        ));
+    }
+    let status = run.state_of(p);
+    if p.started.is_none() && problem.is_none() && status == RunState::Lost {
+        problem = Some(run.silent_worker_problem());
+    }
+    // A queued run has no events yet: its age is that of its directory.
+    let created = std::fs::metadata(&run.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now, |d| d.as_secs_f64());
+    RunSummary {
+        id: run.id.clone(),
+        experiment,
+        status,
+        step: p.step,
+        total_steps: p.total_steps,
+        last_loss: p.last_loss,
+        age_secs: now - p.started.unwrap_or(created),
+        ran_secs: p.ran_secs(),
+        problem,
+    }
 }
 
 /// What identifies a version of a run's files: the event log's length and modification time,

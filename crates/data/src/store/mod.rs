@@ -455,12 +455,19 @@ impl Store {
                 self.remove_run(&record.id)?;
             }
         }
+        stats.chats = self.ingest_chats(data_dir)?;
+        Ok(stats)
+    }
+
+    /// Indexes every transcript that is new or changed; returns how many were.
+    pub fn ingest_chats(&self, data_dir: &Path) -> Result<usize> {
+        let mut changed = 0;
         for path in list_transcripts(data_dir) {
             if self.ingest_chat(data_dir, &path)? {
-                stats.chats += 1;
+                changed += 1;
             }
         }
-        Ok(stats)
+        Ok(changed)
     }
 
     /// Reads a run's log from where ingestion last stopped; returns the number of new events.
@@ -655,11 +662,32 @@ impl Store {
         Ok(true)
     }
 
-    /// Indexes a chat transcript (again, if it grew); returns whether it changed the index.
+    /// Indexes a chat transcript (again, if it changed since: its length and modification
+    /// time are kept as its cursor, so an unchanged transcript is not read); returns whether it
+    /// changed the index.
     pub fn ingest_chat(&self, data_dir: &Path, path: &Path) -> Result<bool> {
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| {
+                let modified = m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                Some(format!("{}:{}", m.len(), modified.as_nanos()))
+            })
+            .unwrap_or_default();
+        let cursor_key = key(&[b"chat", path.as_os_str().as_encoded_bytes()]);
+        let seen = self.cursors.get(&cursor_key).map_err(|e| self.db_err(e))?;
+        if !stamp.is_empty() && seen.is_some_and(|v| v == stamp.as_bytes()) {
+            return Ok(false);
+        }
         let Ok(t) = Transcript::load(path) else {
             return Ok(false);
         };
+        self.cursors
+            .insert(cursor_key, stamp.as_bytes())
+            .map_err(|e| self.db_err(e))?;
         let record = ChatRecord {
             id: t.id.clone(),
             started: t.started,
@@ -692,6 +720,19 @@ impl Store {
             .map(|v| {
                 v.map(|v| serde_json::from_slice(&v).unwrap_or_default())
                     .map_err(|e| self.db_err(e))
+            })
+            .collect()
+    }
+
+    /// The run table from the index: every run directory under `data_dir` (oldest first), as
+    /// its record's projection says, with its worker's liveness from the directory — what a
+    /// scan of the directories ([`crate::runner::RunTable`]) shows, without reading any log.
+    pub fn run_table(&self, data_dir: &Path) -> Result<Vec<crate::runner::RunSummary>> {
+        list_runs(data_dir)
+            .iter()
+            .map(|dir| {
+                let record = self.run(&dir.id)?.unwrap_or_default();
+                Ok(crate::runner::summary_of(dir, &record.run, record.problem))
             })
             .collect()
     }
