@@ -15,4 +15,5 @@ pub use slayer_engine as core;
 pub(crate) mod out;
 pub mod cli;
 pub mod interrupt;
+pub mod launch;
 pub mod tui;

@@ -910,3 +910,34 @@ fn the_training_data_is_previewed() {
         "{text}"
     );
 }
+
+/// Launching checks the plan before a run exists: a plan with errors is refused with every
+/// error named and leaves no run directory behind (the console and studies launch the same way).
+#[test]
+fn a_plan_with_errors_launches_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    tiny_model_dir(home.path());
+    let exp = tiny_experiment(home.path(), "bad", 4, 2);
+    let text = std::fs::read_to_string(&exp)
+        .unwrap()
+        .replace("insert = [{ after = 1 }]", "insert = [{ after = 9 }]");
+    std::fs::write(&exp, text).unwrap();
+    let out = slayer(
+        home.path(),
+        &[
+            "--device",
+            "cpu",
+            "train",
+            exp.to_str().unwrap(),
+            "--detach",
+        ],
+    );
+    let msg = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(
+        msg.contains("bad.toml") && msg.contains("the plan has errors"),
+        "{msg}"
+    );
+    assert!(msg.contains("insert after 9 is out of range"), "{msg}");
+    assert!(slayer::runner::list_runs(home.path()).is_empty());
+}

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 
-use super::train::{device_arg, spawn_worker};
 use crate::core::device::DeviceChoice;
 use crate::core::events::EventKind;
 use crate::core::text::sanitize_for_terminal;
+use crate::launch::{device_arg, spawn_worker};
 use crate::runner::describe::describe;
 use crate::runner::tail::Update;
 use crate::runner::{RunDir, RunState, joined_steps, read_events};
@@ -280,20 +280,14 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             signal(data_dir, &run, nix::sys::signal::Signal::SIGKILL, "killed")
         }
         RunsCommand::Resume { run } => {
-            let dir = RunDir::open(data_dir, &run)?;
-            read_warning_once(&dir)?;
-            // The state is looked at under the queue's lock: of two racing resumes, one starts
-            // (or queues) the run and the other is told it is running.
-            let submitted =
-                crate::runner::queue::submit(data_dir, &dir, device_arg(device), &|r, d| {
-                    spawn_worker(r, data_dir, d)
-                })?;
-            if submitted == crate::runner::queue::Submitted::Started {
-                errln!("run {} resumed in the background", dir.id);
+            read_warning_once(&RunDir::open(data_dir, &run)?)?;
+            let launched = crate::launch::resume(data_dir, &run, device)?;
+            let id = &launched.run.id;
+            if launched.submitted == crate::runner::queue::Submitted::Started {
+                errln!("run {id} resumed in the background");
             } else {
                 errln!(
-                    "run {} is queued to resume when a {} slot frees up",
-                    dir.id,
+                    "run {id} is queued to resume when a {} slot frees up",
                     device_arg(device)
                 );
             }
@@ -495,13 +489,12 @@ fn remove(data_dir: &Path, run: &str, yes: bool) -> Result<i32> {
 }
 
 fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str) -> Result<i32> {
-    let dir = RunDir::open(data_dir, run)?;
-    let worker = dir
-        .worker()
-        .filter(crate::runner::Worker::alive)
-        .with_context(|| format!("run {} has no running worker", dir.id))?;
-    worker.signal(sig)?;
-    errln!("run {} {what} (pid {})", dir.id, worker.pid);
+    let worker = crate::launch::signal(data_dir, run, sig)?;
+    errln!(
+        "run {} {what} (pid {})",
+        RunDir::open(data_dir, run)?.id,
+        worker.pid
+    );
     Ok(0)
 }
 
@@ -513,7 +506,7 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
     // terminal, so no hang-up reaches it or the worker it starts.
     nix::unistd::setsid().context("cannot start a session for the background run")?;
     let dir = RunDir::open(data_dir, run)?;
-    let mut child = super::train::spawn_training(&dir, data_dir, device_arg(device))?;
+    let mut child = crate::launch::spawn_training(&dir, data_dir, device_arg(device))?;
     let child_pid = i32::try_from(child.id()).ok();
     let mut forwarded = false;
     let status = loop {

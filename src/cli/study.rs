@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
-use super::train::device_arg;
 use crate::core::device::DeviceChoice;
 use crate::study::{Study, all_ended, load_cells, results, save_cells, table};
 
@@ -78,7 +77,6 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
             crate::core::atomic::replace_file(&saved, study.resolved_text()?.as_bytes())
                 .with_context(|| format!("cannot write {}", saved.display()))?;
             let mut cells = load_cells(&dir);
-            let exe = std::env::current_exe().context("cannot find the slayer executable")?;
             let mut launched = 0;
             for cell in study.cells() {
                 if cells
@@ -90,23 +88,15 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 let path = dir.join(format!("{}.toml", cell.key()));
                 std::fs::write(&path, study.experiment_text(&cell))
                     .with_context(|| format!("cannot write {}", path.display()))?;
-                let out = std::process::Command::new(&exe)
-                    .arg("--data-dir")
-                    .arg(data_dir)
-                    .args(["--device", device_arg(device), "train"])
-                    .arg(&path)
-                    .arg("--detach")
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .context("cannot start slayer train")?;
-                if !out.status.success() {
-                    anyhow::bail!(
-                        "cell {}: {}",
-                        cell.key(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let cell_run = crate::launch::launch(
+                    data_dir,
+                    &path,
+                    None,
+                    device,
+                    &super::model::resolve_or_fetch,
+                )
+                .with_context(|| format!("cell {}", cell.key()))?;
+                let id = cell_run.run.id;
                 cells.insert(cell.key(), id);
                 save_cells(&dir, &cells)?;
                 launched += 1;

@@ -8,15 +8,14 @@ use clap::Args;
 
 use super::INTERRUPTED;
 use super::model::{parse_dtype, resolve_or_fetch};
+use crate::core::checkpoint::SaveOptions;
 use crate::core::checkpoint::hf::save_model;
-use crate::core::checkpoint::{SaveOptions, WeightSource, open_source};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::events::{EvalRecord, EventKind, EventSink, RunStatus};
 use crate::core::experiment::Experiment;
-use crate::core::plan::{self, LayerMap};
 use crate::core::run::{self, RunPaths};
-use crate::core::text::sanitize_for_terminal;
 use crate::core::train;
+use crate::launch::{anchored_text, device_arg, spawn_worker, write_plan};
 use crate::runner::{EventLog, RunDir};
 
 #[derive(Debug, Args)]
@@ -104,107 +103,41 @@ impl EventSink for ConsoleSink<'_> {
     }
 }
 
-/// Loads and resolves an experiment against its base model, printing diagnostics.
-fn resolve(
-    exp: &Experiment,
-    model: Option<&str>,
-    data_dir: &Path,
-) -> Result<(String, Box<dyn WeightSource>, LayerMap)> {
-    let base_arg = match (model, &exp.model) {
-        (Some(m), _) => m.to_string(),
-        (None, Some(m)) => m.base.clone(),
-        (None, None) => bail!(
-            "{}: no base model: pass --model or set [model] base",
-            exp.path.display()
-        ),
-    };
-    let base = open_source(&resolve_or_fetch(data_dir, &base_arg)?)?;
-    let resolution = plan::resolve(&exp.plan, base.config().num_hidden_layers);
-    for d in &resolution.diagnostics {
-        errln!(
-            "{}",
-            sanitize_for_terminal(&d.render(&exp.path.display().to_string(), &exp.text))
-        );
-    }
-    let map = resolution
-        .map
-        .with_context(|| format!("{}: the plan has errors", exp.path.display()))?;
-    Ok((base_arg, base, map))
-}
-
-/// Starts `slayer train --resume RUN --worker` as a detached process writing to the run's log.
-/// Starts a run in the background: a supervisor process (`runs supervise`, in its own session)
-/// that starts the worker, waits for it however it ends — a kill -9 or the OOM killer included —
-/// and then hands the device slot to the next queued run. Returns the supervisor's pid.
-pub fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u32> {
-    spawn_slayer(
-        run_dir,
-        data_dir,
-        &["--device", device, "runs", "supervise", &run_dir.id],
-    )
-}
-
-/// The worker itself (started by the supervisor; its output goes to the run's log).
-pub(crate) fn spawn_training(
-    run_dir: &RunDir,
-    data_dir: &Path,
-    device: &str,
-) -> Result<std::process::Child> {
-    spawn_child(
-        run_dir,
-        data_dir,
-        &[
-            "--device",
-            device,
-            "train",
-            "--resume",
-            &run_dir.id,
-            "--worker",
-            "--print-every",
-            "10",
-        ],
-    )
-}
-
-fn spawn_slayer(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<u32> {
-    Ok(spawn_child(run_dir, data_dir, args)?.id())
-}
-
-/// Runs `slayer ARGS` with the run's `log` as its output, in a process group of its own.
-fn spawn_child(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<std::process::Child> {
-    let log_path = run_dir.path.join("log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("cannot find the slayer executable")?;
-    let child = std::process::Command::new(exe)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().context("cannot duplicate the log handle")?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start a background slayer process")?;
-    Ok(child)
-}
-
-/// The `--device` value that reproduces `choice`.
-#[must_use]
-pub fn device_arg(choice: DeviceChoice) -> &'static str {
-    match choice {
-        DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Cuda => "cuda",
-        DeviceChoice::Auto => "auto",
-    }
-}
-
 pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Result<i32> {
     if args.worker {
         // A session of its own: no controlling terminal, so no hang-up reaches it.
         let _ = nix::unistd::setsid();
+    }
+    if args.detach && args.resume.is_none() {
+        let arg = args
+            .experiment
+            .as_ref()
+            .context("give an experiment (a file, a name, or a template), or --resume RUN")?;
+        let path = crate::templates::resolve_experiment(data_dir, arg)?;
+        // The plan is checked here, where the user sees the answer, not in the worker.
+        let launched = crate::launch::launch(
+            data_dir,
+            &path,
+            args.model.as_deref(),
+            device_choice,
+            &resolve_or_fetch,
+        )?;
+        for w in &launched.warnings {
+            errln!("{w}");
+        }
+        let id = &launched.run.id;
+        outln!("{id}")?;
+        if launched.submitted == crate::runner::queue::Submitted::Started {
+            errln!(
+                "run {id} started in the background; follow it with: slayer runs tail {id} --follow"
+            );
+        } else {
+            errln!(
+                "run {id} is queued: it starts when a {} slot frees up",
+                device_arg(device_choice)
+            );
+        }
+        return Ok(0);
     }
     let (run_dir, exp, resume) = if let Some(id) = &args.resume {
         let run_dir = RunDir::open(data_dir, id)?;
@@ -226,32 +159,6 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         .with_context(|| format!("cannot write {}", run_dir.experiment_path().display()))?;
         (run_dir, exp, false)
     };
-    if args.detach {
-        // The plan is checked here, where the user sees the answer, not in the worker.
-        let (_, _, map) = resolve(&exp, args.model.as_deref(), data_dir)?;
-        write_plan(&run_dir, &map)?;
-        let submitted = crate::runner::queue::submit(
-            data_dir,
-            &run_dir,
-            device_arg(device_choice),
-            &|r, d| spawn_worker(r, data_dir, d),
-        )?;
-        outln!("{}", run_dir.id)?;
-        if submitted == crate::runner::queue::Submitted::Started {
-            errln!(
-                "run {} started in the background; follow it with: slayer runs tail {} --follow",
-                run_dir.id,
-                run_dir.id
-            );
-        } else {
-            errln!(
-                "run {} is queued: it starts when a {} slot frees up",
-                run_dir.id,
-                device_arg(device_choice)
-            );
-        }
-        return Ok(0);
-    }
     if let Some(w) = run_dir.worker()
         && w.alive()
         && Some(w) != crate::runner::Worker::current()
@@ -321,12 +228,6 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
     Ok(0)
 }
 
-fn write_plan(run_dir: &RunDir, map: &LayerMap) -> Result<()> {
-    let path = run_dir.path.join("plan.json");
-    crate::core::atomic::write_synced(&path, &serde_json::to_vec_pretty(map)?)
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// The run, once this process is its recorded worker: everything from opening the device to the
 /// end of training, reported through `sink`.
 fn train_claimed(
@@ -339,7 +240,15 @@ fn train_claimed(
     sink: &mut ConsoleSink<'_>,
 ) -> Result<run::Summary> {
     let device = device::open(device_choice)?;
-    let (base_arg, base, map) = resolve(exp, args.model.as_deref(), data_dir)?;
+    let crate::launch::Resolved {
+        base_arg,
+        base,
+        map,
+        warnings,
+    } = crate::launch::resolve(exp, args.model.as_deref(), data_dir, &resolve_or_fetch)?;
+    for w in &warnings {
+        errln!("{w}");
+    }
     write_plan(run_dir, &map)?;
     let resume = if resume {
         let point = train::newest_intact_checkpoint(&run_dir.path.join("checkpoints"))?;
@@ -419,41 +328,6 @@ fn earlier_evals(run_dir: &RunDir) -> Result<Vec<EvalRecord>> {
             }
         })
         .collect())
-}
-
-/// The experiment text with its relative data paths made absolute (for the run's copy), its
-/// comments and layout kept (toml_edit). A `--model` override is recorded as `[model] base`
-/// (absolute when it is a path) so that resuming and exporting find the same base.
-fn anchored_text(exp: &Experiment, base_override: Option<&str>) -> String {
-    let Ok(mut doc) = exp.text.parse::<toml_edit::DocumentMut>() else {
-        return exp.text.clone();
-    };
-    if let Some(base) = base_override {
-        let base = std::fs::canonicalize(base)
-            .map_or_else(|_| base.to_string(), |p| p.display().to_string());
-        doc["model"]["base"] = toml_edit::value(base);
-    }
-    let dir = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let fix = |v: &mut toml_edit::Value| {
-        if let Some(s) = v.as_str() {
-            let anchored = crate::core::experiment::anchored(Path::new(s), &dir);
-            let decor = v.decor().clone();
-            *v = toml_edit::Value::from(anchored.display().to_string());
-            *v.decor_mut() = decor;
-        }
-    };
-    for (section, key) in crate::core::experiment::PATH_FIELDS {
-        let Some(item) = doc.get_mut(section).and_then(|t| t.get_mut(key)) else {
-            continue;
-        };
-        match item.as_value_mut() {
-            Some(toml_edit::Value::Array(items)) => items.iter_mut().for_each(fix),
-            Some(v) => fix(v),
-            None => {}
-        }
-    }
-    doc.to_string()
 }
 
 pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {

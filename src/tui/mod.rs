@@ -21,7 +21,10 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::{event as cevent, execute, terminal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
+use crate::core::device::DeviceChoice;
+use crate::runner::queue::Submitted;
 use app::{App, ChatUpdate, Effect, Event, ExperimentItem, JobId, JobOutcome, RunRow, Work};
+use nix::sys::signal::Signal;
 
 /// Console options.
 #[derive(Debug, Clone, Default)]
@@ -670,12 +673,6 @@ fn slayer_json<T: serde::de::DeserializeOwned>(
 /// Carries out job `id` off the async workers; its end comes back as [`Event::JobDone`] (or
 /// [`Event::Importance`]), always exactly once.
 fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Event>) {
-    // Quick commands (launch, stop, kill, resume): their last line of output is the message.
-    let slayer = |args: &[&str]| -> (bool, String) {
-        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        let (ok, last, _) = run_slayer(data_dir, &args, id, tx);
-        (ok, last)
-    };
     let done = |(ok, message): (bool, String)| {
         let _ = tx.send(Event::JobDone { id, ok, message });
     };
@@ -683,12 +680,32 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
         let _ = tx.send(Event::JobOutcome { id, outcome });
     };
     match work {
-        Work::LaunchRun(path) => {
-            done(slayer(&["train", &path.display().to_string(), "--detach"]));
-        }
-        Work::StopRun(run) => done(slayer(&["runs", "stop", &run])),
-        Work::KillRun(run) => done(slayer(&["runs", "kill", &run])),
-        Work::ResumeRun(run) => done(slayer(&["runs", "resume", &run])),
+        // Runs through the launch API, as the CLI and studies launch them: the worker is the
+        // only process started.
+        Work::LaunchRun(path) => done(
+            match crate::launch::launch(data_dir, &path, None, DeviceChoice::Auto, &locate_quietly)
+            {
+                Ok(l) if l.submitted == Submitted::Started => {
+                    (true, format!("run {} started", l.run.id))
+                }
+                Ok(l) => (
+                    true,
+                    format!("run {} queued for the device's slot", l.run.id),
+                ),
+                Err(e) => (false, format!("{e:#}")),
+            },
+        ),
+        Work::StopRun(run) => done(signal_run(data_dir, &run, Signal::SIGTERM, "asked to stop")),
+        Work::KillRun(run) => done(signal_run(data_dir, &run, Signal::SIGKILL, "killed")),
+        Work::ResumeRun(run) => done(
+            match crate::launch::resume(data_dir, &run, DeviceChoice::Auto) {
+                Ok(l) if l.submitted == Submitted::Started => {
+                    (true, format!("run {} resumed", l.run.id))
+                }
+                Ok(l) => (true, format!("run {} queued to resume", l.run.id)),
+                Err(e) => (false, format!("{e:#}")),
+            },
+        ),
         Work::SaveFile { path, text } => {
             done(
                 match crate::core::atomic::replace_file(&path, text.as_bytes()) {
@@ -801,6 +818,30 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
+    }
+}
+
+/// Signals a run's worker (a job's message says what became of it).
+fn signal_run(data_dir: &Path, run: &str, signal: Signal, what: &str) -> (bool, String) {
+    match crate::launch::signal(data_dir, run, signal) {
+        Ok(worker) => (true, format!("run {run} {what} (pid {})", worker.pid)),
+        Err(e) => (false, format!("{e:#}")),
+    }
+}
+
+/// Finds an experiment's base model for a launch from the console: a known model not fetched
+/// yet is fetched without a progress bar (the console owns the terminal).
+fn locate_quietly(data_dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = crate::fetch::resolve_model_path(data_dir, name);
+    if path.exists() {
+        return Ok(path);
+    }
+    match crate::fetch::known_model(name) {
+        Some(known) => crate::fetch::fetch(data_dir, known, None, false, None, |_| {}, |_, _| {}),
+        None => anyhow::bail!(
+            "{name}: no such model directory, GGUF file, or model under {}",
+            data_dir.join("models").display()
+        ),
     }
 }
 

@@ -1,0 +1,253 @@
+//! Background runs: the one typed API that launches, resumes, stops and kills them, used by
+//! the CLI (`train --detach`, `runs resume|stop|kill`), the console's jobs and studies alike.
+//! The training worker is the one process slayer starts from its own executable — it must
+//! outlive whoever launched it — and [`spawn_worker`] and [`spawn_training`] are where that
+//! happens. Nothing here prints: plan diagnostics come back in [`Launched`], failures as errors.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::core::checkpoint::{WeightSource, open_source};
+use crate::core::device::DeviceChoice;
+use crate::core::experiment::Experiment;
+use crate::core::plan::{self, LayerMap, Severity};
+use crate::core::text::sanitize_for_terminal;
+use crate::runner::queue::Submitted;
+use crate::runner::{RunDir, Worker};
+
+/// Finds a base model by what an experiment names (fetching a known one, the CLI's way, or
+/// refusing to, the console's).
+pub type Locate<'a> = &'a dyn Fn(&Path, &str) -> Result<PathBuf>;
+
+/// An experiment resolved against its base model.
+pub struct Resolved {
+    /// The base model as named (by `--model` or `[model] base`).
+    pub base_arg: String,
+    pub base: Box<dyn WeightSource>,
+    pub map: LayerMap,
+    /// The plan's warnings, rendered against its file.
+    pub warnings: Vec<String>,
+}
+
+/// Loads and resolves an experiment against its base model; a plan with errors is an error
+/// that lists them.
+pub fn resolve(
+    exp: &Experiment,
+    model: Option<&str>,
+    data_dir: &Path,
+    locate: Locate<'_>,
+) -> Result<Resolved> {
+    let base_arg = match (model, &exp.model) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(m)) => m.base.clone(),
+        (None, None) => bail!(
+            "{}: no base model: pass --model or set [model] base",
+            exp.path.display()
+        ),
+    };
+    let base = open_source(&locate(data_dir, &base_arg)?)?;
+    let resolution = plan::resolve(&exp.plan, base.config().num_hidden_layers);
+    let render = |d: &plan::Diagnostic| {
+        sanitize_for_terminal(&d.render(&exp.path.display().to_string(), &exp.text)).into_owned()
+    };
+    let has_errors = resolution.has_errors();
+    let Some(map) = resolution.map.filter(|_| !has_errors) else {
+        let errors: Vec<String> = resolution
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(render)
+            .collect();
+        bail!(
+            "{}: the plan has errors:\n{}",
+            exp.path.display(),
+            errors.join("\n")
+        );
+    };
+    Ok(Resolved {
+        base_arg,
+        base,
+        map,
+        warnings: resolution
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Error)
+            .map(render)
+            .collect(),
+    })
+}
+
+/// A run handed to the queue.
+pub struct Launched {
+    pub run: RunDir,
+    /// Started now, or waiting for the device's slot.
+    pub submitted: Submitted,
+    /// The plan's warnings (launch only).
+    pub warnings: Vec<String>,
+}
+
+/// Launches the experiment at `path` in the background: checks its plan against its base
+/// model (before any run directory exists, so a plan with errors leaves nothing behind),
+/// creates the run with an anchored copy of the experiment, and submits it to the queue.
+pub fn launch(
+    data_dir: &Path,
+    path: &Path,
+    model: Option<&str>,
+    device: DeviceChoice,
+    locate: Locate<'_>,
+) -> Result<Launched> {
+    let exp = Experiment::load(path).map_err(anyhow::Error::msg)?;
+    let resolved = resolve(&exp, model, data_dir, locate)?;
+    let run = RunDir::create(data_dir, &exp.name)?;
+    // Relative paths in the copy must still reach the files: anchor them now.
+    std::fs::write(run.experiment_path(), anchored_text(&exp, model))
+        .with_context(|| format!("cannot write {}", run.experiment_path().display()))?;
+    write_plan(&run, &resolved.map)?;
+    let submitted = submit(data_dir, &run, device)?;
+    Ok(Launched {
+        run,
+        submitted,
+        warnings: resolved.warnings,
+    })
+}
+
+/// Resumes run `id` in the background from its newest intact checkpoint (or queues it). The
+/// state is looked at under the queue's lock: of two racing resumes, one starts (or queues) the
+/// run and the other is told it is running.
+pub fn resume(data_dir: &Path, id: &str, device: DeviceChoice) -> Result<Launched> {
+    let run = RunDir::open(data_dir, id)?;
+    let submitted = submit(data_dir, &run, device)?;
+    Ok(Launched {
+        run,
+        submitted,
+        warnings: Vec::new(),
+    })
+}
+
+fn submit(data_dir: &Path, run: &RunDir, device: DeviceChoice) -> Result<Submitted> {
+    crate::runner::queue::submit(data_dir, run, device_arg(device), &|r, d| {
+        spawn_worker(r, data_dir, d)
+    })
+}
+
+/// Sends `signal` to run `id`'s worker (SIGTERM: checkpoint and stop; SIGKILL: now); the
+/// worker it reached.
+pub fn signal(data_dir: &Path, id: &str, signal: nix::sys::signal::Signal) -> Result<Worker> {
+    let run = RunDir::open(data_dir, id)?;
+    let worker = run
+        .worker()
+        .filter(Worker::alive)
+        .with_context(|| format!("run {} has no running worker", run.id))?;
+    worker.signal(signal)?;
+    Ok(worker)
+}
+
+/// The `--device` value that reproduces `choice`.
+#[must_use]
+pub fn device_arg(choice: DeviceChoice) -> &'static str {
+    match choice {
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+        DeviceChoice::Auto => "auto",
+    }
+}
+
+/// Starts a run in the background: a supervisor process (`runs supervise`, in its own session)
+/// that starts the worker, waits for it however it ends — a kill -9 or the OOM killer included —
+/// and then hands the device slot to the next queued run. Returns the supervisor's pid.
+pub(crate) fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u32> {
+    spawn_slayer(
+        run_dir,
+        data_dir,
+        &["--device", device, "runs", "supervise", &run_dir.id],
+    )
+}
+
+/// The worker itself (started by the supervisor; its output goes to the run's log).
+pub(crate) fn spawn_training(
+    run_dir: &RunDir,
+    data_dir: &Path,
+    device: &str,
+) -> Result<std::process::Child> {
+    spawn_child(
+        run_dir,
+        data_dir,
+        &[
+            "--device",
+            device,
+            "train",
+            "--resume",
+            &run_dir.id,
+            "--worker",
+            "--print-every",
+            "10",
+        ],
+    )
+}
+
+fn spawn_slayer(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<u32> {
+    Ok(spawn_child(run_dir, data_dir, args)?.id())
+}
+
+/// Runs `slayer ARGS` with the run's `log` as its output, in a process group of its own.
+fn spawn_child(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<std::process::Child> {
+    let log_path = run_dir.path.join("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the slayer executable")?;
+    let child = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().context("cannot duplicate the log handle")?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start a background slayer process")?;
+    Ok(child)
+}
+
+pub(crate) fn write_plan(run_dir: &RunDir, map: &LayerMap) -> Result<()> {
+    let path = run_dir.path.join("plan.json");
+    crate::core::atomic::write_synced(&path, &serde_json::to_vec_pretty(map)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The experiment text with its relative data paths made absolute (for the run's copy), its
+/// comments and layout kept (toml_edit). A `--model` override is recorded as `[model] base`
+/// (absolute when it is a path) so that resuming and exporting find the same base.
+pub(crate) fn anchored_text(exp: &Experiment, base_override: Option<&str>) -> String {
+    let Ok(mut doc) = exp.text.parse::<toml_edit::DocumentMut>() else {
+        return exp.text.clone();
+    };
+    if let Some(base) = base_override {
+        let base = std::fs::canonicalize(base)
+            .map_or_else(|_| base.to_string(), |p| p.display().to_string());
+        doc["model"]["base"] = toml_edit::value(base);
+    }
+    let dir = exp.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let fix = |v: &mut toml_edit::Value| {
+        if let Some(s) = v.as_str() {
+            let anchored = crate::core::experiment::anchored(Path::new(s), &dir);
+            let decor = v.decor().clone();
+            *v = toml_edit::Value::from(anchored.display().to_string());
+            *v.decor_mut() = decor;
+        }
+    };
+    for (section, key) in crate::core::experiment::PATH_FIELDS {
+        let Some(item) = doc.get_mut(section).and_then(|t| t.get_mut(key)) else {
+            continue;
+        };
+        match item.as_value_mut() {
+            Some(toml_edit::Value::Array(items)) => items.iter_mut().for_each(fix),
+            Some(v) => fix(v),
+            None => {}
+        }
+    }
+    doc.to_string()
+}
