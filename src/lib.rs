@@ -15,5 +15,6 @@ pub use slayer_engine as core;
 pub(crate) mod out;
 pub mod cli;
 pub mod interrupt;
+pub mod jobs;
 pub mod launch;
 pub mod tui;

@@ -17,7 +17,7 @@ use slayer::core::events::{
 };
 use slayer::runner::EventLog;
 use slayer::tui::app::{
-    App, ChatLine, ChatUpdate, Effect, Event, Input, JobId, Popup, Screen, Work,
+    App, CancelFlag, ChatLine, ChatUpdate, Effect, Event, Input, JobId, Popup, Screen, Work,
 };
 use slayer::tui::keymap::{Context, Keymap};
 use slayer::tui::theme::{self, ColorDepth};
@@ -523,11 +523,15 @@ fn jobs_end_by_identity() {
     };
     assert_ne!(expand, stop);
     assert_eq!(a.jobs.len(), 2);
+    let (expand_flag, stop_flag) = (CancelFlag::default(), CancelFlag::default());
     a.update(Event::JobStarted {
         id: expand,
-        pid: 100,
+        cancel: expand_flag.clone(),
     });
-    a.update(Event::JobStarted { id: stop, pid: 200 });
+    a.update(Event::JobStarted {
+        id: stop,
+        cancel: stop_flag,
+    });
     a.update(Event::JobDone {
         id: stop,
         ok: true,
@@ -540,7 +544,7 @@ fn jobs_end_by_identity() {
         key(&mut a, KeyCode::Char('C')),
         vec![Effect::CancelJob {
             id: expand,
-            pid: 100
+            cancel: expand_flag
         }]
     );
     // An end for a job the console does not know changes nothing.
@@ -743,15 +747,16 @@ fn jobs_diff_against_another_experiment_and_live_theme_reload() {
     assert!(out.ends_with("expanded/facts"));
     let expand = *expand;
     snap("job_running", &a);
+    let flag = CancelFlag::default();
     a.update(Event::JobStarted {
         id: expand,
-        pid: 4242,
+        cancel: flag.clone(),
     });
     assert_eq!(
         key(&mut a, KeyCode::Char('C')),
         vec![Effect::CancelJob {
             id: expand,
-            pid: 4242
+            cancel: flag
         }]
     );
     a.update(Event::JobDone {
@@ -763,8 +768,11 @@ fn jobs_diff_against_another_experiment_and_live_theme_reload() {
     assert!(matches!(&a.status, Some((false, m)) if m.starts_with("cancelled")));
     // Export a run.
     key(&mut a, KeyCode::Char('2'));
+    let effects = key(&mut a, KeyCode::Char('X'));
     assert!(
-        matches!(&key(&mut a, KeyCode::Char('X'))[..], [Effect::Job { work: Work::Slayer { args, .. }, .. }] if args[0] == "export")
+        matches!(&effects[..], [Effect::Job { work: Work::ExportRun { run, out }, .. }]
+            if out.ends_with(format!("exports/{run}"))),
+        "{effects:?}"
     );
     // :diff compares the editor with another experiment.
     key(&mut a, KeyCode::Char('1'));

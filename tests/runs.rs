@@ -941,3 +941,54 @@ fn a_plan_with_errors_launches_nothing() {
     assert!(msg.contains("insert after 9 is out of range"), "{msg}");
     assert!(slayer::runner::list_runs(home.path()).is_empty());
 }
+
+/// The console's jobs are library calls on threads (`slayer::jobs`), stopped by their flag:
+/// an expansion cancelled part-way (the flag set from its own progress, as `C` sets it from
+/// the console) ends as interrupted and leaves nothing at its output; an evaluation whose flag
+/// is set before it starts records nothing in the run.
+#[test]
+fn a_job_stops_when_its_flag_is_set_and_leaves_nothing_behind() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let home = tempfile::tempdir().unwrap();
+    let runs = two_runs(home.path());
+    let exp = home.path().join("a.toml");
+    let loaded =
+        slayer::jobs::load_plan(&exp, None, home.path(), &|_, base| Ok(PathBuf::from(base)))
+            .unwrap();
+    let out = home.path().join("expanded");
+    let request = slayer::jobs::ExpandRequest {
+        out: out.clone(),
+        verify: true,
+        sample: None,
+        dtype: None,
+        force: false,
+    };
+    let cancel = AtomicBool::new(false);
+    let mut seen = 0;
+    let err = slayer::jobs::expand(&loaded, &request, &cancel, |done, _| {
+        seen = done;
+        if done >= 2 {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    assert!(seen >= 2, "it made progress first");
+    assert!(!out.exists(), "a cancelled expansion leaves no directory");
+    // Not cancelled, the same request writes the model and verifies it.
+    cancel.store(false, Ordering::SeqCst);
+    let summary = slayer::jobs::expand(&loaded, &request, &cancel, |_, _| {}).unwrap();
+    assert!(summary.verification.unwrap().passed());
+    let run = &runs[0];
+    let before = run.read_events().unwrap().len();
+    let err = slayer::jobs::evaluate_run(
+        home.path(),
+        run,
+        None,
+        &candle_core::Device::Cpu,
+        &AtomicBool::new(true),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    assert_eq!(run.read_events().unwrap().len(), before);
+}

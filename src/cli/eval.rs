@@ -109,32 +109,22 @@ fn eval_run_checkpoint(
     data_dir: &Path,
     device: DeviceChoice,
 ) -> Result<Option<i32>> {
-    use crate::core::events::{EventKind, EventSink as _};
     let Some((run, step)) = crate::runner::model::run_spec(data_dir, &args.model)? else {
         return Ok(None);
     };
     let device = device::open(device)?;
-    let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, DType::F32, &device)?;
-    for w in &loaded.warnings {
+    let done = crate::jobs::evaluate_run(data_dir, &run, step, &device, &super::INTERRUPTED)?;
+    for w in &done.warnings {
         errln!("warning: {w}");
     }
-    let exp = crate::core::experiment::Experiment::load(&run.experiment_path())
-        .map_err(anyhow::Error::msg)?;
-    let paths = crate::core::run::RunPaths::new(&run.path, Some(data_dir.join("cache/tokens")));
-    let (_, suite) = crate::core::run::prepare(&exp, &loaded.tokenizer, &paths)?;
-    let record = suite.run(&loaded.model, &loaded.tokenizer, "checkpoint", step)?;
-    print_record(&record, args.json)?;
-    let busy = run.worker().is_some_and(|w| w.alive());
-    if busy {
+    print_record(&done.record, args.json)?;
+    if done.recorded {
+        errln!("recorded in run {}", run.id);
+    } else {
         errln!(
             "(run {} is running: this evaluation is not added to its events)",
             run.id
         );
-    } else {
-        let mut log = crate::runner::EventLog::open(&run.events_path())?;
-        log.emit(EventKind::Eval(record))?;
-        log.sync()?;
-        errln!("recorded in run {}", run.id);
     }
     Ok(Some(0))
 }
@@ -173,19 +163,7 @@ pub fn data(cmd: DataCommand, data_dir: &Path) -> Result<i32> {
             documents,
             json,
         } => {
-            let path = crate::templates::find_experiment(data_dir, &experiment)?;
-            let exp =
-                crate::core::experiment::Experiment::load(&path).map_err(anyhow::Error::msg)?;
-            let base = exp
-                .model
-                .as_ref()
-                .map(|m| m.base.clone())
-                .with_context(|| format!("{}: no base model (`[model] base`)", path.display()))?;
-            let source = open_source(&resolve_or_fetch(data_dir, &base)?)?;
-            let tokenizer = source
-                .tokenizer()
-                .with_context(|| format!("{base}: the base model has no tokenizer"))?;
-            let p = crate::core::run::preview(&exp, tokenizer, documents)?;
+            let p = crate::jobs::preview_data(data_dir, &experiment, documents, &resolve_or_fetch)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&p)?)?;
                 return Ok(0);

@@ -4,12 +4,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::DType;
 use clap::Args;
 
 use super::model::resolve_or_fetch;
 use super::{INTERRUPTED, progress};
-use crate::core::checkpoint::{load_model, open_source};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::importance::{self, ImportanceReport, Metric};
 
@@ -52,37 +50,33 @@ pub fn run(args: &ImportanceArgs, data_dir: &Path, device: DeviceChoice) -> Resu
             .map(|m| m.trim().parse::<Metric>().map_err(|e| anyhow::anyhow!(e)))
             .collect::<Result<_>>()?
     };
-    let path = resolve_or_fetch(data_dir, &args.model)?;
-    let source = open_source(&path)?;
-    let tokenizer = source.tokenizer().context("the model has no tokenizer")?;
-    let text = crate::core::corpus::read_text(&args.corpus)?;
-    let samples = crate::core::corpus::token_windows(
-        tokenizer,
-        &text,
-        args.samples,
-        args.seq_len,
-        &args.corpus,
+    let device = device::open(device)?;
+    let pb = progress::bar(0, "importance", "passes");
+    let request = crate::jobs::ImportanceRequest {
+        model: args.model.clone(),
+        corpus: args.corpus.clone(),
+        metrics: metrics.clone(),
+        samples: args.samples,
+        seq_len: args.seq_len,
+    };
+    let measured = crate::jobs::measure_importance(
+        data_dir,
+        &request,
+        &device,
+        &resolve_or_fetch,
+        &INTERRUPTED,
+        progress::callback(&pb),
     )?;
-    if samples.len() < args.samples {
+    pb.finish_and_clear();
+    if measured.windows < args.samples {
         errln!(
             "note: the corpus holds {} windows of {} tokens (asked for {})",
-            samples.len(),
+            measured.windows,
             args.seq_len,
             args.samples
         );
     }
-    let device = device::open(device)?;
-    // Importance compares small differences between hidden states: compute in f32 everywhere.
-    let model = load_model(source.as_ref(), DType::F32, &device)?;
-    let pb = progress::bar(0, "importance", "passes");
-    let report = importance::compute(
-        &model,
-        &samples,
-        &metrics,
-        progress::callback(&pb),
-        Some(&INTERRUPTED),
-    )?;
-    pb.finish_and_clear();
+    let report = measured.report;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {

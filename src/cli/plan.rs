@@ -3,15 +3,14 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 
 use super::model::resolve_or_fetch;
-use crate::core::checkpoint::{WeightSource, open_source};
-use crate::core::config::LlamaConfig;
+use crate::core::checkpoint::open_source;
 use crate::core::plan::totals::{human_bytes, human_count};
 use crate::core::plan::{
-    self, Diagnostic, LayerMap, MemoryParams, Origin, Resolution, Totals, diff, interchange,
+    self, Diagnostic, LayerMap, MemoryParams, Origin, Totals, diff, interchange,
 };
 use crate::core::text::sanitize_for_terminal;
 
@@ -93,72 +92,20 @@ pub enum ExportFormat {
     Llamafactory,
 }
 
-/// A plan file read, resolved against its base model.
-pub struct LoadedPlan {
-    pub path: PathBuf,
-    pub text: String,
-    pub resolution: Resolution,
-    pub base_arg: String,
-    pub base: Box<dyn WeightSource>,
-}
+pub use crate::jobs::{LoadedPlan, load_plan as load_plan_with};
 
-impl LoadedPlan {
-    /// Prints diagnostics to stderr as `file:line:col: …`; returns whether there were errors.
-    pub fn report_diagnostics(&self) -> bool {
-        let name = self.path.display().to_string();
-        for d in &self.resolution.diagnostics {
-            errln!("{}", sanitize_for_terminal(&d.render(&name, &self.text)));
-        }
-        self.resolution.has_errors()
-    }
-
-    /// The map, or an error saying the plan has errors (already printed).
-    pub fn map(&self) -> Result<&LayerMap> {
-        self.resolution
-            .map
-            .as_ref()
-            .with_context(|| format!("{}: the plan has errors", self.path.display()))
-    }
-
-    #[must_use]
-    pub fn config(&self) -> &LlamaConfig {
-        self.base.config()
-    }
-}
-
-/// Reads and resolves a plan file (or the experiment of that name). Syntax errors are printed as diagnostics and returned as errors.
+/// [`load_plan_with`], fetching a known base model on first use (with a progress bar).
 pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<LoadedPlan> {
-    // A file, or an experiment's name, as `train` takes them.
-    let path = &crate::templates::find_experiment(data_dir, path)?;
-    let text = crate::core::corpus::read_settings(path, "plan")?;
-    let file = match plan::parse(&text) {
-        Ok(f) => f,
-        Err(d) => {
-            errln!(
-                "{}",
-                sanitize_for_terminal(&d.render(&path.display().to_string(), &text))
-            );
-            bail!("{}: cannot parse the plan", path.display());
-        }
-    };
-    let base_arg = match (model, &file.model) {
-        (Some(m), _) => m.to_string(),
-        (None, Some(spec)) => spec.base.clone(),
-        (None, None) => bail!(
-            "{}: no base model: pass --model or set `[model] base` in the file",
-            path.display()
-        ),
-    };
-    let base_path = resolve_or_fetch(data_dir, &base_arg)?;
-    let base = open_source(&base_path)?;
-    let resolution = plan::resolve(&file.plan, base.config().num_hidden_layers);
-    Ok(LoadedPlan {
-        path: path.clone(),
-        text,
-        resolution,
-        base_arg,
-        base,
-    })
+    load_plan_with(path, model, data_dir, &resolve_or_fetch)
+}
+
+/// Prints a loaded plan's diagnostics to stderr as `file:line:col: …`; returns whether there
+/// were errors.
+pub fn report_diagnostics(loaded: &LoadedPlan) -> bool {
+    for d in loaded.diagnostics() {
+        errln!("{d}");
+    }
+    loaded.resolution.has_errors()
 }
 
 fn element_bytes(dtype: &str) -> usize {
@@ -224,7 +171,7 @@ pub fn run(
                 });
                 outln!("{}", serde_json::to_string_pretty(&out)?)?;
             } else {
-                let _ = loaded.report_diagnostics();
+                let _ = report_diagnostics(&loaded);
                 if let (Some(map), Some(totals)) = (&loaded.resolution.map, &totals) {
                     out!("{}", render_map(map, &loaded.base_arg))?;
                     out!("{}", render_totals(totals, &dtype))?;
@@ -235,7 +182,7 @@ pub fn run(
         PlanCommand::Diff { a, b, model, json } => {
             let pa = load_plan(&a, model.as_deref(), data_dir)?;
             let pb = load_plan(&b, model.as_deref(), data_dir)?;
-            let errors = pa.report_diagnostics() | pb.report_diagnostics();
+            let errors = report_diagnostics(&pa) | report_diagnostics(&pb);
             if errors {
                 return Ok(1);
             }
@@ -258,7 +205,7 @@ pub fn run(
             expanded_model,
         } => {
             let loaded = load_plan(&file, model.as_deref(), data_dir)?;
-            if loaded.report_diagnostics() {
+            if report_diagnostics(&loaded) {
                 return Ok(1);
             }
             let converted = match format {

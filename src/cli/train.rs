@@ -8,8 +8,6 @@ use clap::Args;
 
 use super::INTERRUPTED;
 use super::model::{parse_dtype, resolve_or_fetch};
-use crate::core::checkpoint::SaveOptions;
-use crate::core::checkpoint::hf::save_model;
 use crate::core::device::{self, DeviceChoice};
 use crate::core::events::{EvalRecord, EventKind, EventSink, RunStatus};
 use crate::core::experiment::Experiment;
@@ -332,39 +330,21 @@ fn earlier_evals(run_dir: &RunDir) -> Result<Vec<EvalRecord>> {
 
 pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
     let run_dir = RunDir::open(data_dir, &args.run)?;
-    let (exp, base, _) = crate::runner::model::run_base(data_dir, &run_dir)?;
-    let (loaded, step) = crate::runner::model::load_run(
+    let exported = crate::jobs::export_run(
         data_dir,
         &run_dir,
-        None,
-        DType::F32,
-        &candle_core::Device::Cpu,
+        &args.out,
+        args.dtype,
+        args.force,
+        &INTERRUPTED,
     )?;
-    for w in &loaded.warnings {
+    for w in &exported.warnings {
         errln!("warning: {w}");
     }
-    let model = loaded.model;
-    let opts = SaveOptions {
-        dtype: args.dtype.unwrap_or_else(|| base.stored_dtype()),
-        force: args.force,
-        ..SaveOptions::default()
-    };
-    save_model(
-        &model,
-        base.tokenizer(),
-        base.config_json(),
-        base.generation_config(),
-        &args.out,
-        &opts,
-    )?;
-    // Chats with the export link back to the run (lineage).
-    crate::core::atomic::write_json(
-        &args.out.join(crate::runner::transcript::LINEAGE_FILE),
-        &serde_json::json!({ "run": run_dir.id, "step": step, "experiment": exp.name }),
-    )?;
     errln!(
-        "exported run {} at step {step} to {}",
+        "exported run {} at step {} to {}",
         run_dir.id,
+        exported.step,
         args.out.display()
     );
     Ok(0)

@@ -88,10 +88,10 @@ pub enum Event {
     Compare(Vec<crate::runner::compare::CompareRow>),
     /// The experiments re-read from the data directory.
     Experiments(Vec<ExperimentItem>),
-    /// A job's process started (so it can be cancelled).
+    /// A job started on its thread, with the flag that cancels it.
     JobStarted {
         id: JobId,
-        pid: u32,
+        cancel: CancelFlag,
     },
     /// A job ended: whether it succeeded, and what to say.
     JobDone {
@@ -214,14 +214,26 @@ pub enum ChatUpdate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u64);
 
+/// A job's cancel flag, shared with the thread that runs it (equal when it is the same flag).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl PartialEq for CancelFlag {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CancelFlag {}
+
 /// A job the console has started and not yet seen end: the one registry of background work
-/// (the status line shows it, `C` cancels it, leaving the console stops its process).
+/// (the status line shows it, `C` cancels it, leaving the console cancels it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub id: JobId,
     pub label: String,
-    /// Its `slayer` process, once started (jobs without one finish at once).
-    pub pid: Option<u32>,
+    /// What stops it, once started (jobs without one finish at once).
+    pub cancel: Option<CancelFlag>,
     /// A cancel was sent.
     pub cancelling: bool,
 }
@@ -247,10 +259,10 @@ pub enum Work {
         name: String,
     },
     DeleteExperiment(PathBuf),
-    /// A long CLI operation (`slayer ARGS`), cancellable.
-    Slayer {
-        label: String,
-        args: Vec<String>,
+    /// Export a run's trained model (its newest intact checkpoint) to `out`.
+    ExportRun {
+        run: String,
+        out: PathBuf,
     },
     /// Measure block importance of an experiment's base model, then show it.
     Importance {
@@ -287,10 +299,10 @@ pub enum Effect {
         id: JobId,
         work: Work,
     },
-    /// Ask job `id`'s process to stop (SIGTERM: it cleans up and exits).
+    /// Ask job `id` to stop: its thread finds the flag set, cleans up and ends.
     CancelJob {
         id: JobId,
-        pid: u32,
+        cancel: CancelFlag,
     },
     /// Load models to chat with: run ids (newest checkpoint) or model names.
     ChatLoad(Vec<String>),
@@ -861,9 +873,9 @@ impl App {
                 self.clamp_experiment();
                 Vec::new()
             }
-            Event::JobStarted { id, pid } => {
+            Event::JobStarted { id, cancel } => {
                 if let Some(job) = self.jobs.iter_mut().find(|j| j.id == id) {
-                    job.pid = Some(pid);
+                    job.cancel = Some(cancel);
                 }
                 Vec::new()
             }
@@ -1961,15 +1973,9 @@ impl App {
             Action::Export => {
                 if let Some(r) = self.current_run().cloned() {
                     let out = self.data_dir.join("exports").join(&r.id);
-                    return self.job(
+                    return self.start_job(
                         format!("exporting {}", r.id),
-                        &[
-                            "export",
-                            &r.id,
-                            "--out",
-                            &out.display().to_string(),
-                            "--force",
-                        ],
+                        Work::ExportRun { run: r.id, out },
                     );
                 }
             }
@@ -1994,29 +2000,25 @@ impl App {
                 }
             }
             Action::CancelJob => {
-                // The newest job that has a process to stop.
-                match self.jobs.iter_mut().rev().find(|j| j.pid.is_some()) {
-                    Some(job) => {
+                // The newest job that can be stopped.
+                match self
+                    .jobs
+                    .iter_mut()
+                    .rev()
+                    .find_map(|j| j.cancel.clone().map(|c| (j, c)))
+                {
+                    Some((job, cancel)) => {
                         job.cancelling = true;
-                        let (id, pid) = (job.id, job.pid.unwrap_or_default());
+                        let id = job.id;
                         let label = job.label.clone();
                         self.say(true, format!("cancelling {label}"));
-                        return vec![Effect::CancelJob { id, pid }];
+                        return vec![Effect::CancelJob { id, cancel }];
                     }
                     None => self.say(false, "no job is running"),
                 }
             }
         }
         Vec::new()
-    }
-
-    /// Starts `slayer ARGS` as a background job shown in the status line.
-    fn job(&mut self, label: String, args: &[&str]) -> Vec<Effect> {
-        let work = Work::Slayer {
-            label: label.clone(),
-            args: args.iter().map(ToString::to_string).collect(),
-        };
-        self.start_job(label, work)
     }
 
     /// Registers a job and asks the runtime to start it.
@@ -2026,7 +2028,7 @@ impl App {
         self.jobs.push(Job {
             id,
             label,
-            pid: None,
+            cancel: None,
             cancelling: false,
         });
         vec![Effect::Job { id, work }]

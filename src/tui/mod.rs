@@ -590,86 +590,6 @@ fn load_chat_model(
     crate::runner::model::load_path(&path, spec, candle_core::DType::F32, device)
 }
 
-/// Runs `slayer ARGS` as job `id`: its process reported as it starts (so it can be cancelled),
-/// its last line of output the message.
-fn run_job(
-    data_dir: &Path,
-    id: JobId,
-    label: &str,
-    args: &[String],
-    tx: &UnboundedSender<Event>,
-) -> (bool, String) {
-    let (ok, last, _) = run_slayer(data_dir, args, id, tx);
-    (
-        ok,
-        if ok {
-            format!("{label}: done. {last}")
-        } else {
-            format!("{label}: {last}")
-        },
-    )
-}
-
-/// Runs `slayer ARGS` for job `id` (its pid sent as [`Event::JobStarted`]): whether it
-/// succeeded, its last line on stderr, and its stdout.
-fn run_slayer(
-    data_dir: &Path,
-    args: &[String],
-    id: JobId,
-    tx: &UnboundedSender<Event>,
-) -> (bool, String, Vec<u8>) {
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slayer"));
-    let child = std::process::Command::new(exe)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot run slayer: {e}"), Vec::new()),
-    };
-    let _ = tx.send(Event::JobStarted {
-        id,
-        pid: child.id(),
-    });
-    match child.wait_with_output() {
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_string();
-            (out.status.success(), last, out.stdout)
-        }
-        Err(e) => (false, format!("slayer: {e}"), Vec::new()),
-    }
-}
-
-/// Runs `slayer ARGS` whose `--json` result is a `T` (typed: a renamed field fails here, not
-/// silently): the result, or what went wrong (the command's last line). With `any_exit` a
-/// result printed by a failing command still counts (a failed verification is a result).
-fn slayer_json<T: serde::de::DeserializeOwned>(
-    data_dir: &Path,
-    args: &[String],
-    id: JobId,
-    tx: &UnboundedSender<Event>,
-    any_exit: bool,
-) -> std::result::Result<T, String> {
-    let (ok, last, stdout) = run_slayer(data_dir, args, id, tx);
-    match serde_json::from_slice::<T>(&stdout) {
-        Ok(value) if ok || any_exit => Ok(value),
-        Ok(_) | Err(_) if !last.is_empty() => Err(last),
-        Ok(_) => Err("failed without a message".into()),
-        Err(e) => Err(format!("its result does not read: {e}")),
-    }
-}
-
 /// Carries out job `id` off the async workers; its end comes back as [`Event::JobDone`] (or
 /// [`Event::Importance`]), always exactly once.
 fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Event>) {
@@ -747,53 +667,71 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             });
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
-        Work::Slayer { label, args } => done(run_job(data_dir, id, &label, &args, tx)),
+        Work::ExportRun { run, out } => {
+            let cancel = started_on_thread(id, tx);
+            done(
+                match crate::runner::RunDir::open(data_dir, &run).and_then(|dir| {
+                    crate::jobs::export_run(data_dir, &dir, &out, None, true, &cancel.0)
+                }) {
+                    Ok(e) => (
+                        true,
+                        format!("exported {run} at step {} to {}", e.step, out.display()),
+                    ),
+                    Err(e) => (false, format!("exporting {run}: {e:#}")),
+                },
+            );
+        }
         Work::Expand {
             experiment,
             path,
             out,
         } => {
-            let args = [
-                "expand".to_string(),
-                path.display().to_string(),
-                "--out".into(),
-                out.display().to_string(),
-                "--verify".into(),
-                "--force".into(),
-                "--json".into(),
-            ];
-            // A failed verification exits 1 with its result on stdout: the result decides.
-            match slayer_json(data_dir, &args, id, tx, true) {
+            let cancel = started_on_thread(id, tx);
+            let request = crate::jobs::ExpandRequest {
+                out,
+                verify: true,
+                sample: None,
+                dtype: None,
+                force: true,
+            };
+            // A failed verification is a result too: the popup says what it found.
+            let result = crate::jobs::load_plan(&path, None, data_dir, &locate_quietly)
+                .and_then(|loaded| crate::jobs::expand(&loaded, &request, &cancel.0, |_, _| {}));
+            match result {
                 Ok(summary) => outcome(JobOutcome::Expanded {
                     experiment,
                     summary,
                 }),
-                Err(why) => done((false, format!("expand {experiment}: {why}"))),
+                Err(why) => done((false, format!("expand {experiment}: {why:#}"))),
             }
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
         Work::PreviewData { experiment, path } => {
-            let args = [
-                "data".to_string(),
-                "preview".into(),
-                path.display().to_string(),
-                "--documents".into(),
-                "4".into(),
-                "--json".into(),
-            ];
-            match slayer_json(data_dir, &args, id, tx, false) {
+            match crate::jobs::preview_data(data_dir, &path, 4, &locate_quietly) {
                 Ok(preview) => outcome(JobOutcome::Previewed {
                     experiment,
                     preview,
                 }),
-                Err(why) => done((false, format!("{experiment}'s data: {why}"))),
+                Err(why) => done((false, format!("{experiment}'s data: {why:#}"))),
             }
         }
         Work::EvaluateRun(run) => {
-            let args = ["eval".to_string(), run.clone(), "--json".into()];
-            match slayer_json(data_dir, &args, id, tx, false) {
-                Ok(record) => outcome(JobOutcome::Evaluated { run, record }),
-                Err(why) => done((false, format!("evaluating {run}: {why}"))),
+            let cancel = started_on_thread(id, tx);
+            let result = crate::runner::RunDir::open(data_dir, &run).and_then(|dir| {
+                crate::jobs::evaluate_run(
+                    data_dir,
+                    &dir,
+                    None,
+                    &candle_core::Device::Cpu,
+                    &cancel.0,
+                )
+            });
+            match result {
+                Ok(done) => outcome(JobOutcome::Evaluated {
+                    run,
+                    record: done.record,
+                }),
+                Err(why) => done((false, format!("evaluating {run}: {why:#}"))),
             }
         }
         Work::Importance { name, path, base } => {
@@ -819,6 +757,16 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             let _ = tx.send(Event::Experiments(load_experiments(data_dir)));
         }
     }
+}
+
+/// Registers job `id` as running on this thread: the flag it checks, which `C` sets.
+fn started_on_thread(id: JobId, tx: &UnboundedSender<Event>) -> app::CancelFlag {
+    let flag = app::CancelFlag::default();
+    let _ = tx.send(Event::JobStarted {
+        id,
+        cancel: flag.clone(),
+    });
+    flag
 }
 
 /// Signals a run's worker (a job's message says what became of it).
@@ -854,16 +802,6 @@ fn load_study_event(data_dir: &Path, name: &str, open: bool, tx: &UnboundedSende
     let _ = tx.send(event);
 }
 
-/// Asks a job's process to stop (SIGTERM: it cleans up and exits).
-fn terminate(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
 /// Measures block importance of an experiment's base model with `slayer importance` (a job):
 /// the fast metrics (block influence, angular distance) on 16 windows of 128 tokens of the
 /// experiment's training text (or the built-in general prose), with a suggested plan of 4 new
@@ -890,53 +828,44 @@ fn importance(
             .with_context(|| format!("cannot write {}", general.display()))?;
         general
     };
-    let report = dir.join(format!("{name}.json"));
+    let report_path = dir.join(format!("{name}.json"));
     let suggestion = dir.join(format!("{name}-suggested.toml"));
-    let args: Vec<String> = [
-        "importance",
-        base,
-        "--corpus",
-        &corpus.display().to_string(),
-        "--metric",
-        "bi,angular",
-        "--samples",
-        "16",
-        "--seq-len",
-        "128",
-        "--json",
-        "--suggest",
-        "4",
-        "0",
-        "--out",
-        &suggestion.display().to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    let (ok, message, stdout) = run_slayer(data_dir, &args, id, tx);
-    if !ok {
-        anyhow::bail!("{message}");
-    }
-    std::fs::write(&report, &stdout)
-        .with_context(|| format!("cannot write {}", report.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&stdout).context("unreadable importance report")?;
-    let metrics = value["metrics"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .map(|m| {
-                    (
-                        m["metric"].as_str().unwrap_or("?").to_string(),
-                        m["scores"]
-                            .as_array()
-                            .map(|s| s.iter().filter_map(serde_json::Value::as_f64).collect())
-                            .unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let cancel = started_on_thread(id, tx);
+    let metric_list = [
+        crate::core::importance::Metric::Bi,
+        crate::core::importance::Metric::Angular,
+    ];
+    let request = crate::jobs::ImportanceRequest {
+        model: base.to_string(),
+        corpus,
+        metrics: metric_list.to_vec(),
+        samples: 16,
+        seq_len: 128,
+    };
+    let report = crate::jobs::measure_importance(
+        data_dir,
+        &request,
+        &candle_core::Device::Cpu,
+        &locate_quietly,
+        &cancel.0,
+        |_, _| {},
+    )?
+    .report;
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    // The suggested plan: 4 new blocks where block influence is lowest in the shallow half.
+    let scores = report
+        .scores(metric_list[0])
+        .context("block influence was not computed")?;
+    let (insert, prune) = crate::core::importance::suggest(scores, 4, 0);
+    let toml = crate::core::importance::suggestion_toml(base, metric_list[0], &insert, &prune);
+    std::fs::write(&suggestion, &toml)
+        .with_context(|| format!("cannot write {}", suggestion.display()))?;
+    let metrics = report
+        .metrics
+        .iter()
+        .map(|m| (m.metric.name().to_string(), m.scores.clone()))
+        .collect();
     Ok(app::ImportanceView {
         experiment: name.to_string(),
         experiment_path: path.to_path_buf(),
@@ -1060,7 +989,7 @@ impl EffectRunner {
                     let _ = self.chat.send(ChatCommand::Reset);
                 }
                 Effect::ChatCancel => self.cancel_chat.store(true, Ordering::SeqCst),
-                Effect::CancelJob { pid, .. } => terminate(pid),
+                Effect::CancelJob { cancel, .. } => cancel.0.store(true, Ordering::SeqCst),
                 Effect::Job { id, work } => {
                     let (dir, tx) = (app.data_dir.clone(), self.tx.clone());
                     tokio::task::spawn_blocking(move || execute_job(&dir, id, work, &tx));
@@ -1156,8 +1085,8 @@ async fn event_loop(mut app: App) -> Result<i32> {
     stop.store(true, Ordering::Relaxed);
     cancel_chat.store(true, Ordering::SeqCst);
     // Jobs belong to the console (runs do not): ask them to stop cleanly.
-    for pid in app.jobs.iter().filter_map(|j| j.pid) {
-        terminate(pid);
+    for cancel in app.jobs.iter().filter_map(|j| j.cancel.as_ref()) {
+        cancel.0.store(true, Ordering::SeqCst);
     }
     if stop_runs == Some(true) {
         for r in app
