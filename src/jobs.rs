@@ -72,8 +72,16 @@ impl LoadedPlan {
     }
 }
 
-/// Reads and resolves a plan file (or the experiment of that name); a syntax error is an error
-/// that shows where.
+/// A plan file that does not parse: where, as a `file:line:col: …` diagnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot parse the plan: {diagnostic}", path.display())]
+pub struct PlanUnreadable {
+    pub path: PathBuf,
+    pub diagnostic: String,
+}
+
+/// Reads and resolves a plan file (or the experiment of that name); a syntax error is a
+/// [`PlanUnreadable`].
 pub fn load_plan(
     path: &Path,
     model: Option<&str>,
@@ -83,12 +91,10 @@ pub fn load_plan(
     // A file, or an experiment's name, as `train` takes them.
     let path = &crate::templates::find_experiment(data_dir, path)?;
     let text = crate::core::corpus::read_settings(path, "plan")?;
-    let file = plan::parse(&text).map_err(|d| {
-        anyhow::anyhow!(
-            "{}\n{}: cannot parse the plan",
-            sanitize_for_terminal(&d.render(&path.display().to_string(), &text)),
-            path.display()
-        )
+    let file = plan::parse(&text).map_err(|d| PlanUnreadable {
+        path: path.clone(),
+        diagnostic: sanitize_for_terminal(&d.render(&path.display().to_string(), &text))
+            .into_owned(),
     })?;
     let base_arg = match (model, &file.model) {
         (Some(m), _) => m.to_string(),

@@ -94,9 +94,18 @@ pub enum ExportFormat {
 
 pub use crate::jobs::{LoadedPlan, load_plan as load_plan_with};
 
-/// [`load_plan_with`], fetching a known base model on first use (with a progress bar).
+/// [`load_plan_with`], fetching a known base model on first use (with a progress bar); a
+/// syntax error's diagnostic is printed on its own line, before the error.
 pub fn load_plan(path: &Path, model: Option<&str>, data_dir: &Path) -> Result<LoadedPlan> {
-    load_plan_with(path, model, data_dir, &resolve_or_fetch)
+    load_plan_with(path, model, data_dir, &resolve_or_fetch).map_err(|e| {
+        match e.downcast::<crate::jobs::PlanUnreadable>() {
+            Ok(unreadable) => {
+                errln!("{}", unreadable.diagnostic);
+                anyhow::anyhow!("{}: cannot parse the plan", unreadable.path.display())
+            }
+            Err(e) => e,
+        }
+    })
 }
 
 /// Prints a loaded plan's diagnostics to stderr as `file:line:col: …`; returns whether there
