@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::checkpoint::check_cancel;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{BlockTensor, Llama};
 
 /// An importance metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -225,8 +225,10 @@ fn taylor(
             m.blocks[i]
                 .params()
                 .into_iter()
-                .filter(|(name, _)| !name.contains("layernorm"))
-                .filter_map(|(name, p)| p.var().map(|v| (name.to_string(), v.clone())))
+                .filter(|(t, _)| {
+                    !matches!(t, BlockTensor::InputNorm | BlockTensor::PostAttentionNorm)
+                })
+                .filter_map(|(t, p)| p.var().map(|v| (t.name().to_string(), v.clone())))
                 .collect()
         })
         .collect();

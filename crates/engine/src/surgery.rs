@@ -11,7 +11,7 @@ use crate::checkpoint::hf::DirContents;
 use crate::checkpoint::{SaveOptions, WeightSource, write_hf_dir};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::model::{BLOCK_TENSORS, Block, Llama, Param};
+use crate::model::{Block, BlockTensor, Llama, Param};
 use crate::plan::{Init, LayerMap, Origin};
 
 /// The config of the model `map` produces from `base`.
@@ -157,16 +157,11 @@ pub fn apply(base: &Llama, map: &LayerMap) -> Result<Llama> {
             } => {
                 let first = init.sources()[0];
                 let mut block: Block = base.blocks[first].clone();
-                for (slot, suffix) in block.params_mut().into_iter().zip(BLOCK_TENSORS) {
-                    let t = new_block_tensor(init, zero, scale, suffix, |i, s| {
-                        let params = base.blocks[i].params();
-                        let (_, p) = params
-                            .iter()
-                            .find(|(n, _)| *n == s)
-                            .ok_or_else(|| Error::Invalid(format!("no tensor {s}")))?;
-                        Ok(p.tensor().clone())
+                for tensor in BlockTensor::ALL {
+                    let t = new_block_tensor(init, zero, scale, tensor.name(), |i, _| {
+                        Ok(base.blocks[i].param(tensor).tensor().clone())
                     })?;
-                    *slot = Param::Frozen(t);
+                    *block.param_mut(tensor) = Param::Frozen(t);
                 }
                 block
             }

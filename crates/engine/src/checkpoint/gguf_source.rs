@@ -129,12 +129,15 @@ impl WeightSource for GgufSource {
             .map_err(|e| Error::tensor(&self.path, &info.name, e.to_string()))?;
         super::safetensors::release_pages(&self.mmap, info.start, info.end - info.start);
         let t = t.to_dtype(DType::F32)?;
-        if name.ends_with("self_attn.q_proj.weight") {
-            Ok(unpermute_qk(&t, self.config.num_attention_heads)?)
-        } else if name.ends_with("self_attn.k_proj.weight") {
-            Ok(unpermute_qk(&t, self.config.num_key_value_heads)?)
-        } else {
-            Ok(t)
+        // llama.cpp stores q and k with their rotary halves interleaved.
+        match crate::model::BlockTensor::of_model_name(name).map(|(_, t)| t) {
+            Some(crate::model::BlockTensor::QProj) => {
+                Ok(unpermute_qk(&t, self.config.num_attention_heads)?)
+            }
+            Some(crate::model::BlockTensor::KProj) => {
+                Ok(unpermute_qk(&t, self.config.num_key_value_heads)?)
+            }
+            _ => Ok(t),
         }
     }
 

@@ -8,17 +8,116 @@ use super::mlp::Mlp;
 use super::norm::RmsNorm;
 use super::rope::Rotary;
 
-/// The tensor names of a block, relative to `model.layers.{i}.`, in HF order.
+/// The tensors of a block: the one declaration of their HF names (relative to
+/// `model.layers.{i}.`), llama.cpp names, shapes and order, which loading, saving, shape checks,
+/// surgery, plans and the GGUF reader all read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockTensor {
+    InputNorm,
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    PostAttentionNorm,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl BlockTensor {
+    /// Every tensor of a block, in HF order.
+    pub const ALL: [Self; 9] = [
+        Self::InputNorm,
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::OProj,
+        Self::PostAttentionNorm,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+
+    /// The HF name, relative to `model.layers.{i}.`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::InputNorm => "input_layernorm.weight",
+            Self::QProj => "self_attn.q_proj.weight",
+            Self::KProj => "self_attn.k_proj.weight",
+            Self::VProj => "self_attn.v_proj.weight",
+            Self::OProj => "self_attn.o_proj.weight",
+            Self::PostAttentionNorm => "post_attention_layernorm.weight",
+            Self::GateProj => "mlp.gate_proj.weight",
+            Self::UpProj => "mlp.up_proj.weight",
+            Self::DownProj => "mlp.down_proj.weight",
+        }
+    }
+
+    /// The llama.cpp name, relative to `blk.{i}.`.
+    #[must_use]
+    pub const fn gguf_name(self) -> &'static str {
+        match self {
+            Self::InputNorm => "attn_norm.weight",
+            Self::QProj => "attn_q.weight",
+            Self::KProj => "attn_k.weight",
+            Self::VProj => "attn_v.weight",
+            Self::OProj => "attn_output.weight",
+            Self::PostAttentionNorm => "ffn_norm.weight",
+            Self::GateProj => "ffn_gate.weight",
+            Self::UpProj => "ffn_up.weight",
+            Self::DownProj => "ffn_down.weight",
+        }
+    }
+
+    /// The tensor of a block-relative HF name.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The block index and tensor of a full HF name, `model.layers.{i}.{name}`.
+    #[must_use]
+    pub fn of_model_name(name: &str) -> Option<(usize, Self)> {
+        let (idx, part) = name.strip_prefix("model.layers.")?.split_once('.')?;
+        Some((idx.parse().ok()?, Self::from_name(part)?))
+    }
+
+    /// The tensor of a block-relative llama.cpp name.
+    #[must_use]
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.gguf_name() == name)
+    }
+
+    /// Its shape under `config`, as HF stores it (`[out, in]` for projections).
+    #[must_use]
+    pub fn shape(self, config: &crate::config::LlamaConfig) -> Vec<usize> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let i = config.intermediate_size;
+        match self {
+            Self::InputNorm | Self::PostAttentionNorm => vec![h],
+            Self::QProj => vec![q, h],
+            Self::KProj | Self::VProj => vec![kv, h],
+            Self::OProj => vec![h, q],
+            Self::GateProj | Self::UpProj => vec![i, h],
+            Self::DownProj => vec![h, i],
+        }
+    }
+}
+
+/// The block-relative HF names in HF order (from [`BlockTensor`]).
 pub const BLOCK_TENSORS: [&str; 9] = [
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
+    BlockTensor::InputNorm.name(),
+    BlockTensor::QProj.name(),
+    BlockTensor::KProj.name(),
+    BlockTensor::VProj.name(),
+    BlockTensor::OProj.name(),
+    BlockTensor::PostAttentionNorm.name(),
+    BlockTensor::GateProj.name(),
+    BlockTensor::UpProj.name(),
+    BlockTensor::DownProj.name(),
 ];
 
 #[derive(Clone, Debug)]
@@ -68,46 +167,86 @@ impl Block {
         })
     }
 
-    /// The block's parameters paired with their names relative to `model.layers.{i}.`.
-    #[must_use]
-    pub fn params(&self) -> [(&'static str, &Param); 9] {
-        [
-            (BLOCK_TENSORS[0], &self.input_layernorm.weight),
-            (BLOCK_TENSORS[1], &self.self_attn.q_proj),
-            (BLOCK_TENSORS[2], &self.self_attn.k_proj),
-            (BLOCK_TENSORS[3], &self.self_attn.v_proj),
-            (BLOCK_TENSORS[4], &self.self_attn.o_proj),
-            (BLOCK_TENSORS[5], &self.post_attention_layernorm.weight),
-            (BLOCK_TENSORS[6], &self.mlp.gate_proj),
-            (BLOCK_TENSORS[7], &self.mlp.up_proj),
-            (BLOCK_TENSORS[8], &self.mlp.down_proj),
-        ]
+    /// Builds a block from its parameters, each asked for by its [`BlockTensor`].
+    pub fn load<E>(
+        config: &crate::config::LlamaConfig,
+        mut get: impl FnMut(BlockTensor) -> std::result::Result<Param, E>,
+    ) -> std::result::Result<Self, E> {
+        Ok(Self {
+            input_layernorm: RmsNorm {
+                weight: get(BlockTensor::InputNorm)?,
+                eps: config.rms_norm_eps,
+            },
+            self_attn: Attention {
+                q_proj: get(BlockTensor::QProj)?,
+                k_proj: get(BlockTensor::KProj)?,
+                v_proj: get(BlockTensor::VProj)?,
+                o_proj: get(BlockTensor::OProj)?,
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim: config.head_dim,
+            },
+            post_attention_layernorm: RmsNorm {
+                weight: get(BlockTensor::PostAttentionNorm)?,
+                eps: config.rms_norm_eps,
+            },
+            mlp: Mlp {
+                gate_proj: get(BlockTensor::GateProj)?,
+                up_proj: get(BlockTensor::UpProj)?,
+                down_proj: get(BlockTensor::DownProj)?,
+            },
+        })
     }
 
-    /// Mutable access to every parameter, in [`BLOCK_TENSORS`] order.
-    pub fn params_mut(&mut self) -> [&mut Param; 9] {
-        [
-            &mut self.input_layernorm.weight,
-            &mut self.self_attn.q_proj,
-            &mut self.self_attn.k_proj,
-            &mut self.self_attn.v_proj,
-            &mut self.self_attn.o_proj,
-            &mut self.post_attention_layernorm.weight,
-            &mut self.mlp.gate_proj,
-            &mut self.mlp.up_proj,
-            &mut self.mlp.down_proj,
-        ]
+    /// The parameter holding tensor `t`.
+    #[must_use]
+    pub fn param(&self, t: BlockTensor) -> &Param {
+        match t {
+            BlockTensor::InputNorm => &self.input_layernorm.weight,
+            BlockTensor::QProj => &self.self_attn.q_proj,
+            BlockTensor::KProj => &self.self_attn.k_proj,
+            BlockTensor::VProj => &self.self_attn.v_proj,
+            BlockTensor::OProj => &self.self_attn.o_proj,
+            BlockTensor::PostAttentionNorm => &self.post_attention_layernorm.weight,
+            BlockTensor::GateProj => &self.mlp.gate_proj,
+            BlockTensor::UpProj => &self.mlp.up_proj,
+            BlockTensor::DownProj => &self.mlp.down_proj,
+        }
+    }
+
+    /// The parameter holding tensor `t`, to replace or make trainable.
+    pub fn param_mut(&mut self, t: BlockTensor) -> &mut Param {
+        match t {
+            BlockTensor::InputNorm => &mut self.input_layernorm.weight,
+            BlockTensor::QProj => &mut self.self_attn.q_proj,
+            BlockTensor::KProj => &mut self.self_attn.k_proj,
+            BlockTensor::VProj => &mut self.self_attn.v_proj,
+            BlockTensor::OProj => &mut self.self_attn.o_proj,
+            BlockTensor::PostAttentionNorm => &mut self.post_attention_layernorm.weight,
+            BlockTensor::GateProj => &mut self.mlp.gate_proj,
+            BlockTensor::UpProj => &mut self.mlp.up_proj,
+            BlockTensor::DownProj => &mut self.mlp.down_proj,
+        }
+    }
+
+    /// The block's parameters with their tensors, in HF order.
+    #[must_use]
+    pub fn params(&self) -> [(BlockTensor, &Param); 9] {
+        BlockTensor::ALL.map(|t| (t, self.param(t)))
     }
 
     /// Whether any parameter of this block is trainable.
     #[must_use]
     pub fn is_trainable(&self) -> bool {
-        self.params().iter().any(|(_, p)| p.is_trainable())
+        BlockTensor::ALL
+            .iter()
+            .any(|t| self.param(*t).is_trainable())
     }
 
     /// Makes every parameter trainable (copying) or frozen (sharing storage).
     pub fn set_trainable(&mut self, trainable: bool) -> Result<()> {
-        for p in self.params_mut() {
+        for t in BlockTensor::ALL {
+            let p = self.param_mut(t);
             *p = if trainable {
                 p.trainable()?
             } else {
@@ -115,5 +254,47 @@ impl Block {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+
+    /// The one declaration agrees with itself (names read back, llama.cpp names too) and with a
+    /// model built from it: every parameter has the shape the schema gives it.
+    #[test]
+    fn the_block_schema_names_and_shapes_every_parameter() {
+        let config = crate::model::random::tiny_config();
+        let model = crate::model::random::llama(
+            &config,
+            1,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        for t in BlockTensor::ALL {
+            assert_eq!(BlockTensor::from_name(t.name()), Some(t));
+            assert_eq!(BlockTensor::from_gguf_name(t.gguf_name()), Some(t));
+            assert_eq!(
+                BlockTensor::of_model_name(&format!("model.layers.3.{}", t.name())),
+                Some((3, t))
+            );
+            for block in &model.blocks {
+                assert_eq!(block.param(t).tensor().dims(), t.shape(&config), "{t:?}");
+            }
+        }
+        for (name, p) in model.named_params() {
+            assert_eq!(
+                crate::model::Llama::expected_shape(&config, &name).as_deref(),
+                Some(p.tensor().dims()),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            model.named_params().len(),
+            crate::model::Llama::tensor_names(&config).len()
+        );
     }
 }

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::config::LlamaConfig;
 pub use attention::{Attention, KvEntry, causal_mask};
-pub use block::{BLOCK_TENSORS, Block};
+pub use block::{BLOCK_TENSORS, Block, BlockTensor};
 pub use linear::{Param, linear};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
@@ -100,31 +100,9 @@ impl Llama {
         let frozen = |t: Tensor| Param::Frozen(t);
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let mut g = |n: &str| get(&format!("model.layers.{i}.{n}")).map(frozen);
-            blocks.push(Block {
-                input_layernorm: RmsNorm {
-                    weight: g(BLOCK_TENSORS[0])?,
-                    eps: config.rms_norm_eps,
-                },
-                self_attn: Attention {
-                    q_proj: g(BLOCK_TENSORS[1])?,
-                    k_proj: g(BLOCK_TENSORS[2])?,
-                    v_proj: g(BLOCK_TENSORS[3])?,
-                    o_proj: g(BLOCK_TENSORS[4])?,
-                    num_heads: config.num_attention_heads,
-                    num_kv_heads: config.num_key_value_heads,
-                    head_dim: config.head_dim,
-                },
-                post_attention_layernorm: RmsNorm {
-                    weight: g(BLOCK_TENSORS[5])?,
-                    eps: config.rms_norm_eps,
-                },
-                mlp: Mlp {
-                    gate_proj: g(BLOCK_TENSORS[6])?,
-                    up_proj: g(BLOCK_TENSORS[7])?,
-                    down_proj: g(BLOCK_TENSORS[8])?,
-                },
-            });
+            blocks.push(Block::load(&config, |t| {
+                get(&format!("model.layers.{i}.{}", t.name())).map(frozen)
+            })?);
         }
         let embed_tokens = frozen(get("model.embed_tokens.weight")?);
         let norm = RmsNorm {
@@ -154,32 +132,15 @@ impl Llama {
     /// part of the model.
     #[must_use]
     pub fn expected_shape(config: &LlamaConfig, name: &str) -> Option<Vec<usize>> {
-        let h = config.hidden_size;
-        let q = config.num_attention_heads * config.head_dim;
-        let kv = config.num_key_value_heads * config.head_dim;
-        let i = config.intermediate_size;
         match name {
             "model.embed_tokens.weight" | "lm_head.weight" => {
-                return Some(vec![config.vocab_size, h]);
+                return Some(vec![config.vocab_size, config.hidden_size]);
             }
-            "model.norm.weight" => return Some(vec![h]),
+            "model.norm.weight" => return Some(vec![config.hidden_size]),
             _ => {}
         }
-        let rest = name.strip_prefix("model.layers.")?;
-        let (idx, part) = rest.split_once('.')?;
-        let idx: usize = idx.parse().ok()?;
-        if idx >= config.num_hidden_layers {
-            return None;
-        }
-        Some(match part {
-            "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![h],
-            "self_attn.q_proj.weight" => vec![q, h],
-            "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h],
-            "self_attn.o_proj.weight" => vec![h, q],
-            "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![i, h],
-            "mlp.down_proj.weight" => vec![h, i],
-            _ => return None,
-        })
+        let (idx, tensor) = BlockTensor::of_model_name(name)?;
+        (idx < config.num_hidden_layers).then(|| tensor.shape(config))
     }
 
     /// Every tensor name the model needs under `config`, in HF order.
@@ -188,9 +149,9 @@ impl Llama {
         let mut names = vec!["model.embed_tokens.weight".to_string()];
         for i in 0..config.num_hidden_layers {
             names.extend(
-                BLOCK_TENSORS
+                BlockTensor::ALL
                     .iter()
-                    .map(|n| format!("model.layers.{i}.{n}")),
+                    .map(|t| format!("model.layers.{i}.{}", t.name())),
             );
         }
         names.push("model.norm.weight".into());
@@ -328,7 +289,7 @@ impl Llama {
                 block
                     .params()
                     .into_iter()
-                    .map(|(n, p)| (format!("model.layers.{i}.{n}"), p)),
+                    .map(|(t, p)| (format!("model.layers.{i}.{}", t.name()), p)),
             );
         }
         out.push(("model.norm.weight".into(), &self.norm.weight));

@@ -292,7 +292,10 @@ fn canonical_tensor(name: &str) -> Option<String> {
 
 /// The default tensors zeroed in new blocks: with o_proj and down_proj zero the block adds
 /// nothing to the residual stream, so it starts as the identity.
-pub const IDENTITY_ZERO: [&str; 2] = ["self_attn.o_proj.weight", "mlp.down_proj.weight"];
+pub const IDENTITY_ZERO: [&str; 2] = [
+    crate::model::BlockTensor::OProj.name(),
+    crate::model::BlockTensor::DownProj.name(),
+];
 
 #[expect(
     clippy::unnecessary_wraps,
