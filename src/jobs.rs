@@ -237,7 +237,10 @@ pub fn evaluate_run(
     crate::core::checkpoint::check_cancel(Some(cancel))?;
     let exp = crate::core::experiment::Experiment::load(&run.experiment_path())
         .map_err(anyhow::Error::msg)?;
-    let paths = crate::core::run::RunPaths::new(&run.path, Some(data_dir.join("cache/tokens")));
+    let paths = crate::core::run::RunPaths::new(
+        &run.path,
+        Some(crate::layout::DataDir::at(data_dir).token_cache()),
+    );
     let (_, suite) = crate::core::run::prepare(&exp, &loaded.tokenizer, &paths)?;
     crate::core::checkpoint::check_cancel(Some(cancel))?;
     let record = suite.run(&loaded.model, &loaded.tokenizer, "checkpoint", step)?;

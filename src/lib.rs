@@ -7,7 +7,7 @@
 //! ([`tui`]), which share the sanitising writer (`out`) and the interrupt flag ([`interrupt`]);
 //! the console does not depend on the command line.
 
-pub use slayer_data::{conversation, fetch, runner, store, study, templates};
+pub use slayer_data::{conversation, fetch, layout, runner, store, study, templates};
 pub use slayer_engine as core;
 
 // The sanitising writer first: its macros are then in scope in every module below.

@@ -188,7 +188,7 @@ fn save_history(path: &Path, history: &[String]) {
 }
 
 fn repl(chat: &mut Conversation<'_>, data_dir: &Path) -> Result<i32> {
-    let history_path = data_dir.join("chat_history");
+    let history_path = crate::layout::DataDir::at(data_dir).chat_history();
     let mut history = load_history(&history_path);
     errln!(
         "chatting with {} — /help for commands, Ctrl-D to leave",

@@ -209,7 +209,7 @@ fn console(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<i32> {
 
 /// Logs go to `<data>/logs/slayer.log`, never to the terminal. `SLAYER_LOG` sets the filter.
 fn init_logging(data_dir: &std::path::Path) {
-    let dir = data_dir.join("logs");
+    let dir = crate::layout::DataDir::at(data_dir).logs();
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }

@@ -234,12 +234,12 @@ pub fn resolve_or_fetch(data_dir: &Path, arg: &str) -> Result<PathBuf> {
         errln!(
             "{} is not in {} yet: fetching it once",
             known.alias,
-            data_dir.join("models").display()
+            crate::layout::DataDir::at(data_dir).models().display()
         );
         return fetch_with_progress(data_dir, known, None, false);
     }
     bail!(
         "{arg}: no such model directory, GGUF file, or model under {}",
-        data_dir.join("models").display()
+        crate::layout::DataDir::at(data_dir).models().display()
     )
 }

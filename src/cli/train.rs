@@ -299,7 +299,10 @@ fn train_claimed(
         None => None,
     };
     errln!("run {} in {}", run_dir.id, run_dir.path.display());
-    let paths = RunPaths::new(&run_dir.path, Some(data_dir.join("cache/tokens")));
+    let paths = RunPaths::new(
+        &run_dir.path,
+        Some(crate::layout::DataDir::at(data_dir).token_cache()),
+    );
     Ok(run::execute(
         exp,
         base.as_ref(),

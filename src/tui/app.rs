@@ -1959,7 +1959,9 @@ impl App {
             Action::Refresh => return vec![Effect::Redraw],
             Action::Expand => {
                 if let Some(e) = self.current_experiment().cloned() {
-                    let out = self.data_dir.join("expanded").join(&e.name);
+                    let out = crate::layout::DataDir::at(&self.data_dir)
+                        .expanded()
+                        .join(&e.name);
                     return self.start_job(
                         format!("expanding {} (with verification)", e.name),
                         Work::Expand {
@@ -1972,7 +1974,9 @@ impl App {
             }
             Action::Export => {
                 if let Some(r) = self.current_run().cloned() {
-                    let out = self.data_dir.join("exports").join(&r.id);
+                    let out = crate::layout::DataDir::at(&self.data_dir)
+                        .exports()
+                        .join(&r.id);
                     return self.start_job(
                         format!("exporting {}", r.id),
                         Work::ExportRun { run: r.id, out },
@@ -2053,7 +2057,10 @@ impl App {
         };
         let read = |id: &str| {
             crate::core::corpus::read_settings(
-                &self.data_dir.join("runs").join(id).join("experiment.toml"),
+                &crate::layout::DataDir::at(&self.data_dir)
+                    .runs()
+                    .join(id)
+                    .join("experiment.toml"),
                 "experiment",
             )
         };

@@ -1027,7 +1027,7 @@ impl Keymap {
     /// problem returned for display.
     #[must_use]
     pub fn load(data_dir: &Path) -> (Self, Option<String>) {
-        let path = data_dir.join("keymap.toml");
+        let path = crate::layout::DataDir::at(data_dir).keymap();
         // No file, or an empty one: no overrides.
         if std::fs::metadata(&path).map_or(true, |m| m.is_file() && m.len() == 0) {
             return (Self::default(), None);

@@ -60,7 +60,7 @@ pub fn load_experiments(data_dir: &Path) -> Vec<ExperimentItem> {
                 .err()
                 .map(|e| e.lines().take(3).collect::<Vec<_>>().join(" "));
             let name = get("name").unwrap_or(stem);
-            let expanded = data_dir.join("expanded").join(&name);
+            let expanded = crate::layout::DataDir::at(data_dir).expanded().join(&name);
             ExperimentItem {
                 expanded: expanded.join("config.json").is_file().then_some(expanded),
                 name,
@@ -150,7 +150,9 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     }
     app.experiments = load_experiments(data_dir);
     app.runs = load_runs(data_dir);
-    let log_path = data_dir.join("logs/slayer.log");
+    let log_path = crate::layout::DataDir::at(data_dir)
+        .logs()
+        .join("slayer.log");
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
@@ -788,7 +790,7 @@ fn locate_quietly(data_dir: &Path, name: &str) -> Result<PathBuf> {
         Some(known) => crate::fetch::fetch(data_dir, known, None, false, None, |_| {}, |_, _| {}),
         None => anyhow::bail!(
             "{name}: no such model directory, GGUF file, or model under {}",
-            data_dir.join("models").display()
+            crate::layout::DataDir::at(data_dir).models().display()
         ),
     }
 }
@@ -814,7 +816,7 @@ fn importance(
     id: JobId,
     tx: &UnboundedSender<Event>,
 ) -> Result<app::ImportanceView> {
-    let dir = data_dir.join("importance");
+    let dir = crate::layout::DataDir::at(data_dir).importance();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let corpus = crate::core::experiment::Experiment::load(path)
         .ok()

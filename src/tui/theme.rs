@@ -334,7 +334,7 @@ impl Theme {
 /// Where user themes live.
 #[must_use]
 pub fn user_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("themes")
+    crate::layout::DataDir::at(data_dir).themes()
 }
 
 /// Every theme by name: the built-in ones, overridden or extended by `<data>/themes/*.toml`.

@@ -60,7 +60,7 @@ pub fn resolve_model_path(data_dir: &Path, arg: &str) -> PathBuf {
     if as_path.exists() {
         return as_path;
     }
-    let models = data_dir.join("models");
+    let models = crate::layout::DataDir::at(data_dir).models();
     if let Some(known) = known_model(arg) {
         return models.join(known.dir_name);
     }
@@ -83,12 +83,14 @@ pub fn fetch(
     mut status: impl FnMut(&str),
     progress: impl FnMut(usize, usize),
 ) -> Result<PathBuf> {
-    let out = data_dir.join("models").join(model.dir_name);
+    let out = crate::layout::DataDir::at(data_dir)
+        .models()
+        .join(model.dir_name);
     if out.join("config.json").is_file() && !force {
         status(&format!("{} is already at {}", model.alias, out.display()));
         return Ok(out);
     }
-    let downloads = data_dir.join("downloads");
+    let downloads = crate::layout::DataDir::at(data_dir).downloads();
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
     let wheel_path = match wheel {

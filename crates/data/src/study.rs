@@ -521,7 +521,7 @@ pub const SAVED_STUDY: &str = "study.toml";
 /// The directory of the study `name`.
 #[must_use]
 pub fn dir(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join("studies").join(name)
+    crate::layout::DataDir::at(data_dir).studies().join(name)
 }
 
 /// The cell → run map of a study (empty when there is none or it does not read: see

@@ -53,7 +53,7 @@ impl Template {
 /// The data directory's experiments folder.
 #[must_use]
 pub fn experiments_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("experiments")
+    crate::layout::DataDir::at(data_dir).experiments()
 }
 
 /// The user's experiments in the data directory, sorted by file name.

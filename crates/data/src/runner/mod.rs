@@ -37,7 +37,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates `runs/<timestamp>-<name>` under `data_dir` (a suffix keeps ids unique).
     pub fn create(data_dir: &Path, name: &str) -> Result<Self> {
-        let runs = data_dir.join("runs");
+        let runs = crate::layout::DataDir::at(data_dir).runs();
         std::fs::create_dir_all(&runs)
             .with_context(|| format!("cannot create {}", runs.display()))?;
         let safe: String = name
@@ -73,7 +73,7 @@ impl RunDir {
     /// could reach outside that directory (a separator, `..`, a symbolic link) is refused, so
     /// no command that takes a run id can read, write or remove anything else.
     pub fn open(data_dir: &Path, id: &str) -> Result<Self> {
-        let runs = data_dir.join("runs");
+        let runs = crate::layout::DataDir::at(data_dir).runs();
         check_run_id(id)?;
         let path = runs.join(id);
         let meta = match std::fs::symlink_metadata(&path) {
@@ -657,7 +657,7 @@ fn is_run_dir(path: &Path) -> bool {
 /// Every run directory under `data_dir/runs`, sorted by id (oldest first).
 #[must_use]
 pub fn list_runs(data_dir: &Path) -> Vec<RunDir> {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("runs")) else {
+    let Ok(entries) = std::fs::read_dir(crate::layout::DataDir::at(data_dir).runs()) else {
         return Vec::new();
     };
     let mut out: Vec<RunDir> = entries

@@ -101,7 +101,7 @@ pub fn run_base(
             "{}: base model {} is not in {} (fetch it with `slayer model fetch`)",
             run.id,
             spec.base,
-            data_dir.join("models").display()
+            crate::layout::DataDir::at(data_dir).models().display()
         );
     }
     let base = open_source(&path)?;

@@ -64,7 +64,7 @@ struct QueueLock {
 
 impl QueueLock {
     fn take(data_dir: &Path) -> Result<Self> {
-        let runs_dir = data_dir.join("runs");
+        let runs_dir = crate::layout::DataDir::at(data_dir).runs();
         std::fs::create_dir_all(&runs_dir)
             .with_context(|| format!("cannot create {}", runs_dir.display()))?;
         let path = runs_dir.join(".queue.lock");

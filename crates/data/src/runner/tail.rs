@@ -181,8 +181,11 @@ impl Follower {
     pub fn all(data_dir: &Path) -> Self {
         // Console themes are TOML files too: their edits are reported like experiments'.
         let watcher = DirWatcher::new(
-            &[data_dir.join("runs")],
-            &[data_dir.join("experiments"), data_dir.join("themes")],
+            &[crate::layout::DataDir::at(data_dir).runs()],
+            &[
+                crate::layout::DataDir::at(data_dir).experiments(),
+                crate::layout::DataDir::at(data_dir).themes(),
+            ],
         );
         Self::with(Some(data_dir.to_path_buf()), watcher, &[])
     }
@@ -225,7 +228,7 @@ impl Follower {
     /// The directory of a followed run.
     fn dir(&self, run: &str) -> Option<PathBuf> {
         match &self.data_dir {
-            Some(d) => Some(d.join("runs").join(run)),
+            Some(d) => Some(crate::layout::DataDir::at(d).runs().join(run)),
             None => self.dirs.get(run).cloned(),
         }
     }

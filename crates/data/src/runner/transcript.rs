@@ -56,7 +56,7 @@ pub struct Transcript {
 /// `slayer-lineage.json` that names its run.
 #[must_use]
 pub fn run_of_model(data_dir: &Path, model: &Path) -> Option<String> {
-    let runs = data_dir.join("runs");
+    let runs = crate::layout::DataDir::at(data_dir).runs();
     let abs = model.canonicalize().ok()?;
     if let Ok(runs) = runs.canonicalize()
         && let Ok(rel) = abs.strip_prefix(&runs)
@@ -148,7 +148,7 @@ impl Transcript {
 
 #[must_use]
 pub fn chats_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("chats")
+    crate::layout::DataDir::at(data_dir).chats()
 }
 
 /// Every transcript file under the data directory, sorted by name (oldest first).

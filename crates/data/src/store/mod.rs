@@ -193,7 +193,7 @@ pub struct Store {
 /// The store directory of a data directory.
 #[must_use]
 pub fn store_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("store")
+    crate::layout::DataDir::at(data_dir).store()
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -431,7 +431,9 @@ impl Store {
                 stats.problems += 1;
             }
         }
-        for dir in std::iter::once(data_dir.join("experiments")).chain(experiment_dirs.to_vec()) {
+        for dir in std::iter::once(crate::layout::DataDir::at(data_dir).experiments())
+            .chain(experiment_dirs.to_vec())
+        {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
