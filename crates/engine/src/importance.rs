@@ -293,20 +293,28 @@ pub fn suggestion_toml(
     insert: &[usize],
     prune: &[usize],
 ) -> String {
-    use std::fmt::Write as _;
-    let mut s = format!(
-        "# Suggested by `slayer importance --suggest` from {} scores: new blocks after the most\n# important shallow blocks, the least important deep blocks pruned.\n",
-        metric.label()
-    );
-    let _ = writeln!(
-        s,
-        "[model]\nbase = {}\n",
-        serde_json::to_string(base_model).unwrap_or_default()
-    );
-    s.push_str("[plan]\ninsert = [\n");
-    for i in insert {
-        let _ = writeln!(s, "  {{ after = {i}, init = \"average\" }},");
-    }
-    let _ = writeln!(s, "]\nprune = {prune:?}\ntrain = \"new\"");
-    s
+    use crate::plan::interchange::{InsertOut, ModelOut, PlanFileOut, PlanOut};
+    let file = PlanFileOut {
+        model: Some(ModelOut {
+            base: base_model.to_string(),
+        }),
+        plan: PlanOut {
+            insert: insert
+                .iter()
+                .map(|&i| InsertOut {
+                    after: i as i64,
+                    init: "average",
+                    source: None,
+                    zero: None,
+                })
+                .collect(),
+            prune: prune.iter().map(|&p| p as i64).collect(),
+            train: "new",
+        },
+    };
+    format!(
+        "# Suggested by `slayer importance --suggest` from {} scores: new blocks after the most\n# important shallow blocks, the least important deep blocks pruned.\n{}",
+        metric.label(),
+        toml::to_string(&file).unwrap_or_default()
+    )
 }

@@ -2,9 +2,8 @@
 //! LLaMA-Factory freeze-tuning YAML (export). Each says what it cannot express.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Init, LayerMap, Origin};
 
@@ -26,36 +25,33 @@ fn short(tensor: &str) -> &str {
 #[must_use]
 pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
     let mut warnings = Vec::new();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# mergekit passthrough config written by slayer; trainable blocks: {:?}",
-        map.trainable_indices()
-    );
-    out.push_str("slices:\n");
-    let model = yaml_string(base_model);
-    let mut run: Option<(usize, usize)> = None;
-    let flush = |out: &mut String, run: &mut Option<(usize, usize)>| {
-        if let Some((a, b)) = run.take() {
-            let _ = writeln!(
-                out,
-                "  - sources:\n      - model: {model}\n        layer_range: [{a}, {b}]"
-            );
-        }
+    let mut slices: Vec<SliceOut> = Vec::new();
+    let slice = |range: [i64; 2], parameters: Option<MergekitParameters>| SliceOut {
+        sources: vec![SourceOut {
+            model: base_model.to_string(),
+            layer_range: range,
+            parameters,
+        }],
     };
+    // A run of consecutive original layers is one slice.
+    let mut run: Option<(usize, usize)> = None;
     for layer in &map.layers {
         match &layer.origin {
             Origin::Original { index } => match &mut run {
                 Some((_, end)) if *end == *index => *end += 1,
                 _ => {
-                    flush(&mut out, &mut run);
+                    if let Some((a, b)) = run.take() {
+                        slices.push(slice([a as i64, b as i64], None));
+                    }
                     run = Some((*index, index + 1));
                 }
             },
             Origin::New {
                 init, zero, scale, ..
             } => {
-                flush(&mut out, &mut run);
+                if let Some((a, b)) = run.take() {
+                    slices.push(slice([a as i64, b as i64], None));
+                }
                 let source = match init {
                     Init::Copy { source } => *source,
                     Init::Average { sources } => {
@@ -66,11 +62,6 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
                         sources[0]
                     }
                 };
-                let _ = writeln!(
-                    out,
-                    "  - sources:\n      - model: {model}\n        layer_range: [{source}, {}]",
-                    source + 1
-                );
                 let mut factors: BTreeMap<&str, f64> = BTreeMap::new();
                 for z in zero {
                     factors.insert(short(z), 0.0);
@@ -79,29 +70,105 @@ pub fn to_mergekit(map: &LayerMap, base_model: &str, dtype: &str) -> Converted {
                     let prior = factors.get(short(t)).copied().unwrap_or(1.0);
                     factors.insert(short(t), prior * f);
                 }
-                if !factors.is_empty() {
-                    out.push_str("        parameters:\n          scale:\n");
-                    for (filter, value) in &factors {
-                        let _ = writeln!(
-                            out,
-                            "            - filter: {filter}\n              value: {value:?}"
-                        );
-                    }
-                    out.push_str("            - value: 1.0\n");
-                }
+                let parameters = (!factors.is_empty()).then(|| MergekitParameters {
+                    scale: factors
+                        .iter()
+                        .map(|(filter, value)| ScaleEntry {
+                            filter: Some((*filter).to_string()),
+                            value: *value,
+                        })
+                        // Everything else in the block keeps its weights.
+                        .chain(std::iter::once(ScaleEntry {
+                            filter: None,
+                            value: 1.0,
+                        }))
+                        .collect(),
+                });
+                slices.push(slice([source as i64, source as i64 + 1], parameters));
             }
         }
     }
-    flush(&mut out, &mut run);
-    let _ = writeln!(out, "merge_method: passthrough\ndtype: {dtype}");
+    if let Some((a, b)) = run.take() {
+        slices.push(slice([a as i64, b as i64], None));
+    }
+    let config = MergekitOut {
+        slices,
+        merge_method: "passthrough",
+        dtype,
+    };
+    let header = format!(
+        "# mergekit passthrough config written by slayer; trainable blocks: {:?}\n",
+        map.trainable_indices()
+    );
     Converted {
-        text: out,
+        text: header + &serde_norway::to_string(&config).unwrap_or_default(),
         warnings,
     }
 }
 
-fn yaml_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+/// A plan file as slayer writes one from another tool's format (and from importance's
+/// suggestion): `[model] base` and the `[plan]`.
+#[derive(Serialize)]
+pub struct PlanFileOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelOut>,
+    pub plan: PlanOut<'a>,
+}
+
+#[derive(Serialize)]
+pub struct ModelOut {
+    pub base: String,
+}
+
+#[derive(Serialize)]
+pub struct PlanOut<'a> {
+    pub insert: Vec<InsertOut<'a>>,
+    pub prune: Vec<i64>,
+    pub train: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct InsertOut<'a> {
+    pub after: i64,
+    pub init: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero: Option<Vec<String>>,
+}
+
+/// What [`to_mergekit`] writes (the reader, [`MergekitConfig`], is more lenient).
+#[derive(Serialize)]
+struct MergekitOut<'a> {
+    slices: Vec<SliceOut>,
+    merge_method: &'a str,
+    dtype: &'a str,
+}
+
+#[derive(Serialize)]
+struct SliceOut {
+    sources: Vec<SourceOut>,
+}
+
+#[derive(Serialize)]
+struct SourceOut {
+    model: String,
+    layer_range: [i64; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<MergekitParameters>,
+}
+
+/// A slice source's `parameters`: per-tensor scale factors, the last without a filter.
+#[derive(Serialize)]
+struct MergekitParameters {
+    scale: Vec<ScaleEntry>,
+}
+
+#[derive(Serialize)]
+struct ScaleEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
+    value: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +187,7 @@ struct Slice {
 struct SliceSource {
     model: String,
     layer_range: [i64; 2],
+    /// Any YAML: mergekit's forms vary ([`scale_filters`] reads what slayer understands).
     #[serde(default)]
     parameters: Option<serde_norway::Value>,
 }
@@ -219,22 +287,24 @@ pub fn from_mergekit(yaml: &str, base_layers: Option<usize>) -> Result<Converted
         }
     };
     let pruned: Vec<i64> = (0..base_layers).filter(|k| !emitted.contains(k)).collect();
-    let mut toml = String::from("# converted by slayer from mergekit passthrough slices\n");
-    if let Some(m) = &model {
-        let _ = writeln!(toml, "[model]\nbase = {}\n", yaml_string(m));
-    }
-    toml.push_str("[plan]\ninsert = [\n");
-    for (after, source, zero) in &inserts {
-        let zero_list: Vec<String> = zero.iter().map(|z| yaml_string(z)).collect();
-        let _ = writeln!(
-            toml,
-            "  {{ after = {after}, init = \"copy\", source = {source}, zero = [{}] }},",
-            zero_list.join(", ")
-        );
-    }
-    toml.push_str("]\n");
-    let _ = writeln!(toml, "prune = {pruned:?}");
-    toml.push_str("train = \"new\"\n");
+    let file = PlanFileOut {
+        model: model.map(|base| ModelOut { base }),
+        plan: PlanOut {
+            insert: inserts
+                .into_iter()
+                .map(|(after, source, zero)| InsertOut {
+                    after,
+                    init: "copy",
+                    source: Some(source),
+                    zero: Some(zero),
+                })
+                .collect(),
+            prune: pruned,
+            train: "new",
+        },
+    };
+    let toml = String::from("# converted by slayer from mergekit passthrough slices\n")
+        + &toml::to_string(&file).map_err(|e| e.to_string())?;
     Ok(Converted {
         text: toml,
         warnings,
@@ -275,6 +345,19 @@ fn scale_filters(
     Ok(zero)
 }
 
+/// The LLaMA-Factory settings [`to_llamafactory`] writes.
+#[derive(Serialize)]
+struct LlamaFactoryFreeze<'a> {
+    model_name_or_path: &'a str,
+    stage: &'a str,
+    do_train: bool,
+    finetuning_type: &'a str,
+    freeze_trainable_modules: &'a str,
+    freeze_trainable_layers: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    use_llama_pro: Option<bool>,
+}
+
 /// LLaMA-Factory freeze-tuning settings for the expanded model. LLaMA-Factory selects trainable
 /// layers only as the last n, the first n, or (with `use_llama_pro`) every (L/n)-th layer ending
 /// at the top; any other set cannot be expressed and is an error naming the set.
@@ -303,16 +386,17 @@ pub fn to_llamafactory(map: &LayerMap, expanded_model: &str) -> Result<Converted
             "LLaMA-Factory freeze tuning cannot train blocks {trainable:?} of {l}: it selects only the last n, the first n, or every (L/n)-th block (use_llama_pro)"
         ));
     };
-    let mut text =
-        String::from("# LLaMA-Factory settings written by slayer for the expanded model\n");
-    let _ = writeln!(text, "model_name_or_path: {}", yaml_string(expanded_model));
-    text.push_str(
-        "stage: pt\ndo_train: true\nfinetuning_type: freeze\nfreeze_trainable_modules: all\n",
-    );
-    let _ = writeln!(text, "freeze_trainable_layers: {setting}");
-    if pro {
-        text.push_str("use_llama_pro: true\n");
-    }
+    let settings = LlamaFactoryFreeze {
+        model_name_or_path: expanded_model,
+        stage: "pt",
+        do_train: true,
+        finetuning_type: "freeze",
+        freeze_trainable_modules: "all",
+        freeze_trainable_layers: setting,
+        use_llama_pro: pro.then_some(true),
+    };
+    let text = String::from("# LLaMA-Factory settings written by slayer for the expanded model\n")
+        + &serde_norway::to_string(&settings).map_err(|e| e.to_string())?;
     Ok(Converted {
         text,
         warnings: Vec::new(),

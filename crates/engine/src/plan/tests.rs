@@ -430,3 +430,21 @@ fn resolved_maps_read_back_from_their_json() {
         assert_eq!(back, m, "{text}");
     }
 }
+
+/// The emitters are serde's, so any model name survives them: a name with quotes, a colon, a
+/// `#` and a newline comes back from the exported YAML and the converted TOML as it went in.
+#[test]
+fn exported_files_quote_any_model_name() {
+    let name = "odd: \"name\" # not a comment\nsecond line";
+    let m = map("[plan]\npreset = \"slayer\"\n", 12);
+    let yaml = interchange::to_mergekit(&m, name, "bfloat16").text;
+    let back = interchange::from_mergekit(&yaml, Some(12)).unwrap();
+    let table: toml::Table = toml::from_str(&back.text).unwrap();
+    assert_eq!(table["model"]["base"].as_str(), Some(name));
+    let suggestion =
+        crate::importance::suggestion_toml(name, crate::importance::Metric::Bi, &[1, 3], &[10]);
+    let file = parse(&suggestion).unwrap();
+    assert_eq!(file.model.unwrap().base, name);
+    let resolved = resolve(&file.plan, 12);
+    assert!(!resolved.has_errors(), "{:?}", resolved.diagnostics);
+}
