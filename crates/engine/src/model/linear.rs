@@ -4,6 +4,7 @@
 //! weight above a trainable block would cost a wasted dW matmul and buffer per step.
 //! [`FrozenMatmul`] is a custom op with the same forward whose backward yields only dX.
 
+#[cfg(feature = "reference-matmul")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
@@ -62,12 +63,22 @@ pub fn linear(x: &Tensor, w: &Param) -> Result<Tensor> {
     }
 }
 
-/// When set, frozen linears use candle's plain matmul (which also computes dW). Only for
-/// measuring what the dX-only op saves (`bench/train_step.rs`); never set in normal use.
+/// When set, frozen linears use candle's plain matmul (which also computes dW): for measuring
+/// what the dX-only op saves (`bench/train_step.rs`). Only in builds with the
+/// `reference-matmul` feature, so normal builds do not read it on the hot path.
+#[cfg(feature = "reference-matmul")]
 pub static PLAIN_FROZEN_MATMUL: AtomicBool = AtomicBool::new(false);
 
+/// Whether the reference matmul is asked for (never, without the feature).
+fn plain_frozen_matmul() -> bool {
+    #[cfg(feature = "reference-matmul")]
+    return PLAIN_FROZEN_MATMUL.load(Ordering::Relaxed);
+    #[cfg(not(feature = "reference-matmul"))]
+    false
+}
+
 fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !x.track_op() || PLAIN_FROZEN_MATMUL.load(Ordering::Relaxed) {
+    if !x.track_op() || plain_frozen_matmul() {
         // Nothing upstream is trainable: no graph is recorded, the plain matmul is exact.
         return x.broadcast_matmul(&w.t()?);
     }
