@@ -1,6 +1,15 @@
 //! Safetensors: a validating header reader (the fuzzed surface), memory-mapped tensor access, and
 //! a writer. The reader checks every claim of the header against the file before any tensor is
 //! built, so a corrupt file gives a message instead of a panic or a huge allocation.
+//!
+//! Written here rather than taken from the `safetensors` crate (already in the graph through
+//! candle), which validates the same claims but says less about what is wrong: a shape that
+//! disagrees with its offsets is "invalid shape, data type, or offset for tensor" without the
+//! tensor's name or the sizes, a truncated file is "incomplete metadata, file not fully
+//! covered". Our users need the tensor, the sizes and "truncated?". The crate stays the
+//! reference: the tests check that it reads what our writer writes exactly as our reader does.
+//! The writer streams one tensor at a time from a producer (an expansion never holds the model);
+//! the crate's `serialize_to_file` wants every tensor view at once.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -478,6 +487,48 @@ mod tests {
             8,
         );
         assert!(err(&b).contains("overflows"));
+    }
+
+    /// The `safetensors` crate (0.8, candle's reader) reads what our writer writes, tensor by
+    /// tensor, as our reader does: same dtype, shape and bytes, exactly.
+    #[test]
+    fn the_safetensors_crate_reads_our_files_as_we_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.safetensors");
+        let base = Tensor::arange(0f32, 24.0, &Device::Cpu).unwrap();
+        let tensors: Vec<(String, Tensor)> = vec![
+            ("f32".into(), base.reshape((2, 3, 4)).unwrap()),
+            (
+                "bf16".into(),
+                base.to_dtype(DType::BF16).unwrap().reshape((4, 6)).unwrap(),
+            ),
+            ("f16".into(), base.to_dtype(DType::F16).unwrap()),
+            (
+                "u32".into(),
+                base.to_dtype(DType::U32).unwrap().reshape((24, 1)).unwrap(),
+            ),
+            ("scalar".into(), Tensor::new(7f32, &Device::Cpu).unwrap()),
+        ];
+        write_file(&path, &tensors).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let ours = MappedSafetensors::open(&path).unwrap();
+        assert_eq!(reference.len(), ours.header().tensors.len());
+        for (name, entry) in &ours.header().tensors {
+            let view = reference.tensor(name).unwrap();
+            assert_eq!(view.shape(), entry.shape.as_slice(), "{name}");
+            assert_eq!(
+                format!("{:?}", view.dtype()),
+                dtype_to_str(entry.dtype),
+                "{name}"
+            );
+            let start = ours.header().data_offset + entry.start;
+            assert_eq!(
+                view.data(),
+                &bytes[start..ours.header().data_offset + entry.end],
+                "{name}"
+            );
+        }
     }
 
     #[test]
