@@ -403,11 +403,9 @@ pub mod random {
         Tensor::from_vec(values, shape, &Device::Cpu)
     }
 
-    /// A standard normal sample (Box–Muller).
+    /// A standard normal sample (rand_distr's ziggurat).
     fn gaussian(rng: &mut StdRng) -> f32 {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        rng.sample(rand_distr::StandardNormal)
     }
 
     /// A small config for tests: 4 blocks, hidden 64, 4 heads over 2 KV heads, vocabulary 256.
