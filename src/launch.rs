@@ -126,9 +126,7 @@ pub fn resume(data_dir: &Path, id: &str, device: DeviceChoice) -> Result<Launche
 }
 
 fn submit(data_dir: &Path, run: &RunDir, device: DeviceChoice) -> Result<Submitted> {
-    crate::runner::queue::submit(data_dir, run, device_arg(device), &|r, d| {
-        spawn_worker(r, data_dir, d)
-    })
+    crate::runner::queue::submit(data_dir, run, device, &|r, d| spawn_worker(r, data_dir, d))
 }
 
 /// Sends `signal` to run `id`'s worker (SIGTERM: checkpoint and stop; SIGKILL: now); the
@@ -143,24 +141,20 @@ pub fn signal(data_dir: &Path, id: &str, signal: nix::sys::signal::Signal) -> Re
     Ok(worker)
 }
 
-/// The `--device` value that reproduces `choice`.
-#[must_use]
-pub fn device_arg(choice: DeviceChoice) -> &'static str {
-    match choice {
-        DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Cuda => "cuda",
-        DeviceChoice::Auto => "auto",
-    }
-}
-
 /// Starts a run in the background: a supervisor process (`runs supervise`, in its own session)
 /// that starts the worker, waits for it however it ends — a kill -9 or the OOM killer included —
 /// and then hands the device slot to the next queued run. Returns the supervisor's pid.
-pub(crate) fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> Result<u32> {
+pub(crate) fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: DeviceChoice) -> Result<u32> {
     spawn_slayer(
         run_dir,
         data_dir,
-        &["--device", device, "runs", "supervise", &run_dir.id],
+        &[
+            "--device",
+            device.as_arg(),
+            "runs",
+            "supervise",
+            &run_dir.id,
+        ],
     )
 }
 
@@ -168,14 +162,14 @@ pub(crate) fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: &str) -> R
 pub(crate) fn spawn_training(
     run_dir: &RunDir,
     data_dir: &Path,
-    device: &str,
+    device: DeviceChoice,
 ) -> Result<std::process::Child> {
     spawn_child(
         run_dir,
         data_dir,
         &[
             "--device",
-            device,
+            device.as_arg(),
             "train",
             "--resume",
             &run_dir.id,

@@ -9,7 +9,7 @@ use clap::{Subcommand, ValueEnum};
 use crate::core::device::DeviceChoice;
 use crate::core::events::EventKind;
 use crate::core::text::sanitize_for_terminal;
-use crate::launch::{device_arg, spawn_worker};
+use crate::launch::spawn_worker;
 use crate::runner::describe::describe;
 use crate::runner::tail::Update;
 use crate::runner::{RunDir, RunState, joined_steps, read_events};
@@ -288,7 +288,7 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             } else {
                 errln!(
                     "run {id} is queued to resume when a {} slot frees up",
-                    device_arg(device)
+                    device
                 );
             }
             Ok(0)
@@ -506,7 +506,7 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
     // terminal, so no hang-up reaches it or the worker it starts.
     nix::unistd::setsid().context("cannot start a session for the background run")?;
     let dir = RunDir::open(data_dir, run)?;
-    let mut child = crate::launch::spawn_training(&dir, data_dir, device_arg(device))?;
+    let mut child = crate::launch::spawn_training(&dir, data_dir, device)?;
     let child_pid = i32::try_from(child.id()).ok();
     let mut forwarded = false;
     let status = loop {

@@ -13,7 +13,7 @@ use crate::core::events::{EvalRecord, EventKind, EventSink, RunStatus};
 use crate::core::experiment::Experiment;
 use crate::core::run::{self, RunPaths};
 use crate::core::train;
-use crate::launch::{anchored_text, device_arg, spawn_worker, write_plan};
+use crate::launch::{anchored_text, spawn_worker, write_plan};
 use crate::runner::{EventLog, RunDir};
 
 #[derive(Debug, Args)]
@@ -132,7 +132,7 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         } else {
             errln!(
                 "run {id} is queued: it starts when a {} slot frees up",
-                device_arg(device_choice)
+                device_choice
             );
         }
         return Ok(0);

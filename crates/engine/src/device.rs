@@ -5,13 +5,31 @@ use candle_core::Device;
 use crate::error::{Error, Result};
 
 /// Where to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DeviceChoice {
     Cpu,
     Cuda,
     /// CUDA when built with it and a GPU is present, else the CPU.
     #[default]
     Auto,
+}
+
+impl DeviceChoice {
+    /// The name `--device` takes, which [`str::parse`] reads back.
+    #[must_use]
+    pub const fn as_arg(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_arg())
+    }
 }
 
 impl std::str::FromStr for DeviceChoice {

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{RunDir, RunState, Worker};
+use slayer_engine::device::DeviceChoice;
 use slayer_engine::events::{EventKind, EventSink as _, RunStatus};
 
 /// Runs at once per device.
@@ -35,8 +36,8 @@ pub enum Submitted {
 pub fn submit(
     data_dir: &Path,
     run: &RunDir,
-    device: &str,
-    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+    device: DeviceChoice,
+    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
 ) -> Result<Submitted> {
     let lock = QueueLock::take(data_dir)?;
     match run.state(&run.read_events()?) {
@@ -45,7 +46,7 @@ pub fn submit(
         _ => {}
     }
     let path = run.path.join(QUEUED);
-    slayer_engine::atomic::write_synced(&path, device.as_bytes())
+    slayer_engine::atomic::write_synced(&path, device.as_arg().as_bytes())
         .with_context(|| format!("cannot queue run {}", run.id))?;
     let started = advance_locked(data_dir, spawn)?;
     lock.release()?;
@@ -90,17 +91,20 @@ pub fn queued_device(run: &RunDir) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// The device a running run occupies (recorded when it started from the queue or directly).
-fn running_device(run: &RunDir) -> String {
+/// The device a running run occupies (recorded when it started from the queue; the CPU when
+/// it started directly or the record is unreadable).
+fn running_device(run: &RunDir) -> DeviceChoice {
     std::fs::read_to_string(run.path.join("device"))
-        .map_or_else(|_| "cpu".into(), |s| s.trim().to_string())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(DeviceChoice::Cpu)
 }
 
 /// Starts queued runs, oldest first, while their device has a free slot. `spawn(run, device)`
 /// starts a worker and returns its pid. Returns the ids started.
 pub fn advance(
     data_dir: &Path,
-    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
 ) -> Result<Vec<String>> {
     let lock = QueueLock::take(data_dir)?;
     let started = advance_locked(data_dir, spawn)?;
@@ -111,13 +115,13 @@ pub fn advance(
 /// [`advance`] for a caller holding the lock.
 fn advance_locked(
     data_dir: &Path,
-    spawn: &dyn Fn(&RunDir, &str) -> Result<u32>,
+    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
 ) -> Result<Vec<String>> {
     let mut runs = super::list_runs(data_dir);
     runs.sort_by(|a, b| a.id.cmp(&b.id));
     // A worker that is handing over its slot calls this as it ends: it does not count.
     let me = Worker::current();
-    let mut busy: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut busy: std::collections::HashMap<DeviceChoice, usize> = std::collections::HashMap::new();
     // Every live worker holds its slot, queued file or not.
     for r in &runs {
         if r.worker().is_some_and(|w| w.alive() && Some(w) != me) {
@@ -133,27 +137,37 @@ fn advance_locked(
         if r.worker().is_some_and(|w| w.alive()) {
             continue;
         }
-        if !r.experiment_path().is_file() {
-            // Nothing to run: say why in the run's own log and stop waiting.
+        // Nothing to run: say why in the run's own log and stop waiting.
+        let cannot_start = |message: String| -> Result<()> {
             let mut log = super::EventLog::open(&r.events_path())?;
             log.emit(EventKind::End {
                 status: RunStatus::Failed,
                 step: 0,
-                message: format!(
-                    "{} is missing: the run cannot start",
-                    r.experiment_path().display()
-                ),
+                message,
             })?;
             log.sync()?;
             std::fs::remove_file(r.path.join(QUEUED))
-                .with_context(|| format!("cannot update {}", r.path.display()))?;
+                .with_context(|| format!("cannot update {}", r.path.display()))
+        };
+        if !r.experiment_path().is_file() {
+            cannot_start(format!(
+                "{} is missing: the run cannot start",
+                r.experiment_path().display()
+            ))?;
             continue;
         }
-        let used = busy.entry(device.clone()).or_default();
+        let device = match device.parse::<DeviceChoice>() {
+            Ok(d) => d,
+            Err(e) => {
+                cannot_start(format!("{}: {e}", r.path.join(QUEUED).display()))?;
+                continue;
+            }
+        };
+        let used = busy.entry(device).or_default();
         if *used >= SLOTS_PER_DEVICE {
             continue;
         }
-        let pid = spawn(r, &device)?;
+        let pid = spawn(r, device)?;
         // Record the worker before releasing the lock: the run counts as running from now on.
         if let Ok(pid) = i32::try_from(pid)
             && let Some(ticks) = super::start_ticks(pid)
@@ -163,7 +177,7 @@ fn advance_locked(
                 start_ticks: ticks,
             })?;
         }
-        std::fs::write(r.path.join("device"), &device)
+        std::fs::write(r.path.join("device"), device.as_arg())
             .with_context(|| format!("cannot write {}", r.path.display()))?;
         std::fs::remove_file(r.path.join(QUEUED))
             .with_context(|| format!("cannot update {}", r.path.display()))?;
