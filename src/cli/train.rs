@@ -352,36 +352,3 @@ pub fn export(args: &ExportArgs, data_dir: &Path) -> Result<i32> {
     );
     Ok(0)
 }
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-
-    /// The run's copy of an experiment keeps the user's comments; only relative data and
-    /// evaluation paths change, to absolute ones, and a `--model` override is recorded.
-    #[test]
-    fn the_runs_copy_keeps_comments_and_anchors_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("e.toml");
-        let text = "# notes\nname = \"e\"\n[data]\ntrain = \"corpus.txt\" # the corpus\n[eval]\ntasks = [\"/abs/t.jsonl\", \"rel.jsonl\"]\n[plan]\npreset = \"slayer\"\n";
-        std::fs::write(&path, text).unwrap();
-        let exp = crate::core::experiment::Experiment::parse(&path, text).unwrap();
-        let copy = super::anchored_text(&exp, Some("smollm2"));
-        let dir = std::fs::canonicalize(dir.path()).unwrap();
-        assert!(
-            copy.contains("# notes") && copy.contains("# the corpus"),
-            "{copy}"
-        );
-        assert!(
-            copy.contains(&format!("train = \"{}\"", dir.join("corpus.txt").display())),
-            "{copy}"
-        );
-        assert!(copy.contains("\"/abs/t.jsonl\""), "{copy}");
-        assert!(
-            copy.contains(&dir.join("rel.jsonl").display().to_string()),
-            "{copy}"
-        );
-        let reparsed: toml::Table = toml::from_str(&copy).unwrap();
-        assert_eq!(reparsed["model"]["base"].as_str(), Some("smollm2"));
-    }
-}

@@ -210,7 +210,7 @@ pub enum ChatUpdate {
 }
 
 /// A job's identity: every piece of background work the console starts is a job, and what
-/// comes back (its process, its end) names it.
+/// comes back (its cancel flag, its end) names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u64);
 
@@ -270,15 +270,15 @@ pub enum Work {
         path: PathBuf,
         base: String,
     },
-    /// Expand an experiment into `out` and verify it (`slayer expand --verify --json`).
+    /// Expand an experiment into `out` and verify it ([`crate::jobs::expand`]).
     Expand {
         experiment: String,
         path: PathBuf,
         out: PathBuf,
     },
-    /// Evaluate a run's newest checkpoint on the run's sets (`slayer eval RUN --json`).
+    /// Evaluate a run's newest checkpoint on the run's sets ([`crate::jobs::evaluate_run`]).
     EvaluateRun(String),
-    /// Preview an experiment's training data (`slayer data preview --json`).
+    /// Preview an experiment's training data ([`crate::jobs::preview_data`]).
     PreviewData {
         experiment: String,
         path: PathBuf,

@@ -958,8 +958,8 @@ pub fn summary_of(run: &RunDir, p: &RunProjection, problem: Option<String>) -> R
     };
     if let Some(format) = p.newer_format {
         problem = Some(format!(
-            "{} was written by a newer slayer (event format {format}; this build reads \
-                     {}): upgrade to read it whole",
+            "{} was written by a newer slayer (event format {format}; this build reads {}): \
+             upgrade to read it whole",
             run.events_path().display(),
             slayer_engine::events::EVENT_FORMAT
         ));
