@@ -1022,25 +1022,18 @@ async fn event_loop(mut app: App) -> Result<i32> {
     spawn_input(tx.clone(), Arc::clone(&stop));
     spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
     let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                // A hang-up or termination signal ends the console even when the input thread
-                // is stuck in the terminal library (which spins on a closed terminal).
-                let event = if crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
-                    Event::TerminalGone("hang-up or termination signal".into())
-                } else {
-                    Event::Tick
-                };
-                if tx.send(event).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    // One second's tick: the status line's expiry and the liveness of runs. A hang-up or
+    // termination signal ends the console on the next one even when the input thread is stuck
+    // in the terminal library (which spins on a closed terminal).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticked = || {
+        if crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
+            Event::TerminalGone("hang-up or termination signal".into())
+        } else {
+            Event::Tick
+        }
+    };
     let backend = CrosstermBackend::new(std::io::stdout());
     let mut terminal = Terminal::new(backend).context("cannot start drawing")?;
     full_repaint(&mut terminal)?;
@@ -1054,7 +1047,16 @@ async fn event_loop(mut app: App) -> Result<i32> {
         tx: tx.clone(),
         stop_runs: None,
     };
-    while let Some(first) = rx.recv().await {
+    loop {
+        // One wait over everything that can wake the console: events (terminal input, run
+        // logs, job results, chat tokens — each from its blocking thread) and the tick.
+        let first = tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = tick.tick() => ticked(),
+        };
         // Drain everything pending, then draw once.
         effects.handle(&mut app, first, &mut terminal)?;
         while let Ok(e) = rx.try_recv() {
