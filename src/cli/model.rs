@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Subcommand;
 
@@ -226,20 +226,12 @@ fn print_info(info: &serde_json::Value) -> std::io::Result<()> {
 
 /// Resolves a model argument for loading, fetching the demo model on first use.
 pub fn resolve_or_fetch(data_dir: &Path, arg: &str) -> Result<PathBuf> {
-    let path = fetch::resolve_model_path(data_dir, arg);
-    if path.exists() {
-        return Ok(path);
-    }
-    if let Some(known) = fetch::known_model(arg) {
+    fetch::locate_model(data_dir, arg, |known| {
         errln!(
             "{} is not in {} yet: fetching it once",
             known.alias,
             crate::layout::DataDir::at(data_dir).models().display()
         );
-        return fetch_with_progress(data_dir, known, None, false);
-    }
-    bail!(
-        "{arg}: no such model directory, GGUF file, or model under {}",
-        crate::layout::DataDir::at(data_dir).models().display()
-    )
+        fetch_with_progress(data_dir, known, None, false)
+    })
 }

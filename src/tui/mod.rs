@@ -785,17 +785,9 @@ fn signal_run(data_dir: &Path, run: &str, signal: Signal, what: &str) -> (bool, 
 /// Finds an experiment's base model for a launch from the console: a known model not fetched
 /// yet is fetched without a progress bar (the console owns the terminal).
 fn locate_quietly(data_dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = crate::fetch::resolve_model_path(data_dir, name);
-    if path.exists() {
-        return Ok(path);
-    }
-    match crate::fetch::known_model(name) {
-        Some(known) => crate::fetch::fetch(data_dir, known, None, false, None, |_| {}, |_, _| {}),
-        None => anyhow::bail!(
-            "{name}: no such model directory, GGUF file, or model under {}",
-            crate::layout::DataDir::at(data_dir).models().display()
-        ),
-    }
+    crate::fetch::locate_model(data_dir, name, |known| {
+        crate::fetch::fetch(data_dir, known, None, false, None, |_| {}, |_, _| {})
+    })
 }
 
 /// Reads study `name` off the async workers; the result comes back as an event.

@@ -65,6 +65,27 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// A fresh transcript of a conversation with `models` (each linked to its run when it has one).
+fn new_transcript(
+    data_dir: &Path,
+    models: &[LoadedModel],
+    system: Option<String>,
+    sampling: &SamplingParams,
+) -> Transcript {
+    Transcript::new(
+        models
+            .iter()
+            .map(|m| ChatModel {
+                label: m.label.clone(),
+                path: m.path.display().to_string(),
+                run: run_of_model(data_dir, &m.path),
+            })
+            .collect(),
+        system,
+        sampling.clone(),
+    )
+}
+
 impl<'m> Conversation<'m> {
     /// A new conversation (and transcript) with `models`.
     pub fn new(
@@ -83,15 +104,13 @@ impl<'m> Conversation<'m> {
                 Ok(s)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut conversation = Self {
+        Ok(Self {
+            transcript: new_transcript(data_dir, models, system, &sampling),
             data_dir: data_dir.to_path_buf(),
             models,
             sessions,
             sampling,
-            transcript: Transcript::new(Vec::new(), None, SamplingParams::default()),
-        };
-        conversation.restart(system);
-        Ok(conversation)
+        })
     }
 
     #[must_use]
@@ -112,18 +131,7 @@ impl<'m> Conversation<'m> {
     /// A new transcript with the settings in effect (after a reset, a system prompt or a
     /// sampling setting: each starts the conversation again).
     fn restart(&mut self, system: Option<String>) {
-        self.transcript = Transcript::new(
-            self.models
-                .iter()
-                .map(|m| ChatModel {
-                    label: m.label.clone(),
-                    path: m.path.display().to_string(),
-                    run: run_of_model(&self.data_dir, &m.path),
-                })
-                .collect(),
-            system,
-            self.sampling.clone(),
-        );
+        self.transcript = new_transcript(&self.data_dir, self.models, system, &self.sampling);
     }
 
     /// Takes one trimmed line: a `/` command is carried out here, a message is handed back.

@@ -52,6 +52,27 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/slayer")
 }
 
+/// The model `name` names: a path, a directory under `models/`, or a known model fetched on
+/// first use by `fetch_known` (the CLI's shows a bar; the console's is quiet, as the console
+/// owns the terminal). Anything else is an error naming where it was looked for.
+pub fn locate_model(
+    data_dir: &Path,
+    name: &str,
+    fetch_known: impl FnOnce(&'static KnownModel) -> Result<PathBuf>,
+) -> Result<PathBuf> {
+    let path = resolve_model_path(data_dir, name);
+    if path.exists() {
+        return Ok(path);
+    }
+    match known_model(name) {
+        Some(known) => fetch_known(known),
+        None => bail!(
+            "{name}: no such model directory, GGUF file, or model under {}",
+            crate::layout::DataDir::at(data_dir).models().display()
+        ),
+    }
+}
+
 /// Resolves a model argument: an existing path, a directory under `<data>/models/`, or a known
 /// alias (whose directory may not exist yet).
 #[must_use]

@@ -920,25 +920,25 @@ fn summarize_projected(
     run: &RunDir,
     log: Result<&EventLogRead, &anyhow::Error>,
 ) -> (RunSummary, Option<RunProjection>) {
-    let projection = log.ok().map(|l| RunProjection::of(&l.events));
-    let summary = match (log, &projection) {
+    match log {
+        Ok(log) => {
+            let projection = RunProjection::of(&log.events);
+            (
+                summary_of(run, &projection, log.warning()),
+                Some(projection),
+            )
+        }
         // An unreadable log (permissions, I/O) still leaves the worker to ask: a run whose
         // worker lives is running, whatever its log says.
-        (Err(_), _) | (Ok(_), None) => RunSummary {
-            id: run.id.clone(),
-            experiment: slayer_engine::experiment::Experiment::load(&run.experiment_path())
-                .map_or_else(|_| "?".into(), |e| e.name),
-            status: unreadable_state(run),
-            step: 0,
-            total_steps: 0,
-            last_loss: None,
-            age_secs: 0.0,
-            ran_secs: 0.0,
-            problem: log.err().map(|e| format!("{e:#}")),
-        },
-        (Ok(log), Some(p)) => summary_of(run, p, log.warning()),
-    };
-    (summary, projection)
+        Err(e) => {
+            let summary = RunSummary {
+                status: unreadable_state(run),
+                age_secs: 0.0,
+                ..summary_of(run, &RunProjection::default(), Some(format!("{e:#}")))
+            };
+            (summary, None)
+        }
+    }
 }
 
 /// A run's summary from its projection and the problem reading its log, if any: the one

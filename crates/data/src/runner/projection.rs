@@ -59,9 +59,8 @@ pub struct RunProjection {
     pub segment_start: Option<(f64, u64)>,
     /// Worker segments after the first.
     pub resumes: u32,
-    /// Checkpoints written and not given up by a resume from an earlier one (rotation may have
-    /// deleted some since: the directory says which exist).
-    pub checkpoints: Vec<u64>,
+    /// Checkpoints written and not given up by a resume from an earlier one, in the order
+    /// written, each with the last logged step it holds (see [`RunProjection::checkpoints`]).
     checkpoint_points: Vec<CheckpointPoint>,
     pub evaluations: usize,
     /// The newest warnings (skipped steps included), and how many there were.
@@ -145,10 +144,6 @@ impl RunProjection {
             }
             EventKind::Eval(_) => self.evaluations += 1,
             EventKind::Checkpoint { step, .. } => {
-                if !self.checkpoints.contains(step) {
-                    self.checkpoints.push(*step);
-                    self.checkpoints.sort_unstable();
-                }
                 self.checkpoint_points.retain(|c| c.checkpoint != *step);
                 self.checkpoint_points.push(CheckpointPoint {
                     checkpoint: *step,
@@ -174,7 +169,6 @@ impl RunProjection {
     }
 
     fn truncate_after(&mut self, after: u64) {
-        self.checkpoints.retain(|c| *c <= after);
         let at = self
             .checkpoint_points
             .iter()
@@ -198,6 +192,19 @@ impl RunProjection {
         if self.warnings.len() > KEPT_WARNINGS {
             self.warnings.remove(0);
         }
+    }
+
+    /// The steps of the checkpoints written and not given up by a resume from an earlier one,
+    /// ascending (rotation may have deleted some since: the directory says which exist).
+    #[must_use]
+    pub fn checkpoints(&self) -> Vec<u64> {
+        let mut steps: Vec<u64> = self
+            .checkpoint_points
+            .iter()
+            .map(|c| c.checkpoint)
+            .collect();
+        steps.sort_unstable();
+        steps
     }
 
     /// Seconds from the first event to the latest.
@@ -297,7 +304,7 @@ mod tests {
         ];
         let p = RunProjection::of(&events);
         assert_eq!((p.step, p.last_loss), (2, Some(3.0)));
-        assert_eq!(p.checkpoints, vec![2]);
+        assert_eq!(p.checkpoints(), vec![2]);
         assert_eq!(p.resumes, 1);
         assert_eq!(p.experiment, "exp");
         assert_eq!(p.base_model, "m");

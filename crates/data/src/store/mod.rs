@@ -793,6 +793,7 @@ impl Store {
             .filter(|c| c.runs.iter().any(|x| x == run))
             .map(|c| c.id)
             .collect();
+        let checkpoints = r.run.checkpoints();
         Ok(Some(Lineage {
             experiment: r.run.experiment,
             experiment_version: r.experiment_version,
@@ -801,7 +802,7 @@ impl Store {
             plan_hash: r.plan_hash,
             run: run.to_string(),
             same_plan,
-            checkpoints: r.run.checkpoints,
+            checkpoints,
             removed_checkpoints: Vec::new(),
             evals: self
                 .evals(run)?
