@@ -1933,6 +1933,49 @@ fn event_log_cases(c: &mut Corpus) {
         ),
         ("empty".into(), String::new(), Expect::Survive),
         ("only garbage".into(), "x\ny\nz\n".into(), Expect::Tolerate),
+        (
+            "a start whose plan is not a layer map".into(),
+            [
+                event(
+                    0,
+                    &serde_json::json!({ "type": "run_start", "run": "r", "experiment": "name = \"p\"\n",
+                    "plan": {"layers": 5}, "config": "fast", "trainable_params": 10, "total_steps": 2,
+                    "resumed_from": null, "environment": [] }),
+                ),
+                good[1..].concat(),
+            ]
+            .concat(),
+            Expect::Tolerate,
+        ),
+        (
+            "a start from a newer slayer".into(),
+            [
+                event(
+                    0,
+                    &serde_json::json!({ "type": "run_start", "format": 99, "run": "r",
+                    "experiment": "name = \"n\"\n", "plan": null, "config": null,
+                    "trainable_params": 10, "total_steps": 2, "resumed_from": null,
+                    "environment": null }),
+                ),
+                good[1..].concat(),
+            ]
+            .concat(),
+            Expect::Survive,
+        ),
+        (
+            "a start with a hostile experiment text".into(),
+            [
+                event(
+                    0,
+                    &serde_json::json!({ "type": "run_start", "run": "r", "experiment": PAYLOAD,
+                    "plan": null, "config": null, "trainable_params": 10, "total_steps": 2,
+                    "resumed_from": 7, "environment": null }),
+                ),
+                good[1..].concat(),
+            ]
+            .concat(),
+            Expect::Survive,
+        ),
     ];
     let mut raw = good.concat().into_bytes();
     raw.splice(40..40, [b'\xff', b'\n']);
@@ -1967,11 +2010,15 @@ fn event_log_cases(c: &mut Corpus) {
             ("runs tail", vec!["runs", "tail", &id_arg]),
             ("runs compare", vec!["runs", "compare"]),
             ("store rebuild", vec!["store", "rebuild"]),
+            ("store status", vec!["store", "status"]),
+            ("store lineage", vec!["store", "lineage", &id_arg]),
         ] {
             // `runs ls` reports a skipped line in the run's row; the store names it in its
             // warning; both stay on exit 0. (`runs compare` warns on stderr, as `runs show`.)
             let expect = match (expect, cmd) {
-                (Expect::Tolerate, "runs ls" | "store rebuild") => Expect::Survive,
+                // A run with nothing indexable has no lineage: a refusal naming the run.
+                (Expect::Tolerate, "runs ls" | "store rebuild" | "store status")
+                | (_, "store lineage") => Expect::Survive,
                 (e, _) => e,
             };
             let argv: Vec<&dyn AsRef<std::ffi::OsStr>> =
@@ -2163,6 +2210,114 @@ fn run_console(home: &Path, mention: &str) -> Option<String> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Chat transcripts and queue marks in the data directory
+
+/// Transcripts (`chats/*.json`, read by the store and the console) and a run's queue mark
+/// (`runs/<id>/queued`, read by the queue): files a person may edit, or a crash may cut.
+fn transcript_and_queue_cases(c: &mut Corpus) {
+    let valid = serde_json::json!({ "id": "t", "started": 1.0, "models": [], "system": null,
+        "sampling": {}, "turns": [] })
+    .to_string();
+    let transcripts: Vec<(&str, Vec<u8>)> = vec![
+        ("valid", valid.clone().into_bytes()),
+        ("empty", Vec::new()),
+        ("garbage", b"{{not json".to_vec()),
+        ("not UTF-8", b"{\"id\": \"\xff\"}".to_vec()),
+        ("cut in half", valid.as_bytes()[..valid.len() / 2].to_vec()),
+        (
+            "sampling of the wrong type",
+            valid
+                .replace("\"sampling\":{}", "\"sampling\":\"hot\"")
+                .into_bytes(),
+        ),
+        (
+            "a hostile id and model",
+            serde_json::json!({ "id": PAYLOAD, "started": 1.0, "system": PAYLOAD,
+                "models": [{ "label": PAYLOAD, "path": PAYLOAD, "run": "../../x" }],
+                "sampling": {}, "turns": [] })
+            .to_string()
+            .into_bytes(),
+        ),
+    ];
+    for (what, bytes) in transcripts {
+        let home = c.dir("chats").join("home");
+        std::fs::create_dir_all(home.join("chats")).unwrap();
+        std::fs::write(home.join("chats/bad.json"), &bytes).unwrap();
+        let expect = match what {
+            "valid" | "a hostile id and model" => Expect::Survive,
+            _ => Expect::Tolerate,
+        };
+        for cmd in [
+            vec!["store", "status"],
+            vec!["store", "rebuild"],
+            vec!["store", "sync"],
+        ] {
+            let argv: Vec<&dyn AsRef<std::ffi::OsStr>> = cmd
+                .iter()
+                .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+                .collect();
+            c.add_in(
+                &home,
+                format!("transcript {what}: {}", cmd.join(" ")),
+                args(&argv),
+                expect,
+                &["bad.json"],
+            );
+        }
+    }
+    // A transcript larger than any chat (sparse: no disk) is refused by its size, not read.
+    let home = c.dir("chats").join("home");
+    std::fs::create_dir_all(home.join("chats")).unwrap();
+    std::fs::File::create(home.join("chats/bad.json"))
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    c.add_in(
+        &home,
+        "transcript of 65 MiB: store status".into(),
+        args(&[&"store", &"status"]),
+        Expect::Tolerate,
+        &["bad.json"],
+    );
+    // Queue marks: a hostile device name, a huge one, not UTF-8, beside a finished run. (The
+    // queue's own reading of them, which fails such a run naming the file, is
+    // `tests/runs.rs::a_queued_run_for_an_unknown_device_fails_naming_the_file`.)
+    let marks: Vec<(&str, Vec<u8>)> = vec![
+        ("a hostile device", PAYLOAD.as_bytes().to_vec()),
+        ("not UTF-8", b"\xff\xfe".to_vec()),
+        (
+            "a device name a megabyte long",
+            "cuda".repeat(1 << 18).into_bytes(),
+        ),
+    ];
+    for (what, bytes) in marks {
+        let home = c.dir("queue").join("home");
+        let run = home.join("runs/20261201-000000-odd");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("experiment.toml"), "name = \"odd\"\n").unwrap();
+        std::fs::write(run.join("queued"), &bytes).unwrap();
+        let other = home.join("runs/20261201-000001-other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("events.jsonl"), finished_log("other").concat()).unwrap();
+        std::fs::write(other.join("experiment.toml"), "name = \"other\"\n").unwrap();
+        c.add_in(
+            &home,
+            format!("queue mark {what}: runs ls"),
+            args(&[&"runs", &"ls"]),
+            Expect::Survive,
+            &["queued"],
+        );
+        c.add_in(
+            &home,
+            format!("queue mark {what}: runs show"),
+            args(&[&"runs", &"show", &"20261201-000000-odd"]),
+            Expect::Survive,
+            &["queued", "odd"],
+        );
+    }
+}
+
 #[test]
 fn every_reader_survives_hostile_input() {
     let root = tempfile::tempdir().unwrap();
@@ -2183,6 +2338,7 @@ fn every_reader_survives_hostile_input() {
     mergekit_cases(&mut c);
     corpus_cases(&mut c);
     event_log_cases(&mut c);
+    transcript_and_queue_cases(&mut c);
     let console = console_cases(&mut c);
     let mut failures = Vec::new();
     let (mut worst, mut worst_case) = (children_peak_rss(), String::from("(before the suite)"));

@@ -993,31 +993,42 @@ fn a_job_stops_when_its_flag_is_set_and_leaves_nothing_behind() {
     assert_eq!(run.read_events().unwrap().len(), before);
 }
 
-/// The queue reads a run's device typed: a `queued` file naming no device (edited by hand) ends
-/// that run as failed, naming the file and the devices there are, and starts nothing for it.
+/// The queue reads a run's device typed: a `queued` file naming no device (edited by hand: an
+/// unknown name, escapes, bytes that are not UTF-8, a megabyte) ends that run as failed,
+/// naming the file, and starts nothing for it.
 #[test]
 fn a_queued_run_for_an_unknown_device_fails_naming_the_file() {
-    let home = tempfile::tempdir().unwrap();
-    let run = RunDir::create(home.path(), "odd").unwrap();
-    std::fs::write(run.experiment_path(), "name = \"odd\"\n").unwrap();
-    std::fs::write(run.path.join("queued"), "quantum\n").unwrap();
-    let started = slayer::runner::queue::advance(home.path(), &|_, d| {
-        panic!("nothing may start (asked for {d})")
-    })
-    .unwrap();
-    assert!(started.is_empty());
-    let events = run.read_events().unwrap();
-    let Some(slayer::core::events::EventKind::End {
-        status, message, ..
-    }) = events.last().map(|e| &e.kind)
-    else {
-        panic!("{events:?}")
-    };
-    assert_eq!(*status, slayer::core::events::RunStatus::Failed);
-    assert!(
-        message.contains("queued")
-            && message.contains("unknown device `quantum` (cpu, cuda, auto)"),
-        "{message}"
-    );
-    assert!(!run.path.join("queued").exists());
+    let marks: [(Vec<u8>, &str); 4] = [
+        (
+            b"quantum\n".to_vec(),
+            "unknown device `quantum` (cpu, cuda, auto)",
+        ),
+        (b"\x1b]0;pwned\x07".to_vec(), "unknown device"),
+        (b"\xff\xfe".to_vec(), "queued"),
+        (vec![b'x'; 1 << 20], "too large"),
+    ];
+    for (mark, says) in marks {
+        let home = tempfile::tempdir().unwrap();
+        let run = RunDir::create(home.path(), "odd").unwrap();
+        std::fs::write(run.experiment_path(), "name = \"odd\"\n").unwrap();
+        std::fs::write(run.path.join("queued"), &mark).unwrap();
+        let started = slayer::runner::queue::advance(home.path(), &|_, d| {
+            panic!("nothing may start (asked for {d})")
+        })
+        .unwrap();
+        assert!(started.is_empty());
+        let events = run.read_events().unwrap();
+        let Some(slayer::core::events::EventKind::End {
+            status, message, ..
+        }) = events.last().map(|e| &e.kind)
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(*status, slayer::core::events::RunStatus::Failed);
+        assert!(
+            message.contains("queued") && message.contains(says),
+            "{message}"
+        );
+        assert!(!run.path.join("queued").exists());
+    }
 }

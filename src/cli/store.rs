@@ -54,8 +54,16 @@ fn open(data_dir: &Path) -> Result<Store> {
 /// Opens the store and ingests whatever is new.
 pub(crate) fn open_synced(data_dir: &Path) -> Result<Store> {
     let store = open(data_dir)?;
-    store.ingest_all(data_dir, &extra_experiment_dirs())?;
+    let stats = store.ingest_all(data_dir, &extra_experiment_dirs())?;
+    report_chat_problems(&stats);
     Ok(store)
+}
+
+/// Transcripts that could not be indexed, each named with why.
+fn report_chat_problems(stats: &crate::store::IngestStats) {
+    for p in &stats.chat_problems {
+        errln!("warning: {}", sanitize_for_terminal(p));
+    }
 }
 
 pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
@@ -64,6 +72,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
             let started = std::time::Instant::now();
             let (store, stats) =
                 Store::rebuild(data_dir, &holder(), &extra_experiment_dirs(), PATIENCE)?;
+            report_chat_problems(&stats);
             store.flush()?;
             errln!(
                 "rebuilt {} from {} runs ({} events), {} experiment versions, {} chats in {:.2} s",
@@ -80,6 +89,7 @@ pub fn run(cmd: StoreCommand, data_dir: &Path) -> Result<i32> {
         StoreCommand::Sync => {
             let store = open(data_dir)?;
             let stats = store.ingest_all(data_dir, &extra_experiment_dirs())?;
+            report_chat_problems(&stats);
             store.flush()?;
             errln!(
                 "{} new events from {} runs, {} new experiment versions, {} chats updated",

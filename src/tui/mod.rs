@@ -404,6 +404,8 @@ impl StoreSync {
                     if !read {
                         return Ok(None);
                     }
+                    // Unreadable transcripts are left out of the list (the CLI's store
+                    // commands name them).
                     store.ingest_chats(&self.data_dir)?;
                     let chats = store
                         .chats()?

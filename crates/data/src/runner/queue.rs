@@ -83,21 +83,38 @@ impl QueueLock {
     }
 }
 
-/// The device a run waits for, if it is queued.
-#[must_use]
-pub fn queued_device(run: &RunDir) -> Option<String> {
-    std::fs::read_to_string(run.path.join(QUEUED))
-        .ok()
-        .map(|s| s.trim().to_string())
+/// The largest queue mark or device record read: a device name and a newline.
+const MAX_MARK_BYTES: u64 = 64;
+
+/// The device a run waits for, if it is queued: `Err` says what is wrong with its mark (a file
+/// edited by hand), naming it.
+fn queued_device(run: &RunDir) -> Option<std::result::Result<DeviceChoice, String>> {
+    let path = run.path.join(QUEUED);
+    if !path.exists() {
+        return None;
+    }
+    Some(
+        slayer_engine::corpus::read_text_file(&path, "queue mark", Some(MAX_MARK_BYTES))
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                s.trim()
+                    .parse::<DeviceChoice>()
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            }),
+    )
 }
 
 /// The device a running run occupies (recorded when it started from the queue; the CPU when
 /// it started directly or the record is unreadable).
 fn running_device(run: &RunDir) -> DeviceChoice {
-    std::fs::read_to_string(run.path.join("device"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(DeviceChoice::Cpu)
+    slayer_engine::corpus::read_text_file(
+        &run.path.join("device"),
+        "device record",
+        Some(MAX_MARK_BYTES),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(DeviceChoice::Cpu)
 }
 
 /// Starts queued runs, oldest first, while their device has a free slot. `spawn(run, device)`
@@ -156,10 +173,10 @@ fn advance_locked(
             ))?;
             continue;
         }
-        let device = match device.parse::<DeviceChoice>() {
+        let device = match device {
             Ok(d) => d,
-            Err(e) => {
-                cannot_start(format!("{}: {e}", r.path.join(QUEUED).display()))?;
+            Err(why) => {
+                cannot_start(why)?;
                 continue;
             }
         };

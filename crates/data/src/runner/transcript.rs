@@ -80,6 +80,10 @@ pub fn run_of_model(data_dir: &Path, model: &Path) -> Option<String> {
 /// transcript, possibly within the same second).
 static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
+/// The largest transcript read (tens of thousands of turns): a bigger file is refused, not
+/// read into memory.
+pub const MAX_TRANSCRIPT_BYTES: u64 = 64 << 20;
+
 /// Written into an exported model directory: which run and step it came from.
 pub const LINEAGE_FILE: &str = "slayer-lineage.json";
 
@@ -138,10 +142,15 @@ impl Transcript {
         Ok(path)
     }
 
+    /// Reads a transcript: a regular file of at most [`MAX_TRANSCRIPT_BYTES`], in the format
+    /// [`Transcript::save`] writes; anything else is an error naming the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_slice(&text)
+        let text = slayer_engine::corpus::read_text_file(
+            path,
+            "chat transcript",
+            Some(MAX_TRANSCRIPT_BYTES),
+        )?;
+        serde_json::from_str(&text)
             .with_context(|| format!("{}: not a slayer chat transcript", path.display()))
     }
 }

@@ -148,7 +148,7 @@ impl Lineage {
 }
 
 /// What an ingestion pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct IngestStats {
     pub runs: usize,
     pub events: usize,
@@ -156,6 +156,19 @@ pub struct IngestStats {
     pub chats: usize,
     /// Runs whose logs had lines that are not events.
     pub problems: usize,
+    /// Transcripts that could not be read, each naming its file and why (not indexed).
+    pub chat_problems: Vec<String>,
+}
+
+/// What indexing one transcript did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatIngest {
+    /// Seen before as it is.
+    Unchanged,
+    /// New or changed in the index.
+    Indexed,
+    /// It cannot be read: why, naming the file.
+    Unreadable(String),
 }
 
 const TREES: [&str; 8] = [
@@ -457,19 +470,22 @@ impl Store {
                 self.remove_run(&record.id)?;
             }
         }
-        stats.chats = self.ingest_chats(data_dir)?;
+        (stats.chats, stats.chat_problems) = self.ingest_chats(data_dir)?;
         Ok(stats)
     }
 
-    /// Indexes every transcript that is new or changed; returns how many were.
-    pub fn ingest_chats(&self, data_dir: &Path) -> Result<usize> {
-        let mut changed = 0;
+    /// Indexes every transcript that is new or changed; returns how many were, and why the
+    /// ones that cannot be read could not (each naming its file).
+    pub fn ingest_chats(&self, data_dir: &Path) -> Result<(usize, Vec<String>)> {
+        let (mut changed, mut problems) = (0, Vec::new());
         for path in list_transcripts(data_dir) {
-            if self.ingest_chat(data_dir, &path)? {
-                changed += 1;
+            match self.ingest_chat(data_dir, &path)? {
+                ChatIngest::Indexed => changed += 1,
+                ChatIngest::Unchanged => {}
+                ChatIngest::Unreadable(why) => problems.push(why),
             }
         }
-        Ok(changed)
+        Ok((changed, problems))
     }
 
     /// Reads a run's log from where ingestion last stopped; returns the number of new events.
@@ -665,9 +681,8 @@ impl Store {
     }
 
     /// Indexes a chat transcript (again, if it changed since: its length and modification
-    /// time are kept as its cursor, so an unchanged transcript is not read); returns whether it
-    /// changed the index.
-    pub fn ingest_chat(&self, data_dir: &Path, path: &Path) -> Result<bool> {
+    /// time are kept as its cursor, so an unchanged transcript is not read).
+    pub fn ingest_chat(&self, data_dir: &Path, path: &Path) -> Result<ChatIngest> {
         let stamp = std::fs::metadata(path)
             .ok()
             .and_then(|m| {
@@ -682,10 +697,12 @@ impl Store {
         let cursor_key = key(&[b"chat", path.as_os_str().as_encoded_bytes()]);
         let seen = self.cursors.get(&cursor_key).map_err(|e| self.db_err(e))?;
         if !stamp.is_empty() && seen.is_some_and(|v| v == stamp.as_bytes()) {
-            return Ok(false);
+            return Ok(ChatIngest::Unchanged);
         }
-        let Ok(t) = Transcript::load(path) else {
-            return Ok(false);
+        // No cursor is kept for an unreadable one: it is tried (and reported) again.
+        let t = match Transcript::load(path) {
+            Ok(t) => t,
+            Err(e) => return Ok(ChatIngest::Unreadable(format!("{e:#}; not indexed"))),
         };
         self.cursors
             .insert(cursor_key, stamp.as_bytes())
@@ -703,7 +720,11 @@ impl Store {
             .chats
             .insert(t.id.as_bytes(), v.clone())
             .map_err(|e| self.db_err(e))?;
-        Ok(old.is_none_or(|o| o != v))
+        Ok(if old.is_none_or(|o| o != v) {
+            ChatIngest::Indexed
+        } else {
+            ChatIngest::Unchanged
+        })
     }
 
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
