@@ -7,6 +7,7 @@
 //! inside synchronized-output brackets.
 
 pub mod app;
+mod input;
 pub mod keymap;
 pub mod run_data;
 pub mod theme;
@@ -181,102 +182,10 @@ pub fn run(data_dir: &Path, options: &Options) -> Result<i32> {
     result
 }
 
-/// Whether the terminal (standard input) has hung up or is no longer valid; waits up to 250 ms for
-/// it to become readable. `None` while it is fine (or has input waiting).
-fn terminal_hung_up() -> Option<String> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use std::os::fd::AsFd as _;
-    let stdin = std::io::stdin();
-    let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(250u16)) {
-        Ok(_) => {
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
-                Some(format!("the terminal hung up ({revents:?})"))
-            } else {
-                None
-            }
-        }
-        Err(nix::errno::Errno::EINTR) => None,
-        Err(e) => Some(format!("cannot poll the terminal: {e}")),
-    }
-}
-
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Reads terminal input on a thread of its own; an ended or failing input (hang-up, EOF, a
-/// dead terminal) ends the console instead of spinning.
-///
-/// crossterm reads the terminal in chunks and keeps what it has parsed: a paste or a burst of
-/// keys arrives in one read and waits in crossterm's buffer, not on standard input. So every
-/// event crossterm already holds is taken at once, and only when it holds none does the thread
-/// wait on standard input itself, where a hang-up shows (crossterm reads a hung-up terminal in
-/// an endless loop).
-fn spawn_input(tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new()
-        .name("input".into())
-        .spawn(move || {
-            let watch_stdin = std::io::IsTerminal::is_terminal(&std::io::stdin());
-            while !stop.load(Ordering::Relaxed) {
-                loop {
-                    match cevent::poll(Duration::ZERO) {
-                        Ok(true) => match cevent::read() {
-                            Ok(event) => {
-                                if !forward_input(&tx, &event) {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Event::TerminalGone(e.to_string()));
-                                return;
-                            }
-                        },
-                        Ok(false) => break,
-                        Err(e) => {
-                            let _ = tx.send(Event::TerminalGone(e.to_string()));
-                            return;
-                        }
-                    }
-                }
-                if crate::interrupt::INTERRUPTED.load(Ordering::Relaxed) {
-                    let _ = tx.send(Event::TerminalGone("hang-up or termination signal".into()));
-                    return;
-                }
-                // Nothing buffered: wait (up to 250 ms) for input or a hang-up.
-                if watch_stdin {
-                    if let Some(why) = terminal_hung_up() {
-                        let _ = tx.send(Event::TerminalGone(why));
-                        return;
-                    }
-                } else if let Err(e) = cevent::poll(Duration::from_millis(250)) {
-                    let _ = tx.send(Event::TerminalGone(e.to_string()));
-                    return;
-                }
-            }
-        });
-}
-
-/// Sends one terminal event to the console; `false` once the console has gone.
-fn forward_input(tx: &UnboundedSender<Event>, event: &cevent::Event) -> bool {
-    let event = match *event {
-        cevent::Event::Key(k) => Event::Key(k),
-        cevent::Event::Resize(_, _) => Event::Resize,
-        // Only delivered with --mouse: the wheel moves like the arrow keys.
-        cevent::Event::Mouse(m) => {
-            let code = match m.kind {
-                cevent::MouseEventKind::ScrollUp => cevent::KeyCode::Up,
-                cevent::MouseEventKind::ScrollDown => cevent::KeyCode::Down,
-                _ => return true,
-            };
-            Event::Key(cevent::KeyEvent::new(code, cevent::KeyModifiers::NONE))
-        }
-        _ => return true,
-    };
-    tx.send(event).is_ok()
 }
 
 /// Follows every run's event log and the experiment files; re-reads the run table when runs
@@ -1009,11 +918,22 @@ impl EffectRunner {
     }
 }
 
+/// An event that is already waiting, terminal input first; `None` when none is.
+async fn next_pending(
+    input: &mut input::TerminalInput,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Option<Event> {
+    match input.pending().await {
+        Some(event) => Some(event),
+        None => rx.try_recv().ok(),
+    }
+}
+
 async fn event_loop(mut app: App) -> Result<i32> {
     let (tx, mut rx) = unbounded_channel::<Event>();
     let stop = Arc::new(AtomicBool::new(false));
     let cancel_chat = Arc::new(AtomicBool::new(false));
-    spawn_input(tx.clone(), Arc::clone(&stop));
+    let mut input = input::TerminalInput::new(Arc::clone(&stop));
     spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
     let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
     // One second's tick: the status line's expiry and the liveness of runs. A hang-up or
@@ -1042,9 +962,11 @@ async fn event_loop(mut app: App) -> Result<i32> {
         stop_runs: None,
     };
     loop {
-        // One wait over everything that can wake the console: events (terminal input, run
-        // logs, job results, chat tokens — each from its blocking thread) and the tick.
+        // One wait over everything that can wake the console: terminal input (and its
+        // hang-up), events from the blocking threads (run logs, job progress and results, chat
+        // tokens) and the tick.
         let first = tokio::select! {
+            event = input.next() => event,
             event = rx.recv() => match event {
                 Some(event) => event,
                 None => break,
@@ -1053,7 +975,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
         };
         // Drain everything pending, then draw once.
         effects.handle(&mut app, first, &mut terminal)?;
-        while let Ok(e) = rx.try_recv() {
+        while let Some(e) = next_pending(&mut input, &mut rx).await {
             effects.handle(&mut app, e, &mut terminal)?;
         }
         if effects.stop_runs.is_some() {
@@ -1065,7 +987,7 @@ async fn event_loop(mut app: App) -> Result<i32> {
                 tokio::time::sleep(wait).await;
                 // What arrived while waiting for the frame is handled like the rest: every
                 // effect carried out (a save, a chat message), not only a quit.
-                while let Ok(e) = rx.try_recv() {
+                while let Some(e) = next_pending(&mut input, &mut rx).await {
                     effects.handle(&mut app, e, &mut terminal)?;
                 }
                 if effects.stop_runs.is_some() {
