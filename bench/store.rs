@@ -1,5 +1,6 @@
-//! Store benchmarks: ingestion rate of a run's event log into the index (events/s), and the time
-//! to load a 100k-point loss series for plotting.
+//! Store benchmarks: ingestion rate of a run's event log into the index (events/s), the time
+//! to load a 100k-point loss series for plotting, and the monitor's step history (whole, and
+//! the newest steps a live sync adds) against parsing and folding the log.
 //!
 //!     cargo run --release --example bench-store -- [STEPS] [BLOCKS]
 //!
@@ -125,13 +126,43 @@ fn main() {
         metrics.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
+    // The monitor's read model: a run's whole step history when it comes into view, then
+    // what a sync of a live run adds (the last ten steps).
+    let t = Instant::now();
+    let history = store.run_series(&run.id, 0).unwrap();
+    let whole = t.elapsed().as_secs_f64();
+    assert_eq!(history.steps.len() as u64, steps);
+    let t = Instant::now();
+    let newest = store.run_series(&run.id, steps - 9).unwrap();
+    let tail = t.elapsed().as_secs_f64();
+    assert_eq!(newest.steps.len(), 10);
+    let held = history.steps.len() * std::mem::size_of::<slayer::runner::series::StepPoint>()
+        + history.blocks.values().map(Vec::len).sum::<usize>()
+            * std::mem::size_of::<slayer::runner::series::BlockPoint>();
+    println!(
+        "the monitor's history ({} steps, {} blocks, {:.1} MiB in memory): whole {:.1} ms, \
+         the newest 10 steps {:.2} ms",
+        history.steps.len(),
+        history.blocks.len(),
+        held as f64 / 1_048_576.0,
+        whole * 1e3,
+        tail * 1e3
+    );
     let t = Instant::now();
     let direct = slayer::runner::read_events(&run.events_path()).unwrap();
+    let parse = t.elapsed().as_secs_f64();
     println!(
-        "for comparison, parsing the whole log: {} events in {:.2} s",
+        "for comparison, parsing the whole log: {} events in {parse:.2} s",
         direct.len(),
-        t.elapsed().as_secs_f64()
     );
+    let t = Instant::now();
+    let folded = slayer::runner::series::RunSeries::of(&direct);
+    println!(
+        "and folding it into the history: {:.1} ms more ({:.2} s from the log in all)",
+        t.elapsed().as_secs_f64() * 1e3,
+        parse + t.elapsed().as_secs_f64()
+    );
+    assert_eq!(folded, history);
     let size: u64 = walk(&home.path().join("store"));
     println!("store size: {:.1} MiB", size as f64 / 1_048_576.0);
 

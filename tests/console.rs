@@ -168,12 +168,29 @@ fn app(home: &Path) -> App {
     app.experiments = slayer::tui::load_experiments(home);
     let mut follower = slayer::runner::tail::Follower::all(home);
     app.update(Event::Follow(follower.poll_all()));
+    give_series(&mut app, home);
     let mut runs = slayer::tui::load_runs(home);
     for r in &mut runs {
         r.age_secs = 3600.0;
     }
     app.update(Event::Runs(runs));
     app
+}
+
+/// Every run's step history from the store, as the follow thread sends it for the runs in view.
+fn give_series(app: &mut App, home: &Path) {
+    let store = slayer::store::Store::open(home, "test").unwrap();
+    store.ingest_all(home, &[]).unwrap();
+    for run in slayer::runner::list_runs(home) {
+        let series = store.run_series(&run.id, 0).unwrap();
+        app.overlay.push(run.id.clone());
+        app.update(Event::Series {
+            run: run.id.clone(),
+            from: 0,
+            series,
+        });
+        app.overlay.pop();
+    }
 }
 
 fn app_with_keymap(home: &Path, keymap: Keymap) -> App {

@@ -317,8 +317,19 @@ fn ingestion_is_idempotent_equals_a_rebuild_and_waits_for_half_lines() {
             console.apply(false, batch);
         }
         assert_eq!(console.run, whole, "{}", run.id);
+        // The step history: the store's (as the console reads it, whole and carried on from a
+        // step) is the fold of the log, and its steps are the CLI's joined steps.
+        let folded = slayer::runner::series::RunSeries::of(&events);
+        let stored = store.run_series(&run.id, 0).unwrap();
+        assert_eq!(stored, folded, "{}", run.id);
+        assert!(!stored.blocks.is_empty(), "{}", run.id);
+        let middle = folded.steps[folded.steps.len() / 2].step;
+        let mut carried = store.run_series(&run.id, 0).unwrap();
+        carried.truncate_after(middle - 1);
+        carried.splice(middle, store.run_series(&run.id, middle).unwrap());
+        assert_eq!(carried, folded, "{}", run.id);
         assert_eq!(
-            console.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+            stored.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
             slayer::runner::joined_steps(&events)
                 .iter()
                 .map(|e| match e.kind {

@@ -10,7 +10,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui_textarea::TextArea;
 
 use super::keymap::{Action, Context, Key, Keymap};
-use super::run_data::RunData;
+use super::run_data::{RunData, RunSeries};
 use super::theme::Theme;
 use crate::core::config::LlamaConfig;
 use crate::core::plan::{self, LayerMap, Severity, totals::Totals};
@@ -119,6 +119,12 @@ pub enum Event {
     Study {
         view: StudyView,
         open: bool,
+    },
+    /// A run's step history from the store, from step `from` on (the whole of it with 0).
+    Series {
+        run: String,
+        from: u64,
+        series: RunSeries,
     },
 }
 
@@ -716,6 +722,33 @@ impl App {
             .map(|(_, e)| *e)
     }
 
+    /// The runs whose step history is on screen or a key away: the monitored run and its
+    /// overlay, and the shown study's runs. Only theirs is read from the store and kept.
+    #[must_use]
+    pub fn viewed_runs(&self) -> Vec<String> {
+        let mut runs: Vec<String> = self
+            .monitored
+            .iter()
+            .chain(&self.overlay)
+            .cloned()
+            .collect();
+        if let (Screen::Study, Some(study)) = (self.screen, &self.study) {
+            runs.extend(study.runs.iter().map(|(_, id)| id.clone()));
+        }
+        runs.sort();
+        runs.dedup();
+        runs
+    }
+
+    /// Forgets the step history of every run out of `viewed`.
+    pub fn keep_series_of(&mut self, viewed: &[String]) {
+        for (id, data) in &mut self.run_data {
+            if !viewed.contains(id) && !data.series.is_empty() {
+                data.series = RunSeries::default();
+            }
+        }
+    }
+
     #[must_use]
     pub fn current_run(&self) -> Option<&RunRow> {
         match self.screen {
@@ -828,6 +861,18 @@ impl App {
                 vec![Effect::Quit { stop_runs: false }]
             }
             Event::Follow(updates) => self.follow(updates),
+            Event::Series { run, from, series } => {
+                if self.viewed_runs().contains(&run) {
+                    self.run_data
+                        .entry(run.clone())
+                        .or_insert_with(|| RunData::new(&run))
+                        .take_series(from, series);
+                } else {
+                    // Asked for before it went out of view.
+                    self.dirty = was_dirty;
+                }
+                Vec::new()
+            }
             Event::Runs(rows) => {
                 // Re-read every few seconds: redraw only if what the table shows changed.
                 let ages = self.screen == Screen::Runs;
@@ -2083,12 +2128,12 @@ impl App {
         let Some(data) = self.monitored.as_ref().and_then(|id| self.run_data.get(id)) else {
             return;
         };
-        let steps: Vec<u64> = data.steps.iter().map(|s| s.step).collect();
+        let steps: Vec<u64> = data.series.steps.iter().map(|s| s.step).collect();
         let Some(&newest) = steps.last() else {
             self.say(false, "no step logged yet: the cursor has nothing to read");
             return;
         };
-        let rows = data.blocks.len();
+        let rows = data.series.blocks.len();
         let at = self.monitor.cursor.unwrap_or(newest);
         let index = steps
             .iter()

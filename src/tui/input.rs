@@ -239,7 +239,10 @@ mod tests {
             let mut ended = Some(rx);
             let waited =
                 tokio::time::timeout(std::time::Duration::from_millis(50), hung_up(&mut ended));
-            assert!(waited.await.is_err(), "an ended watch was taken for a hang-up");
+            assert!(
+                waited.await.is_err(),
+                "an ended watch was taken for a hang-up"
+            );
         });
     }
 }

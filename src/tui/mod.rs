@@ -7,6 +7,7 @@
 //! inside synchronized-output brackets.
 
 pub mod app;
+mod follow;
 mod input;
 pub mod keymap;
 pub mod run_data;
@@ -186,173 +187,6 @@ fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Follows every run's event log and the experiment files; re-reads the run table when runs
-/// change (and every few seconds, for liveness).
-fn spawn_follower(data_dir: PathBuf, tx: UnboundedSender<Event>, stop: Arc<AtomicBool>) {
-    let _ = std::thread::Builder::new()
-        .name("follow".into())
-        .spawn(move || {
-            // The store is opened for each sync and closed again, so the CLI's store commands
-            // answer while the console runs (see `store`'s module doc). Runs whose events
-            // arrived while someone else held it are ingested at the next sync.
-            let mut store_sync = StoreSync::new(&data_dir, tx.clone());
-            let mut follower = crate::runner::tail::Follower::all(&data_dir);
-            let mut last_chats = Vec::new();
-            // The directory scan, for when the store is busy: only changed logs are parsed again.
-            let mut run_table = crate::runner::RunTable::default();
-            let mut updates = follower.poll_all();
-            let mut last_table: Option<Instant> = None;
-            while !stop.load(Ordering::Relaxed) {
-                let mut experiments_changed = false;
-                let mut runs_changed = false;
-                let mut changed_runs = Vec::new();
-                for u in &updates {
-                    match u {
-                        crate::runner::tail::Update::Experiment(_) => experiments_changed = true,
-                        crate::runner::tail::Update::Events { run, .. } => {
-                            runs_changed = true;
-                            changed_runs.push(run.clone());
-                        }
-                        crate::runner::tail::Update::Problem { .. } => {}
-                    }
-                }
-                store_sync.want(changed_runs);
-                // The run table and chats come from the store (the read model), at most once a
-                // second while runs change and every 2 s for liveness; from the directories
-                // while the store cannot be had.
-                let read = last_table.is_none_or(|t| {
-                    (runs_changed && t.elapsed() > Duration::from_secs(1))
-                        || t.elapsed() > Duration::from_secs(2)
-                });
-                let model = store_sync.sync(read);
-                if !updates.is_empty()
-                    && tx
-                        .send(Event::Follow(std::mem::take(&mut updates)))
-                        .is_err()
-                {
-                    return;
-                }
-                if experiments_changed {
-                    let _ = tx.send(Event::Experiments(load_experiments(&data_dir)));
-                }
-                if read {
-                    last_table = Some(Instant::now());
-                    let (runs, chats) = model
-                        .unwrap_or_else(|| (run_table.refresh(&data_dir), load_chats(&data_dir)));
-                    let _ = tx.send(Event::Runs(runs));
-                    if chats != last_chats {
-                        last_chats.clone_from(&chats);
-                        let _ = tx.send(Event::Chats(chats));
-                    }
-                }
-                updates = follower.wait(Duration::from_millis(500));
-            }
-        });
-}
-
-/// The console's side of the store: short holds, at most one a second.
-struct StoreSync {
-    data_dir: PathBuf,
-    tx: UnboundedSender<Event>,
-    /// Runs with events not yet ingested.
-    pending: std::collections::BTreeSet<String>,
-    /// Everything is to be ingested (at start, and after the store could not be had).
-    whole: bool,
-    /// Whether the last try failed (said once on the status line, and once when it mends).
-    failing: bool,
-    last_try: Option<Instant>,
-}
-
-impl StoreSync {
-    /// How long one sync waits for a CLI command that holds the store.
-    const PATIENCE: Duration = Duration::from_millis(500);
-    /// The least time between two syncs: a run logging ten steps a second costs one open a
-    /// second, not ten.
-    const INTERVAL: Duration = Duration::from_secs(1);
-
-    fn new(data_dir: &Path, tx: UnboundedSender<Event>) -> Self {
-        Self {
-            data_dir: data_dir.to_path_buf(),
-            tx,
-            pending: std::collections::BTreeSet::new(),
-            whole: true,
-            failing: false,
-            last_try: None,
-        }
-    }
-
-    /// Notes runs whose logs grew.
-    fn want(&mut self, runs: impl IntoIterator<Item = String>) {
-        self.pending.extend(runs);
-    }
-
-    /// Ingests what is wanted (if anything is and the last sync is long enough ago) and, with
-    /// `read`, reads the run table and the chats from the store. `None` when nothing was read:
-    /// not asked, or the store could not be had (the caller scans the directories instead).
-    fn sync(&mut self, read: bool) -> Option<(Vec<RunRow>, Vec<app::ChatSummary>)> {
-        let due = self.last_try.is_none_or(|t| t.elapsed() >= Self::INTERVAL);
-        let wanted = self.whole || !self.pending.is_empty();
-        if !(read || due && wanted) {
-            return None;
-        }
-        self.last_try = Some(Instant::now());
-        let result =
-            crate::store::Store::open_waiting(&self.data_dir, "slayer console", Self::PATIENCE)
-                .and_then(|store| {
-                    if self.whole {
-                        store.ingest_all(&self.data_dir, &[])?;
-                    } else {
-                        for run in &self.pending {
-                            if let Ok(dir) = crate::runner::RunDir::open(&self.data_dir, run) {
-                                store.ingest_run(&dir)?;
-                            }
-                        }
-                    }
-                    if !read {
-                        return Ok(None);
-                    }
-                    // Unreadable transcripts are left out of the list (the CLI's store
-                    // commands name them).
-                    store.ingest_chats(&self.data_dir)?;
-                    let chats = store
-                        .chats()?
-                        .into_iter()
-                        .map(|c| app::ChatSummary {
-                            id: c.id,
-                            models: c.models,
-                            runs: c.runs,
-                            turns: c.turns,
-                        })
-                        .collect();
-                    Ok(Some((store.run_table(&self.data_dir)?, chats)))
-                });
-        match result {
-            Ok(model) => {
-                if self.failing {
-                    let _ = self
-                        .tx
-                        .send(Event::Status(true, "store available again".into()));
-                }
-                self.failing = false;
-                self.whole = false;
-                self.pending.clear();
-                model
-            }
-            Err(e) => {
-                if !self.failing {
-                    tracing::warn!("console without the store for now: {e}");
-                    let _ = self
-                        .tx
-                        .send(Event::Status(false, format!("{e} (retrying)")));
-                }
-                self.failing = true;
-                self.whole = true;
-                None
-            }
-        }
-    }
 }
 
 /// Commands to the chat thread.
@@ -934,7 +768,13 @@ async fn event_loop(mut app: App) -> Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
     let cancel_chat = Arc::new(AtomicBool::new(false));
     let mut input = input::TerminalInput::new(Arc::clone(&stop));
-    spawn_follower(app.data_dir.clone(), tx.clone(), Arc::clone(&stop));
+    let viewed = follow::Viewed::default();
+    follow::spawn_follower(
+        app.data_dir.clone(),
+        tx.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&viewed),
+    );
     let chat = spawn_chat(app.data_dir.clone(), tx.clone(), Arc::clone(&cancel_chat));
     // One second's tick: the status line's expiry and the liveness of runs. A hang-up or
     // termination signal ends the console on the next one even when the input thread is stuck
@@ -980,6 +820,14 @@ async fn event_loop(mut app: App) -> Result<i32> {
         }
         if effects.stop_runs.is_some() {
             break;
+        }
+        // The runs in view changed: the follow thread reads their history, the rest is let go.
+        let in_view = app.viewed_runs();
+        if let Ok(mut shared) = viewed.lock()
+            && *shared != in_view
+        {
+            app.keep_series_of(&in_view);
+            *shared = in_view;
         }
         if app.dirty {
             let wait = frame.saturating_sub(last_draw.elapsed());

@@ -1,22 +1,14 @@
-//! What the console knows of a run, built from its events as they arrive: the run's projection
-//! (shared with the store and the CLI), and what only the monitor keeps — the joined step
-//! history, per-block statistics for the heatmap, evaluations and a readable log tail.
+//! What the console knows of a run: from its events as they arrive, the run's projection
+//! (shared with the store and the CLI), its alerts, evaluations and a readable log tail; from
+//! the store, while the run is in view, its step history and per-block statistics (the
+//! monitor's charts and heatmap).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::core::events::{EvalRecord, Event, EventKind};
 use crate::runner::RunProjection;
 use crate::runner::projection::Applied;
-
-/// One logged step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepPoint {
-    pub step: u64,
-    pub loss: f64,
-    pub lr: f64,
-    pub tokens_per_sec: f64,
-    pub time: f64,
-}
+pub use crate::runner::series::{BlockPoint, RunSeries, StepPoint};
 
 /// One block of the run's model, as its plan resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,9 +17,6 @@ pub struct LayerRow {
     pub new: bool,
     pub trainable: bool,
 }
-
-/// Per-block statistics at a step: (step, gradient norm, update ratio).
-pub type BlockPoint = (u64, f64, f64);
 
 /// The log lines kept per run for the monitor's scrollback (a line is about 100 bytes).
 const LOG_LINES: usize = 5_000;
@@ -38,10 +27,10 @@ pub struct RunData {
     /// What its events say: the one projection every reader shares (experiment, plan, totals,
     /// warnings, how it ended, resumes).
     pub run: RunProjection,
-    /// The joined step history and per-block statistics: kept here, truncated as the
-    /// projection says.
-    pub steps: Vec<StepPoint>,
-    pub blocks: BTreeMap<usize, Vec<BlockPoint>>,
+    /// The joined step history and per-block statistics, from the store while the run is in
+    /// view (empty otherwise: a console over many long runs keeps only what it shows);
+    /// truncated at once when a resume says so, before the store's newer points arrive.
+    pub series: RunSeries,
     pub evals: Vec<EvalRecord>,
     pub log: VecDeque<String>,
     pub problem: Option<String>,
@@ -71,39 +60,17 @@ impl RunData {
                 self.log.pop_front();
             }
             if let Applied::Truncate { after } = self.run.apply(e) {
-                self.steps.retain(|s| s.step <= after);
-                for points in self.blocks.values_mut() {
-                    points.retain(|p| p.0 <= after);
-                }
+                self.series.truncate_after(after);
             }
-            match &e.kind {
-                EventKind::Step {
-                    step,
-                    loss,
-                    lr,
-                    tokens_per_sec,
-                    blocks,
-                    ..
-                } => {
-                    self.steps.push(StepPoint {
-                        step: *step,
-                        loss: *loss,
-                        lr: *lr,
-                        tokens_per_sec: *tokens_per_sec,
-                        time: e.time,
-                    });
-                    for b in blocks {
-                        self.blocks.entry(b.block).or_default().push((
-                            *step,
-                            b.grad_norm,
-                            b.update_ratio,
-                        ));
-                    }
-                }
-                EventKind::Eval(r) => self.evals.push(r.clone()),
-                _ => {}
+            if let EventKind::Eval(r) = &e.kind {
+                self.evals.push(r.clone());
             }
         }
+    }
+
+    /// Takes the store's points from step `from` on (all of them with `from` 0).
+    pub fn take_series(&mut self, from: u64, newer: RunSeries) {
+        self.series.splice(from, newer);
     }
 
     /// The run's blocks as its plan resolved them.
@@ -121,14 +88,14 @@ impl RunData {
 
     #[must_use]
     pub fn last_step(&self) -> u64 {
-        self.steps.last().map_or(0, |s| s.step)
+        self.series.last_step().unwrap_or(0)
     }
 
     /// Steps per second of the current worker, and seconds left at that rate.
     #[must_use]
     pub fn rate_and_eta(&self) -> Option<(f64, f64)> {
         let (start_time, start_step) = self.run.segment_start?;
-        let last = self.steps.last()?;
+        let last = self.series.steps.last()?;
         let done = last.step.checked_sub(start_step)?;
         let secs = last.time - start_time;
         if done == 0 || secs <= 0.0 {
@@ -145,7 +112,8 @@ impl RunData {
     #[must_use]
     pub fn smoothed_loss(&self, alpha: f64) -> Vec<(f64, f64)> {
         let mut ema: Option<f64> = None;
-        self.steps
+        self.series
+            .steps
             .iter()
             .filter(|s| s.loss.is_finite())
             .map(|s| {
@@ -212,24 +180,27 @@ mod tests {
         let mut events = vec![ev(0, 0.0, start(None))];
         events.extend((1..=5).map(|s| ev(s, s as f64, step(s))));
         d.apply(false, &events);
+        d.take_series(0, RunSeries::of(&events));
         assert_eq!(d.run.experiment, "exp");
         assert_eq!(d.layers().len(), 2);
         assert!(d.layers()[1].new && d.layers()[1].trainable);
-        d.apply(
-            false,
-            &[ev(6, 100.0, start(Some(3))), ev(7, 102.0, step(4))],
-        );
+        // The resume truncates the shown history at once; the store's newer points follow.
+        let resumed = [ev(6, 100.0, start(Some(3))), ev(7, 102.0, step(4))];
+        d.apply(false, &resumed);
+        assert_eq!(d.last_step(), 3);
+        events.extend(resumed);
+        d.take_series(4, RunSeries::of(&events).tail_from(4));
         assert_eq!(
-            d.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+            d.series.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
             vec![1, 2, 3, 4]
         );
-        assert_eq!(d.blocks[&1].len(), 4);
+        assert_eq!(d.series.blocks[&1].len(), 4);
         let (rate, eta) = d.rate_and_eta().unwrap();
         assert!(
             (rate - 0.5).abs() < 1e-9 && (eta - 12.0).abs() < 1e-9,
             "{rate} {eta}"
         );
         d.apply(true, &[ev(0, 0.0, start(None))]);
-        assert!(d.steps.is_empty());
+        assert!(d.series.steps.is_empty());
     }
 }

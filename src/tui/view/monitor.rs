@@ -29,7 +29,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
     let [header, main] = Layout::vertical([Constraint::Length(2), Constraint::Min(8)]).areas(area);
     let state = row.map_or_else(|| "?".to_string(), |r| r.status.to_string());
     let (rate, eta) = data.rate_and_eta().unwrap_or((0.0, f64::NAN));
-    let last = data.steps.last();
+    let last = data.series.steps.last();
     let head = vec![
         Line::from(vec![
             Span::styled(format!(" {} ", clean(&data.id)), theme.fg("accent")),
@@ -159,7 +159,8 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
     };
     let keep = |x: f64| x >= x_min;
     let points = |d: &RunData| -> Vec<(f64, f64)> {
-        d.steps
+        d.series
+            .steps
             .iter()
             .filter(|s| s.loss.is_finite() && keep(s.step as f64))
             .map(|s| (s.step as f64, transform(s.loss, log)))
@@ -177,7 +178,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
         .evals
         .iter()
         .filter_map(|e| {
-            let s = data.steps.iter().find(|s| s.step == e.step)?;
+            let s = data.series.steps.iter().find(|s| s.step == e.step)?;
             keep(s.step as f64).then(|| (s.step as f64, transform(s.loss, log)))
         })
         .collect();
@@ -254,7 +255,7 @@ fn loss_chart(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Bu
     );
     if let Some(c) = app.monitor.cursor {
         let _ = write!(title, " — step {c}: ");
-        match data.steps.iter().find(|s| s.step == c) {
+        match data.series.steps.iter().find(|s| s.step == c) {
             Some(s) => {
                 let smoothed = data
                     .smoothed_loss(0.1)
@@ -306,6 +307,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
     };
     let value = |p: &(u64, f64, f64)| if app.monitor.update_ratio { p.2 } else { p.1 };
     let positive: Vec<f64> = data
+        .series
         .blocks
         .values()
         .flatten()
@@ -320,13 +322,17 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
         .ln();
     let plain = theme.depth == ColorDepth::None;
     // The cell under the cursor: a block (a row with statistics) at the cursor's step.
-    let cursor_block = app
-        .monitor
-        .cursor
-        .and(data.blocks.keys().nth(app.monitor.cursor_row).copied());
+    let cursor_block = app.monitor.cursor.and(
+        data.series
+            .blocks
+            .keys()
+            .nth(app.monitor.cursor_row)
+            .copied(),
+    );
     let mut title = format!("blocks × steps: {metric}");
     if let (Some(step), Some(b)) = (app.monitor.cursor, cursor_block) {
         let v = data
+            .series
             .blocks
             .get(&b)
             .and_then(|pts| pts.iter().find(|p| p.0 == step))
@@ -378,7 +384,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
         rows.push(("pruned".to_string(), "pruned_block", None));
     }
     if rows.len() > inner.height as usize {
-        rows.retain(|r| r.2.is_some_and(|i| data.blocks.contains_key(&i)));
+        rows.retain(|r| r.2.is_some_and(|i| data.series.blocks.contains_key(&i)));
     }
     if rows.is_empty() {
         Paragraph::new("no per-block statistics yet")
@@ -397,7 +403,7 @@ fn heatmap(app: &App, data: &RunData, theme: &Theme, area: Rect, buf: &mut Buffe
     for (r, (label, role, block_index)) in rows.iter().take(inner.height as usize).enumerate() {
         let y = inner.y + r as u16;
         buf.set_string(inner.x, y, label, theme.fg(role));
-        let Some(points) = block_index.and_then(|i| data.blocks.get(&i)) else {
+        let Some(points) = block_index.and_then(|i| data.series.blocks.get(&i)) else {
             // Frozen blocks have no statistics; pruned ones are a gap.
             let filler = if block_index.is_none() { "░" } else { "·" };
             buf.set_string(

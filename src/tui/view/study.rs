@@ -128,7 +128,7 @@ fn comparison_table(
 fn mean_loss(app: &App, runs: &[&str], log: bool) -> Vec<(f64, f64)> {
     let mut sums: BTreeMap<u64, (f64, usize)> = BTreeMap::new();
     for data in runs.iter().filter_map(|id| app.run_data.get(*id)) {
-        for s in data.steps.iter().filter(|s| s.loss.is_finite()) {
+        for s in data.series.steps.iter().filter(|s| s.loss.is_finite()) {
             let e = sums.entry(s.step).or_insert((0.0, 0));
             e.0 += s.loss;
             e.1 += 1;

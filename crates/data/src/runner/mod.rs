@@ -19,6 +19,7 @@ pub mod describe;
 pub mod model;
 pub mod projection;
 pub mod queue;
+pub mod series;
 pub mod tail;
 pub mod transcript;
 pub mod watch;

@@ -32,7 +32,7 @@ use crate::runner::{PlanShape, RunDir, RunProjection, list_runs};
 use slayer_engine::events::{EvalRecord, Event, EventKind};
 
 /// The store's on-disk format. A store written with a higher number is refused, not misread.
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -572,6 +572,7 @@ impl Store {
                     series.put("loss", *step, *loss)?;
                     series.put("lr", *step, *lr)?;
                     series.put("tokens_per_sec", *step, *tokens_per_sec)?;
+                    series.put("time", *step, event.time)?;
                     series.put("grad_norm", *step, *grad_norm)?;
                     for b in blocks {
                         series.put(&format!("grad_norm/{:03}", b.block), *step, b.grad_norm)?;

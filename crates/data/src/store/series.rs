@@ -1,10 +1,13 @@
 //! Metric series in chunks: `run \0 metric \0 chunk(be)` → up to [`CHUNK`] points, each 16 bytes
 //! (step, value; little-endian), sorted by step. One key per point made sled write ~20 keys per
 //! step and read 100k keys to plot a curve; chunks make both a matter of a few hundred values.
+//! [`Store::run_series`] joins them back into the step history the console plots, read from a
+//! step on so that a reader carries on without reading what it has.
 
 use std::collections::BTreeMap;
 
 use super::{Result, Store, key, prefix};
+use crate::runner::series::{BlockPoint, RunSeries, StepPoint};
 
 /// Steps per chunk.
 pub const CHUNK: u64 = 1024;
@@ -126,17 +129,65 @@ impl<'a> SeriesWriter<'a> {
 impl Store {
     /// A metric of a run as (step, value), in step order.
     pub fn series(&self, run: &str, metric: &str) -> Result<Vec<(u64, f64)>> {
+        self.series_from(run, metric, 0)
+    }
+
+    /// A metric of a run from step `from` on, in step order: only the chunks that can hold such
+    /// steps are read.
+    pub fn series_from(&self, run: &str, metric: &str, from: u64) -> Result<Vec<(u64, f64)>> {
         let p = key(&[run.as_bytes(), metric.as_bytes(), &[]]);
         let mut out = Vec::new();
-        for item in self.series.scan_prefix(&p) {
+        for item in self.series.range(chunk_key(run, metric, from / CHUNK)..) {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&p) {
+                break;
+            }
             // Another metric whose name extends this one (`loss` vs `loss/x`) is not ours.
             if k.len() != p.len() + 8 {
                 continue;
             }
-            out.extend(decode(&v));
+            out.extend(decode(&v).into_iter().filter(|(step, _)| *step >= from));
         }
         Ok(out)
+    }
+
+    /// A run's step history from step `from` on, as the monitor plots it: the metric series
+    /// joined by step (every step logs all four; per-block statistics are keyed by block).
+    pub fn run_series(&self, run: &str, from: u64) -> Result<RunSeries> {
+        let by_step = |metric: &str| -> Result<BTreeMap<u64, f64>> {
+            Ok(self.series_from(run, metric, from)?.into_iter().collect())
+        };
+        let (lr, rate, time) = (by_step("lr")?, by_step("tokens_per_sec")?, by_step("time")?);
+        let steps = self
+            .series_from(run, "loss", from)?
+            .into_iter()
+            .map(|(step, loss)| StepPoint {
+                step,
+                loss,
+                lr: lr.get(&step).copied().unwrap_or(f64::NAN),
+                tokens_per_sec: rate.get(&step).copied().unwrap_or(f64::NAN),
+                time: time.get(&step).copied().unwrap_or(f64::NAN),
+            })
+            .collect();
+        let mut blocks = BTreeMap::new();
+        for metric in self.metrics(run)? {
+            let Some(block) = metric
+                .strip_prefix("grad_norm/")
+                .and_then(|b| b.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let ratio = by_step(&format!("update_ratio/{block:03}"))?;
+            let points: Vec<BlockPoint> = self
+                .series_from(run, &metric, from)?
+                .into_iter()
+                .map(|(step, norm)| (step, norm, ratio.get(&step).copied().unwrap_or(f64::NAN)))
+                .collect();
+            if !points.is_empty() {
+                blocks.insert(block, points);
+            }
+        }
+        Ok(RunSeries { steps, blocks })
     }
 
     /// The metric names a run has series for.
@@ -189,5 +240,70 @@ mod tests {
         assert_eq!(loss.last(), Some(&(1501, -1.0)));
         assert_eq!(store.series("r", "loss/x").unwrap().len(), 1500);
         assert_eq!(store.metrics("r").unwrap(), vec!["loss", "loss/x"]);
+    }
+
+    /// A run's history across chunks and a resume that cuts back into an earlier chunk: read
+    /// whole, or from a step inside a chunk, it is the fold of the events.
+    #[test]
+    fn a_run_series_is_the_fold_of_its_events_from_any_step() {
+        use slayer_engine::events::{BlockStats, EVENT_FORMAT, Event, EventKind};
+        let start = |seq: u64, resumed_from| Event {
+            seq,
+            time: seq as f64,
+            kind: EventKind::RunStart {
+                format: EVENT_FORMAT,
+                run: "r".into(),
+                experiment: String::new(),
+                plan: None,
+                config: None,
+                trainable_params: 1,
+                total_steps: 3000,
+                resumed_from,
+                environment: None,
+            },
+        };
+        let step = |seq: u64, s: u64| Event {
+            seq,
+            time: 0.5 * seq as f64,
+            kind: EventKind::Step {
+                step: s,
+                loss: 1.0 / s as f64,
+                lr: 1e-4,
+                tokens: 0,
+                tokens_per_sec: s as f64,
+                grad_norm: 1.0,
+                clipped: false,
+                blocks: [1, 12]
+                    .iter()
+                    .map(|&block| BlockStats {
+                        block,
+                        grad_norm: (s * block as u64) as f64,
+                        weight_norm: 1.0,
+                        update_ratio: 1.0 / (s + block as u64) as f64,
+                    })
+                    .collect(),
+            },
+        };
+        let mut events = vec![start(0, None)];
+        events.extend((1..=2500).map(|s| step(s, s)));
+        events.push(start(2501, Some(1100)));
+        events.extend((1101..=3000).map(|s| step(s + 1500, s)));
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test").unwrap();
+        // In the pieces a follower delivers.
+        for batch in events.chunks(333) {
+            store.apply("r", false, batch, None).unwrap();
+        }
+        let folded = RunSeries::of(&events);
+        assert_eq!(folded.steps.len(), 3000);
+        assert_eq!(store.run_series("r", 0).unwrap(), folded);
+        for from in [1, 1023, 1024, 1101, 2049, 3000, 3001] {
+            assert_eq!(
+                store.run_series("r", from).unwrap(),
+                folded.tail_from(from),
+                "from {from}"
+            );
+        }
+        assert!(store.run_series("nobody", 0).unwrap().is_empty());
     }
 }
