@@ -183,6 +183,8 @@ fn give_series(app: &mut App, home: &Path) {
     store.ingest_all(home, &[]).unwrap();
     for run in slayer::runner::list_runs(home) {
         let series = store.run_series(&run.id, 0).unwrap();
+        // The console takes the history of runs in view only: each is in view (overlaid) for
+        // the moment its history is given.
         app.overlay.push(run.id.clone());
         app.update(Event::Series {
             run: run.id.clone(),
