@@ -1,7 +1,7 @@
 //! Background runs: the one typed API that launches, resumes, stops and kills them, used by
 //! the CLI (`train --detach`, `runs resume|stop|kill`), the console's jobs and studies alike.
 //! The training worker is the one process slayer starts from its own executable — it must
-//! outlive whoever launched it — and [`spawn_worker`] and [`spawn_training`] are where that
+//! outlive whoever launched it — and `spawn_worker` and `spawn_training` are where that
 //! happens. Nothing here prints: plan diagnostics come back in [`Launched`], failures as errors.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The headless command line: argument parsing, logging set-up and dispatch. Human-readable text
 //! by default, `--json` where a machine reads the output. Everything printed goes through
-//! [`crate::out`] (sanitised; a closed stdout ends the command quietly).
+//! `crate::out` (sanitised; a closed stdout ends the command quietly).
 
 mod bench;
 mod chat;

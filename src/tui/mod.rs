@@ -2,9 +2,9 @@
 //! the CLI. One event stream feeds one update function ([`app::App::update`]); updates return
 //! effects that run on blocking threads (never on tokio's async workers): jobs are library calls
 //! ([`crate::jobs`], [`crate::launch`]) with typed results and a cancel flag. The run table, the
-//! chats and the step history of the runs in view come from the store ([`follow`]), synced in
+//! chats and the step history of the runs in view come from the store (`follow`), synced in
 //! short holds so the CLI's store commands answer beside the console. Terminal input, events
-//! from the blocking threads and a tick meet in one `select!` ([`input`]). The screen is drawn
+//! from the blocking threads and a tick meet in one `select!` (`input`). The screen is drawn
 //! at most once per frame and only when something changed, inside synchronized-output brackets.
 
 pub mod app;

@@ -100,7 +100,7 @@ fn cache_key(tokenizer: &Tokenizer, docs: &[String]) -> Result<String> {
 }
 
 /// Tokenised documents, cached under `cache_dir` by a hash of the tokenizer's content and the
-/// texts ([`cache_key`]).
+/// texts (`cache_key`).
 pub fn tokenize_documents(
     tokenizer: &Tokenizer,
     docs: &[String],

@@ -2,7 +2,7 @@
 //!
 //! candle's matmul backward computes the gradient of both operands unconditionally, so a frozen
 //! weight above a trainable block would cost a wasted dW matmul and buffer per step.
-//! [`FrozenMatmul`] is a custom op with the same forward whose backward yields only dX.
+//! `FrozenMatmul` is a custom op with the same forward whose backward yields only dX.
 
 #[cfg(feature = "reference-matmul")]
 use std::sync::atomic::{AtomicBool, Ordering};
