@@ -24,3 +24,32 @@ pub fn reset() {
     INTERRUPTED.store(false, Ordering::SeqCst);
     INTERRUPT_COUNT.store(0, Ordering::SeqCst);
 }
+
+/// Whether `e` is (caused by) an interrupt: the engine's `Interrupted`, reached directly or
+/// through the data directory's error.
+#[must_use]
+pub fn caused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        let engine = c.downcast_ref::<crate::core::Error>().or_else(|| {
+            c.downcast_ref::<slayer_data::Error>()
+                .and_then(slayer_data::Error::engine)
+        });
+        matches!(engine, Some(crate::core::Error::Interrupted))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupt_is_seen_through_the_data_directory_and_a_context() {
+        let direct = anyhow::Error::from(crate::core::Error::Interrupted);
+        assert!(caused(&direct));
+        let through_data =
+            anyhow::Error::from(slayer_data::Error::from(crate::core::Error::Interrupted))
+                .context("cannot evaluate run r");
+        assert!(caused(&through_data));
+        assert!(!caused(&anyhow::anyhow!("a full disk")));
+    }
+}

@@ -126,7 +126,12 @@ pub fn resume(data_dir: &Path, id: &str, device: DeviceChoice) -> Result<Launche
 }
 
 fn submit(data_dir: &Path, run: &RunDir, device: DeviceChoice) -> Result<Submitted> {
-    crate::runner::queue::submit(data_dir, run, device, &|r, d| spawn_worker(r, data_dir, d))
+    Ok(crate::runner::queue::submit(
+        data_dir,
+        run,
+        device,
+        &|r, d| spawn_worker(r, data_dir, d).map_err(Into::into),
+    )?)
 }
 
 /// Sends `signal` to run `id`'s worker (SIGTERM: checkpoint and stop; SIGKILL: now); the

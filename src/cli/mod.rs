@@ -173,12 +173,7 @@ fn report(e: &anyhow::Error) -> i32 {
     if out::is_broken_pipe(e) {
         return 0;
     }
-    if e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<crate::core::Error>(),
-            Some(crate::core::Error::Interrupted)
-        )
-    }) {
+    if crate::interrupt::caused(e) {
         errln!("interrupted");
         return 130;
     }

@@ -551,6 +551,8 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
             crate::core::events::EventSink::sync(&mut log)?;
         }
     }
-    crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d))?;
+    crate::runner::queue::advance(data_dir, &|r, d| {
+        spawn_worker(r, data_dir, d).map_err(Into::into)
+    })?;
     Ok(0)
 }

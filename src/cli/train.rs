@@ -192,12 +192,7 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
     if let Err(e) = &result {
         // Whatever stopped this worker is said in the run's own log, at the step it reached, so
         // the run shows why it ended (a worker's stderr is only in the run's `log` file).
-        let interrupted = e.chain().any(|c| {
-            matches!(
-                c.downcast_ref::<crate::core::Error>(),
-                Some(crate::core::Error::Interrupted)
-            )
-        });
+        let interrupted = crate::interrupt::caused(e);
         let _ = sink.inner.emit(EventKind::End {
             status: if interrupted {
                 RunStatus::Stopped
@@ -212,7 +207,9 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
     if args.worker {
         // Hand the slot to the next queued run, whatever the outcome of this one (its end is
         // recorded first).
-        let _ = crate::runner::queue::advance(data_dir, &|r, d| spawn_worker(r, data_dir, d));
+        let _ = crate::runner::queue::advance(data_dir, &|r, d| {
+            spawn_worker(r, data_dir, d).map_err(Into::into)
+        });
     }
     let summary = result.with_context(|| format!("run {} failed", run_dir.id))?;
     outln!("{}", run::summary_table(&summary.evals))?;

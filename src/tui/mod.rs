@@ -338,7 +338,12 @@ fn load_chat_model(
     if !path.exists() {
         anyhow::bail!("no run or model named {spec} (fetch models with `slayer model fetch`)");
     }
-    crate::runner::model::load_path(&path, spec, candle_core::DType::F32, device)
+    Ok(crate::runner::model::load_path(
+        &path,
+        spec,
+        candle_core::DType::F32,
+        device,
+    )?)
 }
 
 /// Carries out job `id` off the async workers; its end comes back as [`Event::JobDone`] (or
@@ -421,9 +426,11 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
         Work::ExportRun { run, out } => {
             let cancel = started_on_thread(id, tx);
             done(
-                match crate::runner::RunDir::open(data_dir, &run).and_then(|dir| {
-                    crate::jobs::export_run(data_dir, &dir, &out, None, true, &cancel.0)
-                }) {
+                match crate::runner::RunDir::open(data_dir, &run)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|dir| {
+                        crate::jobs::export_run(data_dir, &dir, &out, None, true, &cancel.0)
+                    }) {
                     Ok(e) => (
                         true,
                         format!("exported {run} at step {} to {}", e.step, out.display()),
@@ -468,15 +475,17 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
         }
         Work::EvaluateRun(run) => {
             let cancel = started_on_thread(id, tx);
-            let result = crate::runner::RunDir::open(data_dir, &run).and_then(|dir| {
-                crate::jobs::evaluate_run(
-                    data_dir,
-                    &dir,
-                    None,
-                    &candle_core::Device::Cpu,
-                    &cancel.0,
-                )
-            });
+            let result = crate::runner::RunDir::open(data_dir, &run)
+                .map_err(anyhow::Error::from)
+                .and_then(|dir| {
+                    crate::jobs::evaluate_run(
+                        data_dir,
+                        &dir,
+                        None,
+                        &candle_core::Device::Cpu,
+                        &cancel.0,
+                    )
+                });
             match result {
                 Ok(done) => outcome(JobOutcome::Evaluated {
                     run,
@@ -532,7 +541,15 @@ fn signal_run(data_dir: &Path, run: &str, signal: Signal, what: &str) -> (bool, 
 /// yet is fetched without a progress bar (the console owns the terminal).
 fn locate_quietly(data_dir: &Path, name: &str) -> Result<PathBuf> {
     crate::fetch::locate_model(data_dir, name, |known| {
-        crate::fetch::fetch(data_dir, known, None, false, None, |_| {}, |_, _| {})
+        Ok(crate::fetch::fetch(
+            data_dir,
+            known,
+            None,
+            false,
+            None,
+            |_| {},
+            |_, _| {},
+        )?)
     })
 }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result};
+use crate::error::{Because as _, Result};
 use slayer_engine::chat::{ChatInput, ChatSession};
 use slayer_engine::generate::{GenerationStats, SamplingParams, StopReason};
 
@@ -99,7 +99,7 @@ impl<'m> Conversation<'m> {
             .iter()
             .map(|m| {
                 let mut s = ChatSession::new(&m.model, &m.tokenizer, sampling.clone())
-                    .with_context(|| format!("cannot chat with {}", m.path.display()))?;
+                    .because(|| format!("cannot chat with {}", m.path.display()))?;
                 s.set_system(system.clone());
                 Ok(s)
             })

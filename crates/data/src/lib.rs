@@ -4,12 +4,15 @@
 //! the index over them ([`store`]), studies ([`study`]), the shipped experiment templates
 //! ([`templates`]), fetching the demo model ([`fetch`]) and the conversation both chats hold
 //! ([`conversation`], recorded as transcripts). Built on the engine (`slayer_engine`); knows
-//! nothing of the command line or the console.
+//! nothing of the command line or the console. Its errors are one type, [`Error`].
 
 pub mod conversation;
+mod error;
 pub mod fetch;
 pub mod layout;
 pub mod runner;
 pub mod store;
 pub mod study;
 pub mod templates;
+
+pub use error::{Error, Result};

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use crate::error::{Because as _, Error, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{RunDir, RunState};
@@ -139,10 +139,12 @@ fn merge(into: &mut toml::Table, from: &toml::Table) {
 fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Result<()> {
     let scales = match raw.remove("scale") {
         Some(toml::Value::Table(t)) => t,
-        Some(_) => bail!(
-            "{}: `scale` must be a table of [scale.NAME] tables",
-            path.display()
-        ),
+        Some(_) => {
+            return Err(Error::invalid(format!(
+                "{}: `scale` must be a table of [scale.NAME] tables",
+                path.display()
+            )));
+        }
         None => toml::Table::new(),
     };
     let Some(name) = scale else {
@@ -150,7 +152,7 @@ fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Resul
     };
     let Some(toml::Value::Table(overlay)) = scales.get(name) else {
         let known: Vec<&str> = scales.keys().map(String::as_str).collect();
-        bail!(
+        return Err(Error::invalid(format!(
             "{}: no [scale.{name}] (scales: {})",
             path.display(),
             if known.is_empty() {
@@ -158,7 +160,7 @@ fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Resul
             } else {
                 known.join(", ")
             }
-        );
+        )));
     };
     for (key, value) in overlay {
         match (key.as_str(), value) {
@@ -176,10 +178,10 @@ fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Resul
             (list @ ("corpus" | "strategy"), toml::Value::Table(by_name)) => {
                 for (target, overlay_entry) in by_name {
                     let toml::Value::Table(overlay_entry) = overlay_entry else {
-                        bail!(
+                        return Err(Error::invalid(format!(
                             "{}: scale.{name}.{list}.{target} must be a table",
                             path.display()
-                        );
+                        )));
                     };
                     let entry = raw
                         .get_mut(list)
@@ -193,18 +195,20 @@ fn apply_scale(path: &Path, raw: &mut toml::Table, scale: Option<&str>) -> Resul
                                 })
                         });
                     let Some(entry) = entry else {
-                        bail!(
+                        return Err(Error::invalid(format!(
                             "{}: scale.{name}.{list}.{target}: there is no {list} named {target:?}",
                             path.display()
-                        );
+                        )));
                     };
                     merge(entry, overlay_entry);
                 }
             }
-            _ => bail!(
-                "{}: scale.{name}.{key}: a scale sets seeds, description, base, corpus.NAME or strategy.NAME",
-                path.display()
-            ),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: scale.{name}.{key}: a scale sets seeds, description, base, corpus.NAME or strategy.NAME",
+                    path.display()
+                )));
+            }
         }
     }
     let unscaled = raw
@@ -231,12 +235,12 @@ impl Study {
             let at = e
                 .span()
                 .map(|s| slayer_engine::plan::line_col(&text, s.start).0);
-            anyhow::anyhow!(
+            Error::invalid(format!(
                 "{}{}: {}",
                 path.display(),
                 at.map(|l| format!(" line {l}")).unwrap_or_default(),
                 e.message()
-            )
+            ))
         };
         // Without a scale the file is read as written, so errors keep their line numbers.
         let file: StudyFile = if scale.is_none() {
@@ -247,17 +251,20 @@ impl Study {
             toml::Value::Table(raw)
                 .try_into()
                 .map_err(|e: toml::de::Error| {
-                    anyhow::anyhow!("{}: {}", path.display(), e.message())
+                    Error::invalid(format!("{}: {}", path.display(), e.message()))
                 })?
         };
         if file.strategies.is_empty() {
-            bail!(
+            return Err(Error::invalid(format!(
                 "{}: a study needs at least one [[strategy]]",
                 path.display()
-            );
+            )));
         }
         if file.seeds.is_empty() {
-            bail!("{}: seeds is empty", path.display());
+            return Err(Error::invalid(format!(
+                "{}: seeds is empty",
+                path.display()
+            )));
         }
         // The grid is a product: a short file can name a billion cells. Each is a training run,
         // so a study far past this is a typo, and refusing it keeps the grid in memory small.
@@ -267,13 +274,13 @@ impl Study {
             .saturating_mul(file.corpora.len().max(1))
             .saturating_mul(file.seeds.len());
         if cells > MAX_CELLS {
-            bail!(
+            return Err(Error::invalid(format!(
                 "{}: {} strategies × {} corpora × {} seeds is {cells} runs, more than the {MAX_CELLS} a study may hold",
                 path.display(),
                 file.strategies.len(),
                 file.corpora.len().max(1),
                 file.seeds.len()
-            );
+            )));
         }
         // Names become directory and file names (`studies/NAME/CORPUS-STRATEGY-sSEED.toml`).
         let names = std::iter::once(("study", &file.name))
@@ -285,10 +292,10 @@ impl Study {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                bail!(
+                return Err(Error::invalid(format!(
                     "{}: {what} name {name:?}: use letters, digits, '-' and '_'",
                     path.display()
-                );
+                )));
             }
         }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -336,7 +343,14 @@ impl Study {
         for cell in study.cells() {
             let text = study.experiment_text(&cell);
             slayer_engine::experiment::Experiment::parse(Path::new(&cell.key()), &text).map_err(
-                |d| anyhow::anyhow!("{}: cell {}: {}", path.display(), cell.key(), d.message),
+                |d| {
+                    Error::invalid(format!(
+                        "{}: cell {}: {}",
+                        path.display(),
+                        cell.key(),
+                        d.message
+                    ))
+                },
             )?;
         }
         Ok(study)
@@ -498,7 +512,7 @@ impl Study {
             corpora: self.corpora.clone(),
             scale: toml::Table::new(),
         };
-        Ok(toml::to_string(&file)?)
+        toml::to_string(&file).because(|| format!("cannot write the study {} as run", self.name))
     }
 
     /// A study as `study run` saved it in the data directory.
@@ -506,10 +520,10 @@ impl Study {
         let path = dir(data_dir, name).join(SAVED_STUDY);
         if !path.exists() {
             // What matters first: a status line cuts the path.
-            bail!(
+            return Err(Error::invalid(format!(
                 "no study {name:?} (`slayer study run FILE` records one) in {}",
                 path.display()
-            );
+            )));
         }
         Self::load(&path)
     }
@@ -537,18 +551,18 @@ pub fn read_cells(dir: &Path) -> Result<BTreeMap<String, String>> {
     let path = dir.join("cells.json");
     let text = slayer_engine::corpus::read_settings(&path, "study cell map")?;
     serde_json::from_str(&text).map_err(|e| {
-        anyhow::anyhow!(
+        Error::invalid(format!(
             "{}: not a map of cell names to run ids: {e}",
             path.display()
-        )
+        ))
     })
 }
 
 pub fn save_cells(dir: &Path, cells: &BTreeMap<String, String>) -> Result<()> {
-    slayer_engine::atomic::replace_file(
-        &dir.join("cells.json"),
-        &serde_json::to_vec_pretty(cells)?,
-    )?;
+    let path = dir.join("cells.json");
+    let json =
+        serde_json::to_vec_pretty(cells).because(|| format!("cannot write {}", path.display()))?;
+    slayer_engine::atomic::replace_file(&path, &json)?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Error, IoContext as _, Result};
 
 /// A shipped experiment: its file name without `.toml`, and its text.
 #[derive(Debug, Clone, Copy)]
@@ -79,29 +79,30 @@ pub fn create_experiment(data_dir: &Path, name: &str, from: &str) -> Result<Path
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        bail!("experiment names use letters, digits, '-' and '_' only: {name:?}");
+        return Err(Error::invalid(format!(
+            "experiment names use letters, digits, '-' and '_' only: {name:?}"
+        )));
     }
-    let t = template(from).with_context(|| {
-        format!(
+    let t = template(from).ok_or_else(|| {
+        Error::invalid(format!(
             "no template {from:?}; templates: {}",
             TEMPLATES
                 .iter()
                 .map(|t| t.name)
                 .collect::<Vec<_>>()
                 .join(", ")
-        )
+        ))
     })?;
     let dir = experiments_dir(data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).io("create", &dir)?;
     let path = dir.join(format!("{name}.toml"));
     let text = with_name(t.text, name);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .io("create", &path)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).io("write", &path)?;
     Ok(path)
 }
 
@@ -137,11 +138,11 @@ pub fn find_experiment(data_dir: &Path, arg: &Path) -> Result<PathBuf> {
     } else {
         String::new()
     };
-    bail!(
+    Err(Error::invalid(format!(
         "{}: no such file, and no experiment named so in {}{hint}",
         arg.display(),
         experiments_dir(data_dir).display()
-    )
+    )))
 }
 
 /// Finds an experiment argument: an existing file, a name in the data directory's experiments,
@@ -160,11 +161,11 @@ pub fn resolve_experiment(data_dir: &Path, arg: &Path) -> Result<PathBuf> {
     if template(name).is_some() {
         return create_experiment(data_dir, name, name);
     }
-    bail!(
+    Err(Error::invalid(format!(
         "{}: no such experiment file, none named so in {}, and no such template (`slayer experiments ls` lists them)",
         arg.display(),
         experiments_dir(data_dir).display()
-    )
+    )))
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ pub fn sort(rows: &mut [CompareRow], column: &str, descending: bool) {
 /// The row of one run (its event log read by the caller, once for the summary and the
 /// metrics).
 #[must_use]
-pub fn row(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> CompareRow {
+pub fn row(run: &RunDir, log: Result<&EventLogRead, &crate::Error>) -> CompareRow {
     let summary = crate::runner::summarize_read(run, log);
     let events: &[Event] = log.map_or(&[], |l| l.events.as_slice());
     let experiment = slayer_engine::experiment::Experiment::load(&run.experiment_path()).ok();

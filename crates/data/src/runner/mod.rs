@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Because as _, Error, IoContext as _, Result};
 
 pub mod alerts;
 pub mod compare;
@@ -39,8 +39,7 @@ impl RunDir {
     /// Creates `runs/<timestamp>-<name>` under `data_dir` (a suffix keeps ids unique).
     pub fn create(data_dir: &Path, name: &str) -> Result<Self> {
         let runs = crate::layout::DataDir::at(data_dir).runs();
-        std::fs::create_dir_all(&runs)
-            .with_context(|| format!("cannot create {}", runs.display()))?;
+        std::fs::create_dir_all(&runs).io("create", &runs)?;
         let safe: String = name
             .chars()
             .map(|c| {
@@ -62,12 +61,13 @@ impl RunDir {
             match std::fs::create_dir(&path) {
                 Ok(()) => return Ok(Self { id, path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
-                }
+                Err(e) => return Err(e).io("create", &path),
             }
         }
-        bail!("cannot find a free run id under {}", runs.display())
+        Err(Error::invalid(format!(
+            "cannot find a free run id under {}",
+            runs.display()
+        )))
     }
 
     /// Opens a run by its id. An id is a name under `<data>/runs/`, never a path: anything that
@@ -80,19 +80,19 @@ impl RunDir {
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("{id}: no such run (looked in {})", runs.display())
+                return Err(no_such_run(id, &runs));
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Err(e) => return Err(e).io("read", &path),
         };
         if meta.file_type().is_symlink() {
-            bail!(
+            return Err(Error::invalid(format!(
                 "{}: a symbolic link, not a run directory (runs are directories under {})",
                 path.display(),
                 runs.display()
-            );
+            )));
         }
         if !meta.is_dir() || !is_run_dir(&path) {
-            bail!("{id}: no such run (looked in {})", runs.display());
+            return Err(no_such_run(id, &runs));
         }
         Ok(Self {
             id: id.to_string(),
@@ -159,9 +159,7 @@ pub fn skipped_lines_warning(path: &Path, skipped: &[tail::BadLine]) -> Option<S
 /// is left for later). A line that is not an event — a torn write, a stray edit — is skipped and
 /// recorded: one bad line never hides the rest of a run.
 pub fn read_event_log(path: &Path) -> Result<EventLogRead> {
-    let batch = tail::LogTail::new(path)
-        .poll()
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let batch = tail::LogTail::new(path).poll().io("read", path)?;
     let read = EventLogRead {
         path: path.to_path_buf(),
         events: batch.events,
@@ -209,7 +207,7 @@ impl EventLog {
             .append(true)
             .read(true)
             .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .io("open", path)?;
         let pending = Pending {
             path: path.to_path_buf(),
             file,
@@ -234,7 +232,7 @@ impl EventLog {
                         }
                     }
                 })
-                .with_context(|| "cannot start the event-log flusher")?
+                .because(|| "cannot start the event-log flusher".into())?
         };
         Ok(Self {
             shared,
@@ -623,6 +621,11 @@ mod tests {
     }
 }
 
+/// The refusal of an id that names no run.
+fn no_such_run(id: &str, runs: &Path) -> Error {
+    Error::invalid(format!("{id}: no such run (looked in {})", runs.display()))
+}
+
 /// Refuses a run id that is not a plain name: empty, `.`, `..`, a path separator, a NUL or
 /// another control character, or longer than a file name may be.
 pub fn check_run_id(id: &str) -> Result<()> {
@@ -640,9 +643,9 @@ pub fn check_run_id(id: &str) -> Result<()> {
         None
     };
     match problem {
-        Some(why) => bail!(
+        Some(why) => Err(Error::invalid(format!(
             "`{id}` {why}: a run id is the name of a run under <data>/runs (see `slayer runs ls`)"
-        ),
+        ))),
         None => Ok(()),
     }
 }
@@ -744,14 +747,15 @@ impl Worker {
     /// Sends `signal` to the worker.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal)
-            .with_context(|| format!("cannot signal process {}", self.pid))
+            .because(|| format!("cannot signal process {}", self.pid))
     }
 }
 
 impl RunDir {
     /// Records this process as the run's worker.
     pub fn claim_worker(&self) -> Result<()> {
-        let w = Worker::current().context("cannot read this process's start time from /proc")?;
+        let w = Worker::current()
+            .ok_or_else(|| Error::invalid("cannot read this process's start time from /proc"))?;
         self.record_worker(w)
     }
 
@@ -763,7 +767,7 @@ impl RunDir {
             &path,
             format!("{} {}\n", worker.pid, worker.start_ticks).as_bytes(),
         )
-        .with_context(|| format!("cannot record the worker of run {}", self.id))
+        .because(|| format!("cannot record the worker of run {}", self.id))
     }
 
     /// The recorded worker, if any.
@@ -911,7 +915,7 @@ fn unreadable_state(run: &RunDir) -> RunState {
 /// The summary of a run whose event log the caller has read (a table that needs the events
 /// too reads each log once).
 #[must_use]
-pub fn summarize_read(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) -> RunSummary {
+pub fn summarize_read(run: &RunDir, log: Result<&EventLogRead, &Error>) -> RunSummary {
     summarize_projected(run, log).0
 }
 
@@ -919,7 +923,7 @@ pub fn summarize_read(run: &RunDir, log: Result<&EventLogRead, &anyhow::Error>) 
 /// [`RunTable`] keeps to recompute the state without reading the log again.
 fn summarize_projected(
     run: &RunDir,
-    log: Result<&EventLogRead, &anyhow::Error>,
+    log: Result<&EventLogRead, &Error>,
 ) -> (RunSummary, Option<RunProjection>) {
     match log {
         Ok(log) => {

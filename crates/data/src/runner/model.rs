@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Because as _, Error, Result};
 use candle_core::{DType, Device};
 
 use super::RunDir;
@@ -26,14 +26,14 @@ pub struct LoadedModel {
 
 /// The tokenizer of `source`, with the eos ids of its generation config added.
 pub fn tokenizer_of(source: &dyn WeightSource, path: &Path) -> Result<Tokenizer> {
-    let mut tokenizer = source.tokenizer().cloned().with_context(|| {
+    let mut tokenizer = source.tokenizer().cloned().ok_or_else(|| {
         let (problem, at) = (source.tokenizer_problem(), path.display().to_string());
         // The problem names its file; the path is said once when it is the same one.
-        if problem.starts_with(&at) {
+        Error::invalid(if problem.starts_with(&at) {
             format!("cannot chat or evaluate without a tokenizer: {problem}")
         } else {
             format!("{at}: cannot chat or evaluate without a tokenizer: {problem}")
-        }
+        })
     })?;
     if let Some(eos) = source
         .generation_config()
@@ -80,7 +80,7 @@ pub fn run_spec(data_dir: &Path, spec: &str) -> Result<Option<(RunDir, Option<u6
     let step = step
         .map(|s| {
             s.parse::<u64>()
-                .with_context(|| format!("{spec}: the part after @ must be a step"))
+                .because(|| format!("{spec}: the part after @ must be a step"))
         })
         .transpose()?;
     Ok(Some((run, step)))
@@ -91,23 +91,31 @@ pub fn run_base(
     data_dir: &Path,
     run: &RunDir,
 ) -> Result<(Experiment, Box<dyn WeightSource>, LayerMap)> {
-    let exp = Experiment::load(&run.experiment_path()).map_err(anyhow::Error::msg)?;
+    let exp = Experiment::load(&run.experiment_path()).map_err(Error::Invalid)?;
     let Some(spec) = &exp.model else {
-        bail!("{}: no [model] base", run.experiment_path().display());
+        return Err(Error::invalid(format!(
+            "{}: no [model] base",
+            run.experiment_path().display()
+        )));
     };
     let path = crate::fetch::resolve_model_path(data_dir, &spec.base);
     if !path.exists() {
-        bail!(
+        return Err(Error::invalid(format!(
             "{}: base model {} is not in {} (fetch it with `slayer model fetch`)",
             run.id,
             spec.base,
             crate::layout::DataDir::at(data_dir).models().display()
-        );
+        )));
     }
     let base = open_source(&path)?;
     let map = plan::resolve(&exp.plan, base.config().num_hidden_layers)
         .map
-        .with_context(|| format!("{}: the plan has errors", run.experiment_path().display()))?;
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{}: the plan has errors",
+                run.experiment_path().display()
+            ))
+        })?;
     Ok((exp, base, map))
 }
 
@@ -129,10 +137,10 @@ pub fn load_run(
             if point.checkpoint.is_none()
                 && let Some(damaged) = point.damaged.first()
             {
-                bail!(
+                return Err(Error::invalid(format!(
                     "run {}: {damaged}, and no older checkpoint is intact",
                     run.id
-                );
+                )));
             }
             warnings.extend(
                 point
@@ -142,13 +150,13 @@ pub fn load_run(
             );
             point
                 .checkpoint
-                .with_context(|| format!("run {} has no checkpoint yet", run.id))?
+                .ok_or_else(|| Error::invalid(format!("run {} has no checkpoint yet", run.id)))?
         }
         Some(s) => {
             let all = train::list_checkpoints(&dir)?;
-            all.iter().find(|c| c.0 == s).cloned().with_context(|| {
+            all.iter().find(|c| c.0 == s).cloned().ok_or_else(|| {
                 let steps: Vec<String> = all.iter().map(|c| c.0.to_string()).collect();
-                format!(
+                Error::invalid(format!(
                     "run {} has no checkpoint at step {s} (it has: {})",
                     run.id,
                     if steps.is_empty() {
@@ -156,7 +164,7 @@ pub fn load_run(
                     } else {
                         steps.join(", ")
                     }
-                )
+                ))
             })?
         }
     };
@@ -167,7 +175,7 @@ pub fn load_run(
     let mut trainer = Trainer::new(&model, exp.train.clone(), &run.path.join("checkpoints"))?;
     trainer.resume_from(&checkpoint)?;
     drop(trainer);
-    model.freeze_all()?;
+    model.freeze_all().map_err(slayer_engine::Error::from)?;
     Ok((
         LoadedModel {
             label: format!("{}@{step}", run.id),

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Because as _, Error, IoContext as _, Result};
 
 use super::{RunDir, RunState, Worker};
 use slayer_engine::device::DeviceChoice;
@@ -31,23 +31,32 @@ pub enum Submitted {
     Queued,
 }
 
+/// Starts a run's worker on a device and returns its pid: the front end's launch, whose error
+/// is its own.
+pub type Spawn<'a> = &'a dyn Fn(&RunDir, DeviceChoice) -> std::result::Result<u32, SpawnError>;
+
+/// Why a launch failed, in the launcher's words.
+pub type SpawnError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Marks `run` as waiting for a slot on `device` and starts whatever the queue can start, all
 /// under the queue's lock. A running or finished run is refused.
 pub fn submit(
     data_dir: &Path,
     run: &RunDir,
     device: DeviceChoice,
-    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
+    spawn: Spawn<'_>,
 ) -> Result<Submitted> {
     let lock = QueueLock::take(data_dir)?;
     match run.state(&run.read_events()?) {
-        RunState::Running => bail!("run {} is already running", run.id),
-        RunState::Finished => bail!("run {} has finished", run.id),
+        RunState::Running => {
+            return Err(Error::invalid(format!("run {} is already running", run.id)));
+        }
+        RunState::Finished => return Err(Error::invalid(format!("run {} has finished", run.id))),
         _ => {}
     }
     let path = run.path.join(QUEUED);
     slayer_engine::atomic::write_synced(&path, device.as_arg().as_bytes())
-        .with_context(|| format!("cannot queue run {}", run.id))?;
+        .because(|| format!("cannot queue run {}", run.id))?;
     let started = advance_locked(data_dir, spawn)?;
     lock.release()?;
     Ok(if started.contains(&run.id) {
@@ -66,20 +75,15 @@ struct QueueLock {
 impl QueueLock {
     fn take(data_dir: &Path) -> Result<Self> {
         let runs_dir = crate::layout::DataDir::at(data_dir).runs();
-        std::fs::create_dir_all(&runs_dir)
-            .with_context(|| format!("cannot create {}", runs_dir.display()))?;
+        std::fs::create_dir_all(&runs_dir).io("create", &runs_dir)?;
         let path = runs_dir.join(".queue.lock");
-        let file =
-            File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        file.lock()
-            .with_context(|| format!("cannot lock {}", path.display()))?;
+        let file = File::create(&path).io("open", &path)?;
+        file.lock().io("lock", &path)?;
         Ok(Self { file, path })
     }
 
     fn release(self) -> Result<()> {
-        self.file
-            .unlock()
-            .with_context(|| format!("cannot unlock {}", self.path.display()))
+        self.file.unlock().io("unlock", &self.path)
     }
 }
 
@@ -119,10 +123,7 @@ fn running_device(run: &RunDir) -> DeviceChoice {
 
 /// Starts queued runs, oldest first, while their device has a free slot. `spawn(run, device)`
 /// starts a worker and returns its pid. Returns the ids started.
-pub fn advance(
-    data_dir: &Path,
-    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
-) -> Result<Vec<String>> {
+pub fn advance(data_dir: &Path, spawn: Spawn<'_>) -> Result<Vec<String>> {
     let lock = QueueLock::take(data_dir)?;
     let started = advance_locked(data_dir, spawn)?;
     lock.release()?;
@@ -130,10 +131,7 @@ pub fn advance(
 }
 
 /// [`advance`] for a caller holding the lock.
-fn advance_locked(
-    data_dir: &Path,
-    spawn: &dyn Fn(&RunDir, DeviceChoice) -> Result<u32>,
-) -> Result<Vec<String>> {
+fn advance_locked(data_dir: &Path, spawn: Spawn<'_>) -> Result<Vec<String>> {
     let mut runs = super::list_runs(data_dir);
     runs.sort_by(|a, b| a.id.cmp(&b.id));
     // A worker that is handing over its slot calls this as it ends: it does not count.
@@ -163,8 +161,7 @@ fn advance_locked(
                 message,
             })?;
             log.sync()?;
-            std::fs::remove_file(r.path.join(QUEUED))
-                .with_context(|| format!("cannot update {}", r.path.display()))
+            std::fs::remove_file(r.path.join(QUEUED)).io("update", &r.path)
         };
         if !r.experiment_path().is_file() {
             cannot_start(format!(
@@ -184,7 +181,10 @@ fn advance_locked(
         if *used >= SLOTS_PER_DEVICE {
             continue;
         }
-        let pid = spawn(r, device)?;
+        let pid = spawn(r, device).map_err(|cause| Error::Failed {
+            what: format!("cannot start run {}", r.id),
+            cause,
+        })?;
         // Record the worker before releasing the lock: the run counts as running from now on.
         if let Ok(pid) = i32::try_from(pid)
             && let Some(ticks) = super::start_ticks(pid)
@@ -194,10 +194,8 @@ fn advance_locked(
                 start_ticks: ticks,
             })?;
         }
-        std::fs::write(r.path.join("device"), device.as_arg())
-            .with_context(|| format!("cannot write {}", r.path.display()))?;
-        std::fs::remove_file(r.path.join(QUEUED))
-            .with_context(|| format!("cannot update {}", r.path.display()))?;
+        std::fs::write(r.path.join("device"), device.as_arg()).io("write", &r.path)?;
+        std::fs::remove_file(r.path.join(QUEUED)).io("update", &r.path)?;
         *used += 1;
         started.push(r.id.clone());
     }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::error::{Because as _, IoContext as _, Result};
 use serde::{Deserialize, Serialize};
 
 /// A model taking part in a chat, and the run it came from when known (lineage).
@@ -135,10 +135,11 @@ impl Transcript {
     /// Writes the transcript (replacing the previous version in one step).
     pub fn save(&self, data_dir: &Path) -> Result<PathBuf> {
         let dir = chats_dir(data_dir);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).io("create", &dir)?;
         let path = self.path(data_dir);
-        slayer_engine::atomic::replace_file(&path, &serde_json::to_vec_pretty(self)?)?;
+        let json = serde_json::to_vec_pretty(self)
+            .because(|| format!("cannot write the transcript {}", path.display()))?;
+        slayer_engine::atomic::replace_file(&path, &json)?;
         Ok(path)
     }
 
@@ -151,7 +152,7 @@ impl Transcript {
             Some(MAX_TRANSCRIPT_BYTES),
         )?;
         serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a slayer chat transcript", path.display()))
+            .because(|| format!("{}: not a slayer chat transcript", path.display()))
     }
 }
 
