@@ -389,7 +389,8 @@ mod bad_input {
 
 /// The layers are crates: the engine may not depend on the UI, an async runtime, the
 /// database, the data directory or anyhow (a library's errors are its own types); the data
-/// directory may not depend on the UI or the front ends. Cargo refuses a `use` of a crate a
+/// directory may not depend on the UI, the front ends or anyhow; fuzzing builds no UI, async
+/// runtime or database (the data crate's store is off there). Cargo refuses a `use` of a crate a
 /// manifest does not name, so the manifests are the boundary this checks.
 #[test]
 fn the_crates_keep_their_layers() {
@@ -430,6 +431,7 @@ fn the_crates_keep_their_layers() {
         "crossterm",
         "tokio",
         "clap",
+        "anyhow",
         "slayer",
     ] {
         assert!(
@@ -437,6 +439,32 @@ fn the_crates_keep_their_layers() {
             "the data crate depends on {forbidden}"
         );
     }
+    let data_manifest = manifest("crates/data/Cargo.toml");
+    let sled = &data_manifest["dependencies"]["sled"];
+    assert_eq!(
+        sled.get("optional").and_then(toml::Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(
+        data_manifest["features"]["store"].as_array().unwrap(),
+        &vec![toml::Value::from("dep:sled")]
+    );
+    let fuzz = manifest("fuzz/Cargo.toml");
+    let fuzz_deps = dependencies(&fuzz);
+    for forbidden in ["ratatui", "crossterm", "tokio", "sled", "slayer"] {
+        assert!(
+            !fuzz_deps.iter().any(|d| d == forbidden),
+            "the fuzz crate depends on {forbidden}"
+        );
+    }
+    let data_in_fuzz = &fuzz["dependencies"]["slayer-data"];
+    assert_eq!(
+        data_in_fuzz
+            .get("default-features")
+            .and_then(toml::Value::as_bool),
+        Some(false),
+        "the fuzz crate builds the data crate's store"
+    );
 }
 
 /// The fuzzers' seed files are valid inputs of their readers.

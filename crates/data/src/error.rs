@@ -1,5 +1,5 @@
 //! The data crate's error: what went wrong in the data directory, naming the file or the thing
-//! asked for. The store has its own ([`crate::store::StoreError`]), carried here whole.
+//! asked for. The store has its own (`store::StoreError`), carried here whole.
 //!
 //! As in the store's, a cause is part of the message rather than a `source`: the front ends
 //! print errors both ways (`{e}` on the console's status line, `{e:#}` on stderr), and a message
@@ -32,6 +32,7 @@ pub enum Error {
     /// The engine refused or failed (a model, a tokenizer, an experiment, an interrupt).
     #[error("{0}")]
     Engine(#[from] slayer_engine::Error),
+    #[cfg(feature = "store")]
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
 }

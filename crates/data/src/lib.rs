@@ -11,6 +11,7 @@ mod error;
 pub mod fetch;
 pub mod layout;
 pub mod runner;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod study;
 pub mod templates;

@@ -1,6 +1,6 @@
 //! A run's step history as the monitor plots it: the joined steps (loss, learning rate, rate,
 //! time) and per-block statistics, across resumes. The store keeps it as metric series and
-//! serves it ([`crate::store::Store::run_series`]); [`RunSeries::of`] folds it from the events
+//! serves it (`store::Store::run_series`); [`RunSeries::of`] folds it from the events
 //! themselves, for when the store cannot be had and as the reference the store is tested
 //! against.
 
