@@ -198,13 +198,17 @@ fn spawn_child(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<std::
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the slayer executable")?;
-    let child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    command
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("cannot duplicate the log handle")?)
-        .stderr(log)
+        .stderr(log);
+    // The run decides its own thread count, from its experiment and its CPUs.
+    crate::threads::leave_to_child(&mut command);
+    let child = command
         .spawn()
         .context("cannot start a background slayer process")?;
     Ok(child)

@@ -17,4 +17,5 @@ pub mod cli;
 pub mod interrupt;
 pub mod jobs;
 pub mod launch;
+pub mod threads;
 pub mod tui;

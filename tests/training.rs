@@ -782,3 +782,112 @@ fn the_token_cache_is_keyed_on_the_tokenizers_content() {
         with_a
     );
 }
+
+/// The numerics' thread count, as a run records it in its environment: `[train] threads` in the
+/// foreground, `--threads` over it, a background run deciding its own from its experiment (the
+/// flag does not reach it, and the launch says so), and a count out of range refused by name.
+#[test]
+fn a_run_records_the_thread_count_it_was_given() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    common::tiny_model_dir(home);
+    let with_threads = |name: &str, threads: &str| {
+        let path = common::tiny_experiment(home, name, 2, 0);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("[train]\n", &format!("[train]\nthreads = {threads}\n")),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let environment = |name: &str| {
+        let run = slayer::runner::list_runs(home)
+            .into_iter()
+            .find(|r| r.id.ends_with(&format!("-{name}")))
+            .unwrap();
+        let events = run.read_events().unwrap();
+        events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::RunStart { environment, .. } => environment.clone(),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let own = with_threads("own", "1");
+    common::ok(&common::slayer(home, &["--device", "cpu", "train", &own]));
+    let env = environment("own");
+    assert_eq!(
+        (env.threads, env.thread_source.as_str()),
+        (1, "[train] threads")
+    );
+    assert!(env.cpus_available >= 1 && !env.simd.is_empty(), "{env:?}");
+    let own_id = slayer::runner::list_runs(home)
+        .into_iter()
+        .find(|r| r.id.ends_with("-own"))
+        .unwrap()
+        .id;
+    let shown = common::ok(&common::slayer(home, &["runs", "show", &own_id]));
+    assert!(
+        shown.contains(&format!(
+            "machine    1 threads ([train] threads) of {} CPUs",
+            env.cpus_available
+        )),
+        "{shown}"
+    );
+
+    let flagged = with_threads("flagged", "1");
+    common::ok(&common::slayer(
+        home,
+        &["--device", "cpu", "--threads", "2", "train", &flagged],
+    ));
+    let env = environment("flagged");
+    assert_eq!((env.threads, env.thread_source.as_str()), (2, "--threads"));
+
+    let background = with_threads("background", "1");
+    let out = common::slayer(
+        home,
+        &[
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "train",
+            "--detach",
+            &background,
+        ],
+    );
+    let id = common::ok(&out).trim().to_string();
+    assert!(
+        common::stderr(&out).contains("--threads does not reach a background run"),
+        "{}",
+        common::stderr(&out)
+    );
+    common::wait_until(
+        "the background run",
+        std::time::Duration::from_secs(120),
+        || common::status(home, &id).contains("finished"),
+    );
+    let env = environment("background");
+    assert_eq!(
+        (env.threads, env.thread_source.as_str()),
+        (1, "[train] threads")
+    );
+
+    let bad = with_threads("bad", "0");
+    let out = common::slayer(home, &["--device", "cpu", "train", &bad]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("train.threads = 0 must be from 1 to 1024"),
+        "{}",
+        common::stderr(&out)
+    );
+    let out = common::slayer(home, &["--threads", "many", "runs", "ls"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("`many` is not a thread count (1 to 1024)"),
+        "{}",
+        common::stderr(&out)
+    );
+}

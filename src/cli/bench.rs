@@ -155,6 +155,26 @@ struct Measurement {
     /// `--profile`).
     phase_ms: [f64; 3],
     profiled: bool,
+    /// The numerics' CPU threads, where that count came from, the CPUs this process may use,
+    /// and the CPU (every figure is said with them).
+    threads: usize,
+    thread_source: &'static str,
+    cpus_available: usize,
+    cpu: String,
+    simd: &'static str,
+}
+
+/// The machine fields every measurement carries.
+fn machine() -> (usize, &'static str, usize, String, &'static str) {
+    let count = crate::threads::in_use();
+    let cpu = crate::core::threads::cpu_info();
+    (
+        count.threads.get(),
+        count.source.describe(),
+        crate::core::threads::available().get(),
+        cpu.model,
+        cpu.simd,
+    )
 }
 
 /// The model a benchmark builds, without building it.
@@ -378,10 +398,7 @@ fn build_model(args: &ShapeArgs, positions: usize, device: &Device) -> Result<Bu
 
 fn device_name(device: &Device) -> String {
     match device {
-        Device::Cpu => format!(
-            "cpu ({} threads)",
-            std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
-        ),
+        Device::Cpu => format!("cpu ({} threads)", crate::threads::in_use().threads),
         other => format!("{:?}", other.location()),
     }
 }
@@ -475,6 +492,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
     device.synchronize()?;
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
+    let (threads, thread_source, cpus_available, cpu, simd) = machine();
     let m = Measurement {
         bench: "train",
         shape: args.shape.shape.clone(),
@@ -495,6 +513,11 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         recompute: args.recompute,
         phase_ms: phase_secs.map(|s| s * 1e3 / args.steps as f64),
         profiled: args.profile,
+        threads,
+        thread_source,
+        cpus_available,
+        cpu,
+        simd,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -544,6 +567,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     run(&model)?;
     device::reset_peak_memory(&device);
     let stats = run(&model)?;
+    let (threads, thread_source, cpus_available, cpu, simd) = machine();
     let m = Measurement {
         bench: "decode",
         shape: args.shape.shape.clone(),
@@ -564,6 +588,11 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         recompute: false,
         phase_ms: [0.0; 3],
         profiled: false,
+        threads,
+        thread_source,
+        cpus_available,
+        cpu,
+        simd,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -595,6 +624,14 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
         m.seq_len,
         m.tokens_per_sec,
         m.step_ms
+    )?;
+    outln!(
+        "CPU: {} ({}); numerics threads: {} ({}); CPUs available: {}",
+        if m.cpu.is_empty() { "unnamed" } else { &m.cpu },
+        m.simd,
+        m.threads,
+        m.thread_source,
+        m.cpus_available
     )?;
     if !m.losses.is_empty() {
         let shown: Vec<String> = m.losses.iter().map(|l| format!("{l:.4}")).collect();

@@ -39,6 +39,11 @@ pub struct Cli {
     /// Compute device: cpu, cuda or auto.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceChoice,
+    /// CPU threads for the numerics, 1 to 1024 (default: the experiment's `[train] threads`
+    /// when training, else the CPUs this process may use). A background run decides its own,
+    /// from its experiment.
+    #[arg(long, global = true, env = "SLAYER_THREADS", value_parser = parse_threads)]
+    pub threads: Option<std::num::NonZeroUsize>,
     // The console's options: before any command only (`slayer --plain`), so that no
     // command's --help lists options it ignores.
     /// Console: plain glyphs (no Braille) in charts.
@@ -127,6 +132,12 @@ pub fn main() -> i32 {
         .data_dir
         .clone()
         .unwrap_or_else(crate::fetch::default_data_dir);
+    // Before any thread starts: candle sizes its pools from what this sets.
+    let experiment_threads = match &cli.command {
+        Some(Command::Train(args)) => train::threads_wanted(args, &data_dir),
+        _ => None,
+    };
+    crate::threads::decide(cli.threads, experiment_threads);
     init_logging(&data_dir);
     // A background run's worker and supervisor are stopped by SIGTERM (`runs stop`, the
     // console's `s`); a second stop must not kill one mid-checkpoint, so only interactive
@@ -165,6 +176,15 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+fn parse_threads(text: &str) -> std::result::Result<std::num::NonZeroUsize, String> {
+    crate::core::threads::parse_count(text).ok_or_else(|| {
+        format!(
+            "`{text}` is not a thread count (1 to {})",
+            crate::core::threads::MAX_THREADS
+        )
+    })
 }
 
 /// The exit code of a failed command, after saying why on stderr: 130 when interrupted, 0 when

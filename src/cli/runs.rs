@@ -119,6 +119,27 @@ fn age(secs: f64) -> String {
     }
 }
 
+/// Where a run's latest worker ran, as `runs show` says it.
+fn describe_environment(env: &crate::core::events::Environment) -> String {
+    use std::fmt::Write as _;
+    let threads = if env.thread_source.is_empty() {
+        format!("{} threads", env.threads)
+    } else {
+        format!("{} threads ({})", env.threads, env.thread_source)
+    };
+    let mut line = format!("machine    {threads}");
+    if env.cpus_available > 0 {
+        let _ = write!(line, " of {} CPUs", env.cpus_available);
+    }
+    if !env.cpu.is_empty() || !env.simd.is_empty() {
+        let _ = write!(line, "; {} ({})", env.cpu, env.simd);
+    }
+    if !env.slayer.is_empty() {
+        let _ = write!(line, "; slayer {}", env.slayer);
+    }
+    line
+}
+
 pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
         RunsCommand::Ls { json } => {
@@ -170,6 +191,9 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                 s.total_steps,
                 dir.path.display()
             )?;
+            if let Some(env) = crate::runner::RunProjection::of(&events).environment {
+                outln!("{}", sanitize_for_terminal(&describe_environment(&env)))?;
+            }
             if let Some(w) = dir.worker() {
                 outln!(
                     "worker     pid {}{}",

@@ -101,6 +101,19 @@ impl EventSink for ConsoleSink<'_> {
     }
 }
 
+/// The experiment's `[train] threads`, read before anything starts (see `crate::threads`):
+/// the run's own experiment for `--resume`, else the experiment file or name given. Whatever is
+/// wrong with them is said later, by the real reading.
+#[must_use]
+pub fn threads_wanted(args: &TrainArgs, data_dir: &Path) -> Option<std::num::NonZeroUsize> {
+    let path = match (&args.resume, &args.experiment) {
+        (Some(id), _) => RunDir::open(data_dir, id).ok()?.experiment_path(),
+        (None, Some(arg)) => crate::templates::find_experiment(data_dir, arg).ok()?,
+        (None, None) => return None,
+    };
+    Experiment::load(&path).ok()?.train.thread_count()
+}
+
 pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Result<i32> {
     if args.worker {
         // A session of its own: no controlling terminal, so no hang-up reaches it.
@@ -112,6 +125,12 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
             .as_ref()
             .context("give an experiment (a file, a name, or a template), or --resume RUN")?;
         let path = crate::templates::resolve_experiment(data_dir, arg)?;
+        if crate::threads::in_use().source == crate::core::threads::ThreadSource::Flag {
+            errln!(
+                "note: --threads does not reach a background run; it takes [train] threads from \
+                 its experiment, else the CPUs it may use"
+            );
+        }
         // The plan is checked here, where the user sees the answer, not in the worker.
         let launched = crate::launch::launch(
             data_dir,
@@ -269,10 +288,7 @@ fn train_claimed(
         resumed_from: resume
             .as_ref()
             .and_then(|(p, _)| p.checkpoint.as_ref().map(|c| c.0)),
-        environment: Some(crate::core::events::Environment {
-            slayer: env!("CARGO_PKG_VERSION").into(),
-            threads: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        }),
+        environment: Some(crate::threads::environment()),
     })?;
     let resume = match resume {
         Some((point, earlier_evals)) => {

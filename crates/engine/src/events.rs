@@ -31,8 +31,16 @@ pub struct RunConfig {
 pub struct Environment {
     /// slayer's version.
     pub slayer: String,
-    /// Threads available to the worker.
+    /// The worker's numerics threads.
     pub threads: usize,
+    /// Where that count came from (`--threads`, `[train] threads`, candle's variables, or the
+    /// CPUs the worker may use).
+    pub thread_source: String,
+    /// The CPUs the worker may use (affinity mask and cgroup quota).
+    pub cpus_available: usize,
+    /// The CPU's model name and the widest vector instructions its kernels use.
+    pub cpu: String,
+    pub simd: String,
 }
 
 /// The `name` and `[model] base` of an experiment's text, as a run records it: the one reading

@@ -23,6 +23,7 @@ pub mod run;
 pub mod surgery;
 pub mod synth;
 pub mod text;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 

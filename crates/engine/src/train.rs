@@ -71,6 +71,10 @@ pub struct TrainConfig {
     /// Recompute frozen blocks above the first trainable one during backward instead of keeping
     /// their activations: much less memory for long sequences, for one more forward of them.
     pub recompute: bool,
+    /// CPU threads for the run's numerics (default: the CPUs the worker may use); `--threads`
+    /// overrides it for a run in the foreground.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +102,7 @@ impl Default for TrainConfig {
             max_nonfinite: 5,
             block_stats: true,
             recompute: false,
+            threads: None,
         }
     }
 }
@@ -140,6 +145,14 @@ impl TrainConfig {
                 self.batch_size * (self.seq_len + 1)
             ));
         }
+        if let Some(t) = self.threads
+            && self.thread_count().is_none()
+        {
+            return Err(format!(
+                "train.threads = {t} must be from 1 to {}",
+                crate::threads::MAX_THREADS
+            ));
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("train.lr = {} must be positive", self.lr));
         }
@@ -159,6 +172,14 @@ impl TrainConfig {
             return Err("train.beta1 and beta2 must be in [0, 1); eps positive".into());
         }
         Ok(())
+    }
+
+    /// `threads` as a count, when it is one (1 ..= [`crate::threads::MAX_THREADS`]).
+    #[must_use]
+    pub fn thread_count(&self) -> Option<std::num::NonZeroUsize> {
+        self.threads
+            .and_then(std::num::NonZeroUsize::new)
+            .filter(|n| n.get() <= crate::threads::MAX_THREADS)
     }
 
     /// Warmup length in steps.

@@ -70,6 +70,8 @@ pub struct RunProjection {
     pub end: Option<Ending>,
     /// The log was written by a newer slayer (its event format): readers say so.
     pub newer_format: Option<u32>,
+    /// Where the latest worker ran: its threads, CPUs and slayer (absent in older logs).
+    pub environment: Option<slayer_engine::events::Environment>,
 }
 
 /// What an event did that readers keeping more than the summary must mirror.
@@ -107,8 +109,12 @@ impl RunProjection {
                 trainable_params,
                 total_steps,
                 resumed_from,
+                environment,
                 ..
             } => {
+                if environment.is_some() {
+                    self.environment.clone_from(environment);
+                }
                 if *format > EVENT_FORMAT {
                     self.newer_format = Some(*format);
                 }
