@@ -3,7 +3,8 @@
 # same layout, trainable set and batch as bench/train_cpu.sh (SmolLM2-135M, slayer preset, 7 new
 # blocks train, 1 x 256, f32), in one run. "Loaded" is a second CPU-bound process (a busy loop
 # holding one core) running throughout. slayer's threads are set through candle's variables (what
-# `--threads` and `[train] threads` set), PyTorch's through OMP_NUM_THREADS.
+# `--threads` and `[train] threads` set), PyTorch's through OMP_NUM_THREADS; slayer runs twice, with
+# the pool spin limit slayer sets (100) and with candle's own (25,000).
 #     PYTHON=/path/to/venv/bin/python bench/train_cpu_load.sh [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,11 @@ echo "| load | threads | implementation | tokens/s | step ms | peak RSS MiB |"
 echo "|---|---|---|---|---|---|"
 measure() {
   local load=$1 threads=$2
-  CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads \
-    target/release/examples/bench-train-smollm2 --steps "$steps" | sed "s/^| /| $load | $threads | /"
+  for spin in 100 25000; do
+    CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads CANDLE_BARRIER_POOL_SPIN_LIMIT=$spin \
+      target/release/examples/bench-train-smollm2 --steps "$steps" 2>/dev/null \
+      | sed "s/^| /| $load | $threads | /; s/per-block stats |/per-block stats, spin $spin |/"
+  done
   OMP_NUM_THREADS=$threads "$py" bench/pytorch_train.py "$work/expanded" 2,5,8,11,14,17,20 "$steps" 2>/dev/null \
     | sed "s/^| /| $load | $threads | /"
 }
