@@ -263,21 +263,57 @@ impl Llama {
 
     /// Mean next-token cross-entropy of `ids` (batch, seq) predicting their own shift.
     pub fn loss(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let t = ids.dim(1)?;
         let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        self.loss_of_hidden(
+            &self.forward_hidden(&ids.narrow(1, 0, t - 1)?, None)?,
+            &targets,
+        )
+    }
+
+    /// The same loss from the residual stream entering block `from` (batch, seq, hidden: the
+    /// inputs of `targets`), through the blocks from `from` on but `skip`: what the model without
+    /// block `skip` computes, given the stream below that block (which is this model's). Layer
+    /// importance reuses one forward's stream instead of running each pruned model whole.
+    pub fn loss_from(
+        &self,
+        hidden: &Tensor,
+        from: usize,
+        skip: Option<usize>,
+        targets: &Tensor,
+    ) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, 0, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let mut x = hidden.clone();
+        for (i, block) in self.blocks.iter().enumerate().skip(from) {
+            if Some(i) != skip {
+                x = block.forward(&x, &self.rotary, 0, mask.as_ref(), None)?;
+            }
+        }
+        self.loss_of_hidden(&x, targets)
+    }
+
+    /// Mean cross-entropy of the residual stream after the last block against `targets`: the
+    /// final norm and the head (the fused kernel when the head is frozen).
+    fn loss_of_hidden(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = hidden.dims3()?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         if !head.is_trainable() {
-            let hidden = self
+            let rows = self
                 .norm
-                .forward(&self.forward_hidden(&ids.narrow(1, 0, t - 1)?, None)?)?;
-            let rows = hidden.reshape((b * (t - 1), self.config.hidden_size))?;
-            return autograd::cross_entropy_frozen_head(&rows, head.tensor(), &targets);
+                .forward(hidden)?
+                .reshape((b * t, self.config.hidden_size))?;
+            return autograd::cross_entropy_frozen_head(&rows, head.tensor(), targets);
         }
-        let logits = self.forward(&ids.narrow(1, 0, t - 1)?)?;
-        let logits = logits
-            .reshape((b * (t - 1), self.config.vocab_size))?
+        let logits = self
+            .logits(hidden)?
+            .reshape((b * t, self.config.vocab_size))?
             .to_dtype(DType::F32)?;
-        candle_nn::loss::cross_entropy(&logits, &targets)
+        candle_nn::loss::cross_entropy(&logits, targets)
     }
 
     /// All parameters with their HF names, in HF order (the head only when untied).
