@@ -21,6 +21,8 @@ pub mod projection;
 pub mod queue;
 pub mod series;
 pub mod tail;
+#[cfg(test)]
+pub(crate) mod test_events;
 pub mod transcript;
 pub mod watch;
 
@@ -385,39 +387,18 @@ mod tests {
     use super::*;
     use slayer_engine::events::RunStatus;
 
+    use super::test_events::start;
+
+    /// An event at time 0 (these tests read order, not time).
     fn ev(seq: u64, kind: EventKind) -> Event {
         Event {
-            seq,
             time: 0.0,
-            kind,
-        }
-    }
-
-    fn start(resumed_from: Option<u64>) -> EventKind {
-        EventKind::RunStart {
-            format: slayer_engine::events::EVENT_FORMAT,
-            run: "r".into(),
-            experiment: String::new(),
-            plan: None,
-            config: None,
-            trainable_params: 0,
-            total_steps: 10,
-            resumed_from,
-            environment: None,
+            ..test_events::ev(seq, kind)
         }
     }
 
     fn step(step: u64) -> EventKind {
-        EventKind::Step {
-            step,
-            loss: 1.0,
-            lr: 0.1,
-            tokens: 0,
-            tokens_per_sec: 1.0,
-            grad_norm: 1.0,
-            clipped: false,
-            blocks: vec![],
-        }
+        test_events::step(step, 1.0, &[])
     }
 
     /// A worker killed after step 5 with its last checkpoint at 3, resumed from 3: steps 4 and

@@ -244,39 +244,10 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
 
-    fn ev(seq: u64, kind: EventKind) -> Event {
-        Event {
-            seq,
-            time: seq as f64,
-            kind,
-        }
-    }
-
-    fn start(resumed_from: Option<u64>) -> EventKind {
-        EventKind::RunStart {
-            format: EVENT_FORMAT,
-            run: "r".into(),
-            experiment: "name = \"exp\"\n[model]\nbase = \"m\"\n".into(),
-            plan: None,
-            config: None,
-            trainable_params: 0,
-            total_steps: 10,
-            resumed_from,
-            environment: None,
-        }
-    }
+    use crate::runner::test_events::{ev, start};
 
     fn step(step: u64, loss: f64) -> EventKind {
-        EventKind::Step {
-            step,
-            loss,
-            lr: 0.1,
-            tokens: 0,
-            tokens_per_sec: 1.0,
-            grad_norm: 1.0,
-            clipped: false,
-            blocks: Vec::new(),
-        }
+        crate::runner::test_events::step(step, loss, &[])
     }
 
     fn checkpoint(step: u64) -> EventKind {

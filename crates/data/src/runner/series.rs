@@ -155,46 +155,10 @@ impl RunSeries {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-    use slayer_engine::events::{BlockStats, EVENT_FORMAT};
-
-    fn ev(seq: u64, kind: EventKind) -> Event {
-        Event {
-            seq,
-            time: seq as f64,
-            kind,
-        }
-    }
-
-    fn start(resumed_from: Option<u64>) -> EventKind {
-        EventKind::RunStart {
-            format: EVENT_FORMAT,
-            run: "r".into(),
-            experiment: String::new(),
-            plan: None,
-            config: None,
-            trainable_params: 1,
-            total_steps: 10,
-            resumed_from,
-            environment: None,
-        }
-    }
+    use crate::runner::test_events::{ev, start};
 
     fn step(s: u64) -> EventKind {
-        EventKind::Step {
-            step: s,
-            loss: 1.0 / s as f64,
-            lr: 0.1,
-            tokens: 0,
-            tokens_per_sec: 100.0,
-            grad_norm: 1.0,
-            clipped: false,
-            blocks: vec![BlockStats {
-                block: 2,
-                grad_norm: s as f64,
-                weight_norm: 1.0,
-                update_ratio: 0.01,
-            }],
-        }
+        crate::runner::test_events::step(s, 1.0 / s as f64, &[(2, s as f64, 0.01)])
     }
 
     #[test]

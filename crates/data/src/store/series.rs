@@ -246,48 +246,24 @@ mod tests {
     /// whole, or from a step inside a chunk, it is the fold of the events.
     #[test]
     fn a_run_series_is_the_fold_of_its_events_from_any_step() {
-        use slayer_engine::events::{BlockStats, EVENT_FORMAT, Event, EventKind};
-        let start = |seq: u64, resumed_from| Event {
-            seq,
-            time: seq as f64,
-            kind: EventKind::RunStart {
-                format: EVENT_FORMAT,
-                run: "r".into(),
-                experiment: String::new(),
-                plan: None,
-                config: None,
-                trainable_params: 1,
-                total_steps: 3000,
-                resumed_from,
-                environment: None,
-            },
-        };
-        let step = |seq: u64, s: u64| Event {
-            seq,
+        use crate::runner::test_events::{ev, start, step};
+        use slayer_engine::events::Event;
+        // Logged every half second; two blocks with statistics.
+        let step_at = |seq: u64, s: u64| Event {
             time: 0.5 * seq as f64,
-            kind: EventKind::Step {
-                step: s,
-                loss: 1.0 / s as f64,
-                lr: 1e-4,
-                tokens: 0,
-                tokens_per_sec: s as f64,
-                grad_norm: 1.0,
-                clipped: false,
-                blocks: [1, 12]
-                    .iter()
-                    .map(|&block| BlockStats {
-                        block,
-                        grad_norm: (s * block as u64) as f64,
-                        weight_norm: 1.0,
-                        update_ratio: 1.0 / (s + block as u64) as f64,
-                    })
-                    .collect(),
-            },
+            ..ev(
+                seq,
+                step(
+                    s,
+                    1.0 / s as f64,
+                    &[1, 12].map(|b: u64| (b as usize, (s * b) as f64, 1.0 / (s + b) as f64)),
+                ),
+            )
         };
-        let mut events = vec![start(0, None)];
-        events.extend((1..=2500).map(|s| step(s, s)));
-        events.push(start(2501, Some(1100)));
-        events.extend((1101..=3000).map(|s| step(s + 1500, s)));
+        let mut events = vec![ev(0, start(None))];
+        events.extend((1..=2500).map(|s| step_at(s, s)));
+        events.push(ev(2501, start(Some(1100))));
+        events.extend((1101..=3000).map(|s| step_at(s + 1500, s)));
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "test").unwrap();
         // In the pieces a follower delivers.
