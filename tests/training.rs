@@ -589,6 +589,46 @@ fn bench_train_measures_the_planned_model() {
     }
     assert!(m["tokens_per_sec"].as_f64().unwrap() > 0.0);
     assert!(m["peak_bytes"].as_u64().unwrap() > 0);
+    // Every figure comes with the machine: the numerics' threads (and why), the CPUs, the SIMD.
+    assert!(m["threads"].as_u64().unwrap() >= 1, "{m}");
+    assert!(m["cpus_available"].as_u64().unwrap() >= 1, "{m}");
+    assert!(!m["simd"].as_str().unwrap().is_empty(), "{m}");
+    assert_eq!(
+        m["prefill"],
+        serde_json::Value::Null,
+        "training has no prefill"
+    );
+    let out = common::slayer(
+        dir.path(),
+        &[
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "bench",
+            "decode",
+            "--shape",
+            config.to_str().unwrap(),
+            "--prompt-len",
+            "12",
+            "--tokens",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (d["threads"].as_u64(), d["thread_source"].as_str()),
+        (Some(1), Some("--threads"))
+    );
+    let prefill = d["prefill"].as_array().unwrap();
+    assert_eq!(prefill[0], 12, "{d}");
+    assert!(prefill[1].as_f64().unwrap() > 0.0, "{d}");
 
     // Sizes beyond the shape or beyond memory's arithmetic are refused before anything is built.
     for (args, expected) in [

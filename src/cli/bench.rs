@@ -162,6 +162,8 @@ struct Measurement {
     cpus_available: usize,
     cpu: String,
     simd: &'static str,
+    /// Decoding only: the prompt's length and its prefill speed (tokens/s), beside decode's.
+    prefill: Option<(usize, f64)>,
 }
 
 /// The machine fields every measurement carries.
@@ -518,6 +520,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         cpus_available,
         cpu,
         simd,
+        prefill: None,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -593,6 +596,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         cpus_available,
         cpu,
         simd,
+        prefill: Some((stats.prompt_tokens, stats.prefill_tokens_per_sec())),
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -625,6 +629,9 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
         m.tokens_per_sec,
         m.step_ms
     )?;
+    if let Some((prompt, rate)) = m.prefill {
+        outln!("prefill: {rate:.0} tokens/s ({prompt}-token prompt); decode above")?;
+    }
     outln!(
         "CPU: {} ({}); numerics threads: {} ({}); CPUs available: {}",
         if m.cpu.is_empty() { "unnamed" } else { &m.cpu },

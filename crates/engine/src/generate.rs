@@ -170,6 +170,17 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
+    /// Prompt processing speed: prompt tokens per second of the prefill (which also yields the
+    /// first generated token).
+    #[must_use]
+    pub fn prefill_tokens_per_sec(&self) -> f64 {
+        if self.prefill_secs > 0.0 {
+            self.prompt_tokens as f64 / self.prefill_secs
+        } else {
+            0.0
+        }
+    }
+
     /// Decode speed, tokens generated after the first per second.
     #[must_use]
     pub fn decode_tokens_per_sec(&self) -> f64 {
