@@ -35,14 +35,11 @@ pub fn peak_rss_mib() -> f64 {
 
 /// One line describing the machine.
 pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    format!("{cpu}, {cores} threads")
+    let cpu = slayer::core::threads::cpu_info().model;
+    let cpu = if cpu.is_empty() {
+        "unknown CPU".into()
+    } else {
+        cpu
+    };
+    format!("{cpu}, {} threads", slayer::core::threads::available())
 }

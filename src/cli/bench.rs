@@ -156,27 +156,11 @@ struct Measurement {
     phase_ms: [f64; 3],
     profiled: bool,
     /// The numerics' CPU threads, where that count came from, the CPUs this process may use,
-    /// and the CPU (every figure is said with them).
-    threads: usize,
-    thread_source: &'static str,
-    cpus_available: usize,
-    cpu: String,
-    simd: &'static str,
+    /// and the CPU (every figure is said with them): what a run records as its environment.
+    #[serde(flatten)]
+    machine: crate::core::events::Environment,
     /// Decoding only: the prompt's length and its prefill speed (tokens/s), beside decode's.
     prefill: Option<(usize, f64)>,
-}
-
-/// The machine fields every measurement carries.
-fn machine() -> (usize, &'static str, usize, String, &'static str) {
-    let count = crate::threads::in_use();
-    let cpu = crate::core::threads::cpu_info();
-    (
-        count.threads.get(),
-        count.source.describe(),
-        crate::core::threads::available().get(),
-        cpu.model,
-        cpu.simd,
-    )
 }
 
 /// The model a benchmark builds, without building it.
@@ -494,7 +478,6 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
     device.synchronize()?;
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let (threads, thread_source, cpus_available, cpu, simd) = machine();
     let m = Measurement {
         bench: "train",
         shape: args.shape.shape.clone(),
@@ -515,11 +498,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         recompute: args.recompute,
         phase_ms: phase_secs.map(|s| s * 1e3 / args.steps as f64),
         profiled: args.profile,
-        threads,
-        thread_source,
-        cpus_available,
-        cpu,
-        simd,
+        machine: crate::threads::environment(),
         prefill: None,
     };
     print_measurement(&m, args.json)?;
@@ -570,7 +549,6 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     run(&model)?;
     device::reset_peak_memory(&device);
     let stats = run(&model)?;
-    let (threads, thread_source, cpus_available, cpu, simd) = machine();
     let m = Measurement {
         bench: "decode",
         shape: args.shape.shape.clone(),
@@ -591,11 +569,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         recompute: false,
         phase_ms: [0.0; 3],
         profiled: false,
-        threads,
-        thread_source,
-        cpus_available,
-        cpu,
-        simd,
+        machine: crate::threads::environment(),
         prefill: Some((stats.prompt_tokens, stats.prefill_tokens_per_sec())),
     };
     print_measurement(&m, args.json)?;
@@ -634,11 +608,15 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
     }
     outln!(
         "CPU: {} ({}); numerics threads: {} ({}); CPUs available: {}",
-        if m.cpu.is_empty() { "unnamed" } else { &m.cpu },
-        m.simd,
-        m.threads,
-        m.thread_source,
-        m.cpus_available
+        if m.machine.cpu.is_empty() {
+            "unnamed"
+        } else {
+            &m.machine.cpu
+        },
+        m.machine.simd,
+        m.machine.threads,
+        m.machine.thread_source,
+        m.machine.cpus_available
     )?;
     if !m.losses.is_empty() {
         let shown: Vec<String> = m.losses.iter().map(|l| format!("{l:.4}")).collect();
