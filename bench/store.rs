@@ -64,6 +64,7 @@ fn main() {
                 step,
                 ppl: vec![],
                 tasks: vec![],
+                quant: slayer::core::model::Quant::None,
             }))
             .unwrap();
         }

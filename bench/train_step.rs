@@ -59,8 +59,8 @@ fn run_variant(plain: bool, steps: usize) -> Result<()> {
     let mut model = load_model(&source, DType::F32, &Device::Cpu)?;
     for src in [7, 3] {
         let mut block = model.blocks[src].clone();
-        block.self_attn.o_proj = Param::Frozen(block.self_attn.o_proj.tensor().zeros_like()?);
-        block.mlp.down_proj = Param::Frozen(block.mlp.down_proj.tensor().zeros_like()?);
+        block.self_attn.o_proj = Param::Frozen(block.self_attn.o_proj.dense()?.zeros_like()?);
+        block.mlp.down_proj = Param::Frozen(block.mlp.down_proj.dense()?.zeros_like()?);
         model.blocks.insert(src + 1, block);
     }
     model.sync_config();

@@ -13,6 +13,7 @@ use candle_core::DType;
 use crate::core::checkpoint::{HfDir, SaveOptions, WeightSource, open_source};
 use crate::core::config::LlamaConfig;
 use crate::core::events::{EvalRecord, EventKind, EventSink as _};
+use crate::core::model::Quant;
 use crate::core::plan::{self, LayerMap, Resolution};
 use crate::core::run::DataPreview;
 use crate::core::surgery::{self, ExpandSummary};
@@ -221,19 +222,23 @@ pub struct RunEvaluation {
     pub recorded: bool,
     /// How the model was loaded (a damaged checkpoint passed over).
     pub warnings: Vec<String>,
+    /// How its matrices were quantised, in words.
+    pub quantization: String,
 }
 
 /// Evaluates run `run` at checkpoint `step` (the newest intact one by default) on the run's own
 /// evaluation sets, and records the result in its events (label `checkpoint`) unless a worker is
-/// writing them.
+/// writing them. The record names the quantisation, `quant`, the model was evaluated with.
 pub fn evaluate_run(
     data_dir: &Path,
     run: &RunDir,
     step: Option<u64>,
     device: &candle_core::Device,
+    quant: Quant,
     cancel: &AtomicBool,
 ) -> Result<RunEvaluation> {
-    let (loaded, step) = crate::runner::model::load_run(data_dir, run, step, DType::F32, device)?;
+    let (loaded, step) =
+        crate::runner::model::load_run(data_dir, run, step, DType::F32, device, quant)?;
     crate::core::checkpoint::check_cancel(Some(cancel))?;
     let exp = crate::core::experiment::Experiment::load(&run.experiment_path())
         .map_err(anyhow::Error::msg)?;
@@ -255,6 +260,7 @@ pub fn evaluate_run(
         step,
         recorded,
         warnings: loaded.warnings,
+        quantization: loaded.quantization.describe(),
     })
 }
 
@@ -333,8 +339,14 @@ pub fn export_run(
     cancel: &AtomicBool,
 ) -> Result<Exported> {
     let (exp, base, _) = crate::runner::model::run_base(data_dir, run)?;
-    let (loaded, step) =
-        crate::runner::model::load_run(data_dir, run, None, DType::F32, &candle_core::Device::Cpu)?;
+    let (loaded, step) = crate::runner::model::load_run(
+        data_dir,
+        run,
+        None,
+        DType::F32,
+        &candle_core::Device::Cpu,
+        Quant::None,
+    )?;
     crate::core::checkpoint::check_cancel(Some(cancel))?;
     let opts = SaveOptions {
         dtype: dtype.unwrap_or_else(|| base.stored_dtype()),

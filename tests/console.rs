@@ -106,6 +106,7 @@ fn fixture() -> tempfile::TempDir {
                     acc_norm: acc,
                     acc_stderr: 0.05,
                 }],
+                quant: slayer::core::model::Quant::None,
             })
         };
         log.emit(eval("base", 0, 20.0, 0.25)).unwrap();
@@ -1310,6 +1311,7 @@ fn expansion_and_evaluation_results_are_shown() {
                     acc_norm: 0.5,
                     acc_stderr: 0.05,
                 }],
+                quant: slayer::core::model::Quant::None,
             },
         },
     });

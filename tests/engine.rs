@@ -25,8 +25,16 @@ fn ids(batch: usize, len: usize, seed: u32) -> Tensor {
 /// Inserts an identity copy of block `src` right after it (o_proj and down_proj zeroed).
 fn insert_identity_copy(model: &mut Llama, src: usize) {
     let mut block = model.blocks[src].clone();
-    block.self_attn.o_proj = Param::Frozen(block.self_attn.o_proj.tensor().zeros_like().unwrap());
-    block.mlp.down_proj = Param::Frozen(block.mlp.down_proj.tensor().zeros_like().unwrap());
+    block.self_attn.o_proj = Param::Frozen(
+        block
+            .self_attn
+            .o_proj
+            .dense()
+            .unwrap()
+            .zeros_like()
+            .unwrap(),
+    );
+    block.mlp.down_proj = Param::Frozen(block.mlp.down_proj.dense().unwrap().zeros_like().unwrap());
     model.blocks.insert(src + 1, block);
     model.sync_config();
 }
@@ -52,7 +60,7 @@ fn two_steps_reach_every_trainable_tensor_and_move_no_frozen_one() {
         .named_params()
         .into_iter()
         .filter(|(_, p)| !p.is_trainable())
-        .map(|(n, p)| (n, p.tensor().copy().unwrap()))
+        .map(|(n, p)| (n, p.dense().unwrap().copy().unwrap()))
         .collect();
     let vars = model.trainable_vars();
     assert_eq!(vars.len(), 18, "two blocks of nine tensors");
@@ -86,7 +94,10 @@ fn two_steps_reach_every_trainable_tensor_and_move_no_frozen_one() {
         // Frozen weights get no gradient entry at all: the dX-only linear skipped dW.
         for (name, p) in model.named_params() {
             if !p.is_trainable() {
-                assert!(grads.get(p.tensor()).is_none(), "{name} got a gradient");
+                assert!(
+                    grads.get(&p.dense().unwrap()).is_none(),
+                    "{name} got a gradient"
+                );
             }
         }
         opt.step(&grads).unwrap();
@@ -101,8 +112,8 @@ fn two_steps_reach_every_trainable_tensor_and_move_no_frozen_one() {
             .find(|(n, _)| *n == name)
             .unwrap()
             .1
-            .tensor()
-            .clone();
+            .dense()
+            .unwrap();
         assert_eq!(max_abs_diff(&before, &now), 0.0, "{name} moved");
     }
 }
@@ -173,7 +184,7 @@ fn save_then_load_gives_identical_logits_single_and_sharded() {
             let total: u64 = model
                 .named_params()
                 .iter()
-                .map(|(_, p)| p.tensor().elem_count() as u64 * 4)
+                .map(|(_, p)| p.elem_count() as u64 * 4)
                 .sum();
             assert_eq!(idx["metadata"]["total_size"].as_u64(), Some(total));
         } else {

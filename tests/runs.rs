@@ -997,6 +997,7 @@ fn a_job_stops_when_its_flag_is_set_and_leaves_nothing_behind() {
         run,
         None,
         &candle_core::Device::Cpu,
+        slayer::core::model::Quant::Q8_0,
         &AtomicBool::new(true),
     )
     .unwrap_err();

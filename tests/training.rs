@@ -107,7 +107,7 @@ fn loss_falls_and_only_the_plans_blocks_move() {
         .named_params()
         .into_iter()
         .filter(|(_, p)| !p.is_trainable())
-        .map(|(n, p)| (n, p.tensor().copy().unwrap()))
+        .map(|(n, p)| (n, p.dense().unwrap().copy().unwrap()))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut trainer = Trainer::new(
@@ -135,8 +135,8 @@ fn loss_falls_and_only_the_plans_blocks_move() {
             .find(|(n, _)| *n == name)
             .unwrap()
             .1
-            .tensor()
-            .clone();
+            .dense()
+            .unwrap();
         assert_eq!(max_abs_diff(&before, &now), 0.0, "{name} moved");
     }
     // Every step reports exactly the trainable blocks.

@@ -8,11 +8,12 @@ use candle_core::DType;
 use clap::Args;
 use rustyline::error::ReadlineError;
 
-use super::model::{parse_dtype, resolve_or_fetch};
+use super::model::{parse_dtype, quant_choice, resolve_or_fetch};
 use super::{INTERRUPTED, reset_interrupt};
 use crate::conversation::{Conversation, Progress, Taken};
 use crate::core::device::{self, DeviceChoice};
 use crate::core::generate::{SamplingParams, StopReason};
+use crate::core::model::Quant;
 use crate::runner::model::LoadedModel;
 
 #[derive(Debug, Args)]
@@ -45,6 +46,9 @@ pub struct ChatArgs {
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long, value_parser = parse_dtype)]
     pub dtype: Option<DType>,
+    /// Weights for inference: none (dense), q8_0, q4_k (default: q8_0 on the CPU, none on CUDA).
+    #[arg(long)]
+    pub quant: Option<Quant>,
 }
 
 /// Loads a chat model: a run (`RUN` or `RUN@STEP`: its trained model at that checkpoint), or
@@ -54,20 +58,22 @@ fn load(
     arg: &str,
     device: &candle_core::Device,
     dtype: DType,
+    quant: Option<Quant>,
 ) -> Result<LoadedModel> {
-    if let Some((run, step)) = crate::runner::model::run_spec(data_dir, arg)? {
-        let (loaded, step) = crate::runner::model::load_run(data_dir, &run, step, dtype, device)?;
-        for w in &loaded.warnings {
-            errln!("warning: {w}");
-        }
+    let (quant, why) = quant_choice(quant, device);
+    let loaded = if let Some((run, step)) = crate::runner::model::run_spec(data_dir, arg)? {
+        let (loaded, step) =
+            crate::runner::model::load_run(data_dir, &run, step, dtype, device, quant)?;
         errln!("loaded run {} at step {step}", run.id);
-        return Ok(loaded);
-    }
-    let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
-    let loaded = crate::runner::model::load_path(&path, arg, dtype, device)?;
+        loaded
+    } else {
+        let path: PathBuf = resolve_or_fetch(data_dir, arg)?;
+        crate::runner::model::load_path(&path, arg, dtype, device, quant)?
+    };
     for w in &loaded.warnings {
         errln!("warning: {w}");
     }
+    errln!("{}: {}{why}", loaded.label, loaded.quantization.describe());
     Ok(loaded)
 }
 
@@ -82,9 +88,9 @@ pub fn run(args: &ChatArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
     params.validate()?;
     let device = device::open(device)?;
     let dtype = args.dtype.unwrap_or_else(|| device::default_dtype(&device));
-    let mut loaded = vec![load(data_dir, &args.model, &device, dtype)?];
+    let mut loaded = vec![load(data_dir, &args.model, &device, dtype, args.quant)?];
     if let Some(b) = &args.model_b {
-        loaded.push(load(data_dir, b, &device, dtype)?);
+        loaded.push(load(data_dir, b, &device, dtype, args.quant)?);
     }
     let mut chat = Conversation::new(data_dir, &loaded, args.system.clone(), params)?;
     if let Some(prompt) = &args.prompt {

@@ -6,9 +6,10 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::{Args, Subcommand};
 
-use super::model::resolve_or_fetch;
+use super::model::{quant_choice, resolve_or_fetch};
 use crate::core::checkpoint::{load_model, open_source};
 use crate::core::device::{self, DeviceChoice};
+use crate::core::model::Quant;
 use crate::core::run::{EvalSuite, write_synth};
 use crate::core::text::sanitize_for_terminal;
 use crate::core::{eval, synth};
@@ -32,6 +33,9 @@ pub struct EvalArgs {
     /// Print the evaluation as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Weights for inference: none (dense), q8_0, q4_k (default: q8_0 on the CPU, none on CUDA).
+    #[arg(long)]
+    pub quant: Option<Quant>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +100,12 @@ pub fn run(args: &EvalArgs, data_dir: &Path, device: DeviceChoice) -> Result<i32
             .push(eval::read_task(t, &t.display().to_string())?);
     }
     let device = device::open(device)?;
-    let model = load_model(source.as_ref(), DType::F32, &device)?;
+    let mut model = load_model(source.as_ref(), DType::F32, &device)?;
+    let (quant, why) = quant_choice(args.quant, &device);
+    let summary = model
+        .quantize(quant)
+        .with_context(|| format!("cannot quantise {} to {quant}", args.model))?;
+    errln!("{}: {}{why}", args.model, summary.describe());
     let record = suite.run(&model, tokenizer, "model", 0)?;
     print_record(&record, args.json)
 }
@@ -113,10 +122,13 @@ fn eval_run_checkpoint(
         return Ok(None);
     };
     let device = device::open(device)?;
-    let done = crate::jobs::evaluate_run(data_dir, &run, step, &device, &super::INTERRUPTED)?;
+    let (quant, why) = quant_choice(args.quant, &device);
+    let done =
+        crate::jobs::evaluate_run(data_dir, &run, step, &device, quant, &super::INTERRUPTED)?;
     for w in &done.warnings {
         errln!("warning: {w}");
     }
+    errln!("{}@{}: {}{why}", run.id, done.step, done.quantization);
     print_record(&done.record, args.json)?;
     if done.recorded {
         errln!("recorded in run {}", run.id);

@@ -60,6 +60,22 @@ pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
     }
 }
 
+/// The quantisation asked for, or the device's default, with the words that say which it is.
+pub fn quant_choice(
+    flag: Option<crate::core::model::Quant>,
+    device: &candle_core::Device,
+) -> (crate::core::model::Quant, &'static str) {
+    use crate::core::model::Quant;
+    match flag {
+        Some(q) => (q, ""),
+        None if device.is_cpu() => (
+            Quant::default_for(device),
+            " (the CPU's default; --quant none for dense weights)",
+        ),
+        None => (Quant::default_for(device), " (the GPU's default)"),
+    }
+}
+
 pub fn run(cmd: ModelCommand, data_dir: &Path, _device: DeviceChoice) -> Result<i32> {
     match cmd {
         ModelCommand::Fetch { name, wheel, force } => {

@@ -238,8 +238,15 @@ fn spawn_chat(
                 if models.is_empty() {
                     continue;
                 }
+                // Each model is named with its quantisation, so an answer says what produced it.
                 send(ChatUpdate::Loaded(
-                    models.iter().map(|m| m.label.clone()).collect(),
+                    models
+                        .iter()
+                        .map(|m| match m.quantization.quant {
+                            crate::core::model::Quant::None => m.label.clone(),
+                            q => format!("{} ({q})", m.label),
+                        })
+                        .collect(),
                 ));
                 match serve_chat(&data_dir, &models, &cmd_rx, &cancel, &send) {
                     Some(specs) => next = Some(specs),
@@ -318,31 +325,24 @@ fn serve_chat(
     None
 }
 
-/// A chat model by spec: a run id (its newest checkpoint), `RUN@STEP`, or a model name/path.
+/// A chat model by spec: a run id (its newest checkpoint), `RUN@STEP`, or a model name/path,
+/// quantised as the CLI's chat quantises by default on the device.
 fn load_chat_model(
     data_dir: &Path,
     spec: &str,
     device: &candle_core::Device,
 ) -> Result<crate::runner::model::LoadedModel> {
+    let dtype = candle_core::DType::F32;
+    let quant = crate::core::model::Quant::default_for(device);
     if let Some((run, step)) = crate::runner::model::run_spec(data_dir, spec)? {
-        return Ok(crate::runner::model::load_run(
-            data_dir,
-            &run,
-            step,
-            candle_core::DType::F32,
-            device,
-        )?
-        .0);
+        return Ok(crate::runner::model::load_run(data_dir, &run, step, dtype, device, quant)?.0);
     }
     let path = crate::fetch::resolve_model_path(data_dir, spec);
     if !path.exists() {
         anyhow::bail!("no run or model named {spec} (fetch models with `slayer model fetch`)");
     }
     Ok(crate::runner::model::load_path(
-        &path,
-        spec,
-        candle_core::DType::F32,
-        device,
+        &path, spec, dtype, device, quant,
     )?)
 }
 
@@ -478,13 +478,9 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
             let result = crate::runner::RunDir::open(data_dir, &run)
                 .map_err(anyhow::Error::from)
                 .and_then(|dir| {
-                    crate::jobs::evaluate_run(
-                        data_dir,
-                        &dir,
-                        None,
-                        &candle_core::Device::Cpu,
-                        &cancel.0,
-                    )
+                    let device = candle_core::Device::Cpu;
+                    let quant = crate::core::model::Quant::default_for(&device);
+                    crate::jobs::evaluate_run(data_dir, &dir, None, &device, quant, &cancel.0)
                 });
             match result {
                 Ok(done) => outcome(JobOutcome::Evaluated {

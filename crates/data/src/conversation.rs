@@ -79,6 +79,7 @@ fn new_transcript(
                 label: m.label.clone(),
                 path: m.path.display().to_string(),
                 run: run_of_model(data_dir, &m.path),
+                quant: m.quantization.quant,
             })
             .collect(),
         system,

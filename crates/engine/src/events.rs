@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::model::Quant;
 use crate::plan::LayerMap;
 use crate::train::TrainConfig;
 
@@ -114,6 +115,9 @@ pub struct EvalRecord {
     /// Greedy answers to the experiment's sample prompts: the model's change in words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleRecord>,
+    /// The quantisation of the model evaluated (training's evaluations: none).
+    #[serde(default, skip_serializing_if = "Quant::is_none")]
+    pub quant: Quant,
 }
 
 /// One sample generation of an evaluation.

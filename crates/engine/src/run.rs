@@ -124,6 +124,7 @@ impl EvalSuite {
             ppl,
             tasks,
             samples,
+            quant: model.quant(),
         })
     }
 }
@@ -649,6 +650,7 @@ mod tests {
                 bits_per_byte: 1.0,
             }],
             tasks: Vec::new(),
+            quant: crate::model::Quant::None,
         }
     }
 

@@ -159,7 +159,7 @@ pub fn apply(base: &Llama, map: &LayerMap) -> Result<Llama> {
                 let mut block: Block = base.blocks[first].clone();
                 for tensor in BlockTensor::ALL {
                     let t = new_block_tensor(init, zero, scale, tensor.name(), |i, _| {
-                        Ok(base.blocks[i].param(tensor).tensor().clone())
+                        Ok(base.blocks[i].param(tensor).dense()?)
                     })?;
                     *block.param_mut(tensor) = Param::Frozen(t);
                 }

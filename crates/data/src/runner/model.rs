@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use super::RunDir;
 use slayer_engine::checkpoint::{WeightSource, load_model, open_source};
 use slayer_engine::experiment::Experiment;
-use slayer_engine::model::Llama;
+use slayer_engine::model::{Llama, Quant, QuantSummary};
 use slayer_engine::plan::{self, LayerMap};
 use slayer_engine::tokenizer::Tokenizer;
 use slayer_engine::train::{self, Trainer};
@@ -20,8 +20,20 @@ pub struct LoadedModel {
     pub path: PathBuf,
     pub model: Llama,
     pub tokenizer: Tokenizer,
+    /// How its matrices were quantised for inference (`Quant::None`: not at all).
+    pub quantization: QuantSummary,
     /// What the user should know about how it was loaded (a damaged checkpoint passed over).
     pub warnings: Vec<String>,
+}
+
+/// `model` quantised to `quant` (nothing done for `Quant::None`), naming `path` on failure.
+fn quantized(model: &mut Llama, quant: Quant, path: &Path) -> Result<QuantSummary> {
+    model.quantize(quant).map_err(|e| {
+        Error::invalid(format!(
+            "{}: cannot quantise to {quant}: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The tokenizer of `source`, with the eos ids of its generation config added.
@@ -51,16 +63,24 @@ pub fn tokenizer_of(source: &dyn WeightSource, path: &Path) -> Result<Tokenizer>
     Ok(tokenizer)
 }
 
-/// Loads a model directory or GGUF file.
-pub fn load_path(path: &Path, label: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+/// Loads a model directory or GGUF file, its matrices quantised to `quant` for inference.
+pub fn load_path(
+    path: &Path,
+    label: &str,
+    dtype: DType,
+    device: &Device,
+    quant: Quant,
+) -> Result<LoadedModel> {
     let source = open_source(path)?;
     let tokenizer = tokenizer_of(source.as_ref(), path)?;
-    let model = load_model(source.as_ref(), dtype, device)?;
+    let mut model = load_model(source.as_ref(), dtype, device)?;
+    let quantization = quantized(&mut model, quant, path)?;
     Ok(LoadedModel {
         label: label.to_string(),
         path: path.to_path_buf(),
         model,
         tokenizer,
+        quantization,
         warnings: source.warnings(),
     })
 }
@@ -119,13 +139,15 @@ pub fn run_base(
     Ok((exp, base, map))
 }
 
-/// A run's model at checkpoint `step` (the newest when `None`), frozen, for generation.
+/// A run's model at checkpoint `step` (the newest when `None`), frozen, for generation, its
+/// matrices (the trained blocks' too) quantised to `quant`.
 pub fn load_run(
     data_dir: &Path,
     run: &RunDir,
     step: Option<u64>,
     dtype: DType,
     device: &Device,
+    quant: Quant,
 ) -> Result<(LoadedModel, u64)> {
     let (exp, base, map) = run_base(data_dir, run)?;
     let dir = run.path.join("checkpoints");
@@ -176,12 +198,14 @@ pub fn load_run(
     trainer.resume_from(&checkpoint)?;
     drop(trainer);
     model.freeze_all().map_err(slayer_engine::Error::from)?;
+    let quantization = quantized(&mut model, quant, &checkpoint)?;
     Ok((
         LoadedModel {
             label: format!("{}@{step}", run.id),
             path: checkpoint,
             model,
             tokenizer,
+            quantization,
             warnings,
         },
         step,

@@ -16,6 +16,9 @@ pub struct ChatModel {
     pub path: String,
     /// The run that trained it: the model lies in a run directory, or is an export of one.
     pub run: Option<String>,
+    /// The quantisation its matrices were loaded with (older transcripts: none recorded).
+    #[serde(default)]
+    pub quant: slayer_engine::model::Quant,
 }
 
 /// One model's answer.

@@ -899,5 +899,6 @@ fn empty_eval() -> EvalRecord {
         step: 0,
         ppl: Vec::new(),
         tasks: Vec::new(),
+        quant: slayer_engine::model::Quant::None,
     }
 }

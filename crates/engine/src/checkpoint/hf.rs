@@ -401,8 +401,8 @@ pub fn save_model(
     let params: HashMap<String, Tensor> = model
         .named_params()
         .into_iter()
-        .map(|(n, p)| (n, p.tensor().clone()))
-        .collect();
+        .map(|(n, p)| Ok((n, p.dense()?)))
+        .collect::<Result<_>>()?;
     let contents = DirContents {
         config: &model.config,
         base_config_json,

@@ -89,6 +89,12 @@ impl BlockTensor {
         Self::ALL.into_iter().find(|t| t.gguf_name() == name)
     }
 
+    /// Whether it is a norm's scale (a vector; the rest are matrices).
+    #[must_use]
+    pub const fn is_norm(self) -> bool {
+        matches!(self, Self::InputNorm | Self::PostAttentionNorm)
+    }
+
     /// Its shape under `config`, as HF stores it (`[out, in]` for projections).
     #[must_use]
     pub fn shape(self, config: &crate::config::LlamaConfig) -> Vec<usize> {
@@ -282,13 +288,13 @@ mod tests {
                 Some((3, t))
             );
             for block in &model.blocks {
-                assert_eq!(block.param(t).tensor().dims(), t.shape(&config), "{t:?}");
+                assert_eq!(block.param(t).dims(), t.shape(&config), "{t:?}");
             }
         }
         for (name, p) in model.named_params() {
             assert_eq!(
                 crate::model::Llama::expected_shape(&config, &name).as_deref(),
-                Some(p.tensor().dims()),
+                Some(p.dims()),
                 "{name}"
             );
         }

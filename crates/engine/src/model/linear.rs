@@ -1,4 +1,5 @@
-//! Parameters (frozen tensor or trainable `Var`) and the bias-free linear layer.
+//! Parameters (frozen tensor, trainable `Var`, or quantised matrix for inference) and the
+//! bias-free linear layer.
 //!
 //! candle's matmul backward computes the gradient of both operands unconditionally, so a frozen
 //! weight above a trainable block would cost a wasted dW matmul and buffer per step.
@@ -10,20 +11,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
-/// A weight: a plain tensor (frozen, never tracked by autograd) or a trainable variable.
+use super::quant::QuantizedWeight;
+
+/// A weight: a plain tensor (frozen, never tracked by autograd), a trainable variable, or a
+/// matrix quantised for inference ([`super::quant`]; frozen too).
 #[derive(Clone, Debug)]
 pub enum Param {
     Frozen(Tensor),
     Trainable(Var),
+    Quantized(QuantizedWeight),
 }
 
 impl Param {
-    /// The current value.
-    #[must_use]
-    pub fn tensor(&self) -> &Tensor {
+    /// The current value as a dense tensor: shared storage for a frozen or trainable weight,
+    /// a dequantised f32 copy for a quantised one (exports and surgery read it; inference reads
+    /// a quantised weight through [`linear`] and [`Param::rows`]).
+    pub fn dense(&self) -> Result<Tensor> {
         match self {
-            Self::Frozen(t) => t,
-            Self::Trainable(v) => v.as_tensor(),
+            Self::Frozen(t) => Ok(t.clone()),
+            Self::Trainable(v) => Ok(v.as_tensor().clone()),
+            Self::Quantized(q) => q.dequantize(&candle_core::Device::Cpu),
         }
     }
 
@@ -33,25 +40,71 @@ impl Param {
         matches!(self, Self::Trainable(_))
     }
 
-    /// The same value, frozen (shares storage).
+    /// The value's dimensions.
+    #[must_use]
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Self::Frozen(t) => t.dims(),
+            Self::Trainable(v) => v.as_tensor().dims(),
+            Self::Quantized(q) => q.shape().dims(),
+        }
+    }
+
+    /// Number of values.
+    #[must_use]
+    pub fn elem_count(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    /// Rows `ids` of the matrix, shaped `(ids..., columns)`: the embedding lookup.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        let w = match self {
+            Self::Quantized(q) => return q.rows(ids),
+            Self::Frozen(t) => t,
+            Self::Trainable(v) => v.as_tensor(),
+        };
+        let mut dims = ids.dims().to_vec();
+        dims.push(w.dim(1)?);
+        w.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+    }
+
+    /// The same value, frozen (shares storage; a quantised weight stays as it is).
     #[must_use]
     pub fn frozen(&self) -> Self {
-        Self::Frozen(self.tensor().detach())
+        match self {
+            Self::Frozen(t) => Self::Frozen(t.detach()),
+            Self::Trainable(v) => Self::Frozen(v.as_tensor().detach()),
+            Self::Quantized(q) => Self::Quantized(q.clone()),
+        }
     }
 
     /// The same value as a fresh trainable variable (copies the data, so the original is never
-    /// mutated by an optimizer).
+    /// mutated by an optimizer). A quantised weight is refused: training it would train its
+    /// rounding error (quantise after training, for inference).
     pub fn trainable(&self) -> Result<Self> {
-        Ok(Self::Trainable(Var::from_tensor(self.tensor())?))
+        match self {
+            Self::Frozen(t) => Ok(Self::Trainable(Var::from_tensor(t)?)),
+            Self::Trainable(v) => Ok(Self::Trainable(Var::from_tensor(v.as_tensor())?)),
+            Self::Quantized(q) => candle_core::bail!(
+                "a {} quantised weight cannot be trained (quantisation is for inference)",
+                super::quant::format_name(q.format())
+            ),
+        }
     }
 
     /// The variable, when trainable.
     #[must_use]
     pub fn var(&self) -> Option<&Var> {
         match self {
-            Self::Frozen(_) => None,
             Self::Trainable(v) => Some(v),
+            Self::Frozen(_) | Self::Quantized(_) => None,
         }
+    }
+
+    /// Whether the weight is quantised.
+    #[must_use]
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quantized(_))
     }
 }
 
@@ -60,6 +113,11 @@ pub fn linear(x: &Tensor, w: &Param) -> Result<Tensor> {
     match w {
         Param::Trainable(v) => x.broadcast_matmul(&v.as_tensor().t()?),
         Param::Frozen(w) => frozen_linear(x, w),
+        // candle's quantised matmul has no backward: a graph through it would lose dX silently.
+        Param::Quantized(_) if x.track_op() => {
+            candle_core::bail!("a quantised weight cannot sit above a trainable one")
+        }
+        Param::Quantized(q) => q.forward(x),
     }
 }
 

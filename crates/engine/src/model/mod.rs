@@ -2,7 +2,8 @@
 //! differentiable when a trainable weight is involved, fused kernels where nothing is.
 //!
 //! One module serves training, evaluation, importance and generation. Frozen weights are plain
-//! tensors; trainable ones are `Var`s (see [`linear::Param`]).
+//! tensors; trainable ones are `Var`s; for inference the matrices can be quantised
+//! ([`Llama::quantize`], [`quant`]) (see [`linear::Param`]).
 
 pub mod attention;
 pub mod autograd;
@@ -11,6 +12,8 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod op_check;
+pub mod q8;
+pub mod quant;
 pub mod rope;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -21,6 +24,7 @@ pub use block::{BLOCK_TENSORS, Block, BlockTensor};
 pub use linear::{Param, linear};
 pub use mlp::Mlp;
 pub use norm::RmsNorm;
+pub use quant::{Quant, QuantSummary, QuantizedWeight};
 pub use rope::Rotary;
 
 /// A Llama-family causal language model.
@@ -38,6 +42,8 @@ pub struct Llama {
     rotary: Rotary,
     dtype: DType,
     device: Device,
+    /// What [`Llama::quantize`] made of the matrices (`None` until then).
+    quant: Quant,
 }
 
 /// Per-block key/value caches for incremental decoding.
@@ -125,6 +131,7 @@ impl Llama {
             rotary,
             dtype,
             device: device.clone(),
+            quant: Quant::None,
         })
     }
 
@@ -177,6 +184,12 @@ impl Llama {
         self.rotary.max_positions()
     }
 
+    /// The quantisation of the matrices for inference (`Quant::None`: dense).
+    #[must_use]
+    pub fn quant(&self) -> Quant {
+        self.quant
+    }
+
     /// Keeps `config.num_hidden_layers` equal to the block list after surgery.
     pub fn sync_config(&mut self) {
         self.config.num_hidden_layers = self.blocks.len();
@@ -212,12 +225,8 @@ impl Llama {
     /// Token embeddings of `ids` (batch, seq) and the causal mask for positions after `offset`
     /// (none for a single token, which attends to everything before it).
     fn embed(&self, ids: &Tensor, offset: usize) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t) = ids.dims2()?;
-        let x = self
-            .embed_tokens
-            .tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let t = ids.dim(1)?;
+        let x = self.embed_tokens.rows(ids)?.to_dtype(self.dtype)?;
         let mask = if t > 1 {
             Some(causal_mask(t, offset, self.dtype, &self.device)?)
         } else {
@@ -302,12 +311,12 @@ impl Llama {
     fn loss_of_hidden(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let (b, t, _) = hidden.dims3()?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        if !head.is_trainable() {
+        if let Param::Frozen(w) = head {
             let rows = self
                 .norm
                 .forward(hidden)?
                 .reshape((b * t, self.config.hidden_size))?;
-            return autograd::cross_entropy_frozen_head(&rows, head.tensor(), targets);
+            return autograd::cross_entropy_frozen_head(&rows, w, targets);
         }
         let logits = self
             .logits(hidden)?
@@ -361,12 +370,56 @@ impl Llama {
         Ok(())
     }
 
+    /// Quantises every frozen matrix (the seven of each block, the embedding, the head) to
+    /// `quant` for inference; norms stay dense. A trainable weight is refused: quantise a frozen
+    /// model ([`Llama::freeze_all`]). `Quant::None` leaves the model as it is.
+    pub fn quantize(&mut self, quant: Quant) -> Result<QuantSummary> {
+        let mut summary = QuantSummary {
+            quant,
+            ..QuantSummary::default()
+        };
+        if quant == Quant::None {
+            return Ok(summary);
+        }
+        let dtype_size = self.dtype.size_in_bytes();
+        let tiled = quant::tiled_kernel_available();
+        let mut quantize_one = |name: String, p: &mut Param| -> Result<()> {
+            if p.is_trainable() {
+                candle_core::bail!("{name} is trainable: only a frozen model is quantised");
+            }
+            let Param::Frozen(w) = p else {
+                return Ok(()); // already quantised
+            };
+            let Some((format, pad)) = quant.layout(w.dim(1)?, tiled) else {
+                summary.kept_dense.push(name);
+                return Ok(());
+            };
+            let q = QuantizedWeight::new(w, format, pad)?;
+            summary.add(format, w.elem_count() * dtype_size, q.size_in_bytes());
+            *p = Param::Quantized(q);
+            Ok(())
+        };
+        quantize_one("model.embed_tokens.weight".into(), &mut self.embed_tokens)?;
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            for t in BlockTensor::ALL {
+                if !t.is_norm() {
+                    quantize_one(format!("model.layers.{i}.{}", t.name()), block.param_mut(t))?;
+                }
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            quantize_one("lm_head.weight".into(), head)?;
+        }
+        self.quant = quant;
+        Ok(summary)
+    }
+
     /// Total parameter count.
     #[must_use]
     pub fn param_count(&self) -> usize {
         self.named_params()
             .iter()
-            .map(|(_, p)| p.tensor().elem_count())
+            .map(|(_, p)| p.elem_count())
             .sum()
     }
 }

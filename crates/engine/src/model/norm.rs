@@ -14,7 +14,7 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.tensor();
+        let w = &self.weight.dense()?;
         if !self.weight.is_trainable() {
             if !x.track_op() && x.dtype() == DType::F32 {
                 // The fused kernel has no backward; only valid with nothing to differentiate.
