@@ -124,6 +124,9 @@ pub struct DecodeBenchArgs {
     /// Tokens generated (the first is not counted: it comes from the prompt's forward).
     #[arg(long, default_value_t = 128)]
     pub tokens: usize,
+    /// Weights for inference: none (dense), q8_0, q4_k (default: as `chat` on the device).
+    #[arg(long)]
+    pub quant: Option<crate::core::model::Quant>,
     /// One JSON object instead of a table row.
     #[arg(long)]
     pub json: bool,
@@ -161,6 +164,9 @@ struct Measurement {
     machine: crate::core::events::Environment,
     /// Decoding only: the prompt's length and its prefill speed (tokens/s), beside decode's.
     prefill: Option<(usize, f64)>,
+    /// Decoding only: the quantisation of the model's matrices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quant: Option<crate::core::model::Quant>,
 }
 
 /// The model a benchmark builds, without building it.
@@ -500,6 +506,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         profiled: args.profile,
         machine: crate::threads::environment(),
         prefill: None,
+        quant: None,
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -519,6 +526,8 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
     let (label, dtype) = (built.plan, built.dtype);
     let mut model = built.model;
     model.freeze_all()?;
+    let (quant, _) = super::model::quant_choice(args.quant, &device);
+    model.quantize(quant)?;
     if positions >= model.max_positions() {
         bail!(
             "prompt and tokens exceed the model's {} positions",
@@ -571,6 +580,7 @@ fn bench_decode(args: &DecodeBenchArgs, choice: DeviceChoice) -> Result<i32> {
         profiled: false,
         machine: crate::threads::environment(),
         prefill: Some((stats.prompt_tokens, stats.prefill_tokens_per_sec())),
+        quant: Some(quant),
     };
     print_measurement(&m, args.json)?;
     Ok(0)
@@ -597,7 +607,10 @@ fn print_measurement(m: &Measurement, json: bool) -> Result<()> {
         m.params as f64 / 1e9,
         m.trainable as f64 / 1e9,
         m.device,
-        m.dtype,
+        match m.quant {
+            Some(q) if !q.is_none() => format!("{} + {q}", m.dtype),
+            _ => m.dtype.clone(),
+        },
         m.batch,
         m.seq_len,
         m.tokens_per_sec,

@@ -99,9 +99,24 @@ impl Q8Matrix {
     /// The whole matrix dequantised, row-major.
     #[must_use]
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
-            self.dequantize_row(r, row);
+        self.dequantize_rows(0, self.rows)
+    }
+
+    /// Rows `first..first + n` dequantised, row-major.
+    ///
+    /// # Panics
+    /// When the rows run past the matrix (a caller's bug).
+    #[must_use]
+    pub fn dequantize_rows(&self, first: usize, n: usize) -> Vec<f32> {
+        assert!(
+            first + n <= self.rows,
+            "q8: rows {first}..{} of {}",
+            first + n,
+            self.rows
+        );
+        let mut out = vec![0f32; n * self.cols];
+        for (i, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(first + i, row);
         }
         out
     }
