@@ -509,6 +509,22 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
         "{}",
         stderr(&out)
     );
+    // The checkpoint, trained blocks and all, was evaluated quantised (the CPU's default), and
+    // both the output and the recorded evaluation say so.
+    assert!(
+        stderr(&out).contains("weights q8_0:") && stderr(&out).contains("the CPU's default"),
+        "{}",
+        stderr(&out)
+    );
+    let recorded = events(&home, &id)
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.kind {
+            EventKind::Eval(r) if r.label == "checkpoint" => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(recorded.quant, slayer::core::model::Quant::Q8_0);
     // Resuming continues from step 4.
     let out = slayer(&home, &["--device", "cpu", "train", "--resume", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
