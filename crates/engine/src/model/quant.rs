@@ -334,21 +334,21 @@ impl QuantizedWeight {
         y.to_dtype(dtype)
     }
 
-    /// Rows `ids` of the matrix (an embedding lookup), dequantised: (ids..., in).
+    /// Rows `ids` of the matrix (an embedding lookup), dequantised: (ids..., in). An id past
+    /// the last row is an error, for either storage (candle's lookup would index out of bounds).
     pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
-        let cols = self.shape.dim(1)?;
+        let (n_rows, cols) = self.shape.dims2()?;
         let mut dims = ids.dims().to_vec();
         dims.push(cols);
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        if let Some(id) = flat.iter().find(|id| **id as usize >= n_rows) {
+            candle_core::bail!("token id {id} outside the {n_rows} rows");
+        }
         match &self.storage {
             Storage::Q8(q) => {
-                let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-                let mut out = vec![0f32; ids.len() * cols];
-                for (row, id) in out.chunks_exact_mut(cols).zip(&ids) {
-                    let id = *id as usize;
-                    if id >= q.rows() {
-                        candle_core::bail!("token id {id} outside the {} rows", q.rows());
-                    }
-                    q.dequantize_row(id, row);
+                let mut out = vec![0f32; flat.len() * cols];
+                for (row, id) in out.chunks_exact_mut(cols).zip(&flat) {
+                    q.dequantize_row(*id as usize, row);
                 }
                 Tensor::from_vec(out, dims, &Device::Cpu)
             }
@@ -418,9 +418,32 @@ mod tests {
         assert_eq!(Quant::default_for(&Device::Cpu), Quant::Q8_0);
     }
 
-    /// The quantised product agrees with the dense one to Q8_0's precision (8 bits a value per
-    /// block of 32, activations quantised too: about 1% of the output's scale), and the
-    /// embedding rows are the matrix's rows.
+    /// Largest and mean magnitude of a tensor's values.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn mean_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
+    }
+
+    /// The quantised product agrees with the dense one to each format's precision, a long
+    /// input takes the dequantised product and gets the kernel's numbers, and the embedding
+    /// rows and the dequantised matrix are the matrix's.
     #[test]
     fn a_quantised_matrix_multiplies_and_looks_up_like_the_dense_one() {
         let dev = Device::Cpu;
@@ -439,17 +462,7 @@ mod tests {
             assert_eq!(q.size_in_bytes(), bytes);
             let quant = q.forward(&x).unwrap();
             assert_eq!(quant.dims(), dense.dims());
-            let err = (&quant - &dense)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .mean_all()
-                .unwrap();
-            let scale = dense.abs().unwrap().mean_all().unwrap();
-            let (err, scale) = (
-                err.to_scalar::<f32>().unwrap(),
-                scale.to_scalar::<f32>().unwrap(),
-            );
+            let (err, scale) = (mean_abs(&(&quant - &dense).unwrap()), mean_abs(&dense));
             // Mean error relative to the mean output: ~1% at 8 bits, ~10% at 4 bits with
             // activations quantised too.
             let bound = if format == GgmlDType::Q8_0 {
@@ -461,19 +474,8 @@ mod tests {
                 err < bound * scale,
                 "{format:?} pad {pad}: mean error {err} against {scale}"
             );
-            let back = q.dequantize(&dev).unwrap();
-            assert_eq!(back.dims(), &[64, 96]);
+            assert_eq!(q.dequantize(&dev).unwrap().dims(), &[64, 96]);
         }
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         let ids = Tensor::new(&[[5u32, 0, 63]], &dev).unwrap();
         let want = w
             .index_select(&Tensor::new(&[5u32, 0, 63], &dev).unwrap(), 0)
@@ -481,48 +483,29 @@ mod tests {
         for pad in [0, 160] {
             let q = QuantizedWeight::new(&w, GgmlDType::Q8_0, pad).unwrap();
             // Our kernel keeps the activations in f32: the error is the weights' rounding alone.
-            let quant = q.forward(&x).unwrap();
-            let scale = dense
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (err, scale) = (max_diff(&q.forward(&x).unwrap(), &dense), max_abs(&dense));
             let bound = if pad == 0 { 0.01 } else { 0.02 };
-            let err = max_diff(&quant, &dense);
             assert!(
                 err < bound * scale,
                 "pad {pad}: max error {err} against max {scale}"
             );
-            // Many rows take the dequantised dense product: the same numbers to the kernel's
-            // 16-bit rounding of the activations.
-            let many = Tensor::randn(0f32, 1.0, (2, 9, 96), &dev).unwrap();
-            let by_kernel = Tensor::cat(
-                &(0..9)
-                    .map(|i| q.forward(&many.narrow(1, i, 1).unwrap()).unwrap())
-                    .collect::<Vec<_>>(),
-                1,
-            )
-            .unwrap();
             if pad == 0 {
+                // Many rows take the dequantised dense product: the same numbers to the
+                // kernel's 16-bit rounding of the activations.
+                let many = Tensor::randn(0f32, 1.0, (2, 9, 96), &dev).unwrap();
+                let by_kernel = (0..9)
+                    .map(|i| q.forward(&many.narrow(1, i, 1).unwrap()).unwrap())
+                    .collect::<Vec<_>>();
+                let by_kernel = Tensor::cat(&by_kernel, 1).unwrap();
                 let dense_many = q.forward(&many).unwrap();
-                let scale = dense_many
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(max_diff(&dense_many, &by_kernel) < 1e-4 * scale);
+                assert!(max_diff(&dense_many, &by_kernel) < 1e-4 * max_abs(&dense_many));
             }
+            assert!(q.rows(&Tensor::new(&[64u32], &dev).unwrap()).is_err());
             let rows = q.rows(&ids).unwrap();
             assert_eq!(rows.dims(), &[1, 3, 96]);
             // Q8_0 keeps each value to half a step of its block's scale (max |w| / 127).
             assert!(max_diff(&rows.squeeze(0).unwrap(), &want) < 0.03);
-            let back = q.dequantize(&dev).unwrap();
-            assert!(max_diff(&back, &w) < 0.03);
-            assert!(pad > 0 || q.rows(&Tensor::new(&[64u32], &dev).unwrap()).is_err());
+            assert!(max_diff(&q.dequantize(&dev).unwrap(), &w) < 0.03);
         }
     }
 }
