@@ -1,12 +1,18 @@
 //! CPU training speed of SmolLM2-135M with the slayer preset (7 averaged identity blocks, last 2
 //! pruned, only the new blocks train), batch 1 × 256, through the real trainer (AdamW, clipping,
-//! events). `--no-stats` turns per-block statistics off to measure their cost. Prints one
-//! Markdown row: tokens/s (steps after the first), step ms, peak RSS.
+//! events), with the threads, pool spin and allocator `slayer` itself uses. `--no-stats` turns
+//! per-block statistics off to measure their cost, `--unprepared` leaves the frozen weights
+//! unprepared (`Llama::prepare_frozen_linears`) to measure what that buys. Prints one Markdown
+//! row: tokens/s (steps after the first), step ms, peak RSS.
 //!
-//!     cargo run --release --example bench-train-smollm2 -- [--steps N] [--no-stats]
+//!     cargo run --release --example bench-train-smollm2 -- [--steps N] [--no-stats] [--unprepared]
 
 #[path = "common.rs"]
 mod common;
+
+// The binary's allocator (src/main.rs says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::atomic::AtomicBool;
 
@@ -19,6 +25,8 @@ use slayer::core::surgery;
 use slayer::core::train::{TrainConfig, Trainer};
 
 fn main() -> Result<()> {
+    // Threads and the pool's spin as `slayer` itself decides them, before any compute.
+    slayer::threads::decide(None, None);
     let args: Vec<String> = std::env::args().collect();
     let steps: u64 = args
         .iter()
@@ -27,6 +35,7 @@ fn main() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
     let stats = !args.iter().any(|a| a == "--no-stats");
+    let prepared = !args.iter().any(|a| a == "--unprepared");
     let (dir, _) = common::smollm2()?;
     let base = load_model(&HfDir::open(&dir)?, DType::F32, &Device::Cpu)?;
     let spec = plan::parse("[plan]\npreset = \"slayer\"\n")
@@ -35,8 +44,11 @@ fn main() -> Result<()> {
     let map = plan::resolve(&spec, base.blocks.len())
         .map
         .ok_or_else(|| anyhow::anyhow!("plan"))?;
-    let model = surgery::apply(&base, &map)?;
+    let mut model = surgery::apply(&base, &map)?;
     drop(base);
+    if prepared {
+        model.prepare_frozen_linears()?;
+    }
     // Deterministic pseudo-text: token ids spread over the vocabulary.
     let data: Vec<Vec<u32>> = (0..64u32)
         .map(|s| {
@@ -77,7 +89,12 @@ fn main() -> Result<()> {
         .collect();
     let mean = rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     println!(
-        "| slayer (candle, f32, dX-only frozen linears){} | {mean:.1} | {:.0} | {:.0} |",
+        "| slayer (candle, f32, fused CPU kernels{}){} | {mean:.1} | {:.0} | {:.0} |",
+        if prepared {
+            ", frozen weights prepared"
+        } else {
+            ", frozen weights unprepared"
+        },
         if stats {
             ", per-block stats"
         } else {

@@ -166,6 +166,9 @@ fn fixture() -> tempfile::TempDir {
 fn app(home: &Path) -> App {
     let (themes, _) = theme::load_all(home, ColorDepth::Ansi256);
     let mut app = App::new(home, themes, Keymap::default(), false);
+    // The plan editor's memory estimate counts per-thread scratch: pinned, so the screens do
+    // not depend on the machine's CPUs.
+    app.cpu_threads = Some(2);
     app.experiments = slayer::tui::load_experiments(home);
     let mut follower = slayer::runner::tail::Follower::all(home);
     app.update(Event::Follow(follower.poll_all()));

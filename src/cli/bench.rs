@@ -429,6 +429,7 @@ fn bench_train(args: &TrainBenchArgs, choice: DeviceChoice) -> Result<i32> {
         trainable_blocks,
     } = built;
     model.recompute = args.recompute;
+    model.prepare_frozen_linears()?;
     let vars = model.trainable_vars();
     let trainable: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let cfg = TrainConfig {

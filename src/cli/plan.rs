@@ -157,6 +157,8 @@ pub fn run(
                     .unwrap_or(2048),
                 element_bytes: element_bytes(&dtype),
                 recompute: recompute || train.as_ref().is_some_and(|t| t.recompute),
+                cpu_threads: (dtype == "f32" && crate::core::device::expects_cpu(device))
+                    .then(|| crate::threads::in_use().threads.get()),
             };
             let totals = loaded
                 .resolution

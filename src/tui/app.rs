@@ -433,6 +433,8 @@ pub struct Editor {
     pub analysis: Analysis,
     /// The base model's config, when the model is in the data directory.
     pub base_config: Option<LlamaConfig>,
+    /// What the memory estimate assumes of the device ([`App::cpu_threads`]).
+    pub cpu_threads: Option<usize>,
 }
 
 /// A plan text resolved: diagnostics by line, the layer map and its totals.
@@ -445,9 +447,10 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Resolves `text` against `config` (the plan alone when the model is unknown).
+    /// Resolves `text` against `config` (the plan alone when the model is unknown); the memory
+    /// estimate assumes training on the CPU with `cpu_threads` threads, or on a GPU (`None`).
     #[must_use]
-    pub fn of(text: &str, config: Option<&LlamaConfig>) -> Self {
+    pub fn of(text: &str, config: Option<&LlamaConfig>, cpu_threads: Option<usize>) -> Self {
         let at = |d: &plan::Diagnostic| d.span.as_ref().map(|s| plan::line_col(text, s.start).0);
         let mut out = Self::default();
         match crate::core::experiment::Experiment::parse(Path::new("experiment.toml"), text) {
@@ -480,6 +483,7 @@ impl Analysis {
                         )
                         .size_in_bytes(),
                         recompute: exp.train.recompute,
+                        cpu_threads,
                     };
                     out.totals = Some(Totals::compute(&map, config, mem));
                     out.map = Some(map);
@@ -492,16 +496,22 @@ impl Analysis {
 
 impl Editor {
     #[must_use]
-    pub fn new(path: &Path, text: &str, base_config: Option<LlamaConfig>) -> Self {
+    pub fn new(
+        path: &Path,
+        text: &str,
+        base_config: Option<LlamaConfig>,
+        cpu_threads: Option<usize>,
+    ) -> Self {
         let mut textarea = TextArea::new(text.lines().map(str::to_string).collect());
         textarea.set_max_histories(200);
-        let analysis = Analysis::of(text, base_config.as_ref());
+        let analysis = Analysis::of(text, base_config.as_ref(), cpu_threads);
         Self {
             path: path.to_path_buf(),
             saved: text.to_string(),
             textarea,
             analysis,
             base_config,
+            cpu_threads,
         }
     }
 
@@ -518,11 +528,11 @@ impl Editor {
     }
 
     fn reanalyse(&mut self) {
-        self.analysis = Analysis::of(&self.text(), self.base_config.as_ref());
+        self.analysis = Analysis::of(&self.text(), self.base_config.as_ref(), self.cpu_threads);
     }
 
     fn replace(&mut self, text: &str) {
-        *self = Self::new(&self.path, text, self.base_config.clone());
+        *self = Self::new(&self.path, text, self.base_config.clone(), self.cpu_threads);
     }
 }
 
@@ -638,6 +648,9 @@ pub struct App {
     pub study: Option<StudyView>,
     pub study_corpus: usize,
     pub study_row: usize,
+    /// The plan editor's memory estimate assumes training in f32 on the CPU with this many
+    /// threads (this build's and process's), or on a GPU (`None`).
+    pub cpu_threads: Option<usize>,
 }
 
 impl App {
@@ -682,6 +695,8 @@ impl App {
             study: None,
             study_corpus: 0,
             study_row: 0,
+            cpu_threads: crate::core::device::expects_cpu(crate::core::device::DeviceChoice::Auto)
+                .then(|| crate::threads::in_use().threads.get()),
         }
     }
 
@@ -1891,7 +1906,7 @@ impl App {
             Action::EditPlan => {
                 if let Some(e) = self.current_experiment().cloned() {
                     let config = base_config(&self.data_dir, &e.base);
-                    self.editor = Some(Editor::new(&e.path, &e.text, config));
+                    self.editor = Some(Editor::new(&e.path, &e.text, config, self.cpu_threads));
                     self.screen = Screen::Editor;
                 }
             }

@@ -92,6 +92,17 @@ pub fn expected_dtype(choice: DeviceChoice) -> candle_core::DType {
     }
 }
 
+/// Whether `choice` trains on the CPU, known without opening a device (as [`expected_dtype`]
+/// counts `Auto`).
+#[must_use]
+pub fn expects_cpu(choice: DeviceChoice) -> bool {
+    match choice {
+        DeviceChoice::Cpu => true,
+        DeviceChoice::Auto => !cfg!(feature = "cuda"),
+        DeviceChoice::Cuda => false,
+    }
+}
+
 /// Peak memory since the last [`reset_peak_memory`]: on CUDA, the high-water mark of memory in
 /// use in the device's default pool (where candle allocates; the analogue of PyTorch's
 /// `max_memory_allocated`); on the CPU, the process's peak resident set. `None` where it cannot

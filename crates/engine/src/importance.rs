@@ -137,6 +137,12 @@ pub fn compute(
     // Loss without each block, summed over the samples (in sample order, as a pruned model run
     // sample by sample would sum it).
     let mut without = vec![0.0f64; n];
+    // The forwards run on the frozen matrices prepared for the CPU's fused kernels (their
+    // memory once more; nothing on other devices): ppl alone is blocks × samples passes.
+    let full = model;
+    let mut prepared = model.clone();
+    prepared.prepare_frozen_linears()?;
+    let model = &prepared;
     for s in samples {
         check_cancel(cancel)?;
         let x = Tensor::new(s.as_slice(), model.device())?.unsqueeze(0)?;
@@ -169,6 +175,8 @@ pub fn compute(
         base_loss += f64::from(loss.to_scalar::<f32>()?);
         tick(&mut progress);
     }
+    // Taylor makes its own trainable copy: the prepared one goes first.
+    drop(prepared);
     let base_perplexity = (base_loss / samples.len() as f64).exp();
     let mut out = Vec::new();
     if want(Metric::Bi) {
@@ -195,7 +203,7 @@ pub fn compute(
     if want(Metric::Taylor) {
         out.push(MetricScores {
             metric: Metric::Taylor,
-            scores: taylor(model, samples, cancel, &mut || tick(&mut progress))?,
+            scores: taylor(full, samples, cancel, &mut || tick(&mut progress))?,
         });
     }
     Ok(ImportanceReport {

@@ -371,6 +371,7 @@ pub fn execute(
     let mut model = surgery::apply(&base_model, map)?;
     model.recompute = exp.train.recompute;
     drop(base_model);
+    model.prepare_frozen_linears()?;
     if wanted(&evals, Before::Expanded) {
         run_eval(&model, "expanded", 0, sink, &mut evals, status)?;
     }

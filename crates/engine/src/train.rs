@@ -239,8 +239,13 @@ impl AdamW {
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        // Each moment its own storage: the CPU updates them in place.
+        let v = m
+            .iter()
+            .map(Tensor::zeros_like)
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            v: m.clone(),
+            v,
             m,
             master,
             decay,
@@ -274,6 +279,30 @@ impl AdamW {
                 sq_updates.push(0.0);
                 continue;
             };
+            let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
+            if self.master[i].is_none()
+                && var.dtype() == DType::F32
+                && crate::model::kernels::fused_dtype(var.as_tensor())
+            {
+                // f32 on the CPU: in place, three passes (see the kernel).
+                let coefficients = crate::model::kernels::adamw::Coefficients {
+                    beta1: b1,
+                    grad1: (1.0 - b1) * grad_scale,
+                    beta2: b2,
+                    grad2: (1.0 - b2) * grad_scale * grad_scale,
+                    step: lr * c2.sqrt() / c1,
+                    eps: cfg.eps * c2.sqrt(),
+                    keep: 1.0 - lr * wd,
+                };
+                sq_updates.push(crate::model::kernels::adamw::step(
+                    var.as_tensor(),
+                    (&self.m[i], &self.v[i]),
+                    g,
+                    coefficients,
+                    update_norms,
+                )?);
+                continue;
+            }
             // Each operation below is a pass over the tensor (memory-bound on a GPU), so the
             // gradient scale is folded into the moments' coefficients and the bias corrections
             // into one factor, as PyTorch arranges it:
@@ -288,7 +317,6 @@ impl AdamW {
                 Some(master) => master.clone(),
                 None => var.as_tensor().to_dtype(DType::F32)?,
             };
-            let wd = if self.decay[i] { cfg.weight_decay } else { 0.0 };
             let decayed = if wd > 0.0 {
                 (&w * (1.0 - lr * wd))?
             } else {

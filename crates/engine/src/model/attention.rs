@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::kernels::linear::FrozenLinear;
 use super::linear::{Param, linear};
 use super::rope::Rotary;
 
@@ -14,17 +15,22 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// q, k and v prepared as one frozen product, and o ([`super::Block::prepare_frozen_linears`]).
+    pub frozen_qkv: Option<FrozenLinear>,
+    pub frozen_o: Option<FrozenLinear>,
 }
 
 /// Keys and values of the positions seen so far, for one block.
 pub type KvEntry = Option<(Tensor, Tensor)>;
 
 impl Attention {
-    /// `x`: (batch, seq, hidden); `offset`: position of `x`'s first token; `mask`: the additive
-    /// causal (seq, offset + seq) mask, or `None` when a single token attends to everything
-    /// (built once per forward and shared by the blocks; made here when missing).
+    /// `residual + attention(x)`. `x`: (batch, seq, hidden); `offset`: position of `x`'s first
+    /// token; `mask`: the additive causal (seq, offset + seq) mask, or `None` when a single
+    /// token attends to everything (built once per forward and shared by the blocks; made here
+    /// when missing).
     pub fn forward(
         &self,
+        residual: &Tensor,
         x: &Tensor,
         rotary: &Rotary,
         offset: usize,
@@ -33,6 +39,33 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let scale = 1.0 / (d as f64).sqrt();
+        if offset == 0 && t > 1 && cache.is_none() && super::kernels::fused_dtype(x) {
+            // A whole sequence, nothing cached, f32 or f64 on the CPU: the fused kernel from the
+            // projections to the output projection's input.
+            let qkv = match &self.frozen_qkv {
+                Some(frozen) => frozen.forward(x)?,
+                None => Tensor::cat(
+                    &[
+                        linear(x, &self.q_proj)?,
+                        linear(x, &self.k_proj)?,
+                        linear(x, &self.v_proj)?,
+                    ],
+                    2,
+                )?,
+            };
+            let tables = rotary.tables(0, t)?;
+            let out = super::kernels::attention::self_attention(
+                &qkv,
+                (&tables.0, &tables.1),
+                (h, kvh, d),
+                scale,
+            )?;
+            return match &self.frozen_o {
+                Some(frozen) => frozen.forward_onto(residual, &out),
+                None => residual + linear(&out, &self.o_proj)?,
+            };
+        }
         let q = linear(x, &self.q_proj)?
             .reshape((b, t, h, d))?
             .transpose(1, 2)?;
@@ -52,7 +85,6 @@ impl Attention {
             }
             *entry = Some((k.clone(), v.clone()));
         }
-        let scale = 1.0 / (d as f64).sqrt();
         if offset == 0 && t > 1 {
             // A sequence from its start: causal attention by query chunks.
             let built;
@@ -63,7 +95,7 @@ impl Attention {
                 &built
             };
             let out = super::autograd::causal_attention(&q, &k, &v, scale, mask)?;
-            return linear(&out.transpose(1, 2)?.reshape((b, t, h * d))?, &self.o_proj);
+            return residual + linear(&out.transpose(1, 2)?.reshape((b, t, h * d))?, &self.o_proj)?;
         }
         // Continuing a cache: each kv head serves its group of query heads as extra rows, so
         // the cached keys and values are read in place, never repeated per query head.
@@ -77,7 +109,7 @@ impl Attention {
             .reshape((b, h, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, h * d))?;
-        linear(&out, &self.o_proj)
+        residual + linear(&out, &self.o_proj)?
     }
 }
 

@@ -290,6 +290,11 @@ pub fn rms_unit(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 fn rms_norm_attached(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    if super::kernels::fused_dtype(x) {
+        // f32 or f64 on the CPU: one pass each way (f64 then normalises in f64, which the
+        // gradient checks want).
+        return super::kernels::norm::rms_norm(x, weight, eps);
+    }
     let dtype = x.dtype();
     let wide = wide(dtype);
     let x_wide = x.detach().to_dtype(wide)?.contiguous()?;
@@ -345,6 +350,18 @@ pub fn cross_entropy_frozen_head(
     let wide = wide(dtype);
     let detached = hidden.detach();
     let track = hidden.track_op();
+    if super::kernels::fused_dtype(hidden) {
+        // f32 or f64 on the CPU: the fused kernel, which sums in f64.
+        let out = super::kernels::cross_entropy::frozen_head(&detached, head, targets, track)?;
+        #[expect(clippy::cast_precision_loss, reason = "a row count")]
+        let loss = Tensor::new(out.loss_sum / rows as f64, hidden.device())?.to_dtype(wide)?;
+        return match out.grad {
+            None => Ok(loss),
+            Some(grad_hidden) => attach(hidden, loss, move |_, _, g| {
+                grad_hidden.broadcast_mul(&g.to_dtype(dtype)?)
+            }),
+        };
+    }
     let mut loss_sum = Tensor::zeros((), wide, hidden.device())?;
     let mut grad_chunks = Vec::new();
     for start in (0..rows).step_by(CE_CHUNK_ROWS) {

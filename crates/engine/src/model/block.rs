@@ -143,10 +143,12 @@ impl Block {
         mask: Option<&Tensor>,
         cache: Option<&mut KvEntry>,
     ) -> Result<Tensor> {
-        let h = self.input_layernorm.forward(x)?;
-        let h = (x + self.self_attn.forward(&h, rotary, offset, mask, cache)?)?;
+        let normed = self.input_layernorm.forward(x)?;
+        let h = self
+            .self_attn
+            .forward(x, &normed, rotary, offset, mask, cache)?;
         let m = self.post_attention_layernorm.forward(&h)?;
-        &h + self.mlp.forward(&m)?
+        self.mlp.forward(&h, &m)
     }
 
     /// Forward of a frozen block whose input is differentiated (a trainable block sits below),
@@ -191,6 +193,8 @@ impl Block {
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
+                frozen_qkv: None,
+                frozen_o: None,
             },
             post_attention_layernorm: RmsNorm {
                 weight: get(BlockTensor::PostAttentionNorm)?,
@@ -200,6 +204,8 @@ impl Block {
                 gate_proj: get(BlockTensor::GateProj)?,
                 up_proj: get(BlockTensor::UpProj)?,
                 down_proj: get(BlockTensor::DownProj)?,
+                frozen_gate_up: None,
+                frozen_down: None,
             },
         })
     }
@@ -220,8 +226,10 @@ impl Block {
         }
     }
 
-    /// The parameter holding tensor `t`, to replace or make trainable.
+    /// The parameter holding tensor `t`, to replace or make trainable (the block's prepared
+    /// frozen products are dropped: they would no longer match).
     pub fn param_mut(&mut self, t: BlockTensor) -> &mut Param {
+        self.drop_prepared();
         match t {
             BlockTensor::InputNorm => &mut self.input_layernorm.weight,
             BlockTensor::QProj => &mut self.self_attn.q_proj,
@@ -233,6 +241,46 @@ impl Block {
             BlockTensor::UpProj => &mut self.mlp.up_proj,
             BlockTensor::DownProj => &mut self.mlp.down_proj,
         }
+    }
+
+    /// Prepares the frozen projections for training on the CPU (see
+    /// [`crate::model::Llama::prepare_frozen_linears`]): each group (q/k/v, o, gate/up, down)
+    /// whose weights are all frozen and dense. Returns the elements added.
+    pub fn prepare_frozen_linears(&mut self) -> Result<usize> {
+        use super::kernels::linear::FrozenLinear;
+        fn group(params: &[&Param]) -> Result<Option<FrozenLinear>> {
+            let weights: Option<Vec<&candle_core::Tensor>> = params
+                .iter()
+                .map(|p| match p {
+                    Param::Frozen(w) if w.device().is_cpu() => Some(w),
+                    _ => None,
+                })
+                .collect();
+            weights.map(|w| FrozenLinear::new(&w)).transpose()
+        }
+        let a = &mut self.self_attn;
+        a.frozen_qkv = group(&[&a.q_proj, &a.k_proj, &a.v_proj])?;
+        a.frozen_o = group(&[&a.o_proj])?;
+        let m = &mut self.mlp;
+        m.frozen_gate_up = group(&[&m.gate_proj, &m.up_proj])?;
+        m.frozen_down = group(&[&m.down_proj])?;
+        Ok([
+            &a.frozen_qkv,
+            &a.frozen_o,
+            &m.frozen_gate_up,
+            &m.frozen_down,
+        ]
+        .into_iter()
+        .flatten()
+        .map(FrozenLinear::extra_elements)
+        .sum())
+    }
+
+    fn drop_prepared(&mut self) {
+        self.self_attn.frozen_qkv = None;
+        self.self_attn.frozen_o = None;
+        self.mlp.frozen_gate_up = None;
+        self.mlp.frozen_down = None;
     }
 
     /// The block's parameters with their tensors, in HF order.

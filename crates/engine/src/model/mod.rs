@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod autograd;
 pub mod block;
+pub mod kernels;
 pub mod linear;
 pub mod mlp;
 pub mod norm;
@@ -207,7 +208,9 @@ impl Llama {
                 self.max_positions()
             );
         }
-        let (mut x, mask) = self.embed(ids, offset)?;
+        let x = self.embed_tokens.rows(ids)?.to_dtype(self.dtype)?;
+        let mask = self.causal_mask(t, offset, cache.is_some())?;
+        let mut x = x;
         for (i, block) in self.blocks.iter().enumerate() {
             if self.recompute && cache.is_none() && x.track_op() && !block.is_trainable() {
                 x = block.forward_recomputed(&x, &self.rotary, mask.as_ref())?;
@@ -222,23 +225,23 @@ impl Llama {
         Ok(x)
     }
 
-    /// Token embeddings of `ids` (batch, seq) and the causal mask for positions after `offset`
-    /// (none for a single token, which attends to everything before it).
-    fn embed(&self, ids: &Tensor, offset: usize) -> Result<(Tensor, Option<Tensor>)> {
-        let t = ids.dim(1)?;
-        let x = self.embed_tokens.rows(ids)?.to_dtype(self.dtype)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, offset, self.dtype, &self.device)?)
-        } else {
-            None
-        };
-        Ok((x, mask))
+    /// The causal mask the blocks share for `t` positions after `offset` (with or without a
+    /// cache): none for a single token, which attends to everything before it, nor for a whole
+    /// uncached sequence the fused CPU kernel takes, which masks as it goes.
+    fn causal_mask(&self, t: usize, offset: usize, cached: bool) -> Result<Option<Tensor>> {
+        let fused = offset == 0 && !cached && kernels::fused(&self.device, self.dtype);
+        if t <= 1 || fused {
+            return Ok(None);
+        }
+        causal_mask(t, offset, self.dtype, &self.device).map(Some)
     }
 
     /// The residual stream entering every block plus the output of the last one (before the final
     /// norm): `blocks + 1` tensors of shape (batch, seq, hidden).
     pub fn residual_states(&self, ids: &Tensor) -> Result<Vec<Tensor>> {
-        let (mut x, mask) = self.embed(ids, 0)?;
+        let t = ids.dim(1)?;
+        let mut x = self.embed_tokens.rows(ids)?.to_dtype(self.dtype)?;
+        let mask = self.causal_mask(t, 0, false)?;
         let mut states = Vec::with_capacity(self.blocks.len() + 1);
         for block in &self.blocks {
             states.push(x.clone());
@@ -291,12 +294,7 @@ impl Llama {
         skip: Option<usize>,
         targets: &Tensor,
     ) -> Result<Tensor> {
-        let t = hidden.dim(1)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, 0, self.dtype, &self.device)?)
-        } else {
-            None
-        };
+        let mask = self.causal_mask(hidden.dim(1)?, 0, false)?;
         let mut x = hidden.clone();
         for (i, block) in self.blocks.iter().enumerate().skip(from) {
             if Some(i) != skip {
@@ -304,6 +302,22 @@ impl Llama {
             }
         }
         self.loss_of_hidden(&x, targets)
+    }
+
+    /// Prepares the frozen matrices of every block for training on the CPU
+    /// ([`kernels::linear::FrozenLinear`]: q/k/v and gate/up each multiplied as one, every
+    /// forward product in gemm's faster layout), at the cost of those weights' memory once
+    /// more. Replacing a parameter drops its block's preparation. Returns the bytes added; on
+    /// other devices and in 16-bit dtypes it does nothing.
+    pub fn prepare_frozen_linears(&mut self) -> Result<usize> {
+        if !self.device.is_cpu() || !matches!(self.dtype, DType::F32 | DType::F64) {
+            return Ok(0);
+        }
+        let mut added = 0;
+        for block in &mut self.blocks {
+            added += block.prepare_frozen_linears()? * self.dtype.size_in_bytes();
+        }
+        Ok(added)
     }
 
     /// Mean cross-entropy of the residual stream after the last block against `targets`: the

@@ -80,6 +80,14 @@ impl Rotary {
         self.cos.dims()[0]
     }
 
+    /// The cos and sin tables of positions `offset..offset + seq`: (seq, head_dim / 2) each.
+    pub fn tables(&self, offset: usize, seq: usize) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.narrow(0, offset, seq)?,
+            self.sin.narrow(0, offset, seq)?,
+        ))
+    }
+
     /// Rotates `x` of shape (batch, heads, seq, head_dim) for positions `offset..offset + seq`.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let seq = x.dim(2)?;

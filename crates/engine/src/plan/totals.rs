@@ -15,6 +15,12 @@ pub struct MemoryParams {
     /// Frozen blocks above the first trainable one are recomputed in backward (`[train]
     /// recompute`).
     pub recompute: bool,
+    /// Training in f32 on the CPU with this many threads: the fused kernels
+    /// (`model::kernels`), which keep fewer activations, hold the frozen blocks' matrices a
+    /// second time in their layout, and use per-thread scratch. `None`: candle's ops (a GPU,
+    /// or 16-bit weights).
+    #[serde(default)]
+    pub cpu_threads: Option<usize>,
 }
 
 impl Default for MemoryParams {
@@ -24,6 +30,7 @@ impl Default for MemoryParams {
             seq_len: 2048,
             element_bytes: 2,
             recompute: false,
+            cpu_threads: None,
         }
     }
 }
@@ -31,6 +38,7 @@ impl Default for MemoryParams {
 /// Memory needed to train the plan on one device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MemoryEstimate {
+    /// The weights; with the CPU's fused kernels, the frozen blocks' matrices twice.
     pub weights: u64,
     /// Gradients of the trainable blocks, in the weights' dtype (one micro-batch).
     pub gradients: u64,
@@ -68,7 +76,14 @@ impl Totals {
         let trainable_blocks = map.layers.iter().filter(|l| l.trainable).count() as u64;
         let trainable_params = trainable_blocks * block;
         let e = mem.element_bytes as u64;
-        let weights = params * e;
+        let frozen_blocks = map.layers.len() as u64 - trainable_blocks;
+        let block_matrices = block - 2 * config.hidden_size as u64;
+        let prepared = if mem.cpu_threads.is_some() {
+            frozen_blocks * block_matrices * e
+        } else {
+            0
+        };
+        let weights = params * e + prepared;
         let gradients = trainable_params * e;
         let optimizer = trainable_params * 4 * 2 + if e < 4 { trainable_params * 4 } else { 0 };
         // Activations per block and token, as the engine keeps them (core::model::autograd):
@@ -79,7 +94,15 @@ impl Totals {
         let q = (config.num_attention_heads * config.head_dim) as u64;
         let kv = (config.num_key_value_heads * config.head_dim) as u64;
         let (b, t) = (mem.batch as u64, mem.seq_len as u64);
-        let per_block = b * t * (5 * h + 5 * q + 6 * kv + 4 * i) * e;
+        // The fused kernels keep per block the input and the two norms' outputs, q/k/v side by
+        // side, the attention output, the residual after attention, gate/up side by side and
+        // their product.
+        let per_token = if mem.cpu_threads.is_some() {
+            4 * h + 2 * q + 2 * kv + 3 * i
+        } else {
+            5 * h + 5 * q + 6 * kv + 4 * i
+        };
+        let per_block = b * t * per_token * e;
         let lowest = map
             .layers
             .iter()
@@ -98,10 +121,26 @@ impl Totals {
         // Transients: one chunk of attention scores (product, probabilities in f32 and back, and
         // backward's f32 terms), one chunk of the loss's f32 logits (five live terms), and the
         // loss gradient for the hidden states.
-        let chunk = crate::model::autograd::ATTENTION_CHUNK.min(mem.seq_len) as u64;
-        let attention_chunk = b * config.num_attention_heads as u64 * chunk * t * (e + 4 * 3);
-        let ce_rows = (crate::model::autograd::CE_CHUNK_ROWS as u64).min(b * t);
-        let loss = ce_rows * config.vocab_size as u64 * 4 * 5 + b * t * h * 4;
+        let (attention_chunk, loss) = if let Some(threads) = mem.cpu_threads {
+            // Per thread: a query block's probabilities and their gradient, and the key and
+            // value gradient sums; a band of the loss's logits per thread.
+            let threads = threads as u64;
+            let rows = crate::model::kernels::attention::BLOCK as u64;
+            let attention =
+                threads * (2 * rows * t + 2 * b * t * kv) * e + b * t * (q + 2 * kv) * e;
+            let band = (crate::model::kernels::cross_entropy::MAX_BAND_ROWS as u64).min(b * t);
+            (
+                attention,
+                threads * band * config.vocab_size as u64 * e + b * t * h * e,
+            )
+        } else {
+            let chunk = crate::model::autograd::ATTENTION_CHUNK.min(mem.seq_len) as u64;
+            let ce_rows = (crate::model::autograd::CE_CHUNK_ROWS as u64).min(b * t);
+            (
+                b * config.num_attention_heads as u64 * chunk * t * (e + 4 * 3),
+                ce_rows * config.vocab_size as u64 * 4 * 5 + b * t * h * 4,
+            )
+        };
         let activations = if tracked.is_empty() {
             0
         } else {
