@@ -740,9 +740,10 @@ fn recomputed_blocks_give_the_same_gradients() {
     }
 }
 
-/// The whole backward (hand-written attention, norm, chunked loss and recomputation included)
-/// against central differences of the loss, in f64 on a tiny model: the reference needs no
-/// autograd at all. Tolerance 1e-5 relative (differences of h = 1e-5 in f64 are good to ~1e-9).
+/// The whole backward (hand-written attention, norm, chunked loss, recomputation and the frozen
+/// blocks prepared for the CPU's fused kernels included) against central differences of the
+/// loss, in f64 on a tiny model: the reference needs no autograd at all. Tolerance 1e-5
+/// relative (differences of h = 1e-5 in f64 are good to ~1e-9).
 #[test]
 fn gradients_match_central_differences() {
     let mut model = llama(&tiny_config(), 5, DType::F64, &Device::Cpu).unwrap();
@@ -753,8 +754,16 @@ fn gradients_match_central_differences() {
     )
     .unwrap();
     let loss_of = |model: &Llama| model.loss(&ids).unwrap().to_scalar::<f64>().unwrap();
-    for recompute in [false, true] {
-        model.recompute = recompute;
+    // Clones share the trainable variables, which the differences perturb and restore.
+    let mut recomputed = model.clone();
+    recomputed.recompute = true;
+    let mut prepared = model.clone();
+    assert!(prepared.prepare_frozen_linears().unwrap() > 0);
+    for (variant, model) in [
+        ("plain", &model),
+        ("recomputed", &recomputed),
+        ("prepared", &prepared),
+    ] {
         let store = model.loss(&ids).unwrap().backward().unwrap();
         for (name, var) in model.trainable_vars() {
             let grad: Vec<f64> = store
@@ -777,14 +786,14 @@ fn gradients_match_central_differences() {
                     v[i] += delta;
                     var.set(&Tensor::from_vec(v, original.shape(), &Device::Cpu).unwrap())
                         .unwrap();
-                    loss_of(&model)
+                    loss_of(model)
                 };
                 let numeric = (at(h) - at(-h)) / (2.0 * h);
                 var.set(&original).unwrap();
                 let scale = grad[largest].abs().max(1e-12);
                 assert!(
                     (numeric - grad[i]).abs() <= 1e-5 * scale,
-                    "{name}[{i}] recompute={recompute}: autograd {} vs numeric {numeric}",
+                    "{name}[{i}] {variant}: autograd {} vs numeric {numeric}",
                     grad[i]
                 );
             }

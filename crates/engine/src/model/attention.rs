@@ -2,7 +2,6 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::kernels::linear::FrozenLinear;
 use super::linear::{Param, linear};
 use super::rope::Rotary;
 
@@ -15,9 +14,6 @@ pub struct Attention {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// q, k and v prepared as one frozen product, and o ([`super::Block::prepare_frozen_linears`]).
-    pub frozen_qkv: Option<FrozenLinear>,
-    pub frozen_o: Option<FrozenLinear>,
 }
 
 /// Keys and values of the positions seen so far, for one block.
@@ -43,17 +39,14 @@ impl Attention {
         if offset == 0 && t > 1 && cache.is_none() && super::kernels::fused_dtype(x) {
             // A whole sequence, nothing cached, f32 or f64 on the CPU: the fused kernel from the
             // projections to the output projection's input.
-            let qkv = match &self.frozen_qkv {
-                Some(frozen) => frozen.forward(x)?,
-                None => Tensor::cat(
-                    &[
-                        linear(x, &self.q_proj)?,
-                        linear(x, &self.k_proj)?,
-                        linear(x, &self.v_proj)?,
-                    ],
-                    2,
-                )?,
-            };
+            let qkv = Tensor::cat(
+                &[
+                    linear(x, &self.q_proj)?,
+                    linear(x, &self.k_proj)?,
+                    linear(x, &self.v_proj)?,
+                ],
+                2,
+            )?;
             let tables = rotary.tables(0, t)?;
             let out = super::kernels::attention::self_attention(
                 &qkv,
@@ -61,10 +54,7 @@ impl Attention {
                 (h, kvh, d),
                 scale,
             )?;
-            return match &self.frozen_o {
-                Some(frozen) => frozen.forward_onto(residual, &out),
-                None => residual + linear(&out, &self.o_proj)?,
-            };
+            return residual + linear(&out, &self.o_proj)?;
         }
         let q = linear(x, &self.q_proj)?
             .reshape((b, t, h, d))?

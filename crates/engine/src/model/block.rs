@@ -3,6 +3,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::attention::{Attention, KvEntry};
+use super::kernels::block::{FrozenBlock, Parts};
 use super::linear::Param;
 use super::mlp::Mlp;
 use super::norm::RmsNorm;
@@ -132,6 +133,9 @@ pub struct Block {
     pub self_attn: Attention,
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+    /// The block prepared for the CPU's fused kernels, when every weight is frozen
+    /// ([`Block::prepare_frozen_linears`]); dropped whenever a parameter is replaced.
+    frozen: Option<FrozenBlock>,
 }
 
 impl Block {
@@ -143,6 +147,15 @@ impl Block {
         mask: Option<&Tensor>,
         cache: Option<&mut KvEntry>,
     ) -> Result<Tensor> {
+        let (_, t, _) = x.dims3()?;
+        if let Some(frozen) = &self.frozen
+            && offset == 0
+            && cache.is_none()
+            && super::kernels::fused_dtype(x)
+        {
+            let (cos, sin) = rotary.tables(0, t)?;
+            return frozen.forward(x, (&cos, &sin));
+        }
         let normed = self.input_layernorm.forward(x)?;
         let h = self
             .self_attn
@@ -193,8 +206,6 @@ impl Block {
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_key_value_heads,
                 head_dim: config.head_dim,
-                frozen_qkv: None,
-                frozen_o: None,
             },
             post_attention_layernorm: RmsNorm {
                 weight: get(BlockTensor::PostAttentionNorm)?,
@@ -204,9 +215,8 @@ impl Block {
                 gate_proj: get(BlockTensor::GateProj)?,
                 up_proj: get(BlockTensor::UpProj)?,
                 down_proj: get(BlockTensor::DownProj)?,
-                frozen_gate_up: None,
-                frozen_down: None,
             },
+            frozen: None,
         })
     }
 
@@ -243,44 +253,45 @@ impl Block {
         }
     }
 
-    /// Prepares the frozen projections for training on the CPU (see
-    /// [`crate::model::Llama::prepare_frozen_linears`]): each group (q/k/v, o, gate/up, down)
-    /// whose weights are all frozen and dense. Returns the elements added.
+    /// Prepares the block for the CPU's fused kernels (see
+    /// [`crate::model::Llama::prepare_frozen_linears`]) when every weight is frozen, dense and
+    /// on the CPU. Returns the elements added.
     pub fn prepare_frozen_linears(&mut self) -> Result<usize> {
-        use super::kernels::linear::FrozenLinear;
-        fn group(params: &[&Param]) -> Result<Option<FrozenLinear>> {
-            let weights: Option<Vec<&candle_core::Tensor>> = params
-                .iter()
-                .map(|p| match p {
-                    Param::Frozen(w) if w.device().is_cpu() => Some(w),
-                    _ => None,
-                })
-                .collect();
-            weights.map(|w| FrozenLinear::new(&w)).transpose()
-        }
-        let a = &mut self.self_attn;
-        a.frozen_qkv = group(&[&a.q_proj, &a.k_proj, &a.v_proj])?;
-        a.frozen_o = group(&[&a.o_proj])?;
-        let m = &mut self.mlp;
-        m.frozen_gate_up = group(&[&m.gate_proj, &m.up_proj])?;
-        m.frozen_down = group(&[&m.down_proj])?;
-        Ok([
-            &a.frozen_qkv,
-            &a.frozen_o,
-            &m.frozen_gate_up,
-            &m.frozen_down,
-        ]
-        .into_iter()
-        .flatten()
-        .map(FrozenLinear::extra_elements)
-        .sum())
+        let dense: Option<Vec<&candle_core::Tensor>> = BlockTensor::ALL
+            .iter()
+            .map(|&t| match self.param(t) {
+                Param::Frozen(w) if w.device().is_cpu() => Some(w),
+                _ => None,
+            })
+            .collect();
+        let Some(w) = dense else {
+            self.frozen = None;
+            return Ok(0);
+        };
+        // In `BlockTensor::ALL` order: the input norm, q, k, v, o, the post-attention norm,
+        // gate, up, down.
+        let block = FrozenBlock::new(&Parts {
+            input_norm: w[0],
+            post_attention_norm: w[5],
+            eps: self.input_layernorm.eps,
+            projections: [w[1], w[2], w[3], w[4], w[6], w[7], w[8]],
+            heads: self.self_attn.num_heads,
+            kv_heads: self.self_attn.num_kv_heads,
+            head_dim: self.self_attn.head_dim,
+        })?;
+        let added = block.extra_elements();
+        self.frozen = Some(block);
+        Ok(added)
     }
 
     fn drop_prepared(&mut self) {
-        self.self_attn.frozen_qkv = None;
-        self.self_attn.frozen_o = None;
-        self.mlp.frozen_gate_up = None;
-        self.mlp.frozen_down = None;
+        self.frozen = None;
+    }
+
+    /// Whether the block is prepared for the CPU's fused kernels.
+    #[must_use]
+    pub fn is_prepared(&self) -> bool {
+        self.frozen.is_some()
     }
 
     /// The block's parameters with their tensors, in HF order.

@@ -111,6 +111,13 @@ impl Param {
 /// `x @ w^T` for a weight `w` of shape (out, in); `x` of shape (..., in).
 pub fn linear(x: &Tensor, w: &Param) -> Result<Tensor> {
     match w {
+        // f32 or f64 on the CPU: on candle's pool, each gradient only where it is needed.
+        Param::Trainable(v) if super::kernels::fused_dtype(x) && !plain_frozen_matmul() => {
+            super::kernels::linear::linear(x, v.as_tensor())
+        }
+        Param::Frozen(w) if super::kernels::fused_dtype(x) && !plain_frozen_matmul() => {
+            super::kernels::linear::linear(x, w)
+        }
         Param::Trainable(v) => x.broadcast_matmul(&v.as_tensor().t()?),
         Param::Frozen(w) => frozen_linear(x, w),
         // candle's quantised matmul has no backward: a graph through it would lose dX silently.

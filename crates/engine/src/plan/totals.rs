@@ -86,23 +86,33 @@ impl Totals {
         let weights = params * e + prepared;
         let gradients = trainable_params * e;
         let optimizer = trainable_params * 4 * 2 + if e < 4 { trainable_params * 4 } else { 0 };
-        // Activations per block and token, as the engine keeps them (core::model::autograd):
-        // the block input, the norms' inputs and outputs, q/k/v before and after rotation and
-        // joined for attention, the attention output and its contiguous copy, the residual,
-        // gate/up/SiLU/product. No seq × seq scores: attention runs by query chunks.
+        // Activations per block and token, as the engine keeps them. candle's ops
+        // (core::model::autograd): the block input, the norms' inputs and outputs, q/k/v before
+        // and after rotation and joined for attention, the attention output and its contiguous
+        // copy, the residual, gate/up/SiLU/product. No seq × seq scores anywhere: attention
+        // runs by query chunks (or blocks, on the CPU).
         let (h, i) = (config.hidden_size as u64, config.intermediate_size as u64);
         let q = (config.num_attention_heads * config.head_dim) as u64;
         let kv = (config.num_key_value_heads * config.head_dim) as u64;
         let (b, t) = (mem.batch as u64, mem.seq_len as u64);
-        // The fused kernels keep per block the input and the two norms' outputs, q/k/v side by
-        // side, the attention output, the residual after attention, gate/up side by side and
-        // their product.
-        let per_token = if mem.cpu_threads.is_some() {
-            4 * h + 2 * q + 2 * kv + 3 * i
+        let heads = config.num_attention_heads as u64;
+        // Per token, what a trainable block keeps and what a frozen one does.
+        let (trainable_token, frozen_token) = if mem.cpu_threads.is_some() {
+            // CPU kernels. A trainable block, op by op: its input, the norms' outputs, q/k/v
+            // apart and side by side, the attention output, o's output, the residual, gate/up
+            // apart and side by side, their product, down's output. A frozen block, as two
+            // ops (`model::kernels::block`): its input, q/k/v, the attention output and
+            // log-sum-exp, the residual, gate/up.
+            (
+                7 * h + 3 * q + 4 * kv + 5 * i,
+                2 * h + 2 * q + 2 * kv + 2 * i + heads,
+            )
         } else {
-            5 * h + 5 * q + 6 * kv + 4 * i
+            (
+                5 * h + 5 * q + 6 * kv + 4 * i,
+                5 * h + 5 * q + 6 * kv + 4 * i,
+            )
         };
-        let per_block = b * t * per_token * e;
         let lowest = map
             .layers
             .iter()
@@ -111,12 +121,15 @@ impl Totals {
         let tracked = &map.layers[lowest..];
         let trainable_tracked = tracked.iter().filter(|l| l.trainable).count() as u64;
         let frozen_tracked = tracked.len() as u64 - trainable_tracked;
+        let tokens = b * t * e;
         let kept = if mem.recompute {
             // A recomputed block keeps its input and output; one block's activations exist at
             // a time while backward recomputes it.
-            trainable_tracked * per_block + frozen_tracked * b * t * 2 * h * e + per_block
+            trainable_tracked * trainable_token * tokens
+                + frozen_tracked * 2 * h * tokens
+                + frozen_token * tokens
         } else {
-            tracked.len() as u64 * per_block
+            (trainable_tracked * trainable_token + frozen_tracked * frozen_token) * tokens
         };
         // Transients: one chunk of attention scores (product, probabilities in f32 and back, and
         // backward's f32 terms), one chunk of the loss's f32 logits (five live terms), and the
@@ -128,11 +141,14 @@ impl Totals {
             let rows = crate::model::kernels::attention::BLOCK as u64;
             let attention =
                 threads * (2 * rows * t + 2 * b * t * kv) * e + b * t * (q + 2 * kv) * e;
-            let band = (crate::model::kernels::cross_entropy::MAX_BAND_ROWS as u64).min(b * t);
-            (
-                attention,
-                threads * band * config.vocab_size as u64 * e + b * t * h * e,
-            )
+            let vocab = config.vocab_size;
+            let band = crate::model::kernels::cross_entropy::band_rows(
+                (b * t) as usize,
+                vocab,
+                threads as usize,
+            ) as u64;
+            let loss = threads.min((b * t).div_ceil(band)) * band * vocab as u64 * e;
+            (attention, loss + b * t * h * e)
         } else {
             let chunk = crate::model::autograd::ATTENTION_CHUNK.min(mem.seq_len) as u64;
             let ce_rows = (crate::model::autograd::CE_CHUNK_ROWS as u64).min(b * t);

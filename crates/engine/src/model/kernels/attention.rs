@@ -78,12 +78,12 @@ pub fn self_attention(
 
 /// The sizes of one call.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    batch: usize,
-    heads: usize,
-    kv_heads: usize,
-    seq: usize,
-    head_dim: usize,
+pub(super) struct Dims {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub seq: usize,
+    pub head_dim: usize,
 }
 
 impl Dims {
@@ -275,7 +275,8 @@ fn place<T: Copy>(chunk: &mut [T], local: &[T], width: usize, head_dim: usize, c
     }
 }
 
-fn forward<T: Float>(
+/// The output `(batch, seq, heads·head_dim)` and the log-sum-exp of every query row's scores.
+pub(super) fn forward<T: Float>(
     qkv: &[T],
     (cos, sin): (&[T], &[T]),
     dims: Dims,
@@ -338,10 +339,10 @@ fn forward<T: Float>(
 }
 
 /// The saved forward (`out`, `log_sum_exp`) and the output gradient `grad`.
-struct Saved<'a, T> {
-    out: &'a [T],
-    log_sum_exp: &'a [T],
-    grad: &'a [T],
+pub(super) struct Saved<'a, T> {
+    pub out: &'a [T],
+    pub log_sum_exp: &'a [T],
+    pub grad: &'a [T],
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -352,7 +353,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The gradient of the projections, laid out as `qkv`.
-fn backward<T: Float>(
+pub(super) fn backward<T: Float>(
     qkv: &[T],
     (cos, sin): (&[T], &[T]),
     saved: &Saved<'_, T>,

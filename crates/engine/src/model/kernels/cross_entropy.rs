@@ -65,12 +65,16 @@ fn run<T: Float>(
     Ok(Output { loss_sum, grad })
 }
 
-/// The most rows a task takes (its logits are `rows × vocabulary`).
-pub const MAX_BAND_ROWS: usize = 64;
+/// The most logits a task holds at once (32 MiB of f32).
+pub const MAX_BAND_LOGITS: usize = 1 << 23;
 
-/// Rows per task: enough for gemm's tiles, few enough that every thread gets a band.
-fn band_rows(rows: usize) -> usize {
-    (rows.div_ceil(2 * super::pool_threads())).clamp(1, MAX_BAND_ROWS)
+/// Rows per task with `threads` threads: one band per thread (each band multiplies by the whole
+/// head, so more bands repeat its packing), its logits at most [`MAX_BAND_LOGITS`].
+#[must_use]
+pub fn band_rows(rows: usize, vocab: usize, threads: usize) -> usize {
+    rows.div_ceil(threads.max(1))
+        .min(MAX_BAND_LOGITS / vocab.max(1))
+        .max(1)
 }
 
 fn kernel<T: Float>(
@@ -82,7 +86,7 @@ fn kernel<T: Float>(
 ) -> (f64, Option<Vec<T>>) {
     let rows = targets.len();
     let vocab = head.len() / d.max(1);
-    let band = band_rows(rows);
+    let band = band_rows(rows, vocab, super::pool_threads());
     let bands = rows.div_ceil(band);
     let mut losses = vec![0f64; rows];
     let mut grad = with_grad.then(|| vec![T::zero(); rows * d]);

@@ -55,6 +55,12 @@ impl FrozenLinear {
         })
     }
 
+    /// `(in, Σ out)`.
+    #[must_use]
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.inputs, self.outputs)
+    }
+
     /// Elements held besides the weights themselves (the forward copy).
     #[must_use]
     pub fn extra_elements(&self) -> usize {
@@ -64,16 +70,6 @@ impl FrozenLinear {
     /// `x · [W_1; W_2; …]ᵀ` for `x` (…, in): (…, Σ out_i), the outputs side by side in the order
     /// of the weights; differentiable in `x` only.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_2d(x, |x2, _| x2.apply_op1(Product(self.clone())))
-    }
-
-    /// Checks `x` (…, in), flattens it to (rows, in) for `op`, and gives the result `x`'s
-    /// leading dimensions back.
-    fn forward_2d(
-        &self,
-        x: &Tensor,
-        op: impl FnOnce(&Tensor, usize) -> Result<Tensor>,
-    ) -> Result<Tensor> {
         let dims = x.dims();
         let Some((&inputs, lead)) = dims.split_last() else {
             candle_core::bail!("frozen linear: scalar input");
@@ -87,30 +83,19 @@ impl FrozenLinear {
         let rows: usize = lead.iter().product();
         let mut out_dims = lead.to_vec();
         out_dims.push(self.outputs);
-        op(&x.reshape((rows, inputs))?.contiguous()?, rows)?.reshape(out_dims)
+        x.reshape((rows, inputs))?
+            .contiguous()?
+            .apply_op1(Product(self.clone()))?
+            .reshape(out_dims)
     }
 
-    /// `residual + x · Wᵀ` (one weight: outputs and residual of one width), the product added
-    /// onto a copy of the residual by gemm itself; differentiable in both (the residual's
-    /// gradient is the output's).
-    pub fn forward_onto(&self, residual: &Tensor, x: &Tensor) -> Result<Tensor> {
-        if residual.dims().last() != Some(&self.outputs) {
-            candle_core::bail!(
-                "frozen linear: residual {:?} for {} outputs",
-                residual.dims(),
-                self.outputs
-            );
-        }
-        let y = self.forward_2d(x, |x2, rows| {
-            x2.apply_op2(
-                &residual.reshape((rows, self.outputs))?.contiguous()?,
-                Product(self.clone()),
-            )
-        })?;
-        y.reshape(residual.dims())
-    }
-
-    fn forward_into<T: Float>(&self, x: &[T], rows: usize, onto: Option<&[T]>) -> Result<Vec<T>> {
+    /// `onto + x · Wᵀ` (or without `onto`) on `rows` rows.
+    pub(super) fn forward_into<T: Float>(
+        &self,
+        x: &[T],
+        rows: usize,
+        onto: Option<&[T]>,
+    ) -> Result<Vec<T>> {
         let mut out = match onto {
             Some(residual) => residual.to_vec(),
             None => vec![T::zero(); rows * self.outputs],
@@ -130,7 +115,7 @@ impl FrozenLinear {
     }
 
     /// `dX = Σ_i dY_i · W_i`, where `dY_i` are the gradient's columns of weight `i`.
-    fn input_gradient<T: Float>(&self, grad: &[T], rows: usize) -> Result<Vec<T>> {
+    pub(super) fn input_gradient<T: Float>(&self, grad: &[T], rows: usize) -> Result<Vec<T>> {
         let mut dx = vec![T::zero(); rows * self.inputs];
         let mut column = 0;
         for (i, w) in self.weights.iter().enumerate() {
@@ -152,53 +137,8 @@ impl FrozenLinear {
     }
 }
 
-/// The candle op of [`FrozenLinear::forward`] (one input) and [`FrozenLinear::forward_onto`]
-/// (input and residual), on 2-D tensors.
+/// The candle op of [`FrozenLinear::forward`], on 2-D tensors.
 struct Product(FrozenLinear);
-
-impl Product {
-    fn run(
-        &self,
-        (storage, layout): (&CpuStorage, &Layout),
-        onto: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (rows, _) = layout.shape().dims2()?;
-        let shape = Shape::from((rows, self.0.outputs));
-        let out = match storage {
-            CpuStorage::F32(_) => {
-                let onto = onto.map(|(s, l)| slice_of::<f32>(s, l)).transpose()?;
-                CpuStorage::F32(
-                    self.0
-                        .forward_into(slice_of(storage, layout)?, rows, onto)?,
-                )
-            }
-            CpuStorage::F64(_) => {
-                let onto = onto.map(|(s, l)| slice_of::<f64>(s, l)).transpose()?;
-                CpuStorage::F64(
-                    self.0
-                        .forward_into(slice_of(storage, layout)?, rows, onto)?,
-                )
-            }
-            other => candle_core::bail!("frozen linear takes f32 or f64, not {:?}", other.dtype()),
-        };
-        Ok((out, shape))
-    }
-
-    fn input_gradient(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        match grad.dtype() {
-            DType::F32 => {
-                let dx = with_slice::<f32, _>(grad, |g| self.0.input_gradient(g, rows))?;
-                Tensor::from_vec(dx, x.shape(), x.device())
-            }
-            DType::F64 => {
-                let dx = with_slice::<f64, _>(grad, |g| self.0.input_gradient(g, rows))?;
-                Tensor::from_vec(dx, x.shape(), x.device())
-            }
-            other => candle_core::bail!("frozen linear takes f32 or f64, not {other:?}"),
-        }
-    }
-}
 
 impl CustomOp1 for Product {
     fn name(&self) -> &'static str {
@@ -206,17 +146,138 @@ impl CustomOp1 for Product {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run((storage, layout), None)
+        let (rows, _) = layout.shape().dims2()?;
+        let out = match storage {
+            CpuStorage::F32(_) => CpuStorage::F32(self.0.forward_into(
+                slice_of(storage, layout)?,
+                rows,
+                None,
+            )?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.0.forward_into(
+                slice_of(storage, layout)?,
+                rows,
+                None,
+            )?),
+            other => candle_core::bail!("frozen linear takes f32 or f64, not {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from((rows, self.0.outputs))))
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        self.input_gradient(x, grad).map(Some)
+        let rows = x.dim(0)?;
+        let dx = match grad.dtype() {
+            DType::F32 => {
+                let dx = with_slice::<f32, _>(grad, |g| self.0.input_gradient(g, rows))?;
+                Tensor::from_vec(dx, x.shape(), x.device())?
+            }
+            DType::F64 => {
+                let dx = with_slice::<f64, _>(grad, |g| self.0.input_gradient(g, rows))?;
+                Tensor::from_vec(dx, x.shape(), x.device())?
+            }
+            other => candle_core::bail!("frozen linear takes f32 or f64, not {other:?}"),
+        };
+        Ok(Some(dx))
     }
 }
 
-impl CustomOp2 for Product {
+/// `x · wᵀ` for `x` (…, in) and a weight `w` (out, in) as stored — a trainable one, or a frozen
+/// one not prepared — on candle's pool ([`super::matmul_threaded`]); f32 or f64 on the CPU.
+/// Backward gives `x` its gradient when `x` is tracked and `w` its own when `w` is: nothing for
+/// what needs none (candle's matmul computes both always).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (out, inputs) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&inputs) {
+        candle_core::bail!("linear: input {dims:?} for a weight {:?}", w.dims());
+    }
+    let rows = x.elem_count() / inputs.max(1);
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out;
+    }
+    x.reshape((rows, inputs))?
+        .contiguous()?
+        .apply_op2(&w.contiguous()?, Linear)?
+        .reshape(out_dims)
+}
+
+/// The candle op of [`linear`], on 2-D tensors.
+struct Linear;
+
+fn linear_forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    (rows, inputs, out): (usize, usize, usize),
+) -> Vec<T> {
+    let mut y = vec![T::zero(); rows * out];
+    matmul_threaded(
+        &mut y,
+        Strides::rows(rows, out, out),
+        Mat(x, Strides::rows(rows, inputs, inputs)),
+        Mat(w, Strides::transposed(out, inputs, inputs)),
+        T::one(),
+        false,
+    );
+    y
+}
+
+/// `(dX, dW)`, each only when asked for.
+fn linear_backward<T: Float>(
+    x: &[T],
+    w: &[T],
+    grad: &[T],
+    (rows, inputs, out): (usize, usize, usize),
+    (want_x, want_w): (bool, bool),
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
+    let dx = want_x.then(|| {
+        let mut dx = vec![T::zero(); rows * inputs];
+        matmul_threaded(
+            &mut dx,
+            Strides::rows(rows, inputs, inputs),
+            Mat(grad, Strides::rows(rows, out, out)),
+            Mat(w, Strides::rows(out, inputs, inputs)),
+            T::one(),
+            false,
+        );
+        dx
+    });
+    let dw = want_w.then(|| {
+        let mut dw = vec![T::zero(); out * inputs];
+        matmul_threaded(
+            &mut dw,
+            Strides::rows(out, inputs, inputs),
+            Mat(grad, Strides::transposed(rows, out, out)),
+            Mat(x, Strides::rows(rows, inputs, inputs)),
+            T::one(),
+            false,
+        );
+        dw
+    });
+    (dx, dw)
+}
+
+/// [`linear_backward`] on tensors.
+fn linear_gradients<T: Float>(
+    [x, w, grad]: [&Tensor; 3],
+    sizes: (usize, usize, usize),
+    wanted: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (dx, dw) = with_slice::<T, _>(x, |xs| {
+        with_slice::<T, _>(w, |ws| {
+            with_slice::<T, _>(grad, |g| Ok(linear_backward(xs, ws, g, sizes, wanted)))
+        })
+    })?;
+    Ok((
+        dx.map(|d| Tensor::from_vec(d, x.shape(), x.device()))
+            .transpose()?,
+        dw.map(|d| Tensor::from_vec(d, w.shape(), w.device()))
+            .transpose()?,
+    ))
+}
+
+impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "frozen-linear-onto"
+        "linear"
     }
 
     fn cpu_fwd(
@@ -226,17 +287,40 @@ impl CustomOp2 for Product {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), Some((s2, l2)))
+        let (rows, inputs) = l1.shape().dims2()?;
+        let (out, _) = l2.shape().dims2()?;
+        let sizes = (rows, inputs, out);
+        let y = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(linear_forward(slice_of(s1, l1)?, slice_of(s2, l2)?, sizes))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(linear_forward(slice_of(s1, l1)?, slice_of(s2, l2)?, sizes))
+            }
+            _ => candle_core::bail!(
+                "linear takes f32 or f64 of one dtype, not {:?} and {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        };
+        Ok((y, Shape::from((rows, out))))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        _residual: &Tensor,
+        w: &Tensor,
         _out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(self.input_gradient(x, grad)?), Some(grad.clone())))
+        let (rows, inputs) = x.dims2()?;
+        let sizes = (rows, inputs, w.dim(0)?);
+        let wanted = (x.track_op(), w.track_op());
+        match x.dtype() {
+            DType::F32 => linear_gradients::<f32>([x, w, grad], sizes, wanted),
+            DType::F64 => linear_gradients::<f64>([x, w, grad], sizes, wanted),
+            other => candle_core::bail!("linear takes f32 or f64, not {other:?}"),
+        }
     }
 }
 
@@ -279,35 +363,39 @@ mod tests {
         }
     }
 
-    /// `forward_onto` is the residual plus the product, with both gradients.
+    /// The general product against candle's matmul and its autograd, both operands trainable.
     #[test]
-    fn a_product_onto_a_residual_adds_it() {
-        let w = Tensor::randn(0f64, 1.0, (6, 4), &Device::Cpu).unwrap();
-        let group = FrozenLinear::new(&[&w]).unwrap();
-        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 4), &Device::Cpu).unwrap()).unwrap();
-        let r = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 6), &Device::Cpu).unwrap()).unwrap();
-        let y = group.forward_onto(r.as_tensor(), x.as_tensor()).unwrap();
-        let expected = (r.as_tensor() + x.as_tensor().matmul(&w.t().unwrap()).unwrap()).unwrap();
-        let diff = (&y - &expected).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
-        let g = Tensor::randn(0f64, 1.0, (3, 6), &Device::Cpu).unwrap();
-        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let dr = grads.get(r.as_tensor()).unwrap();
-        assert!(
-            (dr - &g)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-                == 0.0
-        );
-        let dx = grads.get(x.as_tensor()).unwrap();
-        let want = g.matmul(&w).unwrap();
-        let diff = (dx - want).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    fn the_linear_op_gives_both_gradients() {
+        for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let randn = |shape: &[usize]| {
+                Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (x0, w0, g) = (randn(&[2, 37, 12]), randn(&[9, 12]), randn(&[2, 37, 9]));
+            let run = |f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| {
+                let (x, w) = (
+                    Var::from_tensor(&x0).unwrap(),
+                    Var::from_tensor(&w0).unwrap(),
+                );
+                let y = f(x.as_tensor(), w.as_tensor()).unwrap();
+                let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                [
+                    y,
+                    grads.get(x.as_tensor()).unwrap().clone(),
+                    grads.get(w.as_tensor()).unwrap().clone(),
+                ]
+            };
+            let ours = run(&|x, w| linear(x, w));
+            let theirs = run(&|x, w| x.broadcast_matmul(&w.t()?));
+            for (a, b) in ours.iter().zip(&theirs) {
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                let scale = b.abs().unwrap().max_all().unwrap();
+                let rel = (diff / scale).unwrap().to_dtype(DType::F64).unwrap();
+                assert!(rel.to_scalar::<f64>().unwrap() <= tolerance, "{dtype:?}");
+            }
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod block;
 pub mod cross_entropy;
 pub mod linear;
 pub mod norm;
@@ -176,12 +177,12 @@ pub fn matmul<T: Float>(
 }
 
 /// [`matmul`] shared by the threads of candle's pool: each multiplies a band of `dst`'s rows
-/// (`dst` and `lhs` row-major). gemm could share it through rayon's pool, but then candle's
+/// (`dst` row-major; `lhs` in any layout). gemm could share it through rayon's pool, but then candle's
 /// own pool spins beside rayon's for the same cores (bench/RESULTS.md, "CPU training: fused
 /// kernels"); the bands keep every product of a step on one pool.
 ///
 /// # Panics
-/// As [`matmul`], and when `dst` or `lhs` is not row-major with `dst`'s rows.
+/// As [`matmul`], and when `dst` is not row-major.
 pub fn matmul_threaded<T: Float>(
     dst: &mut [T],
     dst_view: Strides,
@@ -193,13 +194,26 @@ pub fn matmul_threaded<T: Float>(
     let Mat(lhs_data, lhs_view) = lhs;
     let rows = dst_view.rows;
     assert!(
-        dst_view.col_stride == 1 && lhs_view.col_stride == 1 && lhs_view.rows == rows,
-        "threaded matmul: dst and lhs must be row-major with the same rows"
+        dst_view.col_stride == 1 && lhs_view.rows == rows,
+        "threaded matmul: dst must be row-major, with lhs's rows"
     );
     // One band per thread, of at least 32 rows: each band packs the whole right-hand side
     // again, so more bands cost more than the balance they buy (measured in
     // bench/RESULTS.md, "CPU training: fused kernels").
     let bands = pool_threads().min(rows.div_ceil(32)).max(1);
+    let cols = dst_view.cols;
+    if cols >= 32 * pool_threads() && (cols > rows || bands < pool_threads()) {
+        // The right-hand side is the larger operand, or the rows are too few to share: share
+        // the columns, so each thread packs only its part of `rhs`.
+        columns_threaded(
+            dst,
+            dst_view,
+            Mat(lhs_data, lhs_view),
+            rhs,
+            (scale, accumulate),
+        );
+        return;
+    }
     let band = rows.div_ceil(bands);
     let extent = dst_view.extent();
     let chunks = Chunks::new(&mut dst[..extent], band * dst_view.row_stride);
@@ -228,69 +242,156 @@ pub fn matmul_threaded<T: Float>(
     });
 }
 
-#[expect(
-    unsafe_code,
-    reason = "gemm takes raw pointers and strides; every view is checked against its slice first"
-)]
 fn product<T: Float>(
     dst: &mut [T],
     dst_view: Strides,
-    (Mat(lhs, lhs_view), Mat(rhs, rhs_view)): (Mat<'_, T>, Mat<'_, T>),
+    operands: (Mat<'_, T>, Mat<'_, T>),
     scale: T,
     accumulate: bool,
 ) {
-    let (m, k, n) = (lhs_view.rows, lhs_view.cols, rhs_view.cols);
     assert!(
-        rhs_view.rows == k && dst_view.rows == m && dst_view.cols == n,
-        "fused matmul: ({m}×{k}) · ({}×{n}) into ({}×{})",
-        rhs_view.rows,
-        dst_view.rows,
-        dst_view.cols
-    );
-    assert!(
-        dst.len() >= dst_view.extent()
-            && lhs.len() >= lhs_view.extent()
-            && rhs.len() >= rhs_view.extent(),
+        dst.len() >= dst_view.extent(),
         "fused matmul: a view reaches past its slice"
     );
-    if m == 0 || n == 0 {
-        return;
+    let dst = Destination {
+        ptr: dst.as_mut_ptr(),
+    };
+    // `dst` is borrowed mutably for the call and its view is within it.
+    dst.product(dst_view, operands, scale, accumulate);
+}
+
+/// [`matmul_threaded`] for products with more columns than rows (a weight larger than the
+/// activations it multiplies, or a single decoding row): each thread multiplies by a band of
+/// `rhs`'s columns into its band of `dst`'s columns, so each packs only its part of the larger
+/// operand.
+fn columns_threaded<T: Float>(
+    dst: &mut [T],
+    dst_view: Strides,
+    lhs: Mat<'_, T>,
+    Mat(rhs_data, rhs_view): Mat<'_, T>,
+    (scale, accumulate): (T, bool),
+) {
+    assert!(
+        dst.len() >= dst_view.extent() && rhs_data.len() >= rhs_view.extent(),
+        "fused matmul: a view reaches past its slice"
+    );
+    let cols = dst_view.cols;
+    let band = cols.div_ceil(pool_threads());
+    let dst = Destination {
+        ptr: dst.as_mut_ptr(),
+    };
+    parallel_tasks(cols.div_ceil(band), |i, _| {
+        let first = i * band;
+        let n = band.min(cols - first);
+        let view = Strides {
+            cols: n,
+            ..dst_view
+        };
+        let rhs = Mat(
+            &rhs_data[first * rhs_view.col_stride..],
+            Strides {
+                cols: n,
+                ..rhs_view
+            },
+        );
+        // The bands' columns are disjoint, each within `dst`'s view (checked above), and `dst`
+        // stays borrowed mutably by this call until every task has returned.
+        dst.offset(first * dst_view.col_stride)
+            .product(view, (lhs, rhs), scale, accumulate);
+    });
+}
+
+/// Where a product writes: the start of an exclusively borrowed buffer (or of a part of it no
+/// other task writes), shared with the pool's threads.
+#[derive(Clone, Copy)]
+struct Destination<T> {
+    ptr: *mut T,
+}
+
+// SAFETY: a `Destination` only crosses threads inside `columns_threaded`, whose tasks write
+// disjoint elements of a buffer borrowed mutably for the whole parallel call.
+#[expect(unsafe_code, reason = "see the SAFETY note")]
+unsafe impl<T: Send> Send for Destination<T> {}
+// SAFETY: as for `Send`: shared only by tasks writing disjoint elements.
+#[expect(unsafe_code, reason = "see the SAFETY note")]
+unsafe impl<T: Send> Sync for Destination<T> {}
+
+impl<T: Float> Destination<T> {
+    /// The destination `elements` further on (within the buffer: the caller's view check).
+    fn offset(self, elements: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(elements),
+        }
     }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                for c in 0..n {
-                    dst[r * dst_view.row_stride + c * dst_view.col_stride] = T::zero();
+
+    /// `dst = (accumulate ? dst : 0) + scale · lhs · rhs` through gemm, for a `dst_view` the
+    /// caller has checked lies within the buffer and that no other thread writes.
+    #[expect(
+        unsafe_code,
+        reason = "gemm takes raw pointers and strides; the operands' views are checked against \
+                  their slices here, the destination's by the callers"
+    )]
+    fn product(
+        self,
+        dst_view: Strides,
+        (Mat(lhs, lhs_view), Mat(rhs, rhs_view)): (Mat<'_, T>, Mat<'_, T>),
+        scale: T,
+        accumulate: bool,
+    ) {
+        let (m, k, n) = (lhs_view.rows, lhs_view.cols, rhs_view.cols);
+        assert!(
+            rhs_view.rows == k && dst_view.rows == m && dst_view.cols == n,
+            "fused matmul: ({m}×{k}) · ({}×{n}) into ({}×{})",
+            rhs_view.rows,
+            dst_view.rows,
+            dst_view.cols
+        );
+        assert!(
+            lhs.len() >= lhs_view.extent() && rhs.len() >= rhs_view.extent(),
+            "fused matmul: a view reaches past its slice"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        let signed = |s: usize| s as isize;
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    for c in 0..n {
+                        let at = r * dst_view.row_stride + c * dst_view.col_stride;
+                        // SAFETY: within the destination's view (the caller's check).
+                        unsafe { self.ptr.add(at).write(T::zero()) };
+                    }
                 }
             }
+            return;
         }
-        return;
-    }
-    let signed = |s: usize| s as isize;
-    // SAFETY: the asserts above bound every element each view addresses within its slice;
-    // `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            signed(dst_view.col_stride),
-            signed(dst_view.row_stride),
-            accumulate,
-            lhs.as_ptr(),
-            signed(lhs_view.col_stride),
-            signed(lhs_view.row_stride),
-            rhs.as_ptr(),
-            signed(rhs_view.col_stride),
-            signed(rhs_view.row_stride),
-            T::one(),
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        // SAFETY: the operands' views lie within their slices (asserted above), the
+        // destination's within its buffer and written by this call alone (the callers'); the
+        // destination is borrowed mutably, so it aliases neither operand.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                self.ptr,
+                signed(dst_view.col_stride),
+                signed(dst_view.row_stride),
+                accumulate,
+                lhs.as_ptr(),
+                signed(lhs_view.col_stride),
+                signed(lhs_view.row_stride),
+                rhs.as_ptr(),
+                signed(rhs_view.col_stride),
+                signed(rhs_view.row_stride),
+                T::one(),
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     }
 }
 
@@ -341,8 +442,16 @@ mod tests {
     /// Bands of rows across the pool give the single-threaded product.
     #[test]
     fn the_threaded_product_matches_the_single_one() {
-        for rows in [1, 31, 33, 200] {
-            let (k, n) = (19, 23);
+        for (rows, n) in [
+            (1, 23),
+            (31, 23),
+            (33, 23),
+            (200, 23),
+            (1, 300),
+            (5, 301),
+            (40, 500),
+        ] {
+            let k = 19;
             let a: Vec<f64> = (0..rows * k).map(|i| (i as f64 * 0.37).sin()).collect();
             let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
             let (mut one, mut many) = (vec![0.5; rows * n], vec![0.5; rows * n]);

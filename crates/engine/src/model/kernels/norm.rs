@@ -39,72 +39,91 @@ fn inverse_rms<T: Float>(row: &[T], eps: T) -> T {
     T::one() / (T::dot(row, row) / n + eps).sqrt()
 }
 
+/// The forward on rows of `hidden` values; `weight` empty for no scale.
+pub(super) fn forward_rows<T: Float>(x: &[T], weight: &[T], eps: f64, hidden: usize) -> Vec<T> {
+    let eps = T::from_f64(eps);
+    let mut out = vec![T::zero(); x.len()];
+    let chunks = Chunks::new(&mut out, ROWS_PER_TASK * hidden);
+    let rows = x.len() / hidden.max(1);
+    parallel_tasks(rows.div_ceil(ROWS_PER_TASK), |task, _| {
+        chunks.with(task, |out| {
+            let first = task * ROWS_PER_TASK * hidden;
+            for (o, row) in out.chunks_mut(hidden).zip(x[first..].chunks(hidden)) {
+                let rms = T::one() / inverse_rms(row, eps);
+                if weight.is_empty() {
+                    for (o, &v) in o.iter_mut().zip(row) {
+                        *o = v / rms;
+                    }
+                } else {
+                    for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+                        *o = v / rms * w;
+                    }
+                }
+            }
+        });
+    });
+    out
+}
+
+/// The input's gradient for output gradient `grad`, plus `add` (the gradient arriving at `x`
+/// by another path, a residual's) when given; `weight` empty for no scale.
+pub(super) fn backward_rows<T: Float>(
+    x: &[T],
+    grad: &[T],
+    (weight, eps): (&[T], f64),
+    hidden: usize,
+    add: Option<&[T]>,
+) -> Vec<T> {
+    let eps = T::from_f64(eps);
+    let n = T::from_f64(hidden as f64);
+    let mut dx = vec![T::zero(); x.len()];
+    let chunks = Chunks::new(&mut dx, ROWS_PER_TASK * hidden);
+    let rows = x.len() / hidden.max(1);
+    parallel_tasks(rows.div_ceil(ROWS_PER_TASK), |task, _| {
+        chunks.with(task, |dx| {
+            let first = task * ROWS_PER_TASK * hidden;
+            let rows = x[first..].chunks(hidden).zip(grad[first..].chunks(hidden));
+            let mut wg = vec![T::zero(); hidden];
+            for (r, (d, (row, g))) in dx.chunks_mut(hidden).zip(rows).enumerate() {
+                let inverse = inverse_rms(row, eps);
+                if weight.is_empty() {
+                    wg.copy_from_slice(g);
+                } else {
+                    for ((o, &g), &w) in wg.iter_mut().zip(g).zip(weight) {
+                        *o = g * w;
+                    }
+                }
+                // mean(w⊙g⊙x̂) = (w⊙g)·x · inverse / n
+                let mean = T::dot(&wg, row) * inverse / n;
+                for ((d, &wg), &v) in d.iter_mut().zip(&wg).zip(row) {
+                    *d = (wg - v * inverse * mean) * inverse;
+                }
+                if let Some(add) = add {
+                    let at = first + r * hidden;
+                    for (d, &a) in d.iter_mut().zip(&add[at..at + hidden]) {
+                        *d += a;
+                    }
+                }
+            }
+        });
+    });
+    dx
+}
+
 impl RmsNorm {
     fn forward<T: Float>(&self, x: &[T], hidden: usize) -> Result<Vec<T>> {
-        let eps = T::from_f64(self.eps);
-        let weight_slice = |w: &[T]| -> Vec<T> {
-            let mut out = vec![T::zero(); x.len()];
-            let chunks = Chunks::new(&mut out, ROWS_PER_TASK * hidden);
-            let rows = x.len() / hidden.max(1);
-            parallel_tasks(rows.div_ceil(ROWS_PER_TASK), |task, _| {
-                chunks.with(task, |out| {
-                    let first = task * ROWS_PER_TASK * hidden;
-                    for (o, row) in out.chunks_mut(hidden).zip(x[first..].chunks(hidden)) {
-                        let rms = T::one() / inverse_rms(row, eps);
-                        if w.is_empty() {
-                            for (o, &v) in o.iter_mut().zip(row) {
-                                *o = v / rms;
-                            }
-                        } else {
-                            for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
-                                *o = v / rms * w;
-                            }
-                        }
-                    }
-                });
-            });
-            out
-        };
         match &self.weight {
-            Some(w) => with_slice::<T, _>(w, |w| Ok(weight_slice(w))),
-            None => Ok(weight_slice(&[])),
+            Some(w) => with_slice::<T, _>(w, |w| Ok(forward_rows(x, w, self.eps, hidden))),
+            None => Ok(forward_rows(x, &[], self.eps, hidden)),
         }
     }
 
     fn backward<T: Float>(&self, x: &[T], grad: &[T], hidden: usize) -> Result<Vec<T>> {
-        let eps = T::from_f64(self.eps);
-        let n = T::from_f64(hidden as f64);
-        let run = |w: &[T]| -> Vec<T> {
-            let mut dx = vec![T::zero(); x.len()];
-            let chunks = Chunks::new(&mut dx, ROWS_PER_TASK * hidden);
-            let rows = x.len() / hidden.max(1);
-            parallel_tasks(rows.div_ceil(ROWS_PER_TASK), |task, _| {
-                chunks.with(task, |dx| {
-                    let first = task * ROWS_PER_TASK * hidden;
-                    let rows = x[first..].chunks(hidden).zip(grad[first..].chunks(hidden));
-                    let mut wg = vec![T::zero(); hidden];
-                    for (d, (row, g)) in dx.chunks_mut(hidden).zip(rows) {
-                        let inverse = inverse_rms(row, eps);
-                        if w.is_empty() {
-                            wg.copy_from_slice(g);
-                        } else {
-                            for ((o, &g), &w) in wg.iter_mut().zip(g).zip(w) {
-                                *o = g * w;
-                            }
-                        }
-                        // mean(w⊙g⊙x̂) = (w⊙g)·x · inverse / n
-                        let mean = T::dot(&wg, row) * inverse / n;
-                        for ((d, &wg), &v) in d.iter_mut().zip(&wg).zip(row) {
-                            *d = (wg - v * inverse * mean) * inverse;
-                        }
-                    }
-                });
-            });
-            dx
-        };
         match &self.weight {
-            Some(w) => with_slice::<T, _>(w, |w| Ok(run(w))),
-            None => Ok(run(&[])),
+            Some(w) => with_slice::<T, _>(w, |w| {
+                Ok(backward_rows(x, grad, (w, self.eps), hidden, None))
+            }),
+            None => Ok(backward_rows(x, grad, (&[], self.eps), hidden, None)),
         }
     }
 }

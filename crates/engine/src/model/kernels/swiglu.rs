@@ -27,7 +27,7 @@ pub fn swiglu(gate_up: &Tensor) -> Result<Tensor> {
 }
 
 /// An element type of the kernel: its row loops.
-trait Rows: Float {
+pub(super) trait Rows: Float {
     /// `out[j] = silu(gate[j]) · up[j]`.
     fn forward_row(gate: &[Self], up: &[Self], out: &mut [Self]);
     /// The gradients of gate and up for output gradient `grad`.
@@ -90,7 +90,8 @@ fn backward_f32(gate: &[f32], up: &[f32], grad: &[f32], d_gate: &mut [f32], d_up
     }
 }
 
-fn forward<T: Rows>(gate_up: &[T], half: usize) -> Vec<T> {
+/// `silu(gate) ⊙ up` of rows of `2·half` values.
+pub(super) fn forward<T: Rows>(gate_up: &[T], half: usize) -> Vec<T> {
     let rows = gate_up.len() / (2 * half).max(1);
     let mut out = vec![T::zero(); rows * half];
     let chunks = Chunks::new(&mut out, ROWS_PER_TASK * half);
@@ -106,7 +107,8 @@ fn forward<T: Rows>(gate_up: &[T], half: usize) -> Vec<T> {
     out
 }
 
-fn backward<T: Rows>(gate_up: &[T], grad: &[T], half: usize) -> Vec<T> {
+/// The gradient of gate and up side by side, for output gradient `grad`.
+pub(super) fn backward<T: Rows>(gate_up: &[T], grad: &[T], half: usize) -> Vec<T> {
     let rows = gate_up.len() / (2 * half).max(1);
     let mut d_gate_up = vec![T::zero(); gate_up.len()];
     let chunks = Chunks::new(&mut d_gate_up, ROWS_PER_TASK * 2 * half);
