@@ -758,7 +758,11 @@ fn gradients_match_central_differences() {
     let mut recomputed = model.clone();
     recomputed.recompute = true;
     let mut prepared = model.clone();
-    assert!(prepared.prepare_frozen_linears().unwrap() > 0);
+    assert_eq!(
+        prepared.prepare_frozen_linears().unwrap(),
+        3,
+        "the frozen blocks"
+    );
     for (variant, model) in [
         ("plain", &model),
         ("recomputed", &recomputed),

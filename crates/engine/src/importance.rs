@@ -137,8 +137,8 @@ pub fn compute(
     // Loss without each block, summed over the samples (in sample order, as a pruned model run
     // sample by sample would sum it).
     let mut without = vec![0.0f64; n];
-    // The forwards run on the frozen matrices prepared for the CPU's fused kernels (their
-    // memory once more; nothing on other devices): ppl alone is blocks × samples passes.
+    // The forwards run on the blocks prepared for the CPU's fused kernels (sharing the weights;
+    // nothing on other devices): ppl alone is blocks × samples passes.
     let full = model;
     let mut prepared = model.clone();
     prepared.prepare_frozen_linears()?;
@@ -175,8 +175,6 @@ pub fn compute(
         base_loss += f64::from(loss.to_scalar::<f32>()?);
         tick(&mut progress);
     }
-    // Taylor makes its own trainable copy: the prepared one goes first.
-    drop(prepared);
     let base_perplexity = (base_loss / samples.len() as f64).exp();
     let mut out = Vec::new();
     if want(Metric::Bi) {

@@ -255,8 +255,8 @@ impl Block {
 
     /// Prepares the block for the CPU's fused kernels (see
     /// [`crate::model::Llama::prepare_frozen_linears`]) when every weight is frozen, dense and
-    /// on the CPU. Returns the elements added.
-    pub fn prepare_frozen_linears(&mut self) -> Result<usize> {
+    /// on the CPU; returns whether it did.
+    pub fn prepare_frozen_linears(&mut self) -> Result<bool> {
         let dense: Option<Vec<&candle_core::Tensor>> = BlockTensor::ALL
             .iter()
             .map(|&t| match self.param(t) {
@@ -266,11 +266,11 @@ impl Block {
             .collect();
         let Some(w) = dense else {
             self.frozen = None;
-            return Ok(0);
+            return Ok(false);
         };
         // In `BlockTensor::ALL` order: the input norm, q, k, v, o, the post-attention norm,
         // gate, up, down.
-        let block = FrozenBlock::new(&Parts {
+        self.frozen = Some(FrozenBlock::new(&Parts {
             input_norm: w[0],
             post_attention_norm: w[5],
             eps: self.input_layernorm.eps,
@@ -278,10 +278,8 @@ impl Block {
             heads: self.self_attn.num_heads,
             kv_heads: self.self_attn.num_kv_heads,
             head_dim: self.self_attn.head_dim,
-        })?;
-        let added = block.extra_elements();
-        self.frozen = Some(block);
-        Ok(added)
+        })?);
+        Ok(true)
     }
 
     fn drop_prepared(&mut self) {

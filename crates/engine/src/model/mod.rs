@@ -304,20 +304,19 @@ impl Llama {
         self.loss_of_hidden(&x, targets)
     }
 
-    /// Prepares the frozen matrices of every block for training on the CPU
-    /// ([`kernels::linear::FrozenLinear`]: q/k/v and gate/up each multiplied as one, every
-    /// forward product in gemm's faster layout), at the cost of those weights' memory once
-    /// more. Replacing a parameter drops its block's preparation. Returns the bytes added; on
+    /// Prepares every frozen block for the CPU's fused kernels
+    /// ([`kernels::block::FrozenBlock`]: the block as two graph nodes, sharing its weights).
+    /// Replacing a parameter drops its block's preparation. Returns the blocks prepared; on
     /// other devices and in 16-bit dtypes it does nothing.
     pub fn prepare_frozen_linears(&mut self) -> Result<usize> {
-        if !self.device.is_cpu() || !matches!(self.dtype, DType::F32 | DType::F64) {
+        if !kernels::fused(&self.device, self.dtype) {
             return Ok(0);
         }
-        let mut added = 0;
+        let mut prepared = 0;
         for block in &mut self.blocks {
-            added += block.prepare_frozen_linears()? * self.dtype.size_in_bytes();
+            prepared += usize::from(block.prepare_frozen_linears()?);
         }
-        Ok(added)
+        Ok(prepared)
     }
 
     /// Mean cross-entropy of the residual stream after the last block against `targets`: the

@@ -16,9 +16,8 @@ pub struct MemoryParams {
     /// recompute`).
     pub recompute: bool,
     /// Training in f32 on the CPU with this many threads: the fused kernels
-    /// (`model::kernels`), which keep fewer activations, hold the frozen blocks' matrices a
-    /// second time in their layout, and use per-thread scratch. `None`: candle's ops (a GPU,
-    /// or 16-bit weights).
+    /// (`model::kernels`), which keep fewer activations and use per-thread scratch. `None`:
+    /// candle's ops (a GPU, or 16-bit weights).
     #[serde(default)]
     pub cpu_threads: Option<usize>,
 }
@@ -38,7 +37,6 @@ impl Default for MemoryParams {
 /// Memory needed to train the plan on one device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MemoryEstimate {
-    /// The weights; with the CPU's fused kernels, the frozen blocks' matrices twice.
     pub weights: u64,
     /// Gradients of the trainable blocks, in the weights' dtype (one micro-batch).
     pub gradients: u64,
@@ -76,14 +74,7 @@ impl Totals {
         let trainable_blocks = map.layers.iter().filter(|l| l.trainable).count() as u64;
         let trainable_params = trainable_blocks * block;
         let e = mem.element_bytes as u64;
-        let frozen_blocks = map.layers.len() as u64 - trainable_blocks;
-        let block_matrices = block - 2 * config.hidden_size as u64;
-        let prepared = if mem.cpu_threads.is_some() {
-            frozen_blocks * block_matrices * e
-        } else {
-            0
-        };
-        let weights = params * e + prepared;
+        let weights = params * e;
         let gradients = trainable_params * e;
         let optimizer = trainable_params * 4 * 2 + if e < 4 { trainable_params * 4 } else { 0 };
         // Activations per block and token, as the engine keeps them. candle's ops

@@ -1,14 +1,11 @@
-//! Frozen linear layers prepared for training on the CPU: several weights that read the same
-//! input multiplied as one (q, k and v; gate and up), each product in the layout gemm runs
-//! fastest, and a backward that yields only the input's gradient.
+//! Frozen linear layers for the CPU's kernels: several weights that read the same input (q, k
+//! and v; gate and up) multiplied into one output, side by side, with a backward that yields
+//! only the input's gradient.
 //!
-//! gemm multiplies by a row-major right-hand side faster than by a transposed view (two AVX-512
-//! cores, SmolLM2's shapes at 256 rows: 180–290 GFLOP/s against 125–260; bench/RESULTS.md, "CPU
-//! training: fused kernels"). The forward `x · Wᵀ` would read each `(out, in)` weight as a
-//! transposed view, the backward `dY · W` reads it row-major; so a prepared group holds, beside
-//! the weights, one contiguous `(in, Σ out)` copy of them side by side for the forward — the
-//! weights' memory once more — and its backward adds the products of each weight into one
-//! gradient, in place.
+//! The weights are read as stored, `(out, in)`: the forward multiplies by their transposed view.
+//! A contiguous `(in, out)` copy would be faster on one thread (up to 1.2×), but shared by the
+//! pool's threads by columns the view is within 2–10% of it (bench/RESULTS.md, "CPU training:
+//! fused kernels"), not worth the weights' memory a second time.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
@@ -19,14 +16,13 @@ use super::{Float, Mat, Strides, matmul_threaded, slice_of, with_slice};
 #[derive(Clone, Debug)]
 pub struct FrozenLinear {
     weights: Vec<Tensor>,
-    /// `(in, Σ out_i)`, contiguous: the weights transposed, side by side.
-    forward: Tensor,
     inputs: usize,
+    /// Σ out_i.
     outputs: usize,
 }
 
 impl FrozenLinear {
-    /// Prepares `weights` (each `(out_i, in)`, one dtype, on the CPU).
+    /// Groups `weights` (each `(out_i, in)`, one dtype, on the CPU; shared, not copied).
     pub fn new(weights: &[&Tensor]) -> Result<Self> {
         let Some(first) = weights.first() else {
             candle_core::bail!("frozen linear: no weights");
@@ -45,11 +41,9 @@ impl FrozenLinear {
             .iter()
             .map(|w| w.contiguous())
             .collect::<Result<_>>()?;
-        let forward = Tensor::cat(&weights, 0)?.t()?.contiguous()?;
-        let outputs = forward.dim(1)?;
+        let outputs = weights.iter().map(|w| w.dim(0)).sum::<Result<usize>>()?;
         Ok(Self {
             weights,
-            forward,
             inputs,
             outputs,
         })
@@ -59,12 +53,6 @@ impl FrozenLinear {
     #[must_use]
     pub fn sizes(&self) -> (usize, usize) {
         (self.inputs, self.outputs)
-    }
-
-    /// Elements held besides the weights themselves (the forward copy).
-    #[must_use]
-    pub fn extra_elements(&self) -> usize {
-        self.forward.elem_count()
     }
 
     /// `x · [W_1; W_2; …]ᵀ` for `x` (…, in): (…, Σ out_i), the outputs side by side in the order
@@ -100,17 +88,27 @@ impl FrozenLinear {
             Some(residual) => residual.to_vec(),
             None => vec![T::zero(); rows * self.outputs],
         };
-        with_slice::<T, _>(&self.forward, |w| {
-            matmul_threaded(
-                &mut out,
-                Strides::rows(rows, self.outputs, self.outputs),
-                Mat(x, Strides::rows(rows, self.inputs, self.inputs)),
-                Mat(w, Strides::rows(self.inputs, self.outputs, self.outputs)),
-                T::one(),
-                onto.is_some(),
-            );
-            Ok(())
-        })?;
+        let mut column = 0;
+        for w in &self.weights {
+            let n = w.dim(0)?;
+            with_slice::<T, _>(w, |w| {
+                matmul_threaded(
+                    &mut out[column..],
+                    Strides {
+                        rows,
+                        cols: n,
+                        row_stride: self.outputs,
+                        col_stride: 1,
+                    },
+                    Mat(x, Strides::rows(rows, self.inputs, self.inputs)),
+                    Mat(w, Strides::transposed(n, self.inputs, self.inputs)),
+                    T::one(),
+                    onto.is_some(),
+                );
+                Ok(())
+            })?;
+            column += n;
+        }
         Ok(out)
     }
 
