@@ -1,9 +1,9 @@
 """PyTorch reference for bench/train_cpu.sh: the same expanded SmolLM2 (slayer preset, written by
 `slayer expand`), only the new blocks trainable, AdamW (lr 2e-4, wd 0.1, betas 0.9/0.95, clip 1.0),
-batch 1 x 256, f32 on the CPU. Prints one Markdown row: tokens/s (steps after the first),
-step ms, peak RSS.
+batch 1 x 256 (or SEQ_LEN), f32 on the CPU. Prints one Markdown row: tokens/s (steps after the
+first), step ms, peak RSS.
 
-    python bench/pytorch_train.py EXPANDED_DIR NEW_BLOCK_INDICES STEPS
+    python bench/pytorch_train.py EXPANDED_DIR NEW_BLOCK_INDICES STEPS [SEQ_LEN]
 """
 
 import resource
@@ -16,6 +16,7 @@ from transformers import LlamaForCausalLM
 
 def main() -> None:
     path, new_blocks, steps = sys.argv[1], [int(i) for i in sys.argv[2].split(",")], int(sys.argv[3])
+    seq_len = int(sys.argv[4]) if len(sys.argv) > 4 else 256
     torch.manual_seed(0)
     model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     model.train()
@@ -27,13 +28,13 @@ def main() -> None:
             p.requires_grad_(True)
             params.append(p)
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.1, betas=(0.9, 0.95))
-    data = [[(i * 7919 + s * 104729) % 49152 for i in range(257)] for s in range(64)]
+    data = [[(i * 7919 + s * 104729) % 49152 for i in range(seq_len + 1)] for s in range(64)]
     times = []
     for step in range(steps):
         x = torch.tensor([data[step % len(data)]])
         start = time.perf_counter()
         out = model(input_ids=x[:, :-1])
-        # The same loss as ours: mean cross-entropy of the 256 next tokens.
+        # The same loss as ours: mean cross-entropy of the seq_len next tokens.
         loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), x[0, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -42,7 +43,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     mean = sum(times[1:]) / max(1, len(times) - 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| PyTorch {torch.__version__} eager, f32, transformers | {256 / mean:.1f} | {mean * 1e3:.0f} | {rss:.0f} |")
+    print(f"| PyTorch {torch.__version__} eager, f32, transformers | {seq_len / mean:.1f} | {mean * 1e3:.0f} | {rss:.0f} |")
 
 
 if __name__ == "__main__":

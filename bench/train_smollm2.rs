@@ -1,11 +1,11 @@
 //! CPU training speed of SmolLM2-135M with the slayer preset (7 averaged identity blocks, last 2
-//! pruned, only the new blocks train), batch 1 × 256, through the real trainer (AdamW, clipping,
+//! pruned, only the new blocks train), batch 1 × 256 (`--seq-len`), through the real trainer (AdamW, clipping,
 //! events), with the threads, pool spin and allocator `slayer` itself uses. `--no-stats` turns
 //! per-block statistics off to measure their cost, `--unprepared` leaves the frozen weights
 //! unprepared (`Llama::prepare_frozen_linears`) to measure what that buys. Prints one Markdown
 //! row: tokens/s (steps after the first), step ms, peak RSS.
 //!
-//!     cargo run --release --example bench-train-smollm2 -- [--steps N] [--no-stats] [--unprepared]
+//!     cargo run --release --example bench-train-smollm2 -- [--steps N] [--seq-len T] [--no-stats] [--unprepared]
 
 #[path = "common.rs"]
 mod common;
@@ -34,6 +34,12 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
+    let seq_len: u32 = args
+        .iter()
+        .position(|a| a == "--seq-len")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
     let stats = !args.iter().any(|a| a == "--no-stats");
     let prepared = !args.iter().any(|a| a == "--unprepared");
     let (dir, _) = common::smollm2()?;
@@ -52,7 +58,7 @@ fn main() -> Result<()> {
     // Deterministic pseudo-text: token ids spread over the vocabulary.
     let data: Vec<Vec<u32>> = (0..64u32)
         .map(|s| {
-            (0..257u32)
+            (0..=seq_len)
                 .map(|i| (i * 7919 + s * 104_729) % 49_152)
                 .collect()
         })
@@ -60,7 +66,7 @@ fn main() -> Result<()> {
     let cfg = TrainConfig {
         steps,
         batch_size: 1,
-        seq_len: 256,
+        seq_len: seq_len as usize,
         block_stats: stats,
         checkpoint_every: 0,
         ..TrainConfig::default()
@@ -100,7 +106,7 @@ fn main() -> Result<()> {
         } else {
             ", no per-block stats"
         },
-        256.0 / mean * 1e3,
+        f64::from(seq_len) / mean * 1e3,
         common::peak_rss_mib()
     );
     Ok(())

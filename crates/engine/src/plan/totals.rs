@@ -93,10 +93,10 @@ impl Totals {
             // apart and side by side, the attention output, o's output, the residual, gate/up
             // apart and side by side, their product, down's output. A frozen block, as two
             // ops (`model::kernels::block`): its input, q/k/v, the attention output and
-            // log-sum-exp, the residual, gate/up.
+            // softmax statistics, the residual, gate/up.
             (
                 7 * h + 3 * q + 4 * kv + 5 * i,
-                2 * h + 2 * q + 2 * kv + 2 * i + heads,
+                2 * h + 2 * q + 2 * kv + 2 * i + 2 * heads,
             )
         } else {
             (

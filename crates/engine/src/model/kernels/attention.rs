@@ -11,7 +11,7 @@
 //! Flash attention's scheme on the CPU: the sequence is cut into blocks of [`BLOCK`] queries; a
 //! task (one query head, one block) computes its scores against the keys up to the block's end
 //! with one matrix product, the softmax in place, and its output with a second, keeping per query
-//! row only the log-sum-exp of its scores. Backward recomputes the rotation and each block's
+//! row only its largest score and its sum of exponentials. Backward recomputes the rotation and each block's
 //! probabilities from that, so neither pass holds more than a block's scores per thread and no
 //! intermediate becomes a tensor. Key and value gradients are summed per pool thread and added
 //! up at the end (the blocks of one kv head run on any thread).
@@ -72,7 +72,7 @@ pub fn self_attention(
         scale,
         cos: cos.to_dtype(qkv.dtype())?.contiguous()?,
         sin: sin.to_dtype(qkv.dtype())?.contiguous()?,
-        log_sum_exp: Mutex::new(None),
+        row_stats: Mutex::new(None),
     })
 }
 
@@ -240,14 +240,14 @@ impl<T: Float> Inputs<'_, T> {
 
     /// The task's probabilities in `p` (rows × keys): the scores from its queries and keys,
     /// `exp(s · scale − shift_i)` on each row's causal part and 0 past it, where `shift_i` is
-    /// what `per_row` returns for the row's causal scores.
+    /// what `shift` returns for the row's causal scores. Returns each row's sum.
     fn probabilities(
         &self,
         p: &mut [T],
         task: &Task,
         scale: T,
-        mut per_row: impl FnMut(usize, &[T]) -> T,
-    ) {
+        mut shift: impl FnMut(usize, &[T]) -> T,
+    ) -> Vec<T> {
         let keys = task.keys();
         let Mat(k, k_view) = self.keys(task);
         let k_t = Strides::transposed(k_view.rows, k_view.cols, k_view.row_stride);
@@ -259,12 +259,15 @@ impl<T: Float> Inputs<'_, T> {
             T::one(),
             false,
         );
-        for (i, row) in p.chunks_mut(keys).enumerate() {
-            let (live, masked) = row.split_at_mut(task.start + i + 1);
-            let shift = per_row(i, live);
-            T::exp_shifted(live, scale, shift);
-            masked.fill(T::zero());
-        }
+        p.chunks_mut(keys)
+            .enumerate()
+            .map(|(i, row)| {
+                let (live, masked) = row.split_at_mut(task.start + i + 1);
+                let by = shift(i, live);
+                masked.fill(T::zero());
+                T::exp_shifted(live, scale, by)
+            })
+            .collect()
     }
 }
 
@@ -275,7 +278,12 @@ fn place<T: Copy>(chunk: &mut [T], local: &[T], width: usize, head_dim: usize, c
     }
 }
 
-/// The output `(batch, seq, heads·head_dim)` and the log-sum-exp of every query row's scores.
+/// Values kept per query row: the row's largest scaled score and the reciprocal of its sum of
+/// exponentials, with which backward recomputes exactly the forward's probabilities (a single
+/// log-sum-exp would fold both into one rounded value).
+pub(super) const ROW_STATS: usize = 2;
+
+/// The output `(batch, seq, heads·head_dim)` and the [`ROW_STATS`] of every query row.
 pub(super) fn forward<T: Float>(
     qkv: &[T],
     (cos, sin): (&[T], &[T]),
@@ -287,34 +295,30 @@ pub(super) fn forward<T: Float>(
     let inputs = Inputs { qk: &qk, qkv, dims };
     let width = dims.out_width();
     let mut out = vec![T::zero(); dims.batch * dims.seq * width];
-    // (batch, head, position), as the backward reads it.
-    let mut log_sum_exp = vec![T::zero(); dims.batch * dims.heads * dims.seq];
+    // (batch, head, position, stat), as the backward reads it.
+    let mut stats = vec![T::zero(); dims.batch * dims.heads * dims.seq * ROW_STATS];
     {
         let outs = block_chunks(&mut out, dims, width);
-        let lses = Chunks::from_chunks(
-            log_sum_exp
-                .chunks_mut(dims.seq)
-                .flat_map(|per_head| per_head.chunks_mut(BLOCK)),
+        let stat_chunks = Chunks::from_chunks(
+            stats
+                .chunks_mut(dims.seq * ROW_STATS)
+                .flat_map(|per_head| per_head.chunks_mut(BLOCK * ROW_STATS)),
         );
         parallel_tasks(dims.tasks(), |i, _| {
             let task = dims.task(i);
             let keys = task.keys();
             let mut p = vec![T::zero(); task.rows * keys];
-            let mut maxima = vec![T::zero(); task.rows];
-            inputs.probabilities(&mut p, &task, scale, |i, live| {
-                maxima[i] = T::max_of(live) * scale;
-                maxima[i]
+            let mut row_stats = vec![T::zero(); task.rows * ROW_STATS];
+            let sums = inputs.probabilities(&mut p, &task, scale, |i, live| {
+                let max = T::max_of(live) * scale;
+                row_stats[i * ROW_STATS] = max;
+                max
             });
-            let sums: Vec<T> = p
-                .chunks(keys)
-                .map(|row| row.iter().fold(T::zero(), |a, &x| a + x))
-                .collect();
-            let lse_chunk = (task.batch * dims.heads + task.head) * dims.blocks() + task.block;
-            lses.with(lse_chunk, |lse| {
-                for ((l, m), s) in lse.iter_mut().zip(&maxima).zip(&sums) {
-                    *l = *m + s.ln();
-                }
-            });
+            for (stat, sum) in row_stats.chunks_mut(ROW_STATS).zip(sums) {
+                stat[1] = T::one() / sum;
+            }
+            let chunk = (task.batch * dims.heads + task.head) * dims.blocks() + task.block;
+            stat_chunks.with(chunk, |s| s.copy_from_slice(&row_stats));
             let mut local = vec![T::zero(); task.rows * d];
             matmul(
                 &mut local,
@@ -324,10 +328,9 @@ pub(super) fn forward<T: Float>(
                 T::one(),
                 false,
             );
-            for (row, sum) in local.chunks_mut(d).zip(&sums) {
-                let inverse = T::one() / *sum;
+            for (row, stat) in local.chunks_mut(d).zip(row_stats.chunks(ROW_STATS)) {
                 for x in row {
-                    *x *= inverse;
+                    *x *= stat[1];
                 }
             }
             outs.with(dims.chunk(&task), |o| {
@@ -335,13 +338,13 @@ pub(super) fn forward<T: Float>(
             });
         });
     }
-    (out, log_sum_exp)
+    (out, stats)
 }
 
-/// The saved forward (`out`, `log_sum_exp`) and the output gradient `grad`.
+/// The saved forward (`out`, the [`ROW_STATS`]) and the output gradient `grad`.
 pub(super) struct Saved<'a, T> {
     pub out: &'a [T],
-    pub log_sum_exp: &'a [T],
+    pub row_stats: &'a [T],
     pub grad: &'a [T],
 }
 
@@ -382,10 +385,16 @@ pub(super) fn backward<T: Float>(
             let first = (task.batch * dims.seq + task.start) * out_width + task.head * d;
             let rows = Strides::rows(task.rows, d, out_width);
             let (o_rows, g_rows) = (&saved.out[first..], &saved.grad[first..]);
-            let lse = &saved.log_sum_exp
-                [(task.batch * dims.heads + task.head) * dims.seq + task.start..][..task.rows];
+            let first_stat =
+                ((task.batch * dims.heads + task.head) * dims.seq + task.start) * ROW_STATS;
+            let stats = &saved.row_stats[first_stat..][..task.rows * ROW_STATS];
             let mut p = vec![T::zero(); task.rows * keys];
-            inputs.probabilities(&mut p, &task, scale, |i, _| lse[i]);
+            inputs.probabilities(&mut p, &task, scale, |i, _| stats[i * ROW_STATS]);
+            for (row, stat) in p.chunks_mut(keys).zip(stats.chunks(ROW_STATS)) {
+                for x in row {
+                    *x *= stat[1];
+                }
+            }
             // dP = dO · Vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)) · scale in its place.
             let mut ds = vec![T::zero(); task.rows * keys];
             let Mat(v, v_view) = inputs.values(&task);
@@ -487,18 +496,18 @@ struct SelfAttention {
     scale: f64,
     cos: Tensor,
     sin: Tensor,
-    log_sum_exp: Mutex<Option<Tensor>>,
+    row_stats: Mutex<Option<Tensor>>,
 }
 
 impl SelfAttention {
     fn run_forward<T: Float>(&self, qkv: &[T], scale: T) -> Result<Vec<T>> {
-        let (out, lse) = with_slice::<T, _>(&self.cos, |cos| {
+        let (out, stats) = with_slice::<T, _>(&self.cos, |cos| {
             with_slice::<T, _>(&self.sin, |sin| {
                 Ok(forward(qkv, (cos, sin), self.dims, scale))
             })
         })?;
-        let dims = (self.dims.batch, self.dims.heads, self.dims.seq);
-        *locked(&self.log_sum_exp) = Some(Tensor::from_vec(lse, dims, &candle_core::Device::Cpu)?);
+        let dims = (self.dims.batch, self.dims.heads, self.dims.seq, ROW_STATS);
+        *locked(&self.row_stats) = Some(Tensor::from_vec(stats, dims, &candle_core::Device::Cpu)?);
         Ok(out)
     }
 
@@ -509,18 +518,18 @@ impl SelfAttention {
         grad: &Tensor,
         scale: T,
     ) -> Result<Tensor> {
-        let Some(log_sum_exp) = locked(&self.log_sum_exp).clone() else {
+        let Some(row_stats) = locked(&self.row_stats).clone() else {
             candle_core::bail!("fused attention: backward before forward");
         };
         let dqkv = with_slice::<T, _>(qkv, |qkv| {
             with_slice::<T, _>(&self.cos, |cos| {
                 with_slice::<T, _>(&self.sin, |sin| {
                     with_slice::<T, _>(out, |out| {
-                        with_slice::<T, _>(&log_sum_exp, |log_sum_exp| {
+                        with_slice::<T, _>(&row_stats, |row_stats| {
                             with_slice::<T, _>(grad, |grad| {
                                 let saved = Saved {
                                     out,
-                                    log_sum_exp,
+                                    row_stats,
                                     grad,
                                 };
                                 Ok(backward(qkv, (cos, sin), &saved, self.dims, scale))

@@ -6,7 +6,7 @@
 //! node per norm, projection, attention and SwiGLU that was nine activation-sized passes a
 //! frozen block (bench/RESULTS.md, "CPU training: fused kernels"); as two nodes it is two, and
 //! each half keeps for backward only what its kernels need: the q/k/v projections, the
-//! attention output and its log-sum-exp; gate/up's projections.
+//! attention output and its rows' softmax statistics; gate/up's projections.
 //!
 //! The attention half: `x + o(attention(rotate(qkv(norm₁(x)))))`; the MLP half:
 //! `h + down(swiglu(gate_up(norm₂(h))))`. Their backward passes run the same kernels in reverse
@@ -156,7 +156,7 @@ struct AttentionHalf {
     cos: Tensor,
     sin: Tensor,
     keep: bool,
-    /// qkv, out, log-sum-exp.
+    /// qkv, out, the rows' softmax statistics.
     saved: Mutex<Option<Vec<Tensor>>>,
 }
 
@@ -169,27 +169,27 @@ impl AttentionHalf {
         let b = &self.block;
         let rows = self.dims.batch * self.dims.seq;
         let hidden = x.len() / rows.max(1);
-        let (qkv, out, lse) = with_slices::<T, _>(&[&b.input_norm, &self.cos, &self.sin], |s| {
+        let (qkv, out, stats) = with_slices::<T, _>(&[&b.input_norm, &self.cos, &self.sin], |s| {
             let normed = norm::forward_rows(x, s[0], b.eps, hidden);
             let qkv = b.qkv.forward_into(&normed, rows, None)?;
-            let (out, lse) =
+            let (out, stats) =
                 attention::forward(&qkv, (s[1], s[2]), self.dims, T::from_f64(self.scale()));
-            Ok((qkv, out, lse))
+            Ok((qkv, out, stats))
         })?;
         let y = b.o.forward_into(&out, rows, Some(x))?;
         if self.keep {
-            let lens = (qkv.len(), out.len(), lse.len());
+            let lens = (qkv.len(), out.len(), stats.len());
             *locked(&self.saved) = Some(vec![
                 kept(qkv, lens.0)?,
                 kept(out, lens.1)?,
-                kept(lse, lens.2)?,
+                kept(stats, lens.2)?,
             ]);
         }
         Ok(y)
     }
 
     fn backward<T: Rows>(&self, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
-        let [qkv, out, lse]: [Tensor; 3] = take(&self.saved, "attention half")?
+        let [qkv, out, stats]: [Tensor; 3] = take(&self.saved, "attention half")?
             .try_into()
             .map_err(|_| candle_core::Error::Msg("attention half: kept tensors".into()))?;
         let b = &self.block;
@@ -199,20 +199,20 @@ impl AttentionHalf {
             grad,
             &qkv,
             &out,
-            &lse,
+            &stats,
             &b.input_norm,
             &self.cos,
             &self.sin,
         ];
         let dx = with_slices::<T, _>(&tensors, |s| {
-            let [x, g, qkv, out, lse, w, cos, sin] = s else {
+            let [x, g, qkv, out, stats, w, cos, sin] = s else {
                 candle_core::bail!("attention half: eight slices");
             };
             let hidden = x.len() / rows.max(1);
             let d_out = b.o.input_gradient(g, rows)?;
             let saved = Saved {
                 out,
-                log_sum_exp: lse,
+                row_stats: stats,
                 grad: &d_out,
             };
             let scale = T::from_f64(self.scale());

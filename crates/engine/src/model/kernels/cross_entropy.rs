@@ -116,12 +116,13 @@ fn kernel<T: Float>(
                     let log_sum_exp = max + sum.ln();
                     losses[i] = (log_sum_exp - target_logit).to_f64();
                     if with_grad {
-                        // softmax − onehot, already divided by the row count of the mean.
-                        let scale = inverse_rows / sum;
+                        // softmax − onehot (the sum accumulated in f64: see
+                        // `Float::exp_shifted`); the mean's 1/rows is applied once, in the
+                        // product with the head.
                         for x in row.iter_mut() {
-                            *x *= scale;
+                            *x /= sum;
                         }
-                        row[target] -= inverse_rows;
+                        row[target] -= T::one();
                     }
                 }
             });
@@ -132,7 +133,7 @@ fn kernel<T: Float>(
                         Strides::rows(n, d, d),
                         Mat(&logits, Strides::rows(n, vocab, vocab)),
                         Mat(head, Strides::rows(vocab, d, d)),
-                        T::one(),
+                        inverse_rows,
                         false,
                     );
                 });

@@ -1,12 +1,17 @@
 //! Fused CPU kernels for the parts of a step that candle runs as chains of separate ops.
 //!
 //! On the CPU every candle op allocates its output, makes a full pass over memory and crosses
-//! its thread pool's barrier; an attention backward of a dozen such ops over small tensors
-//! spends more in those than in arithmetic (bench/RESULTS.md, "CPU training: fused kernels"
-//! has the per-op profile that chose these). Each kernel here does one such chain in one pass,
-//! on candle's own thread pool (`candle_core::utils::barrier_pool`, the one its element-wise
-//! ops use, so no second set of threads competes for the cores), with matrix products through
-//! `gemm` (candle's own matmul crate) called per task without threads of its own.
+//! its thread pool's barrier, and its backward gives every op input a zero tensor to add the
+//! gradient into; an attention backward of a dozen such ops over small tensors spends more in
+//! those than in arithmetic (bench/RESULTS.md, "CPU training: fused kernels", has the per-op
+//! profile that chose these). Each kernel here does one such chain in one pass, and a frozen
+//! block is two graph nodes ([`block`]).
+//!
+//! Everything runs on candle's own thread pool (`candle_core::utils::barrier_pool`, the one its
+//! element-wise ops use): kernels split their work into tasks over it ([`parallel_tasks`]), and
+//! matrix products go to `gemm` (candle's matmul crate) on one thread per task, a layer's
+//! product shared out by bands of columns or rows ([`matmul_threaded`]). gemm's own threads
+//! would be rayon's, a second pool spinning beside candle's for the same cores.
 //!
 //! The kernels take f32 and f64 (the dtype of the gradient checks, so finite differences check
 //! these very kernels); 16-bit dtypes and other devices keep candle's ops (the callers choose,

@@ -29,7 +29,7 @@ pub trait Float: WithDType {
     /// propagate through the sums that follow).
     fn max_of(xs: &[Self]) -> Self;
 
-    /// `xs[i] ← exp(xs[i]·scale − shift)`, returning their sum.
+    /// `xs[i] ← exp(xs[i]·scale − shift)`, returning their sum (accumulated in f64).
     fn exp_shifted(xs: &mut [Self], scale: Self, shift: Self) -> Self;
 
     /// `Σ a[i]·b[i]` over the shorter length.
@@ -160,22 +160,28 @@ fn max_f32(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
+/// The sum is accumulated in f64: it normalises a softmax, and over a vocabulary of 49,152
+/// f32 lanes left it a few ulp off, all of a row's probabilities with it — a bias along the
+/// sum of the head's rows that reached every gradient below (1.4e-5 of them on SmolLM2;
+/// bench/RESULTS.md, "Layer importance").
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn exp_shifted_f32(xs: &mut [f32], scale: f32, shift: f32) -> f32 {
-    let mut acc = [0f32; LANES];
+    let mut acc = [0f64; LANES];
     let (chunks, rest) = xs.as_chunks_mut::<LANES>();
     for c in chunks {
         for i in 0..LANES {
             let e = exp_lane(c[i].mul_add(scale, -shift));
             c[i] = e;
-            acc[i] += e;
+            acc[i] += f64::from(e);
         }
     }
-    let mut sum: f32 = acc.iter().sum();
+    let mut sum: f64 = acc.iter().sum();
     for x in rest {
         *x = exp_lane(x.mul_add(scale, -shift));
-        sum += *x;
+        sum += f64::from(*x);
     }
+    #[expect(clippy::cast_possible_truncation, reason = "the sum, rounded once")]
+    let sum = sum as f32;
     sum
 }
 
