@@ -42,6 +42,7 @@ fn values(n: usize, seed: f32) -> Vec<f32> {
 }
 
 fn main() -> Result<()> {
+    slayer::allocator::keep_freed_memory();
     slayer::threads::decide(None, None);
     let rounds: usize = std::env::args()
         .nth(1)

@@ -25,7 +25,9 @@ use slayer::core::surgery;
 use slayer::core::train::{TrainConfig, Trainer};
 
 fn main() -> Result<()> {
-    // Threads and the pool's spin as `slayer` itself decides them, before any compute.
+    // The allocator, threads and the pool's spin as `slayer` itself sets them, before any
+    // compute.
+    slayer::allocator::keep_freed_memory();
     slayer::threads::decide(None, None);
     let args: Vec<String> = std::env::args().collect();
     let steps: u64 = args

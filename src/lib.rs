@@ -13,6 +13,7 @@ pub use slayer_engine as core;
 // The sanitising writer first: its macros are then in scope in every module below.
 #[macro_use]
 pub(crate) mod out;
+pub mod allocator;
 pub mod cli;
 pub mod interrupt;
 pub mod jobs;

@@ -128,6 +128,8 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
+    // Before any thread starts: mimalloc's options are not thread-safe.
+    crate::allocator::keep_freed_memory();
     let data_dir = cli
         .data_dir
         .clone()
