@@ -6,9 +6,9 @@
 //! It also shortens how long candle's idle pool workers spin before they sleep
 //! ([`SPIN_LIMIT`], unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is set): candle's 25,000 spins keep a
 //! waiting worker on a core the main thread needs when another process wants it too. Measured
-//! on 2 CPUs (bench/RESULTS.md), SmolLM2 training with one core kept busy by another process went
-//! from 41.3 to 59.1 tokens/s; on a quiet machine it made no difference (91.8 against 91.9, the
-//! mean of three interleaved runs each).
+//! on 2 CPUs (bench/RESULTS.md, "CPU training: fused kernels"), SmolLM2 training at 1 × 256 with
+//! one core kept busy by another process went from 99 to 123 tokens/s; on a quiet machine the
+//! difference was within the machine's noise.
 
 use std::num::NonZeroUsize;
 use std::sync::OnceLock;

@@ -163,7 +163,7 @@ fn max_f32(xs: &[f32]) -> f32 {
 /// The sum is accumulated in f64: it normalises a softmax, and over a vocabulary of 49,152
 /// f32 lanes left it a few ulp off, all of a row's probabilities with it — a bias along the
 /// sum of the head's rows that reached every gradient below (1.4e-5 of them on SmolLM2;
-/// bench/RESULTS.md, "Layer importance").
+/// bench/RESULTS.md, "CPU training: fused kernels").
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn exp_shifted_f32(xs: &mut [f32], scale: f32, shift: f32) -> f32 {
     let mut acc = [0f64; LANES];
