@@ -1,8 +1,10 @@
 //! Background runs: the one typed API that launches, resumes, stops and kills them, used by
-//! the CLI (`train --detach`, `runs resume|stop|kill`), the console's jobs and studies alike.
-//! The training worker is the one process slayer starts from its own executable — it must
-//! outlive whoever launched it — and `spawn_worker` and `spawn_training` are where that
-//! happens. Nothing here prints: plan diagnostics come back in [`Launched`], failures as errors.
+//! the CLI (`train --detach`, `runs resume|stop|kill`), the console's jobs and studies alike,
+//! with two backends ([`Backend`]): the local queue (one slot per device) and a Slurm cluster
+//! (a batch job per launch, `runner::slurm`). The training worker is the one process slayer
+//! starts from its own executable — it must outlive whoever launched it — and `spawn_worker`
+//! and `spawn_training` are where that happens (on a Slurm node, the job's entry starts it).
+//! Nothing here prints: plan diagnostics come back in [`Launched`], failures as errors.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +16,31 @@ use crate::core::experiment::Experiment;
 use crate::core::plan::{self, LayerMap, Severity};
 use crate::core::text::sanitize_for_terminal;
 use crate::runner::queue::Submitted;
-use crate::runner::{RunDir, Worker};
+use crate::runner::slurm;
+use crate::runner::{RunDir, RunState, Worker};
+
+/// Where a background run's worker runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The local queue: one run at a time per device of this machine.
+    #[default]
+    Local,
+    /// A Slurm batch job; the resources override the experiment's `[slurm]` table.
+    Slurm(Box<slurm::Resources>),
+}
+
+impl Backend {
+    /// The backend a run's newest launch used: Slurm when it was ever submitted there and
+    /// not resumed locally since.
+    #[must_use]
+    pub fn of_run(run: &RunDir) -> Self {
+        if slurm::job_of(run).is_some() {
+            Self::Slurm(Box::default())
+        } else {
+            Self::Local
+        }
+    }
+}
 
 /// Finds a base model by what an experiment names (fetching a known one, the CLI's way, or
 /// refusing to, the console's).
@@ -96,15 +122,28 @@ pub fn launch(
     model: Option<&str>,
     device: DeviceChoice,
     locate: Locate<'_>,
+    backend: &Backend,
 ) -> Result<Launched> {
     let exp = Experiment::load(path).map_err(anyhow::Error::msg)?;
+    if let Backend::Slurm(overrides) = backend {
+        // The `[slurm]` table is checked before anything exists.
+        slurm::Resources::of_experiment(&exp.path, &exp.text)?.with(overrides, &exp.path)?;
+    }
     let resolved = resolve(&exp, model, data_dir, locate)?;
     let run = RunDir::create(data_dir, &exp.name)?;
     // Relative paths in the copy must still reach the files: anchor them now.
     std::fs::write(run.experiment_path(), anchored_text(&exp, model))
         .with_context(|| format!("cannot write {}", run.experiment_path().display()))?;
     write_plan(&run, &resolved.map)?;
-    let submitted = submit(data_dir, &run, device)?;
+    let submitted = match submit(data_dir, &run, device, backend) {
+        Ok(s) => s,
+        Err(e) if matches!(backend, Backend::Slurm(_)) => {
+            // sbatch refused (a partition that does not exist, a limit): nothing half-created.
+            let _ = std::fs::remove_dir_all(&run.path);
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Launched {
         run,
         submitted,
@@ -112,12 +151,19 @@ pub fn launch(
     })
 }
 
-/// Resumes run `id` in the background from its newest intact checkpoint (or queues it). The
-/// state is looked at under the queue's lock: of two racing resumes, one starts (or queues) the
-/// run and the other is told it is running.
-pub fn resume(data_dir: &Path, id: &str, device: DeviceChoice) -> Result<Launched> {
+/// Resumes run `id` in the background from its newest intact checkpoint (or queues it), on
+/// `backend` (`None`: where it ran last, [`Backend::of_run`]). Locally the state is looked at
+/// under the queue's lock: of two racing resumes, one starts (or queues) the run and the other
+/// is told it is running.
+pub fn resume(
+    data_dir: &Path,
+    id: &str,
+    device: DeviceChoice,
+    backend: Option<&Backend>,
+) -> Result<Launched> {
     let run = RunDir::open(data_dir, id)?;
-    let submitted = submit(data_dir, &run, device)?;
+    let backend = backend.cloned().unwrap_or_else(|| Backend::of_run(&run));
+    let submitted = submit(data_dir, &run, device, &backend)?;
     Ok(Launched {
         run,
         submitted,
@@ -125,25 +171,108 @@ pub fn resume(data_dir: &Path, id: &str, device: DeviceChoice) -> Result<Launche
     })
 }
 
-fn submit(data_dir: &Path, run: &RunDir, device: DeviceChoice) -> Result<Submitted> {
-    Ok(crate::runner::queue::submit(
-        data_dir,
-        run,
-        device,
-        &|r, d| spawn_worker(r, data_dir, d).map_err(Into::into),
-    )?)
+fn submit(
+    data_dir: &Path,
+    run: &RunDir,
+    device: DeviceChoice,
+    backend: &Backend,
+) -> Result<Submitted> {
+    match backend {
+        Backend::Local => {
+            if slurm::job_of(run).is_some() {
+                refuse_if_active(run)?;
+                // From now on the local worker is the run's: its Slurm job is history.
+                slurm::forget_job(run)?;
+            }
+            Ok(crate::runner::queue::submit(
+                data_dir,
+                run,
+                device,
+                &|r, d| spawn_worker(r, data_dir, d).map_err(Into::into),
+            )?)
+        }
+        Backend::Slurm(overrides) => {
+            refuse_if_active(run)?;
+            let exp_path = run.experiment_path();
+            let text = crate::core::corpus::read_settings(&exp_path, "experiment")?;
+            let resources =
+                slurm::Resources::of_experiment(&exp_path, &text)?.with(overrides, &exp_path)?;
+            let exe = std::env::current_exe().context("cannot find the slayer executable")?;
+            // The job starts elsewhere: every path in its script is absolute.
+            let data_dir = std::fs::canonicalize(data_dir)
+                .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+            let at = RunDir::open(&data_dir, &run.id)?;
+            let script = slurm::batch_script(&at, &data_dir, &exe, device.as_arg(), &resources);
+            // A local queue mark would make the local queue start it too.
+            let queued = run.path.join("queued");
+            if queued.exists() {
+                std::fs::remove_file(&queued)
+                    .with_context(|| format!("cannot remove {}", queued.display()))?;
+            }
+            let job = slurm::write_and_submit(run, &script)
+                .with_context(|| format!("cannot submit run {} to Slurm", run.id))?;
+            Ok(Submitted::SlurmJob(job))
+        }
+    }
 }
 
-/// Sends `signal` to run `id`'s worker (SIGTERM: checkpoint and stop; SIGKILL: now); the
-/// worker it reached.
-pub fn signal(data_dir: &Path, id: &str, signal: nix::sys::signal::Signal) -> Result<Worker> {
+/// Refuses to launch a run again while it runs (or waits to), or once it has finished.
+fn refuse_if_active(run: &RunDir) -> Result<()> {
+    let events = run.read_events()?;
+    match run.state(&events) {
+        RunState::Running => bail!("run {} is already running", run.id),
+        RunState::Queued if slurm::job_of(run).is_some() => {
+            bail!("run {} is already waiting in Slurm's queue", run.id)
+        }
+        RunState::Finished => bail!("run {} has finished", run.id),
+        _ => Ok(()),
+    }
+}
+
+/// What a stop or kill reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalled {
+    /// The run's local worker.
+    Worker(Worker),
+    /// The run's Slurm job.
+    SlurmJob(u64),
+}
+
+impl std::fmt::Display for Signalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Worker(w) => write!(f, "pid {}", w.pid),
+            Self::SlurmJob(id) => write!(f, "Slurm job {id}"),
+        }
+    }
+}
+
+/// Sends `signal` to run `id` (SIGTERM: checkpoint and stop; SIGKILL: now): to its worker, or
+/// for a Slurm run to its job (`scancel --signal=TERM` to the batch shell, which passes it on;
+/// `scancel` to kill; a job still waiting is cancelled either way).
+pub fn signal(data_dir: &Path, id: &str, signal: nix::sys::signal::Signal) -> Result<Signalled> {
     let run = RunDir::open(data_dir, id)?;
+    if let Some(job_id) = slurm::job_of(&run) {
+        let job = slurm::query(job_id)?
+            .filter(|j| j.state.active())
+            .with_context(|| format!("run {}'s Slurm job {job_id} is not running", run.id))?;
+        if signal == nix::sys::signal::Signal::SIGTERM {
+            // Before the signal: the job must not requeue itself after this checkpoint.
+            slurm::request_stop(&run)?;
+        }
+        if signal == nix::sys::signal::Signal::SIGKILL || job.state.waiting() {
+            slurm::cancel(job_id)?;
+        } else {
+            slurm::signal_batch(job_id, "TERM")?;
+        }
+        return Ok(Signalled::SlurmJob(job_id));
+    }
     let worker = run
         .worker()
         .filter(Worker::alive)
         .with_context(|| format!("run {} has no running worker", run.id))?;
     worker.signal(signal)?;
-    Ok(worker)
+    Ok(Signalled::Worker(worker))
 }
 
 /// Starts a run in the background: a supervisor process (`runs supervise`, in its own session)
@@ -163,26 +292,28 @@ pub(crate) fn spawn_worker(run_dir: &RunDir, data_dir: &Path, device: DeviceChoi
     )
 }
 
-/// The worker itself (started by the supervisor; its output goes to the run's log).
+/// The worker itself (started by the supervisor, or by a Slurm job's entry: `in_slurm_job`;
+/// its output goes to the run's log).
 pub(crate) fn spawn_training(
     run_dir: &RunDir,
     data_dir: &Path,
     device: DeviceChoice,
+    in_slurm_job: bool,
 ) -> Result<std::process::Child> {
-    spawn_child(
-        run_dir,
-        data_dir,
-        &[
-            "--device",
-            device.as_arg(),
-            "train",
-            "--resume",
-            &run_dir.id,
-            "--worker",
-            "--print-every",
-            "10",
-        ],
-    )
+    let mut args = vec![
+        "--device",
+        device.as_arg(),
+        "train",
+        "--resume",
+        &run_dir.id,
+        "--worker",
+        "--print-every",
+        "10",
+    ];
+    if in_slurm_job {
+        args.push("--in-slurm-job");
+    }
+    spawn_child(run_dir, data_dir, &args)
 }
 
 fn spawn_slayer(run_dir: &RunDir, data_dir: &Path, args: &[&str]) -> Result<u32> {

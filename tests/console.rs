@@ -411,6 +411,31 @@ fn runs_monitor_and_their_actions() {
     let mut a = app(home.path());
     key(&mut a, KeyCode::Char('2'));
     snap("runs", &a);
+    // Runs on Slurm show their job and node (or why they wait) where local runs say `local`.
+    {
+        use slayer::runner::slurm::{Job, JobState};
+        let job = |id, state, reason: Option<&str>, node: Option<&str>| Job {
+            id,
+            state,
+            reason: reason.map(str::to_string),
+            node: node.map(str::to_string),
+            restarts: 0,
+        };
+        let jobs = [
+            Some(job(42, JobState::Running, None, Some("gpu-node-07"))),
+            Some(job(43, JobState::Pending, Some("Resources"), None)),
+            None,
+        ];
+        for (row, (id, j)) in a.runs.iter_mut().zip([42, 43, 44].into_iter().zip(jobs)) {
+            row.slurm_job = Some(id);
+            row.job = j;
+        }
+        snap("runs_slurm", &a);
+        for row in &mut a.runs {
+            row.slurm_job = None;
+            row.job = None;
+        }
+    }
     key(&mut a, KeyCode::Enter);
     assert_eq!(a.screen, Screen::Monitor);
     assert_eq!(a.monitored.as_deref(), Some("20260101-000000-facts"));

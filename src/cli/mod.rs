@@ -2,6 +2,7 @@
 //! by default, `--json` where a machine reads the output. Everything printed goes through
 //! `crate::out` (sanitised; a closed stdout ends the command quietly).
 
+mod backend;
 mod bench;
 mod chat;
 mod eval;
@@ -141,14 +142,16 @@ pub fn main() -> i32 {
     };
     crate::threads::decide(cli.threads, experiment_threads);
     init_logging(&data_dir);
-    // A background run's worker and supervisor are stopped by SIGTERM (`runs stop`, the
-    // console's `s`); a second stop must not kill one mid-checkpoint, so only interactive
+    // A background run's worker, supervisor and Slurm job entry are stopped by SIGTERM (`runs
+    // stop`, the console's `s`, `scancel`); a second stop must not kill one mid-checkpoint, so only interactive
     // commands exit at a second signal.
     let background = matches!(
         &cli.command,
         Some(
             Command::Train(train::TrainArgs { worker: true, .. })
-                | Command::Runs(runs::RunsCommand::Supervise { .. })
+                | Command::Runs(
+                    runs::RunsCommand::Supervise { .. } | runs::RunsCommand::SlurmJob { .. }
+                )
         )
     );
     crate::interrupt::install_handler(!background);

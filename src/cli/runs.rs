@@ -45,10 +45,12 @@ pub enum RunsCommand {
         /// The run id (`slayer runs ls` lists them).
         run: String,
     },
-    /// Continue a stopped or lost run in the background.
+    /// Continue a stopped or lost run in the background (where it ran last, or `--on`).
     Resume {
         /// The run id (`slayer runs ls` lists them).
         run: String,
+        #[command(flatten)]
+        backend: super::backend::BackendArgs,
     },
     /// Delete a run that is not running (asks first when it has checkpoints).
     Rm {
@@ -62,6 +64,13 @@ pub enum RunsCommand {
     #[command(hide = true)]
     Supervise {
         /// The run id (`slayer runs ls` lists them).
+        run: String,
+    },
+    /// Internal: a Slurm job's entry point (its batch script execs it): start the run's worker
+    /// on this node, checkpoint at a stop or the time-limit warning, requeue after the latter.
+    #[command(hide = true)]
+    SlurmJob {
+        /// The run id.
         run: String,
     },
     /// Write a run's step metrics as CSV or JSON.
@@ -164,12 +173,21 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
                         .last_loss
                         .map_or_else(|| "—".into(), |l| format!("{l:.4}"));
                     outln!(
-                        "{:<40} {:<24} {:<9} {:>11} {loss:>9} {:>6}{}",
+                        "{:<40} {:<24} {:<9} {:>11} {loss:>9} {:>6}{}{}",
                         sanitize_for_terminal(&s.id),
                         sanitize_for_terminal(&s.experiment),
                         s.status.to_string(),
                         format!("{}/{}", s.step, s.total_steps),
                         age(s.age_secs),
+                        s.slurm_job
+                            .map(|id| format!(
+                                "  slurm {}",
+                                s.job.as_ref().map_or_else(
+                                    || format!("job {id} (no longer known to Slurm)"),
+                                    |j| sanitize_for_terminal(&j.brief()).into_owned()
+                                )
+                            ))
+                            .unwrap_or_default(),
                         s.problem
                             .map(|p| format!("  ({})", sanitize_for_terminal(&p)))
                             .unwrap_or_default()
@@ -194,7 +212,33 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
             if let Some(env) = crate::runner::RunProjection::of(&events).environment {
                 outln!("{}", sanitize_for_terminal(&describe_environment(&env)))?;
             }
-            if let Some(w) = dir.worker() {
+            if let Some(id) = crate::runner::slurm::job_of(&dir) {
+                outln!(
+                    "slurm      {}",
+                    s.job.as_ref().map_or_else(
+                        || format!(
+                            "job {id} (Slurm no longer knows it; the event log is the record)"
+                        ),
+                        |j| sanitize_for_terminal(&j.brief()).into_owned()
+                    )
+                )?;
+                if let Some((job, node)) = crate::runner::slurm::started_of(&dir) {
+                    outln!(
+                        "           job {job} reached the run directory on {}",
+                        sanitize_for_terminal(&node)
+                    )?;
+                }
+                if let Some(p) = &s.problem {
+                    outln!("problem    {}", sanitize_for_terminal(p))?;
+                }
+                let script = crate::runner::slurm::dir(&dir).join("batch.sh");
+                if let Ok(text) = std::fs::read_to_string(&script) {
+                    outln!("batch script ({}):", script.display())?;
+                    for line in text.lines() {
+                        outln!("  {}", sanitize_for_terminal(line))?;
+                    }
+                }
+            } else if let Some(w) = dir.worker() {
                 outln!(
                     "worker     pid {}{}",
                     w.pid,
@@ -303,21 +347,27 @@ pub fn run(cmd: RunsCommand, data_dir: &Path, device: DeviceChoice) -> Result<i3
         RunsCommand::Kill { run } => {
             signal(data_dir, &run, nix::sys::signal::Signal::SIGKILL, "killed")
         }
-        RunsCommand::Resume { run } => {
+        RunsCommand::Resume { run, backend } => {
             read_warning_once(&RunDir::open(data_dir, &run)?)?;
-            let launched = crate::launch::resume(data_dir, &run, device)?;
+            let launched =
+                crate::launch::resume(data_dir, &run, device, backend.backend()?.as_ref())?;
             let id = &launched.run.id;
-            if launched.submitted == crate::runner::queue::Submitted::Started {
-                errln!("run {id} resumed in the background");
-            } else {
-                errln!(
+            match launched.submitted {
+                crate::runner::queue::Submitted::Started => {
+                    errln!("run {id} resumed in the background");
+                }
+                crate::runner::queue::Submitted::Queued => errln!(
                     "run {id} is queued to resume when a {} slot frees up",
                     device
-                );
+                ),
+                crate::runner::queue::Submitted::SlurmJob(job) => {
+                    errln!("run {id} submitted to Slurm as job {job} to resume");
+                }
             }
             Ok(0)
         }
         RunsCommand::Supervise { run } => supervise(data_dir, &run, device),
+        RunsCommand::SlurmJob { run } => slurm_job(data_dir, &run, device),
         RunsCommand::Rm { run, yes } => remove(data_dir, &run, yes),
         RunsCommand::Compare {
             filter,
@@ -483,6 +533,19 @@ fn remove(data_dir: &Path, run: &str, yes: bool) -> Result<i32> {
     if dir.state(&dir.read_events().unwrap_or_default()) == RunState::Running {
         bail!("run {} is running: stop or kill it first", dir.id);
     }
+    // A job still waiting in Slurm's queue would start on a directory that is gone.
+    if let Some(job) = crate::runner::slurm::job_of(&dir)
+        .and_then(crate::runner::slurm::query_cached)
+        .filter(|j| j.state.active())
+    {
+        bail!(
+            "run {}'s Slurm job {} is {}: `slayer runs kill {}` cancels it first",
+            dir.id,
+            job.id,
+            job.state,
+            dir.id
+        );
+    }
     let checkpoints = crate::core::train::list_checkpoints(&dir.path.join("checkpoints"))?;
     if !checkpoints.is_empty() && !yes {
         let steps: Vec<String> = checkpoints.iter().map(|(s, _)| s.to_string()).collect();
@@ -513,12 +576,8 @@ fn remove(data_dir: &Path, run: &str, yes: bool) -> Result<i32> {
 }
 
 fn signal(data_dir: &Path, run: &str, sig: nix::sys::signal::Signal, what: &str) -> Result<i32> {
-    let worker = crate::launch::signal(data_dir, run, sig)?;
-    errln!(
-        "run {} {what} (pid {})",
-        RunDir::open(data_dir, run)?.id,
-        worker.pid
-    );
+    let reached = crate::launch::signal(data_dir, run, sig)?;
+    errln!("run {} {what} ({reached})", RunDir::open(data_dir, run)?.id);
     Ok(0)
 }
 
@@ -530,20 +589,35 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
     // terminal, so no hang-up reaches it or the worker it starts.
     nix::unistd::setsid().context("cannot start a session for the background run")?;
     let dir = RunDir::open(data_dir, run)?;
-    let mut child = crate::launch::spawn_training(&dir, data_dir, device)?;
+    let child = crate::launch::spawn_training(&dir, data_dir, device, false)?;
+    let status = wait_for_worker(&dir, child, &|| {
+        super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+    })?;
+    record_killed_worker(&dir, status)?;
+    crate::runner::queue::advance(data_dir, &|r, d| {
+        spawn_worker(r, data_dir, d).map_err(Into::into)
+    })?;
+    Ok(0)
+}
+
+/// Waits for a run's worker to exit, passing on a stop (`stop_asked`) as SIGTERM once: as soon
+/// as the worker has recorded itself (it does so after its signal handler is in place, so the
+/// stop checkpoints and ends the run instead of killing a process still starting up).
+fn wait_for_worker(
+    dir: &RunDir,
+    mut child: std::process::Child,
+    stop_asked: &dyn Fn() -> bool,
+) -> Result<std::process::ExitStatus> {
     let child_pid = i32::try_from(child.id()).ok();
     let mut forwarded = false;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().context("cannot wait for the worker")? {
-            break status;
+            return Ok(status);
         }
-        // `runs stop` that reached the supervisor before the worker recorded itself: passed on
-        // once the worker has (it records itself after its signal handler is in place, so the
-        // stop checkpoints and ends the run instead of killing a process still starting up).
         let recorded = dir.worker().is_some_and(|w| Some(w.pid) == child_pid);
         if !forwarded
             && recorded
-            && super::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+            && stop_asked()
             && let Some(pid) = child_pid
         {
             forwarded = true;
@@ -554,7 +628,11 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
         }
         // Quick while the worker starts (a stop may be waiting for it), then twice a second.
         std::thread::sleep(Duration::from_millis(if recorded { 500 } else { 50 }));
-    };
+    }
+}
+
+/// Records a worker that died by a signal without an end record (`kill -9`, the OOM killer).
+fn record_killed_worker(dir: &RunDir, status: std::process::ExitStatus) -> Result<()> {
     if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
         let events = read_events(&dir.events_path()).unwrap_or_default();
         if !matches!(
@@ -575,8 +653,67 @@ fn supervise(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
             crate::core::events::EventSink::sync(&mut log)?;
         }
     }
-    crate::runner::queue::advance(data_dir, &|r, d| {
-        spawn_worker(r, data_dir, d).map_err(Into::into)
+    Ok(())
+}
+
+/// A Slurm job's entry point. Its first act records that this node sees the run directory
+/// (a job that cannot, fails here, and `runs ls` says why from the missing record). Then it
+/// starts the worker and waits: SIGTERM (`runs stop`, `scancel`, a preemption) and the
+/// time-limit warning (SIGUSR1, `--signal=B:USR1@…`) are passed on as SIGTERM, so the worker
+/// checkpoints and stops; after the warning, unless a user asked the run to stop, the job
+/// requeues itself and its next start resumes the run from that checkpoint.
+fn slurm_job(data_dir: &Path, run: &str, device: DeviceChoice) -> Result<i32> {
+    use crate::runner::slurm;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let job: u64 = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("runs slurm-job runs inside a Slurm job (SLURM_JOB_ID is not set)")?;
+    let node = std::env::var("SLURMD_NODENAME")
+        .ok()
+        .or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let dir = RunDir::open(data_dir, run).with_context(|| {
+        format!(
+            "Slurm job {job} on node {node} cannot reach run {run} under {}: the data directory              must be on a filesystem the nodes share",
+            data_dir.display()
+        )
     })?;
+    slurm::record_started(&dir, job, &node)?;
+    let warned = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&warned))
+        .context("cannot listen for Slurm's time-limit warning")?;
+    let child = crate::launch::spawn_training(&dir, data_dir, device, true)?;
+    let status = wait_for_worker(&dir, child, &|| {
+        warned.load(Ordering::Relaxed) || super::INTERRUPTED.load(Ordering::Relaxed)
+    })?;
+    record_killed_worker(&dir, status)?;
+    let ended = crate::runner::RunProjection::of(&read_events(&dir.events_path())?).end;
+    let done = ended.as_ref().is_some_and(|e| {
+        matches!(
+            e.status,
+            crate::core::events::RunStatus::Finished | crate::core::events::RunStatus::Failed
+        )
+    });
+    if warned.load(Ordering::Relaxed) && !done && !slurm::stop_requested(&dir) {
+        // Said first: Slurm may end this process as soon as the job is requeued.
+        let mut log = crate::runner::EventLog::open(&dir.events_path())?;
+        crate::core::events::EventSink::emit(
+            &mut log,
+            EventKind::Warning {
+                message: format!(
+                    "Slurm job {job} reached its time limit: checkpointed and requeued; the run continues from its newest checkpoint when the job starts again"
+                ),
+            },
+        )?;
+        crate::core::events::EventSink::sync(&mut log)?;
+        drop(log);
+        slurm::requeue(job)?;
+    }
     Ok(0)
 }

@@ -24,6 +24,11 @@ pub enum StudyCommand {
         /// corpora); its runs and results are the study `NAME-SCALE`.
         #[arg(long)]
         scale: Option<String>,
+        /// With `--on slurm`: at most this many of the study's jobs run at once.
+        #[arg(long, value_parser = super::at_least_one)]
+        concurrent: Option<usize>,
+        #[command(flatten)]
+        backend: Box<super::backend::BackendArgs>,
     },
     /// The comparison tables, from the cells' runs (written to `results.md` and `.json` too).
     /// FILE may also be the name of a study run before (`<data>/studies/NAME`).
@@ -41,7 +46,19 @@ pub enum StudyCommand {
 
 pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i32> {
     match cmd {
-        StudyCommand::Run { file, wait, scale } => {
+        StudyCommand::Run {
+            file,
+            wait,
+            scale,
+            concurrent,
+            backend,
+        } => {
+            let backend = backend.backend()?.unwrap_or_default();
+            if concurrent.is_some() && backend == crate::launch::Backend::Local {
+                anyhow::bail!(
+                    "--concurrent limits a study's Slurm jobs; the local queue runs one cell at a time per device"
+                );
+            }
             let study = Study::load_scaled(&file, scale.as_deref())?;
             // Thirty runs failing one after another on a missing corpus helps no one.
             let missing = study.missing_files();
@@ -78,7 +95,7 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 .with_context(|| format!("cannot write {}", saved.display()))?;
             let mut cells = load_cells(&dir);
             let mut launched = 0;
-            for cell in study.cells() {
+            for (index, cell) in study.cells().into_iter().enumerate() {
                 if cells
                     .get(&cell.key())
                     .is_some_and(|id| crate::runner::RunDir::open(data_dir, id).is_ok())
@@ -88,12 +105,24 @@ pub fn run(cmd: StudyCommand, data_dir: &Path, device: DeviceChoice) -> Result<i
                 let path = dir.join(format!("{}.toml", cell.key()));
                 std::fs::write(&path, study.experiment_text(&cell))
                     .with_context(|| format!("cannot write {}", path.display()))?;
+                // A cap of N: the cells take N job names in turn, and Slurm runs one job of a
+                // name at a time (`--dependency=singleton`).
+                let cell_backend = match (&backend, concurrent) {
+                    (crate::launch::Backend::Slurm(r), Some(n)) => {
+                        crate::launch::Backend::Slurm(Box::new(crate::runner::slurm::Resources {
+                            group: Some(format!("slayer-{}-{}", study.name, index % n)),
+                            ..(**r).clone()
+                        }))
+                    }
+                    _ => backend.clone(),
+                };
                 let cell_run = crate::launch::launch(
                     data_dir,
                     &path,
                     None,
                     device,
                     &super::model::resolve_or_fetch,
+                    &cell_backend,
                 )
                 .with_context(|| format!("cell {}", cell.key()))?;
                 let id = cell_run.run.id;

@@ -37,6 +37,12 @@ pub struct TrainArgs {
     /// Internal: this process is a detached worker.
     #[arg(long, hide = true)]
     pub worker: bool,
+    /// Internal: this worker runs in a Slurm job, on a node whose local queue is not this
+    /// run's to advance.
+    #[arg(long, hide = true)]
+    pub in_slurm_job: bool,
+    #[command(flatten)]
+    pub backend: super::backend::BackendArgs,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +125,11 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         // A session of its own: no controlling terminal, so no hang-up reaches it.
         let _ = nix::unistd::setsid();
     }
-    if args.detach && args.resume.is_none() {
+    let backend = args.backend.backend()?;
+    if args.resume.is_some() && backend.is_some() {
+        bail!("to resume a run elsewhere use `slayer runs resume RUN --on local|slurm`");
+    }
+    if (args.detach || backend.is_some()) && args.resume.is_none() {
         let arg = args
             .experiment
             .as_ref()
@@ -138,21 +148,24 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
             args.model.as_deref(),
             device_choice,
             &resolve_or_fetch,
+            &backend.unwrap_or_default(),
         )?;
         for w in &launched.warnings {
             errln!("{w}");
         }
         let id = &launched.run.id;
         outln!("{id}")?;
-        if launched.submitted == crate::runner::queue::Submitted::Started {
-            errln!(
+        match launched.submitted {
+            crate::runner::queue::Submitted::Started => errln!(
                 "run {id} started in the background; follow it with: slayer runs tail {id} --follow"
-            );
-        } else {
-            errln!(
+            ),
+            crate::runner::queue::Submitted::Queued => errln!(
                 "run {id} is queued: it starts when a {} slot frees up",
                 device_choice
-            );
+            ),
+            crate::runner::queue::Submitted::SlurmJob(job) => errln!(
+                "run {id} submitted to Slurm as job {job}; follow it with: slayer runs tail {id} --follow"
+            ),
         }
         return Ok(0);
     }
@@ -223,7 +236,7 @@ pub fn run(args: &TrainArgs, data_dir: &Path, device_choice: DeviceChoice) -> Re
         });
         let _ = sink.inner.sync();
     }
-    if args.worker {
+    if args.worker && !args.in_slurm_job {
         // Hand the slot to the next queued run, whatever the outcome of this one (its end is
         // recorded first).
         let _ = crate::runner::queue::advance(data_dir, &|r, d| {

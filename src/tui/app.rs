@@ -248,7 +248,8 @@ pub struct Job {
 /// [`Event::JobDone`] with its [`JobId`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Work {
-    LaunchRun(PathBuf),
+    /// Launches an experiment on a backend (this machine's queue, or Slurm).
+    LaunchRun(PathBuf, crate::launch::Backend),
     StopRun(String),
     KillRun(String),
     ResumeRun(String),
@@ -352,8 +353,9 @@ pub use crate::runner::RunSummary as RunRow;
 #[must_use]
 pub fn row_shown(row: &RunRow, with_time: bool) -> String {
     format!(
-        "{} {} {} {}/{} {:?} {} {:?}",
+        "{} {} {} {} {}/{} {:?} {} {:?}",
         row.id,
+        row.location(),
         row.experiment,
         row.status,
         row.step,
@@ -1910,10 +1912,15 @@ impl App {
                     self.screen = Screen::Editor;
                 }
             }
-            Action::Train => {
+            Action::Train | Action::TrainOnSlurm => {
                 if let Some(e) = self.current_experiment() {
                     let (label, path) = (format!("launching {}", e.name), e.path.clone());
-                    return self.start_job(label, Work::LaunchRun(path));
+                    let backend = if action == Action::TrainOnSlurm {
+                        crate::launch::Backend::Slurm(Box::default())
+                    } else {
+                        crate::launch::Backend::Local
+                    };
+                    return self.start_job(label, Work::LaunchRun(path, backend));
                 }
             }
             Action::Stop | Action::Kill | Action::Resume => {

@@ -47,6 +47,7 @@ pub enum Action {
     DeleteExperiment,
     EditPlan,
     Train,
+    TrainOnSlurm,
     Stop,
     Kill,
     Resume,
@@ -164,6 +165,7 @@ const ACTION_NAMES: &[(Action, &str)] = &[
     (Action::DeleteExperiment, "delete"),
     (Action::EditPlan, "plan"),
     (Action::Train, "train"),
+    (Action::TrainOnSlurm, "train_slurm"),
     (Action::Stop, "stop"),
     (Action::Kill, "kill"),
     (Action::Resume, "resume"),
@@ -570,6 +572,12 @@ const DEFAULTS: &[(Context, &[&str], Action, &str)] = &[
         &["i"],
         Action::Importance,
         "block importance of its base model (then p: a plan from it)",
+    ),
+    (
+        Context::Experiments,
+        &["S"],
+        Action::TrainOnSlurm,
+        "submit it to Slurm as a batch job (resources from its [slurm] table)",
     ),
     (Context::Editor, &["ctrl-s"], Action::Save, "save"),
     (

@@ -28,6 +28,7 @@ use ratatui::crossterm::{event as cevent, execute, terminal};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::core::device::DeviceChoice;
+use crate::launch::Launched;
 use crate::runner::queue::Submitted;
 use app::{App, ChatUpdate, Effect, Event, ExperimentItem, JobId, JobOutcome, RunRow, Work};
 use nix::sys::signal::Signal;
@@ -358,12 +359,26 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
     match work {
         // Runs through the launch API, as the CLI and studies launch them: the worker is the
         // only process started.
-        Work::LaunchRun(path) => done(
-            match crate::launch::launch(data_dir, &path, None, DeviceChoice::Auto, &locate_quietly)
-            {
+        Work::LaunchRun(path, backend) => done(
+            match crate::launch::launch(
+                data_dir,
+                &path,
+                None,
+                DeviceChoice::Auto,
+                &locate_quietly,
+                &backend,
+            ) {
                 Ok(l) if l.submitted == Submitted::Started => {
                     (true, format!("run {} started", l.run.id))
                 }
+                Ok(Launched {
+                    run,
+                    submitted: Submitted::SlurmJob(job),
+                    ..
+                }) => (
+                    true,
+                    format!("run {} submitted to Slurm as job {job}", run.id),
+                ),
                 Ok(l) => (
                     true,
                     format!("run {} queued for the device's slot", l.run.id),
@@ -374,10 +389,15 @@ fn execute_job(data_dir: &Path, id: JobId, work: Work, tx: &UnboundedSender<Even
         Work::StopRun(run) => done(signal_run(data_dir, &run, Signal::SIGTERM, "asked to stop")),
         Work::KillRun(run) => done(signal_run(data_dir, &run, Signal::SIGKILL, "killed")),
         Work::ResumeRun(run) => done(
-            match crate::launch::resume(data_dir, &run, DeviceChoice::Auto) {
+            match crate::launch::resume(data_dir, &run, DeviceChoice::Auto, None) {
                 Ok(l) if l.submitted == Submitted::Started => {
                     (true, format!("run {} resumed", l.run.id))
                 }
+                Ok(Launched {
+                    run,
+                    submitted: Submitted::SlurmJob(job),
+                    ..
+                }) => (true, format!("run {} resumed as Slurm job {job}", run.id)),
                 Ok(l) => (true, format!("run {} queued to resume", l.run.id)),
                 Err(e) => (false, format!("{e:#}")),
             },
@@ -528,7 +548,7 @@ fn started_on_thread(id: JobId, tx: &UnboundedSender<Event>) -> app::CancelFlag 
 /// Signals a run's worker (a job's message says what became of it).
 fn signal_run(data_dir: &Path, run: &str, signal: Signal, what: &str) -> (bool, String) {
     match crate::launch::signal(data_dir, run, signal) {
-        Ok(worker) => (true, format!("run {run} {what} (pid {})", worker.pid)),
+        Ok(reached) => (true, format!("run {run} {what} ({reached})")),
         Err(e) => (false, format!("{e:#}")),
     }
 }

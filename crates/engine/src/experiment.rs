@@ -221,6 +221,11 @@ struct File {
     train: TrainConfig,
     #[serde(default)]
     eval: EvalConfig,
+    /// Where a background run may run besides this machine: read by the launcher (the data
+    /// directory's crate), which owns it; the engine only lets it through.
+    #[serde(default)]
+    #[expect(dead_code, reason = "read by the launcher, not the engine")]
+    slurm: Option<toml::Value>,
 }
 
 impl Experiment {

@@ -1,4 +1,5 @@
-//! The runs screen: every run with status, progress, last loss and how long it ran.
+//! The runs screen: every run with status, progress, last loss, how long it ran and where
+//! (this machine, or its Slurm job and node).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Rect};
@@ -32,15 +33,28 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
         + 2;
     let room = usize::from(area.width.saturating_sub(2));
     // (header, width, priority: lower goes first when room is short).
-    let optional: [(&str, usize, u8); 5] = [
+    // Where runs run: a column only once a run is on Slurm (its job and node, whole).
+    let where_w = if app.runs.iter().any(|r| r.slurm_job.is_some()) {
+        app.runs
+            .iter()
+            .map(|r| clean(&r.location()).chars().count())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, 32)
+            + 1
+    } else {
+        0
+    };
+    let optional: [(&str, usize, u8); 6] = [
         ("experiment", 12, 1),
-        ("step", 11, 4),
+        ("step", 11, 5),
         ("loss", 8, 2),
-        ("ran", 8, 3),
+        ("ran", 8, 4),
+        ("where", where_w, 3),
         ("", 12, 0),
     ];
     let fixed = id_w + 1 + 9 + 1;
-    let mut shown: Vec<bool> = vec![true; optional.len()];
+    let mut shown: Vec<bool> = optional.iter().map(|(_, w, _)| *w > 0).collect();
     let used = |shown: &[bool]| -> usize {
         fixed
             + optional
@@ -50,7 +64,7 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 .map(|((_, w, _), _)| w + 1)
                 .sum::<usize>()
     };
-    for priority in 0..=4 {
+    for priority in 0..=5 {
         if used(&shown) <= room {
             break;
         }
@@ -81,6 +95,14 @@ pub fn render(app: &App, theme: &Theme, area: Rect, buf: &mut Buffer) {
                 Cell::from(format!("{}/{}", r.step, r.total_steps)),
                 Cell::from(loss),
                 Cell::from(r.shown_secs().map_or_else(|| "—".to_string(), duration)),
+                Cell::from(Span::styled(
+                    clean(&r.location()),
+                    theme.fg(if r.slurm_job.is_some() {
+                        "accent"
+                    } else {
+                        "dim"
+                    }),
+                )),
                 Cell::from(Span::styled(note, theme.fg("error"))),
             ];
             let mut cells = vec![

@@ -20,6 +20,7 @@ pub mod model;
 pub mod projection;
 pub mod queue;
 pub mod series;
+pub mod slurm;
 pub mod tail;
 #[cfg(test)]
 pub(crate) mod test_events;
@@ -798,9 +799,34 @@ impl RunDir {
     }
 
     fn state_from(&self, end: Option<&projection::Ending>, started: bool) -> RunState {
-        let live = self.worker().is_some_and(|w| w.alive());
-        if !live && self.path.join("queued").is_file() {
+        // A Slurm run's worker lives on a node this process cannot look into: the job's state
+        // says whether it holds its place (never running when Slurm cannot be asked).
+        let slurm_job = slurm::job_of(self);
+        let (live, waiting, slurm_job_over) = match slurm_job {
+            Some(id) => match slurm::query_cached(id) {
+                Some(job) => (
+                    job.state.active() && !job.state.waiting(),
+                    job.state.waiting(),
+                    !job.state.active(),
+                ),
+                None => (false, false, true),
+            },
+            None => (
+                self.worker().is_some_and(|w| w.alive()),
+                self.path.join("queued").is_file(),
+                false,
+            ),
+        };
+        if !live && waiting {
             return RunState::Queued;
+        }
+        // A Slurm job still running after its worker stopped may be about to requeue itself
+        // (the time-limit warning): it is not stopped until its job ends.
+        if live
+            && slurm_job.is_some()
+            && end.is_some_and(|e| e.status == slayer_engine::events::RunStatus::Stopped)
+        {
+            return RunState::Running;
         }
         // A worker that wrote its end record is finishing (or already handed its slot on); a
         // worker recorded after the end is a resume that has not logged its start yet.
@@ -820,7 +846,10 @@ impl RunDir {
             _ if live => RunState::Running,
             // A worker was recorded but wrote nothing (a full disk, a crash at start): it is
             // not waiting for anything.
-            None if !started && self.path.join("worker.pid").exists() => RunState::Lost,
+            // Nor is one whose Slurm job is over (or forgotten) without a word.
+            None if !started && (slurm_job_over || self.path.join("worker.pid").exists()) => {
+                RunState::Lost
+            }
             None if !started => RunState::Queued,
             _ => RunState::Lost,
         }
@@ -868,6 +897,24 @@ pub struct RunSummary {
     /// Seconds from its first event to its last: how long a run that is over ran.
     pub ran_secs: f64,
     pub problem: Option<String>,
+    /// The id of its newest Slurm job, for a run launched with `--on slurm` (`None`: a local
+    /// run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u64>,
+    /// That job as Slurm reports it (`None` also where Slurm has forgotten it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<slurm::Job>,
+}
+
+impl RunSummary {
+    /// Where the run runs, for tables: `local`, or its Slurm job in brief ([`slurm::short`]).
+    #[must_use]
+    pub fn location(&self) -> String {
+        self.slurm_job.map_or_else(
+            || "local".to_string(),
+            |id| slurm::short(id, self.job.as_ref()),
+        )
+    }
 }
 
 impl RunSummary {
@@ -951,6 +998,13 @@ pub fn summary_of(run: &RunDir, p: &RunProjection, problem: Option<String>) -> R
         ));
     }
     let status = run.state_of(p);
+    let slurm_job = slurm::job_of(run);
+    let job = slurm_job.and_then(slurm::query_cached);
+    if let Some(j) = &job
+        && problem.is_none()
+    {
+        problem = slurm::unreached_problem(run, j);
+    }
     if p.started.is_none() && problem.is_none() && status == RunState::Lost {
         problem = Some(run.silent_worker_problem());
     }
@@ -970,6 +1024,8 @@ pub fn summary_of(run: &RunDir, p: &RunProjection, problem: Option<String>) -> R
         age_secs: now - p.started.unwrap_or(created),
         ran_secs: p.ran_secs(),
         problem,
+        slurm_job,
+        job,
     }
 }
 

@@ -29,6 +29,9 @@ pub enum Submitted {
     Started,
     /// It waits for a slot on its device.
     Queued,
+    /// Submitted to Slurm as this job (the launcher's Slurm backend; the local queue never
+    /// answers this).
+    SlurmJob(u64),
 }
 
 /// Starts a run's worker on a device and returns its pid: the front end's launch, whose error
