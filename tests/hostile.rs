@@ -1429,6 +1429,37 @@ fn experiment_cases(c: &mut Corpus) {
             &mentions,
         );
     }
+    // The `[slurm]` table, read only when launching with `--on slurm`: every bad value is
+    // refused naming the file before sbatch is run or a run directory exists.
+    let slurm_variants: Vec<(&str, String)> = vec![
+        ("a hostile partition", format!("partition = \"{hostile}\"")),
+        ("a partition with a newline", "partition = \"a\\nb\"".into()),
+        (
+            "an extra line that is no option",
+            "extra = [\"rm -rf /\"]".into(),
+        ),
+        (
+            "a hostile extra line",
+            format!("extra = [\"--x={hostile}\"]"),
+        ),
+        ("cpus -1", "cpus = -1".into()),
+        ("cpus 0", "cpus = 0".into()),
+        ("warning_secs 10^9", "warning_secs = 1000000000".into()),
+        ("an unknown key", "nodes = 4".into()),
+        ("a table for a string", "partition = { a = 1 }".into()),
+    ];
+    for (what, line) in slurm_variants {
+        let text = experiment_text(c, "", &format!("\n[slurm]\n{line}\n"));
+        let path = c.file("experiment", "exp.toml", text.as_bytes());
+        let home = path.parent().unwrap().join("home");
+        c.add_in(
+            &home,
+            format!("experiment [slurm] {what}: train --on slurm"),
+            args(&[&"train", &path, &"--on", &"slurm"]),
+            Expect::Refuse,
+            &["exp.toml"],
+        );
+    }
     let path = c.file("experiment", "exp.toml", b"\xff\xfe[plan]");
     c.add(
         "experiment not UTF-8: train".into(),
@@ -2315,6 +2346,35 @@ fn transcript_and_queue_cases(c: &mut Corpus) {
             Expect::Survive,
             &["queued", "odd"],
         );
+    }
+    // A run's Slurm records (`slurm/job`, `slurm/started`): a hostile, huge or non-UTF-8 job id
+    // is no job (the run reads as local); Slurm is not asked about it.
+    let records: Vec<(&str, Vec<u8>)> = vec![
+        ("a hostile job id", PAYLOAD.as_bytes().to_vec()),
+        ("not UTF-8", b"\xff\xfe".to_vec()),
+        ("a job id a megabyte long", "9".repeat(1 << 20).into_bytes()),
+    ];
+    for (what, bytes) in records {
+        let home = c.dir("slurm-records").join("home");
+        let run = home.join("runs/20261201-000000-odd");
+        std::fs::create_dir_all(run.join("slurm")).unwrap();
+        std::fs::write(run.join("events.jsonl"), finished_log("odd").concat()).unwrap();
+        std::fs::write(run.join("experiment.toml"), "name = \"odd\"\n").unwrap();
+        std::fs::write(run.join("slurm/job"), &bytes).unwrap();
+        std::fs::write(run.join("slurm/started"), &bytes).unwrap();
+        for command in ["ls", "show"] {
+            let mut a = args(&[&"runs", &command]);
+            if command == "show" {
+                a.push("20261201-000000-odd".into());
+            }
+            c.add_in(
+                &home,
+                format!("slurm record {what}: runs {command}"),
+                a,
+                Expect::Survive,
+                &["odd"],
+            );
+        }
     }
 }
 
