@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    joined, ok, runs, slayer, status, stderr, tiny_experiment, tiny_model_dir, wait_until,
+    joined, ok, runs, slayer, status, stderr, tiny_experiment, tiny_model_dir, tiny_study,
+    wait_until, without_wall_time,
 };
 use slayer::core::events::EventKind;
 use slayer::runner::{RunDir, read_events};
@@ -700,22 +701,7 @@ fn a_run_checkpoint_is_evaluated_on_its_own_sets() {
 fn a_study_runs_its_grid_and_reproduces() {
     let run_study = || {
         let home = tempfile::tempdir().unwrap();
-        let (model, corpus) = tiny_model_dir(home.path());
-        let file = home.path().join("study.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "name = \"tiny-study\"\ndescription = \"two layouts\"\nseeds = [7]\n\
-                 [base.model]\nbase = \"{}\"\n[base.train]\nsteps = 4\nbatch_size = 2\nseq_len = 16\n\
-                 [base.eval]\nmax_tokens = 64\n\
-                 [[strategy]]\nname = \"shallow\"\nplan = {{ insert = [{{ after = 0 }}] }}\n\
-                 [[strategy]]\nname = \"deep\"\nplan = {{ insert = [{{ after = 3 }}] }}\n\
-                 [[corpus]]\nname = \"words\"\ndata = {{ train = \"{}\", heldout_fraction = 0.2 }}\n",
-                model.display(),
-                corpus.display()
-            ),
-        )
-        .unwrap();
+        let file = tiny_study(home.path());
         let out = slayer(
             home.path(),
             &[
@@ -757,20 +743,8 @@ fn a_study_runs_its_grid_and_reproduces() {
     }
     assert!(table.contains("2 of 2 runs ended; from the first start to the last end: "));
     // Wall time differs between runs; everything else reproduces.
-    let strip = |t: &str| -> Vec<String> {
-        t.lines()
-            .filter(|l| !l.contains("runs ended"))
-            .map(|l| {
-                let mut cols: Vec<&str> = l.split('|').collect();
-                if cols.len() > 4 && l.starts_with("| ") && !l.starts_with("| strategy") {
-                    cols[4] = "";
-                }
-                cols.join("|")
-            })
-            .collect()
-    };
     let (_home2, table2) = run_study();
-    assert_eq!(strip(&table), strip(&table2));
+    assert_eq!(without_wall_time(&table), without_wall_time(&table2));
 }
 
 /// A study reading a file that is not there (its corpora not fetched yet) is refused before

@@ -15,7 +15,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use cluster::Cluster;
-use common::{joined, ok, stderr, tiny_experiment, tiny_model_dir, wait_until};
+use common::{
+    joined, ok, stderr, tiny_experiment, tiny_model_dir, tiny_study, wait_until, without_wall_time,
+};
 
 /// The slayer binary against the test cluster.
 fn slayer(c: &Cluster, home: &Path, args: &[&str]) -> Output {
@@ -364,22 +366,7 @@ fn a_study_through_slurm_gives_the_local_queues_table() {
     let run_study = |on_slurm: bool| {
         let home = tempfile::tempdir().unwrap();
         let _jobs = CancelJobsAtEnd::new(c, home.path());
-        let (model, corpus) = tiny_model_dir(home.path());
-        let file = home.path().join("study.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "name = \"tiny-study\"\ndescription = \"two layouts\"\nseeds = [7]\n\
-                 [base.model]\nbase = \"{}\"\n[base.train]\nsteps = 4\nbatch_size = 2\nseq_len = 16\n\
-                 [base.eval]\nmax_tokens = 64\n\
-                 [[strategy]]\nname = \"shallow\"\nplan = {{ insert = [{{ after = 0 }}] }}\n\
-                 [[strategy]]\nname = \"deep\"\nplan = {{ insert = [{{ after = 3 }}] }}\n\
-                 [[corpus]]\nname = \"words\"\ndata = {{ train = \"{}\", heldout_fraction = 0.2 }}\n",
-                model.display(),
-                corpus.display()
-            ),
-        )
-        .unwrap();
+        let file = tiny_study(home.path());
         let mut args = vec![
             "--device",
             "cpu",
@@ -397,19 +384,7 @@ fn a_study_through_slurm_gives_the_local_queues_table() {
     let (slurm_home, on_slurm) = run_study(true);
     let (_local_home, local) = run_study(false);
     // Wall time differs; everything else is the same.
-    let strip = |t: &str| -> Vec<String> {
-        t.lines()
-            .filter(|l| !l.contains("runs ended"))
-            .map(|l| {
-                let mut cols: Vec<&str> = l.split('|').collect();
-                if cols.len() > 4 && l.starts_with("| ") && !l.starts_with("| strategy") {
-                    cols[4] = "";
-                }
-                cols.join("|")
-            })
-            .collect()
-    };
-    assert_eq!(strip(&on_slurm), strip(&local));
+    assert_eq!(without_wall_time(&on_slurm), without_wall_time(&local));
     // Both cells ran as Slurm jobs, one at a time (one job name, `singleton`).
     let runs = std::fs::read_dir(slurm_home.path().join("runs")).unwrap();
     let scripts: Vec<String> = runs

@@ -230,3 +230,40 @@ pub fn spawn_in_pty(
         .unwrap();
     (child, std::fs::File::from(pty.master))
 }
+
+/// A study on the tiny model in `dir` (two strategies, one seed, four steps, one corpus);
+/// returns its file.
+pub fn tiny_study(dir: &Path) -> PathBuf {
+    let (model, corpus) = tiny_model_dir(dir);
+    let file = dir.join("study.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"tiny-study\"\ndescription = \"two layouts\"\nseeds = [7]\n\
+             [base.model]\nbase = \"{}\"\n[base.train]\nsteps = 4\nbatch_size = 2\nseq_len = 16\n\
+             [base.eval]\nmax_tokens = 64\n\
+             [[strategy]]\nname = \"shallow\"\nplan = {{ insert = [{{ after = 0 }}] }}\n\
+             [[strategy]]\nname = \"deep\"\nplan = {{ insert = [{{ after = 3 }}] }}\n\
+             [[corpus]]\nname = \"words\"\ndata = {{ train = \"{}\", heldout_fraction = 0.2 }}\n",
+            model.display(),
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// A study table's lines with the wall-time column and line blanked: what reproduces.
+pub fn without_wall_time(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter(|l| !l.contains("runs ended"))
+        .map(|l| {
+            let mut cols: Vec<&str> = l.split('|').collect();
+            if cols.len() > 4 && l.starts_with("| ") && !l.starts_with("| strategy") {
+                cols[4] = "";
+            }
+            cols.join("|")
+        })
+        .collect()
+}
