@@ -187,8 +187,10 @@ fn detached_run_survives_its_parent_and_a_hangup_of_its_session() {
         exp.display(),
         home.path().display()
     );
+    // SIGHUP as a terminal would deliver it: restored to its default, so a test suite run
+    // under `nohup` (which ignores it, for every child) still tests the hang-up.
     let mut shell = std::process::Command::new("setsid")
-        .args(["sh", "-c", &script])
+        .args(["env", "--default-signal=HUP", "sh", "-c", &script])
         .env("SLAYER_HOME", home.path())
         .spawn()
         .unwrap();
