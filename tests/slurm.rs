@@ -71,6 +71,13 @@ fn summary(c: &Cluster, home: &Path, id: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// How often Slurm has started the run's job again (0 before any requeue, or while unknown).
+fn restarts(c: &Cluster, home: &Path, id: &str) -> u64 {
+    summary(c, home, id)["job"]["restarts"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 fn status(c: &Cluster, home: &Path, id: &str) -> String {
     summary(c, home, id)["status"]
         .as_str()
@@ -263,9 +270,7 @@ fn the_time_limit_warning_checkpoints_requeues_and_the_run_finishes() {
         .output()
         .unwrap());
     wait_until("the job to be requeued", Duration::from_secs(120), || {
-        summary(c, home.path(), &id)["job"]["restarts"]
-            .as_u64()
-            .is_some_and(|r| r >= 1)
+        restarts(c, home.path(), &id) >= 1
     });
     wait_for_status(c, home.path(), &id, "finished", 400);
     assert_eq!(job_of(home.path(), &id), job, "the same job, requeued");
@@ -420,11 +425,7 @@ fn a_job_requeued_from_outside_continues_the_run() {
         .output()
         .unwrap());
     wait_for_status(c, home.path(), &id, "finished", 300);
-    assert!(
-        summary(c, home.path(), &id)["job"]["restarts"]
-            .as_u64()
-            .is_some_and(|r| r >= 1)
-    );
+    assert!(restarts(c, home.path(), &id) >= 1);
     assert_every_step_once(&joined(&run_path(home.path(), &id)), steps);
 }
 
@@ -487,13 +488,13 @@ fn a_preempted_run_is_requeued_by_slurm_and_continues() {
         .output()
         .unwrap();
     ok(&urgent);
+    // Requeued, and running again: until then the first segment may still be stopping.
     wait_until(
-        "the run's job to be preempted",
+        "the run's job to be preempted and start again",
         Duration::from_secs(300),
         || {
-            summary(c, home.path(), &id)["job"]["restarts"]
-                .as_u64()
-                .is_some_and(|r| r >= 1)
+            let s = summary(c, home.path(), &id);
+            s["job"]["restarts"].as_u64().is_some_and(|r| r >= 1) && s["job"]["state"] == "running"
         },
     );
     let first_segment = joined(&run_path(home.path(), &id)).len() as u64;
@@ -521,13 +522,13 @@ fn a_real_time_limit_requeues_before_it_is_reached() {
         &exp,
         &["--time", "2", "--warning-secs", "30"],
     );
+    // Requeued, and running again: until then the first segment may still be stopping.
     wait_until(
-        "the job to be requeued at its time-limit warning",
+        "the job to be requeued at its time-limit warning and start again",
         Duration::from_secs(240),
         || {
-            summary(c, home.path(), &id)["job"]["restarts"]
-                .as_u64()
-                .is_some_and(|r| r >= 1)
+            let s = summary(c, home.path(), &id);
+            s["job"]["restarts"].as_u64().is_some_and(|r| r >= 1) && s["job"]["state"] == "running"
         },
     );
     let first_segment = joined(&run_path(home.path(), &id)).len() as u64;

@@ -589,8 +589,14 @@ pub fn query(id: u64) -> Result<Option<Job>> {
 /// How long a job's state is reused: a table of runs asks once per refresh, not per column.
 const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// [`query`], reused for a second, with an error read as "unknown" (`None`): a run whose job
-/// cannot be asked about is never shown as running. The error is logged.
+/// How long the state of a job that is over is reused: it changes only if someone requeues
+/// the job by hand, and a console showing many finished Slurm runs would otherwise run
+/// `scontrol` for each of them every second.
+const CACHE_OVER_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`query`], reused for a second (half a minute once the job is over), with an error read as
+/// "unknown" (`None`): a run whose job cannot be asked about is never shown as running. The
+/// error is logged.
 #[must_use]
 pub fn query_cached(id: u64) -> Option<Job> {
     use std::collections::HashMap;
@@ -601,7 +607,11 @@ pub fn query_cached(id: u64) -> Option<Job> {
     let cache = CACHE.get_or_init(Mutex::default);
     if let Ok(map) = cache.lock()
         && let Some((at, job)) = map.get(&id)
-        && at.elapsed() < CACHE_FOR
+        && at.elapsed()
+            < match job {
+                Some(j) if !j.state.active() => CACHE_OVER_FOR,
+                _ => CACHE_FOR,
+            }
     {
         return job.clone();
     }
